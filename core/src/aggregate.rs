@@ -1,0 +1,413 @@
+//! State of one Aggregate actor: per-minute counts per (ad, slice), dedup
+//! sets, lateness handling and local top-N.
+//!
+//! The state machine is pure. The actor feeds it batches and watermarks and
+//! ships whatever it returns.
+
+use crate::map_batch::PartialCount;
+use crate::output::CountRecord;
+use crate::topn::{top_n, AdClicks};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// Static settings of an Aggregate actor.
+#[derive(Clone, Debug)]
+pub struct AggregateSettings {
+    /// Window size, ms.
+    pub window_ms: i64,
+    /// How long after a window closed late events still update it.
+    pub allowed_lateness_ms: i64,
+    /// N of top-N.
+    pub top_n: usize,
+    /// The M values (in windows) for which top-N is maintained.
+    pub top_windows: Vec<u32>,
+    /// Producer name stamped on records.
+    pub producer: String,
+}
+
+impl AggregateSettings {
+    fn max_m(&self) -> i64 {
+        i64::from(self.top_windows.iter().copied().max().unwrap_or(1))
+    }
+
+    /// Minutes are dropped once no late event can touch them nor any top-N
+    /// window that may still be recomputed.
+    fn retention_ms(&self) -> i64 {
+        self.allowed_lateness_ms + self.max_m() * self.window_ms
+    }
+}
+
+/// Absolute counts of one (ad, window, slice).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Clicks.
+    pub clicks: u64,
+    /// Impressions.
+    pub impressions: u64,
+    /// Number of times the value was re-emitted after the first emission.
+    pub revision: u32,
+}
+
+#[derive(Clone, Debug)]
+struct SliceEntry {
+    slice: String,
+    counts: Counts,
+    dirty: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct AdMinute {
+    slices: Vec<SliceEntry>,
+    seen: HashSet<u64>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct MinuteState {
+    ads: HashMap<String, AdMinute>,
+    closed: bool,
+}
+
+/// A local top-N list, sent Aggregate → Reduce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalTopN {
+    /// Window end, epoch ms.
+    pub window_end: i64,
+    /// M.
+    pub window_minutes: u32,
+    /// Slice.
+    pub slice: String,
+    /// Best first; empty means "this aggregate has nothing for it any more".
+    pub ads: Vec<AdClicks>,
+}
+
+/// An event that arrived after its window's lateness expired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LateEvent {
+    /// The original record, unchanged.
+    pub raw: Vec<u8>,
+    /// Why it was not counted.
+    pub reason: String,
+    /// The actor's watermark when it arrived.
+    pub watermark: i64,
+}
+
+/// Everything one step of the state machine asks the actor to send.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AggregateOutput {
+    /// Count records for the sink.
+    pub counts: Vec<CountRecord>,
+    /// Local top-N lists for Reduce.
+    pub top: Vec<LocalTopN>,
+    /// Events for the late topic.
+    pub late: Vec<LateEvent>,
+    /// Duplicates dropped in this step.
+    pub duplicates: u64,
+}
+
+/// The Aggregate actor's state.
+#[derive(Clone, Debug)]
+pub struct AggregateState {
+    settings: AggregateSettings,
+    minutes: BTreeMap<i64, MinuteState>,
+    watermark: Option<i64>,
+    last_boundary: Option<i64>,
+}
+
+impl AggregateState {
+    /// Empty state.
+    pub fn new(settings: AggregateSettings) -> Self {
+        Self { settings, minutes: BTreeMap::new(), watermark: None, last_boundary: None }
+    }
+
+    /// The actor's current watermark.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// Number of (ad, window) cells held, for metrics and memory bounds.
+    pub fn cells(&self) -> usize {
+        self.minutes.values().map(|m| m.ads.len()).sum()
+    }
+
+    /// Number of windows held.
+    pub fn windows(&self) -> usize {
+        self.minutes.len()
+    }
+
+    /// Applies one batch of partial counts.
+    pub fn apply(&mut self, partials: Vec<PartialCount>) -> AggregateOutput {
+        let mut out = AggregateOutput::default();
+        let w = self.settings.window_ms;
+        let mut touched_closed = BTreeSet::new();
+        for p in partials {
+            let end = p.window_start.saturating_add(w);
+            if let Some(wm) = self.watermark {
+                if end.saturating_add(self.settings.allowed_lateness_ms) <= wm {
+                    out.late.push(late_event(p, end, wm));
+                    continue;
+                }
+            }
+            let wm = self.watermark;
+            let minute = self
+                .minutes
+                .entry(p.window_start)
+                .or_insert_with(|| MinuteState { ads: HashMap::new(), closed: wm.is_some_and(|wm| end <= wm) });
+            let closed = minute.closed;
+            let ad = match minute.ads.get_mut(p.ad_id.as_str()) {
+                Some(a) => a,
+                None => minute.ads.entry(p.ad_id.clone()).or_default(),
+            };
+            let mut clicks = p.clicks;
+            let mut impressions = p.impressions;
+            for k in &p.click_keys {
+                if ad.seen.insert(*k) {
+                    clicks += 1;
+                } else {
+                    out.duplicates += 1;
+                }
+            }
+            for k in &p.impression_keys {
+                if ad.seen.insert(*k) {
+                    impressions += 1;
+                } else {
+                    out.duplicates += 1;
+                }
+            }
+            if clicks == 0 && impressions == 0 {
+                continue;
+            }
+            for s in p.slices {
+                let entry = match ad.slices.iter_mut().position(|e| e.slice == s) {
+                    Some(i) => &mut ad.slices[i],
+                    None => {
+                        ad.slices.push(SliceEntry { slice: s, counts: Counts::default(), dirty: false });
+                        let last = ad.slices.len() - 1;
+                        &mut ad.slices[last]
+                    }
+                };
+                entry.counts.clicks += clicks;
+                entry.counts.impressions += impressions;
+                entry.dirty = true;
+            }
+            if closed {
+                touched_closed.insert(p.window_start);
+            }
+        }
+        // Late but allowed: re-emit the touched cells with revision + 1 and
+        // recompute every already-emitted top-N window that contains them.
+        let mut boundaries = BTreeSet::new();
+        for start in &touched_closed {
+            self.emit_minute(*start, true, &mut out.counts);
+            for k in 1..=self.settings.max_m() {
+                let t = start + k * w;
+                if self.last_boundary.is_some_and(|lb| t <= lb) {
+                    boundaries.insert(t);
+                }
+            }
+        }
+        for t in boundaries {
+            self.local_top(t, &mut out.top, true);
+        }
+        out
+    }
+
+    /// Advances the watermark: closes windows, emits their counts and the
+    /// local top-N of every window boundary passed, and drops expired state.
+    pub fn advance(&mut self, wm: i64) -> AggregateOutput {
+        let mut out = AggregateOutput::default();
+        if self.watermark.is_some_and(|old| wm <= old) {
+            return out;
+        }
+        self.watermark = Some(wm);
+        let w = self.settings.window_ms;
+        let to_close: Vec<i64> = self
+            .minutes
+            .iter()
+            .filter(|(start, m)| !m.closed && start.saturating_add(w) <= wm)
+            .map(|(s, _)| *s)
+            .collect();
+        for start in to_close {
+            if let Some(m) = self.minutes.get_mut(&start) {
+                m.closed = true;
+            }
+            self.emit_minute(start, false, &mut out.counts);
+        }
+        let mut boundaries = BTreeSet::new();
+        for start in self.minutes.keys() {
+            for k in 1..=self.settings.max_m() {
+                let t = start + k * w;
+                if t <= wm && self.last_boundary.is_none_or(|lb| t > lb) {
+                    boundaries.insert(t);
+                }
+            }
+        }
+        for t in &boundaries {
+            self.local_top(*t, &mut out.top, false);
+        }
+        if let Some(last) = boundaries.last() {
+            self.last_boundary = Some(self.last_boundary.map_or(*last, |lb| lb.max(*last)));
+        }
+        let retention = self.settings.retention_ms();
+        self.minutes.retain(|start, m| !(m.closed && start.saturating_add(w).saturating_add(retention) <= wm));
+        out
+    }
+
+    fn emit_minute(&mut self, start: i64, only_dirty: bool, out: &mut Vec<CountRecord>) {
+        let w = self.settings.window_ms;
+        let Some(m) = self.minutes.get_mut(&start) else { return };
+        for (ad_id, ad) in m.ads.iter_mut() {
+            for e in ad.slices.iter_mut() {
+                if only_dirty && !e.dirty {
+                    continue;
+                }
+                if only_dirty {
+                    e.counts.revision += 1;
+                }
+                e.dirty = false;
+                out.push(CountRecord {
+                    ad_id: ad_id.clone(),
+                    window_start: start,
+                    window_end: start + w,
+                    slice: e.slice.clone(),
+                    clicks: e.counts.clicks,
+                    impressions: e.counts.impressions,
+                    revision: e.counts.revision,
+                    epoch: 0,
+                    producer: self.settings.producer.clone(),
+                });
+            }
+        }
+    }
+
+    /// Local top-N for every M and slice of the window ending at `t`. On a
+    /// recompute, empty lists are sent too so Reduce can replace old ones.
+    fn local_top(&self, t: i64, out: &mut Vec<LocalTopN>, recompute: bool) {
+        let w = self.settings.window_ms;
+        for &m in &self.settings.top_windows {
+            let from = t - i64::from(m) * w;
+            let mut sums: HashMap<&str, HashMap<&str, u64>> = HashMap::new();
+            for (_, minute) in self.minutes.range(from..t) {
+                for (ad_id, ad) in &minute.ads {
+                    for e in &ad.slices {
+                        if e.counts.clicks > 0 {
+                            *sums.entry(e.slice.as_str()).or_default().entry(ad_id.as_str()).or_default() += e.counts.clicks;
+                        }
+                    }
+                }
+            }
+            let mut slices: Vec<_> = sums.into_iter().collect();
+            slices.sort_by(|a, b| a.0.cmp(b.0));
+            for (slice, ads) in slices {
+                let ads = top_n(ads.into_iter(), self.settings.top_n);
+                if !ads.is_empty() || recompute {
+                    out.push(LocalTopN { window_end: t, window_minutes: m, slice: slice.to_owned(), ads });
+                }
+            }
+        }
+    }
+}
+
+fn late_event(p: PartialCount, end: i64, wm: i64) -> LateEvent {
+    let reason = format!("window [{}, {end}) closed and its allowed lateness expired (watermark {wm})", p.window_start);
+    let raw = match p.raw {
+        Some(raw) => raw,
+        // Only events that were behind the Map's watermark can be late, and
+        // those always carry their bytes; keep a summary if that ever breaks.
+        None => format!(r#"{{"ad_id":{:?},"window_start":{},"events":{}}}"#, p.ad_id, p.window_start, p.events()).into_bytes(),
+    };
+    LateEvent { raw, reason, watermark: wm }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: i64 = 60_000;
+
+    fn settings() -> AggregateSettings {
+        AggregateSettings { window_ms: W, allowed_lateness_ms: W, top_n: 2, top_windows: vec![1, 2], producer: "aggregate-0".into() }
+    }
+
+    fn part(ad: &str, start: i64, clicks: u64, keys: &[u64]) -> PartialCount {
+        PartialCount {
+            ad_id: ad.into(),
+            window_start: start,
+            slices: vec!["*".into(), "country=US".into()],
+            clicks,
+            click_keys: keys.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn closes_windows_at_the_watermark() {
+        let mut s = AggregateState::new(settings());
+        assert!(s.apply(vec![part("a", 0, 2, &[]), part("b", 0, 1, &[])]).counts.is_empty());
+        assert!(s.advance(W - 1).counts.is_empty(), "window not closed before its end");
+        let out = s.advance(W);
+        assert_eq!(out.counts.len(), 4);
+        assert!(out.counts.iter().all(|c| c.revision == 0));
+        let top: Vec<_> = out.top.iter().filter(|t| t.slice == "*").collect();
+        // Both M = 1 ([0, W)) and M = 2 ([-W, W)) end at W.
+        assert_eq!(top.len(), 2, "{top:?}");
+        assert_eq!(top[0].ads[0], AdClicks { ad_id: "a".into(), clicks: 2 });
+        // M = 2 window [0, 2W) ends at 2W.
+        let out = s.advance(2 * W);
+        assert!(out.top.iter().any(|t| t.window_minutes == 2 && t.window_end == 2 * W && t.slice == "*"));
+    }
+
+    #[test]
+    fn late_within_lateness_reemits_with_next_revision() {
+        let mut s = AggregateState::new(settings());
+        s.apply(vec![part("a", 0, 2, &[])]);
+        s.advance(W + 10);
+        let out = s.apply(vec![part("a", 0, 1, &[])]);
+        let star = out.counts.iter().find(|c| c.slice == "*").unwrap();
+        assert_eq!((star.clicks, star.revision), (3, 1));
+        assert!(out.top.iter().any(|t| t.window_end == W && t.window_minutes == 1 && t.ads[0].clicks == 3));
+        assert!(out.late.is_empty());
+    }
+
+    #[test]
+    fn too_late_goes_to_side_output_unchanged() {
+        let mut s = AggregateState::new(settings());
+        s.apply(vec![part("a", 0, 1, &[])]);
+        s.advance(2 * W);
+        let mut p = part("a", 0, 1, &[]);
+        p.raw = Some(b"{original}".to_vec());
+        let out = s.apply(vec![p]);
+        assert!(out.counts.is_empty());
+        assert_eq!(out.late.len(), 1);
+        assert_eq!(out.late[0].raw, b"{original}");
+        assert_eq!(out.late[0].watermark, 2 * W);
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_counted() {
+        let mut s = AggregateState::new(settings());
+        let out = s.apply(vec![part("a", 0, 0, &[1, 2]), part("a", 0, 0, &[2, 3])]);
+        assert_eq!(out.duplicates, 1);
+        let out = s.advance(W);
+        let star = out.counts.iter().find(|c| c.slice == "*").unwrap();
+        assert_eq!(star.clicks, 3);
+    }
+
+    #[test]
+    fn state_is_dropped_after_retention() {
+        let mut s = AggregateState::new(settings());
+        s.apply(vec![part("a", 0, 1, &[])]);
+        s.advance(W);
+        assert_eq!(s.windows(), 1);
+        s.advance(W + settings().retention_ms());
+        assert_eq!(s.windows(), 0);
+    }
+
+    #[test]
+    fn top_n_boundaries_are_emitted_once() {
+        let mut s = AggregateState::new(settings());
+        s.apply(vec![part("a", 0, 1, &[])]);
+        let first = s.advance(10 * W);
+        let ends: Vec<_> = first.top.iter().filter(|t| t.slice == "*").map(|t| (t.window_end, t.window_minutes)).collect();
+        assert_eq!(ends, vec![(W, 1), (W, 2), (2 * W, 2)]);
+        assert!(s.advance(11 * W).top.is_empty());
+    }
+}

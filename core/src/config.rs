@@ -1,0 +1,268 @@
+//! The `adclick.toml` configuration and its validation.
+//!
+//! Loading (file + `ADCLICK_<SECTION>__<KEY>` environment overrides) lives in
+//! the runtime crate; this module only defines the shape and the rules, so a
+//! bad value is reported with the key that holds it.
+
+use crate::event::{DedupMode, Limits};
+use crate::slice::{SliceConfig, Slicer};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Broker and topics.
+    pub kafka: KafkaConfig,
+    /// Coordinator address and failure detection.
+    pub cluster: ClusterConfig,
+    /// Event-time semantics and batching of the job.
+    pub job: JobConfig,
+    /// Aggregate parallelism.
+    pub aggregate: AggregateConfig,
+    /// Pre-aggregated breakdowns.
+    pub slices: SliceConfig,
+}
+
+/// Broker and topics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port]`.
+    pub bootstrap: String,
+    /// Input events.
+    pub input_topic: String,
+    /// Aggregated output.
+    pub output_topic: String,
+    /// Records that failed parsing or validation, with the reason.
+    pub dlq_topic: String,
+    /// Events that arrived after the allowed lateness, with the reason.
+    pub late_topic: String,
+    /// Partitions used when the coordinator creates the input topic.
+    pub input_partitions: i32,
+    /// Partitions used when the coordinator creates the other topics.
+    pub output_partitions: i32,
+    /// Replication factor for created topics.
+    pub replication_factor: i32,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap: "127.0.0.1:9092".into(),
+            input_topic: "ad-clicks".into(),
+            output_topic: "ad-click-aggregates".into(),
+            dlq_topic: "ad-clicks-dlq".into(),
+            late_topic: "ad-clicks-late".into(),
+            input_partitions: 4,
+            output_partitions: 4,
+            replication_factor: 1,
+        }
+    }
+}
+
+/// Coordinator address and failure detection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Name of the job; prefixes consumer groups and transactional ids.
+    pub job_name: String,
+    /// gRPC address of the coordinator (`host:port`).
+    pub coordinator: String,
+    /// Nodes the coordinator waits for before it deploys.
+    pub nodes: u32,
+    /// How often nodes heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// A node that misses heartbeats this long is considered lost.
+    pub heartbeat_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            job_name: "adclick".into(),
+            coordinator: "127.0.0.1:7700".into(),
+            nodes: 3,
+            heartbeat_interval_ms: 1_000,
+            heartbeat_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Where Map actors start reading when no checkpoint exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    /// The beginning of each partition.
+    #[default]
+    Earliest,
+    /// Only new records.
+    Latest,
+}
+
+/// Event-time semantics and batching.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobConfig {
+    /// Tumbling window size in seconds.
+    pub window_secs: u64,
+    /// Watermark = max event time seen on a partition minus this.
+    pub max_out_of_orderness_ms: u64,
+    /// A partition without data this long stops holding the watermark back.
+    pub idle_timeout_ms: u64,
+    /// Late events within this after a window closed update it (revision+1).
+    pub allowed_lateness_ms: u64,
+    /// Events further than this ahead of wall clock are rejected to the DLQ.
+    pub max_future_skew_ms: u64,
+    /// Longest accepted `ad_id`/`user_id`/`country`/`event_id`, bytes.
+    pub max_field_len: usize,
+    /// Number of key groups (fixed for the life of the job).
+    pub key_groups: u32,
+    /// Map actors; 0 means one per input partition.
+    pub map_parallelism: u32,
+    /// N of top-N.
+    pub top_n: u32,
+    /// The M values (in windows) for which top-N is precomputed.
+    pub top_windows: Vec<u32>,
+    /// How duplicates are recognised.
+    pub dedup: DedupMode,
+    /// A Map micro-batch closes after this many events...
+    pub batch_max_events: usize,
+    /// ...or after this long.
+    pub batch_max_ms: u64,
+    /// Capacity of every actor mailbox, in messages.
+    pub mailbox_capacity: usize,
+    /// Where to start reading without a checkpoint.
+    pub start_from: StartFrom,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        Self {
+            window_secs: 60,
+            max_out_of_orderness_ms: 15_000,
+            idle_timeout_ms: 10_000,
+            allowed_lateness_ms: 60_000,
+            max_future_skew_ms: 300_000,
+            max_field_len: 128,
+            key_groups: 4096,
+            map_parallelism: 0,
+            top_n: 10,
+            top_windows: vec![1, 5],
+            dedup: DedupMode::EventId,
+            batch_max_events: 4096,
+            batch_max_ms: 50,
+            mailbox_capacity: 64,
+            start_from: StartFrom::Earliest,
+        }
+    }
+}
+
+impl JobConfig {
+    /// Window size in ms.
+    pub fn window_ms(&self) -> i64 {
+        (self.window_secs as i64).saturating_mul(1000)
+    }
+
+    /// Validation limits for the parser.
+    pub fn limits(&self) -> Limits {
+        Limits { max_field_len: self.max_field_len, max_future_skew_ms: self.max_future_skew_ms as i64 }
+    }
+}
+
+/// Aggregate parallelism.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregateConfig {
+    /// Number of Aggregate actors.
+    pub replicas: u32,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        Self { replicas: 3 }
+    }
+}
+
+/// A configuration value that breaks a rule, named by its key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid config `{key}`: {problem}")]
+pub struct ConfigError {
+    /// Dotted key, e.g. `job.window_secs`.
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+fn err(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), problem: problem.into() }
+}
+
+impl Config {
+    /// Checks every rule and returns the first violation.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let j = &self.job;
+        if j.window_secs == 0 || j.window_secs > 24 * 3600 {
+            return Err(err("job.window_secs", "must be between 1 and 86400"));
+        }
+        if j.key_groups == 0 || j.key_groups > 1 << 20 {
+            return Err(err("job.key_groups", "must be between 1 and 1048576"));
+        }
+        if j.top_n == 0 || j.top_n > 1000 {
+            return Err(err("job.top_n", "must be between 1 and 1000"));
+        }
+        if j.top_windows.is_empty() || j.top_windows.iter().any(|m| *m == 0 || *m > 1440) {
+            return Err(err("job.top_windows", "must list window counts between 1 and 1440"));
+        }
+        if j.max_field_len == 0 {
+            return Err(err("job.max_field_len", "must be positive"));
+        }
+        if j.batch_max_events == 0 {
+            return Err(err("job.batch_max_events", "must be positive"));
+        }
+        if j.mailbox_capacity == 0 {
+            return Err(err("job.mailbox_capacity", "must be positive"));
+        }
+        if self.aggregate.replicas == 0 || self.aggregate.replicas > j.key_groups {
+            return Err(err("aggregate.replicas", "must be between 1 and job.key_groups"));
+        }
+        if self.cluster.nodes == 0 {
+            return Err(err("cluster.nodes", "must be at least 1"));
+        }
+        if self.cluster.heartbeat_timeout_ms <= self.cluster.heartbeat_interval_ms {
+            return Err(err("cluster.heartbeat_timeout_ms", "must be larger than cluster.heartbeat_interval_ms"));
+        }
+        if self.kafka.input_partitions <= 0 || self.kafka.output_partitions <= 0 {
+            return Err(err("kafka.input_partitions", "partition counts must be positive"));
+        }
+        if self.kafka.bootstrap.trim().is_empty() {
+            return Err(err("kafka.bootstrap", "must not be empty"));
+        }
+        Slicer::new(&self.slices).map_err(|e| err("slices.filters", e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn violations_name_the_key() {
+        let mut c = Config::default();
+        c.job.window_secs = 0;
+        assert_eq!(c.validate().unwrap_err().key, "job.window_secs");
+        let mut c = Config::default();
+        c.aggregate.replicas = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("aggregate.replicas"));
+        let mut c = Config::default();
+        c.slices.filters.push(crate::slice::FilterDef { id: "bad".into(), ip: vec!["nope".into()], ..Default::default() });
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("slices.filters") && e.contains("\"bad\""), "{e}");
+    }
+}

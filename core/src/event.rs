@@ -1,0 +1,326 @@
+//! Input events: parsing, validation and dedup keys.
+//!
+//! Every rejection carries a reason that is written to the dead-letter topic,
+//! so a bad record is never silently lost.
+
+use chrono::{DateTime, NaiveDateTime};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::net::IpAddr;
+use xxhash_rust::xxh3::Xxh3;
+
+/// What kind of ad interaction an event records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// A billable click (the default when the field is absent).
+    #[default]
+    Click,
+    /// An impression, counted next to clicks so CTR can be served.
+    Impression,
+}
+
+/// A validated click or impression.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClickEvent {
+    /// The ad that was clicked.
+    pub ad_id: String,
+    /// Event time in epoch milliseconds.
+    pub ts_ms: i64,
+    /// The user who clicked.
+    pub user_id: String,
+    /// Client address, used by CIDR filters.
+    pub ip: IpAddr,
+    /// Country code, a group-by dimension.
+    pub country: String,
+    /// Producer-assigned unique id, used for deduplication.
+    pub event_id: Option<String>,
+    /// Click or impression.
+    pub event_type: EventType,
+}
+
+/// How duplicates are recognised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupMode {
+    /// By `event_id`; events without one are counted as they come.
+    #[default]
+    EventId,
+    /// By `event_id` when present, else by a hash of all fields.
+    Content,
+    /// No deduplication.
+    None,
+}
+
+/// Validation limits. They bound what a single adversarial record can cost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum length in bytes of `ad_id`, `user_id`, `country`, `event_id`.
+    pub max_field_len: usize,
+    /// How far in the future (from wall clock) an event time may be.
+    pub max_future_skew_ms: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_field_len: 128, max_future_skew_ms: 5 * 60_000 }
+    }
+}
+
+/// Why a record was rejected; the text goes to the DLQ.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// Not JSON, or not the expected shape.
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// Well-formed but breaks a validation rule.
+    #[error("invalid: {0}")]
+    Invalid(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawTimestamp<'a> {
+    Millis(i64),
+    #[serde(borrow)]
+    Text(Cow<'a, str>),
+}
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow)]
+    ad_id: Cow<'a, str>,
+    #[serde(borrow)]
+    click_timestamp: RawTimestamp<'a>,
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
+    #[serde(borrow)]
+    ip: Cow<'a, str>,
+    #[serde(borrow)]
+    country: Cow<'a, str>,
+    #[serde(borrow, default)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    event_type: EventType,
+}
+
+/// Parses a timestamp given as RFC 3339 text, `YYYY-MM-DD HH:MM:SS` (UTC, the
+/// log-line form) or epoch milliseconds written as text.
+pub fn parse_timestamp_text(text: &str) -> Option<i64> {
+    if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
+        return Some(dt.timestamp_millis());
+    }
+    if let Ok(dt) = NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S") {
+        return Some(dt.and_utc().timestamp_millis());
+    }
+    text.parse::<i64>().ok()
+}
+
+/// Parses and validates one JSON event. `now_ms` is wall clock, used for the
+/// future-skew limit.
+pub fn parse_event(bytes: &[u8], limits: &Limits, now_ms: i64) -> Result<ClickEvent, Rejection> {
+    let raw: RawEvent<'_> = serde_json::from_slice(bytes).map_err(|e| Rejection::Malformed(e.to_string()))?;
+    let ts_ms = match &raw.click_timestamp {
+        RawTimestamp::Millis(ms) => *ms,
+        RawTimestamp::Text(t) => parse_timestamp_text(t)
+            .ok_or_else(|| Rejection::Invalid(format!("click_timestamp {:?} is not RFC 3339 or epoch ms", truncate(t))))?,
+    };
+    build_event(
+        FieldsRef {
+            ad_id: &raw.ad_id,
+            ts_ms,
+            user_id: &raw.user_id,
+            ip: &raw.ip,
+            country: &raw.country,
+            event_id: raw.event_id.as_deref(),
+            event_type: raw.event_type,
+        },
+        limits,
+        now_ms,
+    )
+}
+
+/// Borrowed fields of an event before validation, shared by the JSON and
+/// log-line parsers.
+pub struct FieldsRef<'a> {
+    /// See [`ClickEvent::ad_id`].
+    pub ad_id: &'a str,
+    /// See [`ClickEvent::ts_ms`].
+    pub ts_ms: i64,
+    /// See [`ClickEvent::user_id`].
+    pub user_id: &'a str,
+    /// Unparsed client address.
+    pub ip: &'a str,
+    /// See [`ClickEvent::country`].
+    pub country: &'a str,
+    /// See [`ClickEvent::event_id`].
+    pub event_id: Option<&'a str>,
+    /// See [`ClickEvent::event_type`].
+    pub event_type: EventType,
+}
+
+/// Validates borrowed fields and builds an owned event.
+pub fn build_event(f: FieldsRef<'_>, limits: &Limits, now_ms: i64) -> Result<ClickEvent, Rejection> {
+    check_field("ad_id", f.ad_id, limits, false)?;
+    check_field("user_id", f.user_id, limits, true)?;
+    check_field("country", f.country, limits, false)?;
+    if let Some(id) = f.event_id {
+        check_field("event_id", id, limits, false)?;
+    }
+    if f.ts_ms < 0 {
+        return Err(Rejection::Invalid(format!("click_timestamp {} is before 1970", f.ts_ms)));
+    }
+    if f.ts_ms > now_ms.saturating_add(limits.max_future_skew_ms) {
+        return Err(Rejection::Invalid(format!(
+            "click_timestamp {} is more than {} ms ahead of wall clock {}",
+            f.ts_ms, limits.max_future_skew_ms, now_ms
+        )));
+    }
+    let ip: IpAddr = f
+        .ip
+        .trim()
+        .parse()
+        .map_err(|_| Rejection::Invalid(format!("ip {:?} is not an IP address", truncate(f.ip))))?;
+    Ok(ClickEvent {
+        ad_id: f.ad_id.to_owned(),
+        ts_ms: f.ts_ms,
+        user_id: f.user_id.to_owned(),
+        ip,
+        country: f.country.to_owned(),
+        event_id: f.event_id.map(str::to_owned),
+        event_type: f.event_type,
+    })
+}
+
+fn check_field(name: &str, value: &str, limits: &Limits, allow_space: bool) -> Result<(), Rejection> {
+    if value.is_empty() {
+        return Err(Rejection::Invalid(format!("{name} is empty")));
+    }
+    if value.len() > limits.max_field_len {
+        return Err(Rejection::Invalid(format!(
+            "{name} is {} bytes, longer than max_field_len {}",
+            value.len(),
+            limits.max_field_len
+        )));
+    }
+    if value.chars().any(|c| c.is_control() || (!allow_space && c.is_whitespace())) {
+        return Err(Rejection::Invalid(format!("{name} {:?} contains whitespace or control characters", value)));
+    }
+    Ok(())
+}
+
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Parses the raw log-line form that `ship` tails:
+/// `[AdClickEvent] ad001, 2022-03-04 00:00:01, user 1, 207.148.22.22, USA`.
+pub fn parse_log_line(line: &str, limits: &Limits, now_ms: i64) -> Result<ClickEvent, Rejection> {
+    let rest = line
+        .trim()
+        .strip_prefix("[AdClickEvent]")
+        .ok_or_else(|| Rejection::Malformed("line does not start with [AdClickEvent]".into()))?;
+    let parts: Vec<&str> = rest.split(',').map(str::trim).collect();
+    let [ad_id, ts, user, ip, country] = parts.as_slice() else {
+        return Err(Rejection::Malformed(format!("expected 5 comma-separated fields, got {}", parts.len())));
+    };
+    let ts_ms = parse_timestamp_text(ts).ok_or_else(|| Rejection::Invalid(format!("timestamp {:?} is not valid", truncate(ts))))?;
+    build_event(
+        FieldsRef { ad_id, ts_ms, user_id: user, ip, country, event_id: None, event_type: EventType::Click },
+        limits,
+        now_ms,
+    )
+}
+
+impl ClickEvent {
+    /// The key used to recognise a duplicate of this event, or `None` when it
+    /// cannot be deduplicated under `mode`. Keys are scoped to one
+    /// (ad, window) by the caller, which keeps 64-bit collisions negligible.
+    pub fn dedup_key(&self, mode: DedupMode) -> Option<u64> {
+        let mut h = Xxh3::new();
+        h.update(&[self.event_type as u8]);
+        match (mode, &self.event_id) {
+            (DedupMode::None, _) => return None,
+            (_, Some(id)) => {
+                h.update(b"id\0");
+                h.update(id.as_bytes());
+            }
+            (DedupMode::EventId, None) => return None,
+            (DedupMode::Content, None) => {
+                h.update(b"content\0");
+                for part in [self.ad_id.as_bytes(), self.user_id.as_bytes(), self.country.as_bytes()] {
+                    h.update(&(part.len() as u64).to_le_bytes());
+                    h.update(part);
+                }
+                h.update(&self.ts_ms.to_le_bytes());
+                h.update(self.ip.to_string().as_bytes());
+            }
+        }
+        Some(h.digest())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn parse(s: &str) -> Result<ClickEvent, Rejection> {
+        parse_event(s.as_bytes(), &Limits::default(), NOW)
+    }
+
+    #[test]
+    fn parses_rfc3339_and_epoch_ms() {
+        let a = parse(r#"{"ad_id":"ad001","click_timestamp":"2021-03-03T00:00:01Z","user_id":"user1","ip":"207.148.22.22","country":"USA"}"#).unwrap();
+        assert_eq!(a.ts_ms, 1_614_729_601_000);
+        assert_eq!(a.event_type, EventType::Click);
+        let b = parse(r#"{"ad_id":"ad001","click_timestamp":1614729601000,"user_id":"user1","ip":"::1","country":"USA","event_type":"impression","event_id":"e1"}"#).unwrap();
+        assert_eq!(b.ts_ms, a.ts_ms);
+        assert_eq!(b.event_type, EventType::Impression);
+        assert_eq!(b.event_id.as_deref(), Some("e1"));
+    }
+
+    #[test]
+    fn rejects_with_reasons() {
+        assert!(matches!(parse("not json"), Err(Rejection::Malformed(_))));
+        let missing = parse(r#"{"ad_id":"a","click_timestamp":1}"#).unwrap_err();
+        assert!(missing.to_string().contains("user_id"), "{missing}");
+        let long = format!(r#"{{"ad_id":"{}","click_timestamp":1,"user_id":"u","ip":"1.2.3.4","country":"US"}}"#, "x".repeat(1 << 20));
+        assert!(parse(&long).unwrap_err().to_string().contains("max_field_len"));
+        let future = r#"{"ad_id":"a","click_timestamp":"2100-01-01T00:00:00Z","user_id":"u","ip":"1.2.3.4","country":"US"}"#;
+        assert!(parse(future).unwrap_err().to_string().contains("ahead of wall clock"));
+        let bad_ip = r#"{"ad_id":"a","click_timestamp":1,"user_id":"u","ip":"999.1.1.1","country":"US"}"#;
+        assert!(parse(bad_ip).unwrap_err().to_string().contains("ip"));
+        let bad_type = r#"{"ad_id":"a","click_timestamp":1,"user_id":"u","ip":"1.1.1.1","country":"US","event_type":"view"}"#;
+        assert!(matches!(parse(bad_type), Err(Rejection::Malformed(_))));
+    }
+
+    #[test]
+    fn parses_log_lines() {
+        let e = parse_log_line("[AdClickEvent] ad001, 2022-03-04 00:00:01, user 1, 207.148.22.22, USA", &Limits::default(), NOW).unwrap();
+        assert_eq!(e.ad_id, "ad001");
+        assert_eq!(e.user_id, "user 1");
+        assert_eq!(e.ts_ms, 1_646_352_001_000);
+        assert!(parse_log_line("ad001, x", &Limits::default(), NOW).is_err());
+    }
+
+    #[test]
+    fn dedup_keys_follow_the_mode() {
+        let mut e = parse(r#"{"ad_id":"a","click_timestamp":1,"user_id":"u","ip":"1.1.1.1","country":"US"}"#).unwrap();
+        assert_eq!(e.dedup_key(DedupMode::EventId), None);
+        assert!(e.dedup_key(DedupMode::Content).is_some());
+        assert_eq!(e.dedup_key(DedupMode::None), None);
+        let content = e.dedup_key(DedupMode::Content);
+        e.event_id = Some("id-1".into());
+        assert_eq!(e.dedup_key(DedupMode::EventId), e.dedup_key(DedupMode::Content));
+        assert_ne!(e.dedup_key(DedupMode::EventId), content);
+        let mut imp = e.clone();
+        imp.event_type = EventType::Impression;
+        assert_ne!(imp.dedup_key(DedupMode::EventId), e.dedup_key(DedupMode::EventId));
+    }
+}

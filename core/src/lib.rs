@@ -1,0 +1,17 @@
+//! Pure domain logic of adclick. Nothing in this crate performs I/O, so every
+//! decision (which window, which key group, which actor, what to emit) can be
+//! unit- and property-tested without a broker.
+
+pub mod aggregate;
+pub mod config;
+pub mod event;
+pub mod ids;
+pub mod keygroup;
+pub mod map_batch;
+pub mod output;
+pub mod reduce;
+pub mod ring;
+pub mod slice;
+pub mod topn;
+pub mod watermark;
+pub mod window;

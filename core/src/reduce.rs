@@ -1,0 +1,131 @@
+//! State of the Reduce actor: merges local top-N lists into the exact global
+//! top-N once the watermark shows that every Aggregate actor has reported.
+//!
+//! An Aggregate actor sends its lists for a window before it forwards a
+//! watermark past the window's end, so "min watermark over aggregates ≥ end"
+//! means every list has arrived. Late updates replace one aggregate's list
+//! and re-emit the merged result with `revision + 1` when it changed.
+
+use crate::aggregate::LocalTopN;
+use crate::output::TopNRecord;
+use crate::topn::{merge, AdClicks};
+use crate::watermark::InputWatermarks;
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone, Debug, Default)]
+struct WindowEntry {
+    lists: HashMap<u32, Vec<AdClicks>>,
+    emitted: Option<(u32, Vec<AdClicks>)>,
+}
+
+/// The Reduce actor's state.
+#[derive(Clone, Debug)]
+pub struct ReduceState {
+    top_n: usize,
+    allowed_lateness_ms: i64,
+    producer: String,
+    inputs: InputWatermarks,
+    windows: BTreeMap<(i64, u32, String), WindowEntry>,
+}
+
+impl ReduceState {
+    /// A reducer with `num_inputs` aggregate inputs.
+    pub fn new(num_inputs: usize, top_n: usize, allowed_lateness_ms: i64, producer: String) -> Self {
+        Self { top_n, allowed_lateness_ms, producer, inputs: InputWatermarks::new(num_inputs), windows: BTreeMap::new() }
+    }
+
+    /// Current watermark (minimum over aggregates).
+    pub fn watermark(&self) -> Option<i64> {
+        self.inputs.current()
+    }
+
+    /// Records input `input`'s local list; re-emits when the window was
+    /// already emitted and the merged result changed.
+    pub fn on_local(&mut self, input: u32, l: LocalTopN) -> Option<TopNRecord> {
+        let key = (l.window_end, l.window_minutes, l.slice);
+        let entry = self.windows.entry(key.clone()).or_default();
+        entry.lists.insert(input, l.ads);
+        if entry.emitted.is_some() {
+            return self.emit(&key);
+        }
+        None
+    }
+
+    /// Records input `input`'s watermark and emits every window it completes.
+    pub fn on_watermark(&mut self, input: u32, wm: i64) -> Vec<TopNRecord> {
+        let Some(cur) = self.inputs.update(input as usize, wm) else { return Vec::new() };
+        let ready: Vec<_> = self
+            .windows
+            .iter()
+            .filter(|((end, _, _), e)| *end <= cur && e.emitted.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let out = ready.iter().filter_map(|k| self.emit(k)).collect();
+        let lateness = self.allowed_lateness_ms;
+        self.windows.retain(|(end, _, _), _| end.saturating_add(lateness) > cur);
+        out
+    }
+
+    fn emit(&mut self, key: &(i64, u32, String)) -> Option<TopNRecord> {
+        let entry = self.windows.get_mut(key)?;
+        let merged = merge(entry.lists.values().map(|v| v.as_slice()), self.top_n);
+        let revision = match &entry.emitted {
+            Some((_, prev)) if *prev == merged => return None,
+            Some((rev, _)) => rev + 1,
+            None if merged.is_empty() => {
+                entry.emitted = Some((0, merged));
+                return None;
+            }
+            None => 0,
+        };
+        entry.emitted = Some((revision, merged.clone()));
+        Some(TopNRecord {
+            window_end: key.0,
+            window_minutes: key.1,
+            slice: key.2.clone(),
+            ads: merged,
+            revision,
+            epoch: 0,
+            producer: self.producer.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ac(ad: &str, clicks: u64) -> AdClicks {
+        AdClicks { ad_id: ad.into(), clicks }
+    }
+
+    fn local(end: i64, ads: Vec<AdClicks>) -> LocalTopN {
+        LocalTopN { window_end: end, window_minutes: 1, slice: "*".into(), ads }
+    }
+
+    /// An ad that is never first on any single aggregate is first globally.
+    #[test]
+    fn merges_exactly_once_every_aggregate_reported() {
+        let mut r = ReduceState::new(2, 2, 60_000, "reduce-0".into());
+        // "c" is second on both aggregates' local lists only if it were on
+        // both; it lives on aggregate 1 and is its second, yet first overall.
+        assert!(r.on_local(0, local(100, vec![ac("a", 50), ac("b", 40)])).is_none());
+        assert!(r.on_watermark(0, 100).is_empty(), "aggregate 1 has not reported");
+        r.on_local(1, local(100, vec![ac("d", 70), ac("c", 60)]));
+        let out = r.on_watermark(1, 100);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].ads, vec![ac("d", 70), ac("c", 60)]);
+        assert_eq!(out[0].revision, 0);
+    }
+
+    #[test]
+    fn late_update_reemits_only_when_changed() {
+        let mut r = ReduceState::new(1, 2, 60_000, "reduce-0".into());
+        r.on_local(0, local(100, vec![ac("a", 5)]));
+        assert_eq!(r.on_watermark(0, 100).len(), 1);
+        assert!(r.on_local(0, local(100, vec![ac("a", 5)])).is_none());
+        let rev = r.on_local(0, local(100, vec![ac("b", 9), ac("a", 5)])).unwrap();
+        assert_eq!(rev.revision, 1);
+        assert_eq!(rev.ads[0], ac("b", 9));
+    }
+}

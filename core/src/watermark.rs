@@ -1,0 +1,247 @@
+//! Event-time watermarks.
+//!
+//! [`SourceWatermarks`] tracks the Kafka partitions of one Map actor,
+//! including idleness: a partition with no data for `idle_timeout` is left
+//! out of the minimum, and when every partition is idle event time advances
+//! at wall-clock speed from the last watermark. Windows therefore close
+//! without dummy events (the Kafka Streams problem in `001_*`).
+//!
+//! [`InputWatermarks`] is the minimum over the inputs of a multi-input actor.
+//! Both never go backwards.
+
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug)]
+struct PartitionClock {
+    max_event_ts: Option<i64>,
+    last_activity_ms: i64,
+}
+
+/// Per-partition watermarks of one source, with idleness.
+#[derive(Clone, Debug)]
+pub struct SourceWatermarks {
+    out_of_orderness_ms: i64,
+    idle_timeout_ms: i64,
+    partitions: BTreeMap<i32, PartitionClock>,
+    last: Option<i64>,
+}
+
+/// A partition's state as reported on `/metrics` and in status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionReport {
+    /// The partition.
+    pub partition: i32,
+    /// Highest event time minus out-of-orderness, if any data was seen.
+    pub watermark: Option<i64>,
+    /// Whether it is currently excluded from the minimum.
+    pub idle: bool,
+}
+
+impl SourceWatermarks {
+    /// Tracks `partitions`, all considered active from `now_ms`.
+    pub fn new(partitions: &[i32], out_of_orderness_ms: i64, idle_timeout_ms: i64, now_ms: i64) -> Self {
+        let partitions = partitions
+            .iter()
+            .map(|p| (*p, PartitionClock { max_event_ts: None, last_activity_ms: now_ms }))
+            .collect();
+        Self { out_of_orderness_ms, idle_timeout_ms, partitions, last: None }
+    }
+
+    /// Restores the watermark from a snapshot, so recovery cannot move it back.
+    pub fn restore(&mut self, watermark: Option<i64>) {
+        self.last = watermark;
+    }
+
+    /// Records an event (or just activity, with `event_ts = None`) on a partition.
+    pub fn observe(&mut self, partition: i32, event_ts: Option<i64>, now_ms: i64) {
+        let clock = self
+            .partitions
+            .entry(partition)
+            .or_insert(PartitionClock { max_event_ts: None, last_activity_ms: now_ms });
+        clock.last_activity_ms = clock.last_activity_ms.max(now_ms);
+        if let Some(ts) = event_ts {
+            clock.max_event_ts = Some(clock.max_event_ts.map_or(ts, |m| m.max(ts)));
+        }
+    }
+
+    fn is_idle(&self, c: &PartitionClock, now_ms: i64) -> bool {
+        now_ms.saturating_sub(c.last_activity_ms) >= self.idle_timeout_ms
+    }
+
+    /// The current watermark at wall-clock `now_ms`, or `None` before any
+    /// partition has produced data.
+    pub fn current(&mut self, now_ms: i64) -> Option<i64> {
+        let ooo = self.out_of_orderness_ms;
+        let mut active = self.partitions.values().filter(|c| !self.is_idle(c, now_ms)).peekable();
+        let candidate = if active.peek().is_some() {
+            // A partition that is active but has not delivered data yet holds
+            // the watermark back until it turns idle.
+            active.map(|c| c.max_event_ts.map(|t| t.saturating_sub(ooo))).try_fold(i64::MAX, |acc, w| w.map(|w| acc.min(w)))
+        } else {
+            // Every partition is idle: advance at wall-clock speed from the
+            // last watermark, starting when the last partition went idle.
+            let base = self.last.or_else(|| self.partitions.values().filter_map(|c| c.max_event_ts).min().map(|t| t - ooo));
+            let idle_since = self.partitions.values().map(|c| c.last_activity_ms + self.idle_timeout_ms).max();
+            match (base, idle_since) {
+                (Some(b), Some(since)) => Some(b.saturating_add(now_ms.saturating_sub(since).max(0))),
+                _ => None,
+            }
+        };
+        if let Some(c) = candidate {
+            self.last = Some(self.last.map_or(c, |l| l.max(c)));
+        }
+        self.last
+    }
+
+    /// The last watermark returned by [`current`](Self::current).
+    pub fn last(&self) -> Option<i64> {
+        self.last
+    }
+
+    /// Per-partition view for metrics.
+    pub fn report(&self, now_ms: i64) -> Vec<PartitionReport> {
+        self.partitions
+            .iter()
+            .map(|(p, c)| PartitionReport {
+                partition: *p,
+                watermark: c.max_event_ts.map(|t| t - self.out_of_orderness_ms),
+                idle: self.is_idle(c, now_ms),
+            })
+            .collect()
+    }
+}
+
+/// Minimum watermark over the inputs of a multi-input actor.
+#[derive(Clone, Debug)]
+pub struct InputWatermarks {
+    inputs: Vec<Option<i64>>,
+}
+
+impl InputWatermarks {
+    /// An actor with `n` inputs; the watermark is undefined until each
+    /// input has reported one.
+    pub fn new(n: usize) -> Self {
+        Self { inputs: vec![None; n] }
+    }
+
+    /// Records input `i`'s watermark (ignoring regressions) and returns the
+    /// new minimum.
+    pub fn update(&mut self, i: usize, wm: i64) -> Option<i64> {
+        if let Some(slot) = self.inputs.get_mut(i) {
+            *slot = Some(slot.map_or(wm, |old| old.max(wm)));
+        }
+        self.current()
+    }
+
+    /// Minimum over all inputs, `None` while any input has not reported.
+    pub fn current(&self) -> Option<i64> {
+        self.inputs.iter().try_fold(i64::MAX, |acc, w| w.map(|w| acc.min(w))).filter(|_| !self.inputs.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const OOO: i64 = 15_000;
+    const IDLE: i64 = 10_000;
+
+    #[test]
+    fn minimum_over_partitions() {
+        let mut w = SourceWatermarks::new(&[0, 1], OOO, IDLE, 0);
+        w.observe(0, Some(100_000), 0);
+        assert_eq!(w.current(1), None, "partition 1 active without data holds it back");
+        w.observe(1, Some(50_000), 1);
+        assert_eq!(w.current(2), Some(35_000));
+        w.observe(1, Some(200_000), 3);
+        assert_eq!(w.current(4), Some(85_000));
+    }
+
+    #[test]
+    fn idle_partition_does_not_stall_watermark() {
+        let mut w = SourceWatermarks::new(&[0, 1], OOO, IDLE, 0);
+        w.observe(0, Some(100_000), 0);
+        w.observe(1, Some(50_000), 0);
+        for t in (1_000..20_000).step_by(1_000) {
+            w.observe(0, Some(100_000 + t), t);
+        }
+        // Partition 1 has been quiet for > IDLE: only partition 0 counts.
+        assert_eq!(w.current(19_000), Some(100_000 + 19_000 - OOO));
+    }
+
+    #[test]
+    fn all_idle_advances_at_wall_clock_speed() {
+        let mut w = SourceWatermarks::new(&[0], OOO, IDLE, 0);
+        w.observe(0, Some(100_000), 0);
+        assert_eq!(w.current(0), Some(85_000));
+        assert_eq!(w.current(IDLE), Some(85_000));
+        assert_eq!(w.current(IDLE + 5_000), Some(90_000));
+        // Rejoining with old data holds it, without moving it back.
+        w.observe(0, Some(100_001), IDLE + 6_000);
+        assert_eq!(w.current(IDLE + 6_000), Some(90_000));
+        w.observe(0, Some(120_000), IDLE + 7_000);
+        assert_eq!(w.current(IDLE + 7_000), Some(105_000));
+    }
+
+    #[test]
+    fn input_minimum_waits_for_every_input() {
+        let mut m = InputWatermarks::new(2);
+        assert_eq!(m.update(0, 10), None);
+        assert_eq!(m.update(1, 5), Some(5));
+        assert_eq!(m.update(1, 3), Some(5), "regressions are ignored");
+        assert_eq!(m.update(1, 20), Some(10));
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Event { partition: i32, ts: i64 },
+        Tick,
+    }
+
+    fn step() -> impl Strategy<Value = (Step, i64)> {
+        (
+            prop_oneof![
+                (0i32..4, 0i64..600_000).prop_map(|(partition, ts)| Step::Event { partition, ts }),
+                Just(Step::Tick)
+            ],
+            0i64..4_000,
+        )
+    }
+
+    proptest! {
+        /// Random interleavings of events and idleness never move the
+        /// watermark backwards, and never let it pass an active partition's
+        /// data minus out-of-orderness (so no window closes early).
+        #[test]
+        fn watermark_is_monotonic_and_never_early(steps in proptest::collection::vec(step(), 1..200)) {
+            let mut w = SourceWatermarks::new(&[0, 1, 2, 3], OOO, IDLE, 0);
+            let mut now = 0;
+            let mut prev: Option<i64> = None;
+            let mut max_seen: Vec<Option<i64>> = vec![None; 4];
+            let mut last_act = [0i64; 4];
+            for (s, dt) in steps {
+                now += dt;
+                if let Step::Event { partition, ts } = s {
+                    w.observe(partition, Some(ts), now);
+                    let m = &mut max_seen[partition as usize];
+                    *m = Some(m.map_or(ts, |x| x.max(ts)));
+                    last_act[partition as usize] = now;
+                }
+                let cur = w.current(now);
+                if let (Some(p), Some(c)) = (prev, cur) { prop_assert!(c >= p, "went back {p} -> {c}"); }
+                if prev.is_some() { prop_assert!(cur.is_some()); }
+                // Newly computed values must respect every active partition.
+                if let (Some(c), true) = (cur, cur != prev) {
+                    for p in 0..4 {
+                        if now - last_act[p] < IDLE {
+                            let bound = max_seen[p].map(|m| m - OOO);
+                            prop_assert!(bound.is_some_and(|b| c <= b), "partition {p} active, bound {bound:?}, wm {c}");
+                        }
+                    }
+                }
+                prev = cur;
+            }
+        }
+    }
+}
