@@ -1,0 +1,89 @@
+//! Kafka clients and topic creation. Actors use manual partition
+//! assignment (no consumer-group joins), as Flink does; tansu's group joins
+//! are slow, and the coordinator owns the assignment anyway.
+
+use adclick_core::config::KafkaConfig;
+use anyhow::{Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::Duration;
+
+/// Base client configuration for `bootstrap`.
+pub fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap).set("broker.address.family", "v4");
+    c
+}
+
+/// An idempotent producer (no duplicates from retries).
+pub fn producer(bootstrap: &str) -> Result<FutureProducer> {
+    client_config(bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .context("creating Kafka producer")
+}
+
+/// A consumer for manual assignment. `group` only names committed offsets.
+pub fn consumer<C: rdkafka::config::FromClientConfig>(bootstrap: &str, group: &str, read_committed: bool) -> Result<C> {
+    client_config(bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", if read_committed { "read_committed" } else { "read_uncommitted" })
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .context("creating Kafka consumer")
+}
+
+/// Creates every topic the job uses that does not exist yet; existing
+/// topics are used as they are.
+pub async fn ensure_topics(k: &KafkaConfig) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(&k.bootstrap).create().context("creating Kafka admin client")?;
+    let specs = [
+        (k.input_topic.as_str(), k.input_partitions),
+        (k.output_topic.as_str(), k.output_partitions),
+        (k.dlq_topic.as_str(), k.output_partitions),
+        (k.late_topic.as_str(), k.output_partitions),
+    ];
+    let topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(k.replication_factor)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics(&topics, &opts).await.context("creating topics")?;
+    for r in results {
+        match r {
+            Ok(name) => tracing::info!(topic = name, "created topic"),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = name, "topic exists"),
+            Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// Number of partitions of `topic`, waiting until the broker knows it.
+pub fn partition_count(bootstrap: &str, topic: &str) -> Result<i32> {
+    let consumer: BaseConsumer = consumer(bootstrap, "adclick-metadata", false)?;
+    let mut last_err = None;
+    for _ in 0..50 {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(md) => {
+                if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
+                    if t.error().is_none() && !t.partitions().is_empty() {
+                        return Ok(t.partitions().len() as i32);
+                    }
+                }
+            }
+            Err(e) => last_err = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    anyhow::bail!("topic {topic} has no partitions on {bootstrap} (last error: {last_err:?})")
+}

@@ -1,0 +1,18 @@
+//! I/O shared by every adclick process. Each module has one job:
+//! `config` loads and validates, `telemetry` sets up tracing, `ops` serves
+//! `/metrics`, `/healthz` and `/readyz`, `kafka` builds clients and topics,
+//! `shutdown` carries Ctrl-C to every task.
+
+pub mod config;
+pub mod kafka;
+pub mod ops;
+pub mod shutdown;
+pub mod telemetry;
+
+/// Wall-clock time in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

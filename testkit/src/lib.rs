@@ -1,0 +1,90 @@
+//! Starts the real parts tests talk to: a tansu Kafka-protocol broker and
+//! (in `postgres`) a private PostgreSQL server, each on a free loopback port,
+//! stopped when dropped.
+
+use anyhow::{bail, Context, Result};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (racy by nature, but good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// A fresh temporary directory under `target/test-runs`, kept for post-mortems.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-runs");
+    let dir = base.join(format!("{name}-{}-{}", std::process::id(), free_port()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: &str, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nothing listens on {addr} after {timeout:?}")
+}
+
+/// Path of the tansu binary: `$TANSU`, then PATH, then `~/.cargo/bin`.
+pub fn tansu_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("TANSU") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let cand = dir.join("tansu");
+            if cand.is_file() {
+                return Ok(cand);
+            }
+        }
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cand = Path::new(&home).join(".cargo/bin/tansu");
+    if cand.is_file() {
+        return Ok(cand);
+    }
+    bail!("tansu is not installed: run `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql` (or bash .ci/run)")
+}
+
+/// A running tansu broker (memory engine), killed on drop.
+pub struct Broker {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub bootstrap: String,
+}
+
+impl Broker {
+    /// Starts a broker on a free port with in-memory storage, logging to `log_dir`.
+    pub fn start(log_dir: &Path) -> Result<Self> {
+        let port = free_port();
+        let bootstrap = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{bootstrap}");
+        let log = std::fs::File::create(log_dir.join("tansu.log")).context("creating tansu log")?;
+        let child = Command::new(tansu_bin()?)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting tansu")?;
+        let broker = Self { child, bootstrap };
+        wait_for_port(&broker.bootstrap, Duration::from_secs(30))?;
+        Ok(broker)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
