@@ -1,1 +1,114 @@
-fn main() {}
+//! `adclick`: one binary for every process of the cluster, chosen by
+//! subcommand (see the README for each).
+
+mod demo;
+mod gen;
+mod launch;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "adclick", version, about = "Distributed ad-click aggregation cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every long-running process shares.
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Configuration file (TOML). Keys can be overridden by ADCLICK_<SECTION>__<KEY>.
+    #[arg(long, env = "ADCLICK_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Keep the job graph, place actors on nodes, detect failures, serve the admin API.
+    Coordinator {
+        #[command(flatten)]
+        common: Common,
+        /// gRPC listen address (default: cluster.coordinator from the config).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, default_value = "127.0.0.1:9700")]
+        ops_addr: SocketAddr,
+    },
+    /// Host actors deployed by the coordinator.
+    Node {
+        #[command(flatten)]
+        common: Common,
+        /// Unique node name.
+        #[arg(long)]
+        node_id: String,
+        /// gRPC listen address (data plane and deploy API).
+        #[arg(long, default_value = "127.0.0.1:7800")]
+        listen: SocketAddr,
+        /// Address other processes use to reach this node (default: --listen).
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, default_value = "127.0.0.1:9800")]
+        ops_addr: SocketAddr,
+        /// Coordinator gRPC address (default: cluster.coordinator from the config).
+        #[arg(long)]
+        coordinator: Option<String>,
+    },
+    /// Produce a seeded, reproducible stream and its exact expected aggregates.
+    Gen(gen::GenArgs),
+    /// Run everything locally on embedded defaults and show live top-N.
+    Demo(demo::DemoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("adclick: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("adclick: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Coordinator { common, listen, ops_addr } => {
+            let cfg = adclick_runtime::config::load(common.config.as_deref())?;
+            adclick_runtime::telemetry::init("coordinator");
+            let listen = match listen {
+                Some(l) => l,
+                None => cfg.cluster.coordinator.parse().map_err(|e| {
+                    anyhow::anyhow!("invalid config `cluster.coordinator` {:?}: {e}", cfg.cluster.coordinator)
+                })?,
+            };
+            let shutdown = adclick_runtime::shutdown::on_signal();
+            adclick_coordinator::run(cfg, listen, ops_addr, shutdown).await
+        }
+        Command::Node { common, node_id, listen, advertise, ops_addr, coordinator } => {
+            let cfg = adclick_runtime::config::load(common.config.as_deref())?;
+            adclick_runtime::telemetry::init("node");
+            anyhow::ensure!(!node_id.trim().is_empty(), "--node-id must not be empty");
+            let opts = adclick_node::NodeOptions {
+                node_id,
+                listen,
+                advertise: advertise.unwrap_or_else(|| listen.to_string()),
+                ops: ops_addr,
+                coordinator: coordinator.unwrap_or(cfg.cluster.coordinator.clone()),
+                heartbeat_interval_ms: cfg.cluster.heartbeat_interval_ms,
+            };
+            let shutdown = adclick_runtime::shutdown::on_signal();
+            adclick_node::run(opts, shutdown).await
+        }
+        Command::Gen(args) => gen::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}

@@ -1,0 +1,163 @@
+//! The job lifecycle: wait for nodes, deploy, watch, redeploy on loss.
+//!
+//! Decisions (the plan) come from `adclick_core::plan`; this module only
+//! gathers facts and performs the deployment RPCs.
+
+use crate::registry::{ClusterState, JobState};
+use adclick_core::config::Config;
+use adclick_core::ids::{ActorKind, NodeId};
+use adclick_core::plan::{build_plan, PlanInput};
+use adclick_proto::cluster::node_client::NodeClient;
+use adclick_proto::cluster::{self as pb, ActorSpec, DeployRequest, Placement};
+use adclick_runtime::ops::Readiness;
+use adclick_runtime::shutdown::CancellationToken;
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// How long a fresh deployment may take before its actors must report.
+const DEPLOY_GRACE: Duration = Duration::from_secs(10);
+
+/// Drives the job until shutdown.
+pub async fn run(cfg: Config, state: Arc<Mutex<ClusterState>>, ready: Readiness, shutdown: CancellationToken) {
+    let tick = Duration::from_millis(cfg.cluster.heartbeat_interval_ms.clamp(100, 1000));
+    let mut topics_ready = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        if !topics_ready {
+            match adclick_runtime::kafka::ensure_topics(&cfg.kafka).await {
+                Ok(()) => topics_ready = true,
+                Err(e) => {
+                    tracing::warn!("topics not ready: {e:#}");
+                    continue;
+                }
+            }
+        }
+        ready.set(true);
+        let decision = {
+            let s = state.lock().await;
+            decide(&cfg, &s)
+        };
+        if let Some(reason) = decision {
+            tracing::info!(%reason, "deploying");
+            if let Err(e) = deploy(&cfg, &state).await {
+                tracing::warn!("deploy failed: {e:#}");
+                metrics::counter!("deploy_failures_total").increment(1);
+            }
+        }
+    }
+}
+
+/// Why the job must be (re)deployed now, if it must.
+fn decide(cfg: &Config, s: &ClusterState) -> Option<String> {
+    let alive = s.alive(cfg.cluster.heartbeat_timeout_ms);
+    if s.generation == 0 || s.placements.is_empty() {
+        return (alive.len() >= cfg.cluster.nodes as usize).then(|| format!("{} nodes registered", alive.len()));
+    }
+    if alive.is_empty() {
+        return None;
+    }
+    let in_grace = s.deployed_at.is_some_and(|t| t.elapsed() < DEPLOY_GRACE);
+    for p in &s.placements {
+        if !alive.contains(&p.node_id) {
+            return Some(format!("node {} lost", p.node_id));
+        }
+        if in_grace {
+            continue;
+        }
+        let Some(node) = s.nodes.get(&p.node_id) else { return Some(format!("node {} unknown", p.node_id)) };
+        if node.generation != s.generation {
+            return Some(format!("node {} runs generation {}, not {}", p.node_id, node.generation, s.generation));
+        }
+        if let Some(a) = node.actors.iter().find(|a| a.actor_id == p.actor_id && a.generation == s.generation) {
+            if a.state.starts_with("failed") {
+                return Some(format!("actor {} {}", a.actor_id, a.state));
+            }
+        }
+    }
+    None
+}
+
+async fn deploy(cfg: &Config, state: &Arc<Mutex<ClusterState>>) -> Result<()> {
+    let bootstrap = cfg.kafka.bootstrap.clone();
+    let topic = cfg.kafka.input_topic.clone();
+    let partitions = tokio::task::spawn_blocking(move || adclick_runtime::kafka::partition_count(&bootstrap, &topic))
+        .await
+        .context("partition lookup task")??;
+    let (generation, nodes, addrs) = {
+        let mut s = state.lock().await;
+        let alive = s.alive(cfg.cluster.heartbeat_timeout_ms);
+        anyhow::ensure!(!alive.is_empty(), "no live nodes");
+        let reported = s.nodes.values().map(|n| n.generation).max().unwrap_or(0);
+        s.generation = s.generation.max(reported) + 1;
+        s.job_state = if s.placements.is_empty() { JobState::Deploying } else { JobState::Recovering };
+        let addrs: HashMap<String, String> = s.nodes.iter().map(|(id, n)| (id.clone(), n.addr.clone())).collect();
+        (s.generation, alive, addrs)
+    };
+    let plan = build_plan(&PlanInput {
+        nodes: nodes.iter().cloned().map(NodeId).collect(),
+        partitions,
+        map_parallelism: cfg.job.map_parallelism,
+        aggregates: cfg.aggregate.replicas,
+        key_groups: cfg.job.key_groups,
+    });
+    let placements: Vec<Placement> = plan
+        .actors
+        .iter()
+        .map(|a| Placement {
+            actor_id: a.id.to_string(),
+            node_id: a.node.0.clone(),
+            addr: addrs.get(&a.node.0).cloned().unwrap_or_default(),
+        })
+        .collect();
+    let config_toml = adclick_runtime::config::to_toml(cfg)?;
+    let mut calls = Vec::new();
+    for node in &nodes {
+        let actors: Vec<ActorSpec> = plan
+            .actors
+            .iter()
+            .filter(|a| &a.node.0 == node)
+            .map(|a| ActorSpec {
+                kind: match a.id.kind {
+                    ActorKind::Map => pb::ActorKind::Map,
+                    ActorKind::Aggregate => pb::ActorKind::Aggregate,
+                    ActorKind::Reduce => pb::ActorKind::Reduce,
+                } as i32,
+                index: a.id.index,
+                partitions: a.partitions.clone(),
+            })
+            .collect();
+        let req = DeployRequest {
+            generation,
+            actors,
+            placements: placements.clone(),
+            key_group_owner: plan.key_group_owner.clone(),
+            num_maps: plan.num_maps,
+            num_aggregates: plan.num_aggregates,
+            config_toml: config_toml.clone(),
+        };
+        let addr = addrs.get(node).cloned().unwrap_or_default();
+        let node = node.clone();
+        calls.push(async move {
+            let mut client = NodeClient::connect(format!("http://{addr}")).await.with_context(|| format!("connecting to node {node}"))?;
+            client.deploy(req).await.with_context(|| format!("deploying to node {node}"))?;
+            anyhow::Ok(())
+        });
+    }
+    let results = futures::future::join_all(calls).await;
+    let mut s = state.lock().await;
+    s.placements = placements;
+    s.deployed_at = Some(Instant::now());
+    for r in results {
+        r?;
+    }
+    s.job_state = JobState::Running;
+    metrics::gauge!("generation").set(generation as f64);
+    tracing::info!(generation, nodes = nodes.len(), "generation deployed");
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! What the coordinator knows about the cluster: nodes, their liveness,
+//! the current generation and placement.
+
+use adclick_proto::cluster::{ActorState, Placement};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// One registered node.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    /// gRPC address.
+    pub addr: String,
+    /// Last heartbeat (or registration).
+    pub last_seen: Instant,
+    /// Generation the node reported running.
+    pub generation: u64,
+    /// Actor states from its last heartbeat.
+    pub actors: Vec<ActorState>,
+}
+
+/// Lifecycle of the job, shown by `adclickctl status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum JobState {
+    /// Fewer nodes than `cluster.nodes` have registered.
+    #[default]
+    WaitingForNodes,
+    /// Deploying a generation.
+    Deploying,
+    /// Every actor runs.
+    Running,
+    /// A node or actor was lost; redeploying.
+    Recovering,
+}
+
+impl JobState {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::WaitingForNodes => "waiting-for-nodes",
+            JobState::Deploying => "deploying",
+            JobState::Running => "running",
+            JobState::Recovering => "recovering",
+        }
+    }
+}
+
+/// Mutable cluster state, behind one lock.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    /// Registered nodes by id.
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// Current generation (0 before the first deploy).
+    pub generation: u64,
+    /// Job lifecycle state.
+    pub job_state: JobState,
+    /// Placement of the current generation.
+    pub placements: Vec<Placement>,
+    /// When the current generation was deployed.
+    pub deployed_at: Option<Instant>,
+}
+
+impl ClusterState {
+    /// Ids of nodes that heartbeated within `timeout_ms`, sorted.
+    pub fn alive(&self, timeout_ms: u64) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.last_seen.elapsed().as_millis() < u128::from(timeout_ms))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}

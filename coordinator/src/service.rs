@@ -1,0 +1,85 @@
+//! gRPC services of the coordinator: node registration and heartbeats, and
+//! the admin API used by `adclickctl`.
+
+use crate::registry::{ClusterState, NodeInfo};
+use adclick_proto::cluster::admin_server::Admin;
+use adclick_proto::cluster::coordinator_server::Coordinator;
+use adclick_proto::cluster::*;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+
+/// Serves `Coordinator` and `Admin`.
+#[derive(Clone)]
+pub struct CoordinatorService {
+    state: Arc<Mutex<ClusterState>>,
+    heartbeat_timeout_ms: u64,
+}
+
+impl CoordinatorService {
+    /// Services over the shared cluster state.
+    pub fn new(state: Arc<Mutex<ClusterState>>, heartbeat_timeout_ms: u64) -> Self {
+        Self { state, heartbeat_timeout_ms }
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        let req = request.into_inner();
+        if req.node_id.is_empty() || req.addr.is_empty() {
+            return Err(Status::invalid_argument("node_id and addr are required"));
+        }
+        let mut s = self.state.lock().await;
+        tracing::info!(node = %req.node_id, addr = %req.addr, "node registered");
+        s.nodes.insert(req.node_id, NodeInfo { addr: req.addr, last_seen: Instant::now(), generation: 0, actors: Vec::new() });
+        Ok(Response::new(RegisterResponse { generation: s.generation }))
+    }
+
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        let mut s = self.state.lock().await;
+        let generation = s.generation;
+        let known = match s.nodes.get_mut(&req.node_id) {
+            Some(n) => {
+                n.last_seen = Instant::now();
+                n.generation = req.generation;
+                n.actors = req.actors;
+                true
+            }
+            None => false,
+        };
+        Ok(Response::new(HeartbeatResponse { generation, known }))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for CoordinatorService {
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let s = self.state.lock().await;
+        let nodes = s
+            .nodes
+            .iter()
+            .map(|(id, n)| NodeStatus {
+                node_id: id.clone(),
+                addr: n.addr.clone(),
+                alive: n.last_seen.elapsed().as_millis() < u128::from(self.heartbeat_timeout_ms),
+                last_heartbeat_ms_ago: n.last_seen.elapsed().as_millis() as u64,
+            })
+            .collect();
+        let mut actors: Vec<ActorState> = s
+            .nodes
+            .values()
+            .flat_map(|n| n.actors.iter().filter(|a| a.generation == s.generation).cloned())
+            .collect();
+        actors.sort_by(|a, b| a.actor_id.cmp(&b.actor_id));
+        Ok(Response::new(StatusResponse {
+            generation: s.generation,
+            state: s.job_state.as_str().to_owned(),
+            nodes,
+            placements: s.placements.clone(),
+            actors,
+        }))
+    }
+}

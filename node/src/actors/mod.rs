@@ -1,0 +1,96 @@
+//! The actors a node hosts. Each is a tokio task reading a bounded mailbox
+//! (Map reads Kafka instead) and writing to [`Edge`]s and Kafka sinks.
+
+pub mod aggregate;
+pub mod map;
+pub mod reduce;
+
+use crate::edge::{self, Edge, Target};
+use crate::routing::RoutingTable;
+use adclick_core::config::Config;
+use adclick_core::ids::ActorId;
+use adclick_proto::dataflow::stream_message::Body;
+use adclick_runtime::shutdown::CancellationToken;
+use anyhow::{anyhow, Result};
+use dashmap::DashMap;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A message in an actor's mailbox, tagged with the sending actor.
+#[derive(Debug)]
+pub struct Inbound {
+    /// Sending actor id, e.g. `map-3`.
+    pub from: String,
+    /// The payload.
+    pub body: Body,
+}
+
+/// Where every actor of the current deployment runs.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// Node id.
+    pub node: String,
+    /// Node gRPC address.
+    pub addr: String,
+}
+
+/// Status of one actor, reported in heartbeats.
+#[derive(Clone, Debug)]
+pub struct ActorStatus {
+    /// Deployment generation.
+    pub generation: u64,
+    /// `running`, `finished` or `failed: <reason>`.
+    pub state: String,
+    /// Current watermark.
+    pub watermark: Option<i64>,
+}
+
+/// Everything an actor needs from its node.
+#[derive(Clone)]
+pub struct ActorCtx {
+    /// This actor.
+    pub id: ActorId,
+    /// Deployment generation.
+    pub generation: u64,
+    /// Job configuration shipped by the coordinator.
+    pub cfg: Arc<Config>,
+    /// This node's id.
+    pub node_id: String,
+    /// Local routes.
+    pub routing: Arc<RoutingTable>,
+    /// Placement of every actor.
+    pub placements: Arc<HashMap<String, Placement>>,
+    /// `key_group_owner[kg]` = Aggregate index.
+    pub key_group_owner: Arc<Vec<u32>>,
+    /// Number of Map actors.
+    pub num_maps: u32,
+    /// Number of Aggregate actors.
+    pub num_aggregates: u32,
+    /// Statuses reported to the coordinator.
+    pub status: Arc<DashMap<String, ActorStatus>>,
+    /// Cancelled when the actor must stop.
+    pub cancel: CancellationToken,
+}
+
+impl ActorCtx {
+    /// Opens the edge from this actor to `dst`.
+    pub async fn connect(&self, dst: &ActorId) -> Result<Edge> {
+        let dst = dst.to_string();
+        let p = self.placements.get(&dst).ok_or_else(|| anyhow!("no placement for {dst}"))?;
+        let target = if p.node == self.node_id { Target::Local } else { Target::Remote(p.addr.clone()) };
+        edge::connect(&self.routing, &self.id.to_string(), &dst, self.generation, target, self.cfg.job.mailbox_capacity).await
+    }
+
+    /// Records this actor's state for the next heartbeat.
+    pub fn report(&self, state: &str, watermark: Option<i64>) {
+        self.status.insert(
+            self.id.to_string(),
+            ActorStatus { generation: self.generation, state: state.to_owned(), watermark },
+        );
+    }
+
+    /// Index of the sending actor (`map-3` → 3) for input bookkeeping.
+    pub fn input_index(from: &str) -> Option<u32> {
+        ActorId::parse(from).map(|a| a.index)
+    }
+}

@@ -1,0 +1,176 @@
+//! Deployment on a node: the coordinator's `Deploy` replaces every actor of
+//! the previous generation with the actors of the new one.
+
+use crate::actors::{self, ActorCtx, ActorStatus, Inbound, Placement};
+use crate::routing::{Route, RoutingTable};
+use adclick_core::ids::{ActorId, ActorKind};
+use adclick_proto::cluster::node_server::Node;
+use adclick_proto::cluster::{self as pb, CancelRequest, CancelResponse, DeployRequest, DeployResponse};
+use adclick_runtime::shutdown::CancellationToken;
+use anyhow::{Context, Result};
+use dashmap::DashMap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status};
+
+struct Running {
+    generation: u64,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Owns the actors running on this node.
+pub struct ActorManager {
+    node_id: String,
+    routing: Arc<RoutingTable>,
+    shutdown: CancellationToken,
+    running: Mutex<Option<Running>>,
+    /// Statuses reported in heartbeats.
+    pub status: Arc<DashMap<String, ActorStatus>>,
+}
+
+impl ActorManager {
+    /// A manager with nothing deployed.
+    pub fn new(node_id: String, routing: Arc<RoutingTable>, shutdown: CancellationToken) -> Self {
+        Self { node_id, routing, shutdown, running: Mutex::new(None), status: Arc::new(DashMap::new()) }
+    }
+
+    /// The generation currently deployed here (0 when none).
+    pub async fn generation(&self) -> u64 {
+        self.running.lock().await.as_ref().map_or(0, |r| r.generation)
+    }
+
+    /// Stops every actor and waits (briefly) for them to finish.
+    pub async fn stop_all(&self) {
+        if let Some(r) = self.running.lock().await.take() {
+            stop(r).await;
+        }
+    }
+
+    /// Stops actors of `generation` or older.
+    pub async fn cancel(&self, generation: u64) {
+        let mut guard = self.running.lock().await;
+        if guard.as_ref().is_some_and(|r| r.generation <= generation) {
+            if let Some(r) = guard.take() {
+                stop(r).await;
+            }
+        }
+    }
+
+    /// Replaces the running actors with those of `req`.
+    pub async fn deploy(&self, req: DeployRequest) -> Result<()> {
+        let cfg = Arc::new(adclick_runtime::config::from_toml(&req.config_toml)?);
+        let mut guard = self.running.lock().await;
+        if let Some(r) = guard.as_ref() {
+            anyhow::ensure!(req.generation > r.generation, "stale deploy of generation {} (running {})", req.generation, r.generation);
+        }
+        if let Some(r) = guard.take() {
+            stop(r).await;
+        }
+        self.routing.retain_generation(req.generation);
+        self.status.clear();
+        let placements: Arc<HashMap<String, Placement>> = Arc::new(
+            req.placements
+                .iter()
+                .map(|p| (p.actor_id.clone(), Placement { node: p.node_id.clone(), addr: p.addr.clone() }))
+                .collect(),
+        );
+        let owners = Arc::new(req.key_group_owner.clone());
+        let cancel = self.shutdown.child_token();
+        let mut mailboxes = Vec::new();
+        for spec in &req.actors {
+            let kind = match pb::ActorKind::try_from(spec.kind).context("unknown actor kind")? {
+                pb::ActorKind::Map => ActorKind::Map,
+                pb::ActorKind::Aggregate => ActorKind::Aggregate,
+                pb::ActorKind::Reduce => ActorKind::Reduce,
+            };
+            let id = ActorId::new(kind, spec.index);
+            let (tx, rx) = mpsc::channel::<Inbound>(cfg.job.mailbox_capacity);
+            self.routing.insert(id.to_string(), Route { generation: req.generation, mailbox: tx });
+            mailboxes.push((id, spec.partitions.clone(), rx));
+        }
+        let mut tasks = Vec::new();
+        for (id, partitions, rx) in mailboxes {
+            let ctx = ActorCtx {
+                id: id.clone(),
+                generation: req.generation,
+                cfg: cfg.clone(),
+                node_id: self.node_id.clone(),
+                routing: self.routing.clone(),
+                placements: placements.clone(),
+                key_group_owner: owners.clone(),
+                num_maps: req.num_maps,
+                num_aggregates: req.num_aggregates,
+                status: self.status.clone(),
+                cancel: cancel.clone(),
+            };
+            tasks.push(tokio::spawn(supervise(ctx, partitions, rx)));
+        }
+        tracing::info!(node = %self.node_id, generation = req.generation, actors = req.actors.len(), "deployed");
+        *guard = Some(Running { generation: req.generation, cancel, tasks });
+        Ok(())
+    }
+}
+
+async fn stop(r: Running) {
+    r.cancel.cancel();
+    for t in r.tasks {
+        if tokio::time::timeout(Duration::from_secs(10), t).await.is_err() {
+            tracing::warn!("actor did not stop within 10 s");
+        }
+    }
+}
+
+/// Runs one actor and records how it ended.
+async fn supervise(ctx: ActorCtx, partitions: Vec<i32>, rx: mpsc::Receiver<Inbound>) {
+    let span = tracing::info_span!("actor", actor = %ctx.id, generation = ctx.generation);
+    let _enter = span.enter();
+    drop(_enter);
+    let result = match ctx.id.kind {
+        ActorKind::Map => {
+            drop(rx);
+            actors::map::run(ctx.clone(), partitions).await
+        }
+        ActorKind::Aggregate => actors::aggregate::run(ctx.clone(), rx).await,
+        ActorKind::Reduce => actors::reduce::run(ctx.clone(), rx).await,
+    };
+    match result {
+        Ok(()) => ctx.report("finished", None),
+        Err(e) => {
+            tracing::error!(actor = %ctx.id, generation = ctx.generation, "actor failed: {e:#}");
+            metrics::counter!("actor_failures_total").increment(1);
+            ctx.report(&format!("failed: {e:#}"), None);
+        }
+    }
+}
+
+/// Serves the coordinator's deploy API.
+pub struct NodeControl {
+    manager: Arc<ActorManager>,
+}
+
+impl NodeControl {
+    /// The API over `manager`.
+    pub fn new(manager: Arc<ActorManager>) -> Self {
+        Self { manager }
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeControl {
+    async fn deploy(&self, request: Request<DeployRequest>) -> Result<Response<DeployResponse>, Status> {
+        self.manager
+            .deploy(request.into_inner())
+            .await
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        Ok(Response::new(DeployResponse {}))
+    }
+
+    async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
+        self.manager.cancel(request.into_inner().generation).await;
+        Ok(Response::new(CancelResponse {}))
+    }
+}

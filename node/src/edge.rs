@@ -1,0 +1,119 @@
+//! Outgoing edges. An [`Edge`] is a bounded channel into the destination's
+//! mailbox: directly for a local destination, through a gRPC stream for a
+//! remote one. Either way a full destination makes `send` wait, so a slow
+//! downstream slows the source instead of growing memory.
+
+use crate::actors::Inbound;
+use crate::routing::RoutingTable;
+use adclick_proto::dataflow::data_plane_client::DataPlaneClient;
+use adclick_proto::dataflow::stream_message::Body;
+use adclick_proto::dataflow::{StreamHeader, StreamMessage};
+use anyhow::{anyhow, bail, Result};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+/// How long an edge keeps trying to reach its destination at startup.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One outgoing edge of an actor.
+#[derive(Clone)]
+pub struct Edge {
+    src: String,
+    dst: String,
+    tx: mpsc::Sender<Inbound>,
+}
+
+impl Edge {
+    /// Sends one message; fails when the edge is broken (destination gone).
+    pub async fn send(&self, body: Body) -> Result<()> {
+        self.tx
+            .send(Inbound { from: self.src.clone(), body })
+            .await
+            .map_err(|_| anyhow!("edge {} -> {} is closed", self.src, self.dst))
+    }
+
+    /// Destination actor id.
+    pub fn dst(&self) -> &str {
+        &self.dst
+    }
+}
+
+/// Where the destination runs.
+pub enum Target {
+    /// On this node.
+    Local,
+    /// On another node's gRPC address.
+    Remote(String),
+}
+
+/// Opens an edge `src → dst` in `generation`.
+pub async fn connect(routing: &Arc<RoutingTable>, src: &str, dst: &str, generation: u64, target: Target, capacity: usize) -> Result<Edge> {
+    match target {
+        Target::Local => {
+            let start = tokio::time::Instant::now();
+            loop {
+                if let Some(tx) = routing.get(dst, generation) {
+                    return Ok(Edge { src: src.into(), dst: dst.into(), tx });
+                }
+                if start.elapsed() > CONNECT_TIMEOUT {
+                    bail!("local actor {dst} of generation {generation} never appeared");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Target::Remote(addr) => connect_remote(src, dst, generation, &addr, capacity).await,
+    }
+}
+
+async fn connect_remote(src: &str, dst: &str, generation: u64, addr: &str, capacity: usize) -> Result<Edge> {
+    let header = StreamMessage {
+        body: Some(Body::Header(StreamHeader { src_actor: src.into(), dst_actor: dst.into(), generation })),
+    };
+    let start = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    let (wire_tx, acks) = loop {
+        let attempt = async {
+            let mut client = DataPlaneClient::connect(format!("http://{addr}")).await?.max_encoding_message_size(64 << 20);
+            let (wire_tx, wire_rx) = mpsc::channel::<StreamMessage>(capacity);
+            wire_tx.send(header.clone()).await?;
+            let resp = client.exchange(ReceiverStream::new(wire_rx)).await?;
+            anyhow::Ok((wire_tx, resp.into_inner()))
+        };
+        match attempt.await {
+            Ok(ok) => break ok,
+            Err(e) if start.elapsed() < CONNECT_TIMEOUT => {
+                tracing::debug!(src, dst, addr, "edge not accepted yet: {e:#}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => bail!("edge {src} -> {dst} at {addr}: {e:#}"),
+        }
+    };
+    let (tx, mut rx) = mpsc::channel::<Inbound>(capacity);
+    let (s, d) = (src.to_owned(), dst.to_owned());
+    tokio::spawn(async move {
+        let mut acks = acks;
+        let watcher = tokio::spawn(async move {
+            while let Some(item) = acks.next().await {
+                if let Err(status) = item {
+                    return Some(status);
+                }
+            }
+            None
+        });
+        while let Some(msg) = rx.recv().await {
+            if wire_tx.send(StreamMessage { body: Some(msg.body) }).await.is_err() {
+                tracing::warn!(src = %s, dst = %d, "remote edge broke");
+                break;
+            }
+        }
+        drop(wire_tx);
+        if let Ok(Some(status)) = watcher.await {
+            tracing::warn!(src = %s, dst = %d, "remote edge closed with {status}");
+        }
+    });
+    Ok(Edge { src: src.into(), dst: dst.into(), tx })
+}

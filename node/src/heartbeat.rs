@@ -1,0 +1,70 @@
+//! Registration and heartbeats. A node that the coordinator does not know
+//! (e.g. after a coordinator restart) registers again.
+
+use crate::control::ActorManager;
+use crate::NodeOptions;
+use adclick_proto::cluster::coordinator_client::CoordinatorClient;
+use adclick_proto::cluster::{ActorState, HeartbeatRequest, RegisterRequest};
+use adclick_runtime::ops::Readiness;
+use adclick_runtime::shutdown::CancellationToken;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Registers, then heartbeats every interval until shutdown.
+pub async fn run(opts: NodeOptions, manager: Arc<ActorManager>, ready: Readiness, shutdown: CancellationToken) {
+    let interval = Duration::from_millis(opts.heartbeat_interval_ms.max(50));
+    let mut client: Option<CoordinatorClient<Channel>> = None;
+    let mut registered = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if client.is_none() {
+            match CoordinatorClient::connect(format!("http://{}", opts.coordinator)).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    tracing::debug!("coordinator not reachable: {e}");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_mut() else { continue };
+        if !registered {
+            let req = RegisterRequest { node_id: opts.node_id.clone(), addr: opts.advertise.clone() };
+            match c.register(req).await {
+                Ok(_) => {
+                    registered = true;
+                    ready.set(true);
+                    tracing::info!(node = %opts.node_id, "registered with coordinator");
+                }
+                Err(e) => {
+                    tracing::debug!("register failed: {e}");
+                    client = None;
+                    continue;
+                }
+            }
+        }
+        let actors = manager
+            .status
+            .iter()
+            .map(|e| ActorState {
+                actor_id: e.key().clone(),
+                generation: e.value().generation,
+                state: e.value().state.clone(),
+                watermark: e.value().watermark,
+            })
+            .collect();
+        let req = HeartbeatRequest { node_id: opts.node_id.clone(), generation: manager.generation().await, actors };
+        match c.heartbeat(req).await {
+            Ok(resp) if !resp.get_ref().known => registered = false,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!("heartbeat failed: {e}");
+                client = None;
+                registered = false;
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Side outputs: the dead-letter and late topics. The original bytes are
+//! written unchanged; the reason (and for late events the watermark) go in
+//! Kafka headers, so nothing about the record is lost.
+
+use anyhow::{Context, Result};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::time::Duration;
+
+/// A producer for one side topic.
+#[derive(Clone)]
+pub struct SideOutput {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl SideOutput {
+    /// A side output to `topic`.
+    pub fn new(producer: FutureProducer, topic: String) -> Self {
+        Self { producer, topic }
+    }
+
+    /// Writes `payload` with `headers` and waits for the broker's ack, so the
+    /// record is durable before the source moves past it.
+    pub async fn send(&self, key: Option<&[u8]>, payload: &[u8], headers: &[(&str, String)]) -> Result<()> {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+        }
+        let mut rec = FutureRecord::to(&self.topic).payload(payload).headers(h);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        self.producer
+            .send(rec, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .with_context(|| format!("writing to {}", self.topic))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! Starting and stopping the child processes of `adclick demo`.
