@@ -22,6 +22,12 @@ pub struct Config {
     pub aggregate: AggregateConfig,
     /// Pre-aggregated breakdowns.
     pub slices: SliceConfig,
+    /// The aggregation database shared by the writer and the query service.
+    pub database: DatabaseConfig,
+    /// The database writer (`adclick writer`).
+    pub writer: WriterConfig,
+    /// The query API and dashboard (`adclick query`).
+    pub query: QueryConfig,
 }
 
 /// Broker and topics.
@@ -184,6 +190,63 @@ impl Default for AggregateConfig {
     }
 }
 
+/// The aggregation database. One URL selects the backend, so the writer and
+/// the query service cannot disagree about where the rows live.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (embedded, the default; the file is created) or
+    /// `postgres://user@host:port/db` (production).
+    pub url: String,
+    /// Connection pool size per process.
+    pub max_connections: u32,
+    /// How far back the data is kept, in minutes; the query API refuses
+    /// windows longer than this.
+    pub retention_minutes: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: "sqlite://adclick.db".into(), max_connections: 8, retention_minutes: 1440 }
+    }
+}
+
+/// The database writer: reads the aggregates topic (`read_committed`) and
+/// upserts rows exactly once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterConfig {
+    /// Partitions of `kafka.output_topic` this writer owns (manual
+    /// assignment, no consumer group); empty means all of them.
+    pub partitions: Vec<i32>,
+    /// A batch (one database transaction) closes after this many records...
+    pub batch_max_records: usize,
+    /// ...or after this long.
+    pub batch_max_ms: u64,
+    /// `/metrics`, `/healthz` and `/readyz` of the writer.
+    pub ops_addr: String,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self { partitions: Vec::new(), batch_max_records: 5_000, batch_max_ms: 200, ops_addr: "127.0.0.1:9640".into() }
+    }
+}
+
+/// The HTTP query API and the dashboard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// Listen address of the API, dashboard and ops endpoints.
+    pub listen: String,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".into() }
+    }
+}
+
 /// A configuration value that breaks a rule, named by its key.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid config `{key}`: {problem}")]
@@ -239,6 +302,36 @@ impl Config {
             return Err(err("kafka.bootstrap", "must not be empty"));
         }
         Slicer::new(&self.slices).map_err(|e| err("slices.filters", e.to_string()))?;
+        self.validate_serving()
+    }
+
+    fn validate_serving(&self) -> Result<(), ConfigError> {
+        let d = &self.database;
+        if !(d.url.starts_with("sqlite:") || d.url.starts_with("postgres://") || d.url.starts_with("postgresql://")) {
+            return Err(err("database.url", "must start with sqlite: or postgres://"));
+        }
+        if d.max_connections == 0 {
+            return Err(err("database.max_connections", "must be positive"));
+        }
+        if d.retention_minutes == 0 {
+            return Err(err("database.retention_minutes", "must be positive"));
+        }
+        let w = &self.writer;
+        if w.batch_max_records == 0 {
+            return Err(err("writer.batch_max_records", "must be positive"));
+        }
+        if w.batch_max_ms == 0 {
+            return Err(err("writer.batch_max_ms", "must be positive"));
+        }
+        if w.partitions.iter().any(|p| *p < 0) {
+            return Err(err("writer.partitions", "partition numbers must not be negative"));
+        }
+        if w.ops_addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(err("writer.ops_addr", "must be host:port with a numeric IP, e.g. 127.0.0.1:9640"));
+        }
+        if self.query.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(err("query.listen", "must be host:port with a numeric IP, e.g. 127.0.0.1:8080"));
+        }
         Ok(())
     }
 }
@@ -264,5 +357,18 @@ mod tests {
         c.slices.filters.push(crate::slice::FilterDef { id: "bad".into(), ip: vec!["nope".into()], ..Default::default() });
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("slices.filters") && e.contains("\"bad\""), "{e}");
+    }
+
+    #[test]
+    fn serving_violations_name_the_key() {
+        let mut c = Config::default();
+        c.database.url = "mysql://x".into();
+        assert_eq!(c.validate().unwrap_err().key, "database.url");
+        let mut c = Config::default();
+        c.writer.batch_max_records = 0;
+        assert_eq!(c.validate().unwrap_err().key, "writer.batch_max_records");
+        let mut c = Config::default();
+        c.query.listen = "localhost".into();
+        assert_eq!(c.validate().unwrap_err().key, "query.listen");
     }
 }

@@ -2,6 +2,8 @@
 //! (in `postgres`) a private PostgreSQL server, each on a free loopback port,
 //! stopped when dropped.
 
+pub mod postgres;
+
 use anyhow::{bail, Context, Result};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,56 @@
+//! SQL shared by both backends (`$N` placeholders work in SQLite too).
+
+/// Prefix of the multi-row count upsert; `VALUES` are pushed by a query builder.
+pub const UPSERT_COUNTS_HEAD: &str =
+    "INSERT INTO counts (slice, ad_id, window_start, clicks, impressions, epoch, revision) ";
+
+/// Replaces a stored count only with a newer `(epoch, revision)`.
+pub const UPSERT_COUNTS_TAIL: &str = " ON CONFLICT (slice, ad_id, window_start) DO UPDATE SET \
+     clicks = excluded.clicks, impressions = excluded.impressions, epoch = excluded.epoch, revision = excluded.revision \
+     WHERE excluded.epoch > counts.epoch OR (excluded.epoch = counts.epoch AND excluded.revision > counts.revision)";
+
+/// Prefix of the multi-row top-N upsert.
+pub const UPSERT_TOP_HEAD: &str =
+    "INSERT INTO top_n (slice, window_minutes, window_end, ads, epoch, revision, producer) ";
+
+/// Replaces a stored top-N list only with a newer `(epoch, revision)`.
+pub const UPSERT_TOP_TAIL: &str = " ON CONFLICT (slice, window_minutes, window_end) DO UPDATE SET \
+     ads = excluded.ads, epoch = excluded.epoch, revision = excluded.revision, producer = excluded.producer \
+     WHERE excluded.epoch > top_n.epoch OR (excluded.epoch = top_n.epoch AND excluded.revision > top_n.revision)";
+
+/// Stores a partition's next offset.
+pub const UPSERT_OFFSET: &str =
+    "INSERT INTO writer_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) \
+     ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset";
+
+/// Moves the freshness mark forward only.
+pub const UPSERT_LATEST: &str = "INSERT INTO meta (key, value) VALUES ('latest_window_end', $1) \
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE excluded.value > meta.value";
+
+/// Stored offsets of one topic.
+pub const LOAD_OFFSETS: &str = "SELECT partition, next_offset FROM writer_offsets WHERE topic = $1";
+
+/// Totals of one ad.
+pub const AD_TOTALS: &str = "SELECT CAST(COALESCE(SUM(clicks), 0) AS BIGINT), CAST(COALESCE(SUM(impressions), 0) AS BIGINT) \
+     FROM counts WHERE slice = $1 AND ad_id = $2 AND window_start >= $3 AND window_start < $4";
+
+/// Minute rows of one ad.
+pub const AD_MINUTES: &str = "SELECT window_start, clicks, impressions FROM counts \
+     WHERE slice = $1 AND ad_id = $2 AND window_start >= $3 AND window_start < $4 ORDER BY window_start";
+
+/// Top ads over a span, ranked as `adclick_core::topn::rank` ranks them.
+pub const TOP_FROM_MINUTES: &str =
+    "SELECT ad_id, CAST(SUM(clicks) AS BIGINT) AS c, CAST(SUM(impressions) AS BIGINT) AS i \
+     FROM counts WHERE slice = $1 AND window_start >= $2 AND window_start < $3 \
+     GROUP BY ad_id HAVING SUM(clicks) > 0 ORDER BY c DESC, ad_id ASC LIMIT $4";
+
+/// One stored top-N list.
+pub const PRECOMPUTED_TOP: &str =
+    "SELECT ads FROM top_n WHERE slice = $1 AND window_minutes = $2 AND window_end = $3";
+
+/// Prefix of the impressions lookup; the `ad_id IN (...)` list is pushed by a query builder.
+pub const IMPRESSIONS_HEAD: &str =
+    "SELECT ad_id, CAST(SUM(impressions) AS BIGINT) FROM counts WHERE slice = ";
+
+/// Freshness mark.
+pub const LATEST: &str = "SELECT value FROM meta WHERE key = 'latest_window_end'";

@@ -1,0 +1,235 @@
+//! `adclick writer`: the database writer.
+//!
+//! It reads every assigned partition of the aggregates topic with
+//! `isolation.level = read_committed` (manual assignment, no consumer group),
+//! groups records into batches and applies each batch in one database
+//! transaction that also stores the next offset of every partition it read.
+//! On start it seeks to the offsets stored in the database, never to the
+//! broker's, so a crash between "rows written" and "offsets committed" cannot
+//! exist. Rows carry absolute values with `(epoch, revision)`, and the upsert
+//! keeps only newer versions, so records seen twice change nothing.
+
+use crate::batch::BatchBuilder;
+use crate::db::{self, Batch, Store};
+use adclick_core::config::Config;
+use adclick_runtime::kafka;
+use adclick_runtime::ops::{self, Readiness};
+use adclick_runtime::shutdown::CancellationToken;
+use anyhow::{Context, Result};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// Runs the writer until `shutdown` is cancelled; the batch in flight is
+/// flushed first.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<()> {
+    let ready = Readiness::default();
+    let ops_addr = cfg
+        .writer
+        .ops_addr
+        .parse()
+        .with_context(|| format!("writer.ops_addr {:?}", cfg.writer.ops_addr))?;
+    ops::spawn(ops_addr, ready.clone(), shutdown.clone())?;
+    let store = db::connect(&cfg.database)
+        .await
+        .context("opening the aggregation database")?;
+    tracing::info!(backend = store.backend(), "database ready");
+
+    let topic = cfg.kafka.output_topic.clone();
+    let partitions = assigned_partitions(&cfg).await?;
+    let stored = store.load_offsets(&topic).await?;
+    let group = format!("{}-writer", cfg.cluster.job_name);
+    let consumer: Arc<StreamConsumer> =
+        Arc::new(kafka::consumer(&cfg.kafka.bootstrap, &group, true)?);
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        let start = stored
+            .get(p)
+            .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+        tpl.add_partition_offset(&topic, *p, start)
+            .context("building partition assignment")?;
+    }
+    consumer.assign(&tpl).context("assigning partitions")?;
+    tracing::info!(%topic, ?partitions, resumed = stored.len(), "writer assigned");
+
+    let positions: Arc<Mutex<HashMap<i32, i64>>> = Arc::new(Mutex::new(stored));
+    tokio::spawn(report_lag(
+        consumer.clone(),
+        topic.clone(),
+        partitions.clone(),
+        positions.clone(),
+        shutdown.clone(),
+    ));
+    ready.set(true);
+
+    let max_records = cfg.writer.batch_max_records;
+    let max_wait = Duration::from_millis(cfg.writer.batch_max_ms);
+    while !shutdown.is_cancelled() {
+        let batch = collect(&consumer, &topic, max_records, max_wait, &shutdown).await;
+        if batch.is_empty() {
+            continue;
+        }
+        let superseded = batch.superseded();
+        let records = batch.len();
+        let batch = batch.finish();
+        let span = tracing::info_span!(
+            "batch",
+            records,
+            counts = batch.counts.len(),
+            top_n = batch.top_n.len()
+        );
+        if !apply_with_retry(store.as_ref(), &batch, superseded, &shutdown)
+            .instrument(span)
+            .await
+        {
+            break;
+        }
+        if let Ok(mut pos) = positions.lock() {
+            pos.extend(batch.offsets.iter().copied());
+        }
+    }
+    tracing::info!("writer stopped");
+    Ok(())
+}
+
+/// The configured partitions, or every partition of the topic (creating
+/// the job's topics if the coordinator has not yet).
+async fn assigned_partitions(cfg: &Config) -> Result<Vec<i32>> {
+    if !cfg.writer.partitions.is_empty() {
+        return Ok(cfg.writer.partitions.clone());
+    }
+    kafka::ensure_topics(&cfg.kafka).await?;
+    let (bootstrap, topic) = (cfg.kafka.bootstrap.clone(), cfg.kafka.output_topic.clone());
+    let n =
+        tokio::task::spawn_blocking(move || kafka::partition_count(&bootstrap, &topic)).await??;
+    Ok((0..n).collect())
+}
+
+/// Reads one batch: waits for a first record, then takes more until the
+/// batch is full or `max_wait` has passed since the first.
+async fn collect(
+    consumer: &StreamConsumer,
+    topic: &str,
+    max_records: usize,
+    max_wait: Duration,
+    shutdown: &CancellationToken,
+) -> BatchBuilder {
+    let mut batch = BatchBuilder::new(topic);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    while batch.len() < max_records {
+        let recv = consumer.recv();
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+            m = recv => m,
+        };
+        match msg {
+            Ok(m) => {
+                if let Err(e) = batch.push(m.partition(), m.offset(), m.payload()) {
+                    metrics::counter!("writer_bad_records_total").increment(1);
+                    tracing::warn!(
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        "skipping record: {e}"
+                    );
+                }
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_wait);
+            }
+            Err(e) => {
+                metrics::counter!("writer_kafka_errors_total").increment(1);
+                tracing::warn!("kafka: {e}");
+                if batch.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    batch
+}
+
+/// Applies `batch`, retrying database errors until it succeeds. Returns
+/// false when shutdown came first; the batch is then simply re-read on the
+/// next start, because its offsets were not stored.
+async fn apply_with_retry(
+    store: &dyn Store,
+    batch: &Batch,
+    superseded: u64,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        match store.apply(batch).await {
+            Ok(applied) => {
+                let stale = superseded
+                    + (batch.counts.len() as u64).saturating_sub(applied.counts_written)
+                    + (batch.top_n.len() as u64).saturating_sub(applied.top_n_written);
+                metrics::histogram!("writer_batch_seconds").record(started.elapsed().as_secs_f64());
+                metrics::counter!("writer_batches_total").increment(1);
+                metrics::counter!("writer_rows_written_total", "kind" => "count")
+                    .increment(applied.counts_written);
+                metrics::counter!("writer_rows_written_total", "kind" => "top_n")
+                    .increment(applied.top_n_written);
+                metrics::counter!("writer_stale_skipped_total").increment(stale);
+                tracing::debug!(
+                    written = applied.counts_written + applied.top_n_written,
+                    stale,
+                    "batch committed"
+                );
+                return true;
+            }
+            Err(e) => {
+                metrics::counter!("writer_db_errors_total").increment(1);
+                tracing::warn!(
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "batch failed: {e}"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Publishes `writer_lag_records{partition}`: high watermark minus the next
+/// offset the database has stored.
+async fn report_lag(
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    partitions: Vec<i32>,
+    positions: Arc<Mutex<HashMap<i32, i64>>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let (c, t, parts) = (consumer.clone(), topic.clone(), partitions.clone());
+        let highs = tokio::task::spawn_blocking(move || {
+            parts
+                .iter()
+                .filter_map(|p| {
+                    c.fetch_watermarks(&t, *p, Duration::from_secs(2))
+                        .ok()
+                        .map(|(_, high)| (*p, high))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let pos = positions.lock().map(|p| p.clone()).unwrap_or_default();
+        for (p, high) in highs {
+            let next = pos.get(&p).copied().unwrap_or(0);
+            metrics::gauge!("writer_lag_records", "partition" => p.to_string())
+                .set((high - next).max(0) as f64);
+        }
+    }
+}
