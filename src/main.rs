@@ -58,6 +58,22 @@ enum Command {
         #[arg(long)]
         coordinator: Option<String>,
     },
+    /// Write the aggregates topic into the aggregation database, exactly once.
+    Writer {
+        #[command(flatten)]
+        common: Common,
+        /// Address of /metrics, /healthz and /readyz (default: writer.ops_addr from the config).
+        #[arg(long)]
+        ops_addr: Option<SocketAddr>,
+    },
+    /// Serve the query API, its OpenAPI document, the dashboard and ops endpoints.
+    Query {
+        #[command(flatten)]
+        common: Common,
+        /// HTTP listen address (default: query.listen from the config).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
     /// Produce a seeded, reproducible stream and its exact expected aggregates.
     Gen(gen::GenArgs),
     /// Run everything locally on embedded defaults and show live top-N.
@@ -107,6 +123,22 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let shutdown = adclick_runtime::shutdown::on_signal();
             adclick_node::run(opts, shutdown).await
+        }
+        Command::Writer { common, ops_addr } => {
+            let mut cfg = adclick_runtime::config::load(common.config.as_deref())?;
+            adclick_runtime::telemetry::init("writer");
+            if let Some(a) = ops_addr {
+                cfg.writer.ops_addr = a.to_string();
+            }
+            adclick_serving::writer::run(cfg, adclick_runtime::shutdown::on_signal()).await
+        }
+        Command::Query { common, listen } => {
+            let mut cfg = adclick_runtime::config::load(common.config.as_deref())?;
+            adclick_runtime::telemetry::init("query");
+            if let Some(l) = listen {
+                cfg.query.listen = l.to_string();
+            }
+            adclick_serving::query::run(cfg, adclick_runtime::shutdown::on_signal()).await
         }
         Command::Gen(args) => gen::run(args).await,
         Command::Demo(args) => demo::run(args).await,

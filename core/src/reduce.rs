@@ -53,7 +53,18 @@ impl ReduceState {
 
     /// Records input `input`'s watermark and emits every window it completes.
     pub fn on_watermark(&mut self, input: u32, wm: i64) -> Vec<TopNRecord> {
-        let Some(cur) = self.inputs.update(input as usize, wm) else { return Vec::new() };
+        let cur = self.inputs.update(input as usize, wm);
+        self.emit_ready(cur)
+    }
+
+    /// Records that input `input` has no data at all.
+    pub fn on_idle(&mut self, input: u32) -> Vec<TopNRecord> {
+        let cur = self.inputs.set_idle(input as usize);
+        self.emit_ready(cur)
+    }
+
+    fn emit_ready(&mut self, cur: Option<i64>) -> Vec<TopNRecord> {
+        let Some(cur) = cur else { return Vec::new() };
         let ready: Vec<_> = self
             .windows
             .iter()

@@ -93,6 +93,12 @@ impl SourceWatermarks {
         self.last
     }
 
+    /// Whether every partition is idle and none ever produced data: the
+    /// source has nothing to say and must not hold downstream back.
+    pub fn is_empty_and_idle(&self, now_ms: i64) -> bool {
+        self.last.is_none() && self.partitions.values().all(|c| c.max_event_ts.is_none() && self.is_idle(c, now_ms))
+    }
+
     /// The last watermark returned by [`current`](Self::current).
     pub fn last(&self) -> Option<i64> {
         self.last
@@ -111,17 +117,20 @@ impl SourceWatermarks {
     }
 }
 
-/// Minimum watermark over the inputs of a multi-input actor.
+/// Minimum watermark over the inputs of a multi-input actor. An input that
+/// declared itself idle (it has no data at all) is left out until it sends a
+/// watermark again, so an empty partition cannot stall the job.
 #[derive(Clone, Debug)]
 pub struct InputWatermarks {
     inputs: Vec<Option<i64>>,
+    idle: Vec<bool>,
 }
 
 impl InputWatermarks {
     /// An actor with `n` inputs; the watermark is undefined until each
-    /// input has reported one.
+    /// input has reported one or declared itself idle.
     pub fn new(n: usize) -> Self {
-        Self { inputs: vec![None; n] }
+        Self { inputs: vec![None; n], idle: vec![false; n] }
     }
 
     /// Records input `i`'s watermark (ignoring regressions) and returns the
@@ -130,12 +139,31 @@ impl InputWatermarks {
         if let Some(slot) = self.inputs.get_mut(i) {
             *slot = Some(slot.map_or(wm, |old| old.max(wm)));
         }
+        if let Some(idle) = self.idle.get_mut(i) {
+            *idle = false;
+        }
         self.current()
     }
 
-    /// Minimum over all inputs, `None` while any input has not reported.
+    /// Marks input `i` idle and returns the new minimum.
+    pub fn set_idle(&mut self, i: usize) -> Option<i64> {
+        if let Some(idle) = self.idle.get_mut(i) {
+            *idle = true;
+        }
+        self.current()
+    }
+
+    /// Whether every input is idle.
+    pub fn all_idle(&self) -> bool {
+        self.idle.iter().all(|i| *i)
+    }
+
+    /// Minimum over the non-idle inputs; `None` while one of them has not
+    /// reported, or when every input is idle.
     pub fn current(&self) -> Option<i64> {
-        self.inputs.iter().try_fold(i64::MAX, |acc, w| w.map(|w| acc.min(w))).filter(|_| !self.inputs.is_empty())
+        let mut active = self.inputs.iter().zip(&self.idle).filter(|(_, idle)| !**idle).map(|(w, _)| *w).peekable();
+        active.peek()?;
+        active.try_fold(i64::MAX, |acc, w| w.map(|w| acc.min(w)))
     }
 }
 
@@ -191,6 +219,18 @@ mod tests {
         assert_eq!(m.update(1, 5), Some(5));
         assert_eq!(m.update(1, 3), Some(5), "regressions are ignored");
         assert_eq!(m.update(1, 20), Some(10));
+    }
+
+    #[test]
+    fn idle_inputs_are_left_out() {
+        let mut m = InputWatermarks::new(3);
+        m.update(0, 10);
+        assert_eq!(m.set_idle(2), None, "input 1 has not reported");
+        assert_eq!(m.update(1, 30), Some(10));
+        m.update(0, 50);
+        assert_eq!(m.current(), Some(30));
+        assert!(!m.all_idle());
+        assert_eq!(m.update(2, 5), Some(5), "an idle input that reports rejoins");
     }
 
     #[derive(Clone, Debug)]

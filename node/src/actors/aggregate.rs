@@ -44,14 +44,18 @@ pub async fn run(ctx: ActorCtx, mut mailbox: mpsc::Receiver<super::Inbound>) -> 
         let Some(msg) = msg else { return Ok(()) };
         let out = match msg.body {
             Body::Counts(batch) => state.apply(batch.counts.into_iter().map(partial_from_pb).collect()),
-            Body::Watermark(Watermark { timestamp_ms }) => {
+            Body::Watermark(Watermark { timestamp_ms, idle }) => {
                 let Some(i) = ActorCtx::input_index(&msg.from) else { continue };
                 let before = inputs.current();
-                match inputs.update(i as usize, timestamp_ms) {
+                let now = if idle { inputs.set_idle(i as usize) } else { inputs.update(i as usize, timestamp_ms) };
+                if idle && inputs.all_idle() {
+                    reduce.send(Body::Watermark(Watermark { timestamp_ms: 0, idle: true })).await?;
+                }
+                match now {
                     Some(wm) if before.is_none_or(|b| wm > b) => {
                         let out = state.advance(wm);
                         ship(&out, &sink, &late, &reduce).await?;
-                        reduce.send(Body::Watermark(Watermark { timestamp_ms: wm })).await?;
+                        reduce.send(Body::Watermark(Watermark { timestamp_ms: wm, idle: false })).await?;
                         ctx.report("running", Some(wm));
                         metrics::gauge!("aggregate_cells", "actor" => actor.clone()).set(state.cells() as f64);
                         continue;

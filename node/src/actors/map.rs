@@ -55,6 +55,7 @@ pub async fn run(ctx: ActorCtx, partitions: Vec<i32>) -> Result<()> {
     let limits = job.limits();
     let batch_window = Duration::from_millis(job.batch_max_ms.max(1));
     let mut last_sent_wm: Option<i64> = None;
+    let mut sent_idle = false;
     let events_in = metrics::counter!("events_in_total", "actor" => actor.clone());
     let dlq_count = metrics::counter!("dlq_events_total");
     ctx.report("running", None);
@@ -109,11 +110,17 @@ pub async fn run(ctx: ActorCtx, partitions: Vec<i32>) -> Result<()> {
         if let Some(wm) = watermarks.current(now) {
             if last_sent_wm.is_none_or(|l| wm > l) {
                 for out in &outputs {
-                    out.send(Body::Watermark(Watermark { timestamp_ms: wm })).await?;
+                    out.send(Body::Watermark(Watermark { timestamp_ms: wm, idle: false })).await?;
                 }
                 last_sent_wm = Some(wm);
                 ctx.report("running", Some(wm));
             }
+        } else if !sent_idle && watermarks.is_empty_and_idle(now) {
+            // Nothing was ever read: let downstream ignore this source.
+            for out in &outputs {
+                out.send(Body::Watermark(Watermark { timestamp_ms: 0, idle: true })).await?;
+            }
+            sent_idle = true;
         }
         for r in watermarks.report(now) {
             let p = r.partition.to_string();

@@ -38,8 +38,9 @@ pub async fn run(ctx: ActorCtx, mut mailbox: mpsc::Receiver<super::Inbound>) -> 
                 .filter_map(|l| state.on_local(input, top_from_pb(l)))
                 .map(OutputRecord::TopN)
                 .collect(),
-            Body::Watermark(Watermark { timestamp_ms }) => {
-                let out = state.on_watermark(input, timestamp_ms).into_iter().map(OutputRecord::TopN).collect();
+            Body::Watermark(Watermark { timestamp_ms, idle }) => {
+                let emitted = if idle { state.on_idle(input) } else { state.on_watermark(input, timestamp_ms) };
+                let out = emitted.into_iter().map(OutputRecord::TopN).collect();
                 ctx.report("running", state.watermark());
                 out
             }

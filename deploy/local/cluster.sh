@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Local adclick cluster on 127.0.0.1: a coordinator, ADCLICK_NODES nodes,
+# the database writer and the query service.
+#
+#   deploy/local/cluster.sh start|stop|status
+#
+# Environment (all optional):
+#   ADCLICK_BIN              adclick binary (default: target/debug/adclick, then PATH)
+#   ADCLICK_CONFIG           config file passed to every process
+#   ADCLICK_KAFKA_BOOTSTRAP  broker address (overrides kafka.bootstrap)
+#   ADCLICK_NODES            number of nodes (default 3)
+#   ADCLICK_RUN_DIR          pids and logs (default ./run/local)
+#   ADCLICK_BASE_PORT        first port (default 7700): coordinator gRPC = BASE,
+#                            coordinator ops = BASE+1, writer ops = BASE+2,
+#                            query HTTP = BASE+3, node i gRPC = BASE+10+i,
+#                            node i ops = BASE+40+i
+#   ADCLICK_SERVING          set to 0 to skip the writer and query processes
+# It only ever stops the processes whose pid files it wrote.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+BIN=${ADCLICK_BIN:-}
+if [[ -z "$BIN" ]]; then
+  if [[ -x "$root/target/debug/adclick" ]]; then BIN="$root/target/debug/adclick"; else BIN=$(command -v adclick || true); fi
+fi
+NODES=${ADCLICK_NODES:-3}
+RUN_DIR=${ADCLICK_RUN_DIR:-$PWD/run/local}
+BASE=${ADCLICK_BASE_PORT:-7700}
+PIDS="$RUN_DIR/pids"
+LOGS="$RUN_DIR/logs"
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+env_args() {
+  export ADCLICK_CLUSTER__COORDINATOR="127.0.0.1:$BASE"
+  export ADCLICK_CLUSTER__NODES="$NODES"
+  if [[ -n "${ADCLICK_KAFKA_BOOTSTRAP:-}" ]]; then export ADCLICK_KAFKA__BOOTSTRAP="$ADCLICK_KAFKA_BOOTSTRAP"; fi
+  if [[ -n "${ADCLICK_CONFIG:-}" ]]; then export ADCLICK_CONFIG; fi
+}
+
+launch() { # name, args...
+  local name=$1; shift
+  "$BIN" "$@" >"$LOGS/$name.log" 2>&1 &
+  echo $! >"$PIDS/$name.pid"
+}
+
+alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+start() {
+  [[ -n "$BIN" && -x "$BIN" ]] || die "adclick binary not found; build it (cargo build) or set ADCLICK_BIN"
+  [[ "$NODES" =~ ^[0-9]+$ && "$NODES" -ge 1 ]] || die "ADCLICK_NODES must be a positive integer, got '$NODES'"
+  mkdir -p "$PIDS" "$LOGS"
+  for f in "$PIDS"/*.pid; do
+    [[ -e "$f" ]] || continue
+    if alive "$f"; then die "already running ($(basename "$f" .pid)); run '$0 stop' first"; fi
+    rm -f "$f"
+  done
+  env_args
+  launch coordinator coordinator --ops-addr "127.0.0.1:$((BASE + 1))"
+  for ((i = 0; i < NODES; i++)); do
+    launch "node-$i" node --node-id "node-$i" --listen "127.0.0.1:$((BASE + 10 + i))" --ops-addr "127.0.0.1:$((BASE + 40 + i))"
+  done
+  if [[ "${ADCLICK_SERVING:-1}" != 0 ]] && "$BIN" help writer >/dev/null 2>&1; then
+    launch writer writer --ops-addr "127.0.0.1:$((BASE + 2))"
+    launch query query --listen "127.0.0.1:$((BASE + 3))"
+    echo "query API and dashboard: http://127.0.0.1:$((BASE + 3))/"
+  fi
+  echo "coordinator: 127.0.0.1:$BASE  (adclickctl --coordinator 127.0.0.1:$BASE status)"
+  echo "logs: $LOGS"
+}
+
+stop() {
+  [[ -d "$PIDS" ]] || { echo "nothing to stop"; return 0; }
+  local pids=()
+  for f in "$PIDS"/*.pid; do
+    [[ -e "$f" ]] || continue
+    if alive "$f"; then
+      local pid; pid=$(cat "$f")
+      kill -CONT "$pid" 2>/dev/null || true
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
+  done
+  for _ in $(seq 1 100); do
+    local left=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && left=1; done
+    [[ $left == 0 ]] && break
+    sleep 0.1
+  done
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  rm -f "$PIDS"/*.pid
+  echo "stopped ${#pids[@]} process(es)"
+}
+
+status() {
+  [[ -d "$PIDS" ]] || { echo "not started"; return 0; }
+  for f in "$PIDS"/*.pid; do
+    [[ -e "$f" ]] || continue
+    local name; name=$(basename "$f" .pid)
+    if alive "$f"; then echo "$name: running (pid $(cat "$f"))"; else echo "$name: stopped"; fi
+  done
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) die "usage: $0 start|stop|status" ;;
+esac

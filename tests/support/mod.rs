@@ -1,0 +1,350 @@
+//! Shared harness of the end-to-end tests: a real broker, the local cluster
+//! started through `deploy/local/cluster.sh`, the generator, and a
+//! read_committed reader that folds the aggregates topic into final values.
+
+#![allow(dead_code)]
+
+use adclick_core::output::OutputRecord;
+use adclick_core::truth::Truth;
+use adclick_testkit::{free_port, Broker};
+use anyhow::{bail, Context, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The adclick binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_adclick")
+}
+
+/// A config tuned for tests: 2-second windows so M = 5 closes in seconds.
+pub fn test_config(extra: &str) -> String {
+    format!(
+        r#"
+[kafka]
+input_partitions = 4
+output_partitions = 4
+
+[cluster]
+heartbeat_interval_ms = 500
+heartbeat_timeout_ms = 3000
+
+[job]
+window_secs = 2
+max_out_of_orderness_ms = 3000
+idle_timeout_ms = 3000
+allowed_lateness_ms = 60000
+batch_max_ms = 50
+
+[aggregate]
+replicas = 3
+{extra}
+"#
+    )
+}
+
+/// A running local cluster; stopped on drop.
+pub struct Cluster {
+    /// Run directory (pids, logs).
+    pub run_dir: PathBuf,
+    /// Coordinator gRPC address.
+    pub coordinator: String,
+    /// First port of the cluster's range.
+    pub base_port: u16,
+    env: Vec<(String, String)>,
+}
+
+fn base_port() -> u16 {
+    // A block of 64 ports whose first one is free right now.
+    loop {
+        let p = free_port();
+        if p > 1024 && p < 60000 {
+            return p;
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts a coordinator and `nodes` nodes against `bootstrap`.
+    pub fn start(dir: &Path, bootstrap: &str, config: &Path, nodes: u32, serving: bool) -> Result<Self> {
+        let base = base_port();
+        let run_dir = dir.join("cluster");
+        let env = vec![
+            ("ADCLICK_BIN".to_string(), bin().to_string()),
+            ("ADCLICK_CONFIG".to_string(), config.display().to_string()),
+            ("ADCLICK_KAFKA_BOOTSTRAP".to_string(), bootstrap.to_string()),
+            ("ADCLICK_NODES".to_string(), nodes.to_string()),
+            ("ADCLICK_RUN_DIR".to_string(), run_dir.display().to_string()),
+            ("ADCLICK_BASE_PORT".to_string(), base.to_string()),
+            ("ADCLICK_SERVING".to_string(), if serving { "1" } else { "0" }.to_string()),
+        ];
+        let c = Self { run_dir, coordinator: format!("127.0.0.1:{base}"), base_port: base, env };
+        c.script("start")?;
+        Ok(c)
+    }
+
+    fn script(&self, verb: &str) -> Result<String> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/cluster.sh");
+        let out = Command::new("bash").arg(script).arg(verb).envs(self.env.iter().cloned()).output().context("running cluster.sh")?;
+        if !out.status.success() {
+            bail!("cluster.sh {verb} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Pid of a process started by the script (`coordinator`, `node-1`, ...).
+    pub fn pid(&self, name: &str) -> Result<i32> {
+        let text = std::fs::read_to_string(self.run_dir.join("pids").join(format!("{name}.pid")))?;
+        Ok(text.trim().parse()?)
+    }
+
+    /// Sum of a counter over every node's `/metrics`.
+    pub fn node_counter(&self, nodes: u32, name: &str) -> f64 {
+        (0..nodes)
+            .filter_map(|i| http_get(&format!("127.0.0.1:{}", self.base_port + 40 + i as u16), "/metrics").ok())
+            .map(|body| metric_sum(&body, name))
+            .sum()
+    }
+
+    /// Output of `cluster.sh status`.
+    pub fn status(&self) -> Result<String> {
+        self.script("status")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+    }
+}
+
+/// Minimal HTTP/1.0 GET returning the body.
+pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    Ok(buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// Sum of every sample of metric `name` in a Prometheus text body.
+pub fn metric_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Runs `adclick gen` and returns its ground truth.
+pub fn generate(dir: &Path, bootstrap: &str, config: &Path, args: &[&str]) -> Result<Truth> {
+    let truth_path = dir.join("truth.json");
+    let out = Command::new(bin())
+        .arg("gen")
+        .args(["--bootstrap", bootstrap, "--truth"])
+        .arg(&truth_path)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .context("running adclick gen")?;
+    if !out.status.success() {
+        bail!("gen failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&std::fs::read(&truth_path)?)?)
+}
+
+type CountKey = (String, i64, String);
+type TopKey = (String, u32, i64);
+
+/// The aggregates topic folded to the newest version of every key.
+#[derive(Default, Debug)]
+pub struct Folded {
+    /// (slice, window_start, ad) → ((epoch, revision), clicks, impressions).
+    pub counts: HashMap<CountKey, ((u64, u32), u64, u64)>,
+    /// (slice, M, window_end) → ((epoch, revision), ads).
+    pub tops: HashMap<TopKey, ((u64, u32), Vec<(String, u64)>)>,
+    /// Same key and version with different values: never acceptable.
+    pub conflicts: Vec<String>,
+    /// Records read.
+    pub records: u64,
+}
+
+impl Folded {
+    fn add(&mut self, r: OutputRecord) {
+        self.records += 1;
+        let v = r.version();
+        match r {
+            OutputRecord::Count(c) => {
+                let key = (c.slice.clone(), c.window_start, c.ad_id.clone());
+                match self.counts.get(&key) {
+                    Some((old, cl, im)) if *old == v && (*cl, *im) != (c.clicks, c.impressions) => {
+                        self.conflicts.push(format!("count {key:?} version {v:?}: {cl}/{im} vs {}/{}", c.clicks, c.impressions))
+                    }
+                    Some((old, _, _)) if *old >= v => {}
+                    _ => {
+                        self.counts.insert(key, (v, c.clicks, c.impressions));
+                    }
+                }
+            }
+            OutputRecord::TopN(t) => {
+                let key = (t.slice.clone(), t.window_minutes, t.window_end);
+                let ads: Vec<(String, u64)> = t.ads.into_iter().map(|a| (a.ad_id, a.clicks)).collect();
+                match self.tops.get(&key) {
+                    Some((old, prev)) if *old == v && *prev != ads => self.conflicts.push(format!("top {key:?} version {v:?} differs")),
+                    Some((old, _)) if *old >= v => {}
+                    _ => {
+                        self.tops.insert(key, (v, ads));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Differences from the truth, at most `limit` of them (empty = equal).
+    pub fn diff(&self, truth: &Truth, limit: usize) -> Vec<String> {
+        let mut out: Vec<String> = self.conflicts.iter().take(limit).cloned().collect();
+        let mut expected: BTreeMap<CountKey, (u64, u64)> = BTreeMap::new();
+        for c in &truth.counts {
+            expected.insert((c.slice.clone(), c.window_start, c.ad_id.clone()), (c.clicks, c.impressions));
+        }
+        for (k, want) in &expected {
+            match self.counts.get(k) {
+                None => out.push(format!("missing count {k:?} (want {want:?})")),
+                Some((_, c, i)) if (*c, *i) != *want => out.push(format!("wrong count {k:?}: got {:?}, want {want:?}", (c, i))),
+                _ => {}
+            }
+            if out.len() >= limit {
+                return out;
+            }
+        }
+        for k in self.counts.keys() {
+            if !expected.contains_key(k) {
+                out.push(format!("unexpected count {k:?}"));
+                if out.len() >= limit {
+                    return out;
+                }
+            }
+        }
+        let mut expected_top: BTreeMap<TopKey, &Vec<(String, u64)>> = BTreeMap::new();
+        for t in &truth.top {
+            expected_top.insert((t.slice.clone(), t.window_minutes, t.window_end), &t.ads);
+        }
+        for (k, want) in &expected_top {
+            match self.tops.get(k) {
+                None => out.push(format!("missing top {k:?}")),
+                Some((_, got)) if got != *want => out.push(format!("wrong top {k:?}: got {got:?}, want {want:?}")),
+                _ => {}
+            }
+            if out.len() >= limit {
+                return out;
+            }
+        }
+        for (k, (_, ads)) in &self.tops {
+            if !expected_top.contains_key(k) && !ads.is_empty() {
+                out.push(format!("unexpected top {k:?}"));
+                if out.len() >= limit {
+                    return out;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Reads a topic from the beginning with read_committed.
+pub struct TopicReader {
+    consumer: BaseConsumer,
+}
+
+impl TopicReader {
+    /// Assigns every partition of `topic` from the beginning.
+    pub fn new(bootstrap: &str, topic: &str) -> Result<Self> {
+        let consumer: BaseConsumer = adclick_runtime_consumer(bootstrap)?;
+        let parts = partitions(&consumer, topic)?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..parts {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(Self { consumer })
+    }
+
+    /// Everything available within `wait` (payloads).
+    pub fn drain(&self, wait: Duration) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => out.push(m.payload().unwrap_or_default().to_vec()),
+                Some(Err(_)) | None => {}
+            }
+        }
+        out
+    }
+}
+
+fn adclick_runtime_consumer(bootstrap: &str) -> Result<BaseConsumer> {
+    Ok(rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("group.id", "adclick-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?)
+}
+
+fn partitions(c: &BaseConsumer, topic: &str) -> Result<i32> {
+    for _ in 0..100 {
+        if let Ok(md) = c.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
+                if !t.partitions().is_empty() {
+                    return Ok(t.partitions().len() as i32);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("topic {topic} not found")
+}
+
+/// Folds the aggregates topic until it equals `truth` (twice, a second
+/// apart, so late extras are caught too) or `timeout` passes.
+pub fn wait_for_truth(reader: &TopicReader, truth: &Truth, timeout: Duration) -> Result<Folded> {
+    let mut folded = Folded::default();
+    let start = Instant::now();
+    let mut equal_since: Option<Instant> = None;
+    loop {
+        for payload in reader.drain(Duration::from_millis(500)) {
+            let rec: OutputRecord = serde_json::from_slice(&payload).context("aggregates record is not valid JSON")?;
+            folded.add(rec);
+        }
+        let diff = folded.diff(truth, 10);
+        if diff.is_empty() {
+            match equal_since {
+                Some(t) if t.elapsed() > Duration::from_secs(3) => return Ok(folded),
+                None => equal_since = Some(Instant::now()),
+                _ => {}
+            }
+        } else {
+            equal_since = None;
+        }
+        if start.elapsed() > timeout {
+            bail!("output does not match ground truth after {timeout:?} ({} records read):\n{}", folded.records, diff.join("\n"));
+        }
+    }
+}
+
+/// Starts a broker and writes the test config; returns both and the dir.
+pub fn setup(name: &str, extra_config: &str) -> Result<(PathBuf, Broker, PathBuf)> {
+    let dir = adclick_testkit::temp_dir(name);
+    let broker = Broker::start(&dir)?;
+    let config = dir.join("adclick.toml");
+    std::fs::write(&config, test_config(extra_config))?;
+    Ok((dir, broker, config))
+}
