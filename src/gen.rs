@@ -56,6 +56,10 @@ pub struct GenArgs {
     /// Write the expected aggregates (JSON) here.
     #[arg(long)]
     pub truth: Option<PathBuf>,
+    /// Produce live events (event time = now) at --rate until Ctrl-C, instead
+    /// of a finite seeded stream.
+    #[arg(long)]
+    pub follow: bool,
 }
 
 /// One record of the generated stream.
@@ -170,6 +174,9 @@ pub async fn run(args: GenArgs) -> Result<()> {
     if let Some(b) = &args.bootstrap {
         cfg.kafka.bootstrap = b.clone();
     }
+    if args.follow {
+        return follow(&cfg, &args, adclick_runtime::shutdown::on_signal()).await;
+    }
     let start_ms = adclick_core::event::parse_timestamp_text(&args.start)
         .with_context(|| format!("--start {:?} is not RFC 3339 or epoch ms", args.start))?;
     let window_ms = cfg.job.window_ms();
@@ -235,4 +242,42 @@ pub async fn run(args: GenArgs) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     eprintln!("produced {} records to {} in {secs:.2}s ({:.0}/s)", records.len(), cfg.kafka.input_topic, records.len() as f64 / secs.max(1e-9));
     Ok(())
+}
+
+/// Live mode: events stamped with the current time, at `args.rate` per
+/// second (1000 when unset), until `stop` is cancelled.
+pub async fn follow(cfg: &adclick_core::config::Config, args: &GenArgs, stop: adclick_runtime::shutdown::CancellationToken) -> Result<()> {
+    adclick_runtime::kafka::ensure_topics(&cfg.kafka).await?;
+    let producer = adclick_runtime::kafka::producer(&cfg.kafka.bootstrap)?;
+    let rate = if args.rate == 0 { 1000 } else { args.rate };
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let tick = Duration::from_millis(100);
+    let per_tick = (rate / 10).max(1);
+    let mut n = 0u64;
+    let mut interval = tokio::time::interval(tick);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = interval.tick() => {}
+        }
+        let now = adclick_runtime::now_ms();
+        for _ in 0..per_tick {
+            n += 1;
+            // A skewed popularity: a few ads get most clicks.
+            let rank = (rng.random::<f64>().powi(3) * args.ads.max(1) as f64) as u64;
+            let e = ClickEvent {
+                ad_id: format!("ad{rank:05}"),
+                ts_ms: now - rng.random_range(0..=args.disorder_ms.max(0)),
+                user_id: format!("user{}", rng.random_range(0..10_000)),
+                ip: std::net::IpAddr::from([rng.random_range(1..224), rng.random(), rng.random(), rng.random_range(1..255)]),
+                country: COUNTRIES[rng.random_range(0..COUNTRIES.len())].to_string(),
+                event_id: Some(format!("live{}-{n}", args.seed)),
+                event_type: if rng.random_bool(0.25) { EventType::Impression } else { EventType::Click },
+            };
+            let payload = to_json(&e, n % 2 == 0);
+            if let Err((e, _)) = producer.send_result(FutureRecord::<(), String>::to(&cfg.kafka.input_topic).payload(&payload)) {
+                tracing::warn!("producer queue full: {e}");
+            }
+        }
+    }
 }

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command (README): every unit, property and end-to-end test.
+# End-to-end tests start real processes (tansu, PostgreSQL, the cluster), so
+# each test binary runs its tests one at a time on this 2-core machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --locked --workspace --bins
+cargo test --locked --workspace -- --test-threads=1
