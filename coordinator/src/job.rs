@@ -3,6 +3,7 @@
 //! Decisions (the plan) come from `adclick_core::plan`; this module only
 //! gathers facts and performs the deployment RPCs.
 
+use crate::checkpointing::Checkpointer;
 use crate::registry::{ClusterState, JobState};
 use adclick_core::config::Config;
 use adclick_core::ids::{ActorKind, NodeId};
@@ -21,8 +22,8 @@ use tokio::sync::Mutex;
 const DEPLOY_GRACE: Duration = Duration::from_secs(10);
 
 /// Drives the job until shutdown.
-pub async fn run(cfg: Config, state: Arc<Mutex<ClusterState>>, ready: Readiness, shutdown: CancellationToken) {
-    let tick = Duration::from_millis(cfg.cluster.heartbeat_interval_ms.clamp(100, 1000));
+pub async fn run(cfg: Config, state: Arc<Mutex<ClusterState>>, checkpointer: Arc<Checkpointer>, ready: Readiness, shutdown: CancellationToken) {
+    let tick = Duration::from_millis(100);
     let mut topics_ready = false;
     loop {
         tokio::select! {
@@ -45,10 +46,13 @@ pub async fn run(cfg: Config, state: Arc<Mutex<ClusterState>>, ready: Readiness,
         };
         if let Some(reason) = decision {
             tracing::info!(%reason, "deploying");
-            if let Err(e) = deploy(&cfg, &state).await {
+            if let Err(e) = deploy(&cfg, &state, &checkpointer).await {
                 tracing::warn!("deploy failed: {e:#}");
                 metrics::counter!("deploy_failures_total").increment(1);
             }
+        } else if let Err(e) = checkpointer.tick(&state).await {
+            tracing::warn!("checkpoint step failed: {e:#}");
+            metrics::counter!("checkpoint_failures_total").increment(1);
         }
     }
 }
@@ -83,7 +87,8 @@ fn decide(cfg: &Config, s: &ClusterState) -> Option<String> {
     None
 }
 
-async fn deploy(cfg: &Config, state: &Arc<Mutex<ClusterState>>) -> Result<()> {
+async fn deploy(cfg: &Config, state: &Arc<Mutex<ClusterState>>, checkpointer: &Checkpointer) -> Result<()> {
+    let restore_epoch = checkpointer.restore_point().await?;
     let bootstrap = cfg.kafka.bootstrap.clone();
     let topic = cfg.kafka.input_topic.clone();
     let partitions = tokio::task::spawn_blocking(move || adclick_runtime::kafka::partition_count(&bootstrap, &topic))
@@ -96,6 +101,8 @@ async fn deploy(cfg: &Config, state: &Arc<Mutex<ClusterState>>) -> Result<()> {
         let reported = s.nodes.values().map(|n| n.generation).max().unwrap_or(0);
         s.generation = s.generation.max(reported) + 1;
         s.job_state = if s.placements.is_empty() { JobState::Deploying } else { JobState::Recovering };
+        // A checkpoint of the old generation can never complete now.
+        s.inflight = None;
         let addrs: HashMap<String, String> = s.nodes.iter().map(|(id, n)| (id.clone(), n.addr.clone())).collect();
         (s.generation, alive, addrs)
     };
@@ -116,6 +123,10 @@ async fn deploy(cfg: &Config, state: &Arc<Mutex<ClusterState>>) -> Result<()> {
         })
         .collect();
     let config_toml = adclick_runtime::config::to_toml(cfg)?;
+    {
+        let s = state.lock().await;
+        checkpointer.persist(generation, s.next_epoch).await?;
+    }
     let mut calls = Vec::new();
     for node in &nodes {
         let actors: Vec<ActorSpec> = plan
@@ -140,6 +151,7 @@ async fn deploy(cfg: &Config, state: &Arc<Mutex<ClusterState>>) -> Result<()> {
             num_maps: plan.num_maps,
             num_aggregates: plan.num_aggregates,
             config_toml: config_toml.clone(),
+            restore_epoch,
         };
         let addr = addrs.get(node).cloned().unwrap_or_default();
         let node = node.clone();
@@ -158,6 +170,6 @@ async fn deploy(cfg: &Config, state: &Arc<Mutex<ClusterState>>) -> Result<()> {
     }
     s.job_state = JobState::Running;
     metrics::gauge!("generation").set(generation as f64);
-    tracing::info!(generation, nodes = nodes.len(), "generation deployed");
+    tracing::info!(generation, nodes = nodes.len(), restore_epoch, "generation deployed");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The coordinator: keeps the job graph, places actors on nodes, detects
 //! lost nodes by heartbeat and redeploys, and serves the admin API.
 
+pub mod checkpointing;
 pub mod job;
 pub mod registry;
 pub mod service;
@@ -20,8 +21,10 @@ pub async fn run(cfg: Config, listen: SocketAddr, ops: SocketAddr, shutdown: Can
     let ready = Readiness::default();
     adclick_runtime::ops::spawn(ops, ready.clone(), shutdown.clone())?;
     let state = Arc::new(Mutex::new(registry::ClusterState::default()));
+    let checkpointer = Arc::new(checkpointing::Checkpointer::new(cfg.clone())?);
+    checkpointer.load(&state).await?;
     let svc = service::CoordinatorService::new(state.clone(), cfg.cluster.heartbeat_timeout_ms);
-    let job = tokio::spawn(job::run(cfg.clone(), state.clone(), ready, shutdown.clone()));
+    let job = tokio::spawn(job::run(cfg.clone(), state.clone(), checkpointer, ready, shutdown.clone()));
     tracing::info!(%listen, "coordinator gRPC listening");
     let sd = shutdown.clone();
     tonic::transport::Server::builder()

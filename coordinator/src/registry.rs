@@ -2,7 +2,7 @@
 //! the current generation and placement.
 
 use adclick_proto::cluster::{ActorState, Placement};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 /// One registered node.
@@ -30,6 +30,8 @@ pub enum JobState {
     Running,
     /// A node or actor was lost; redeploying.
     Recovering,
+    /// Running, but no checkpoint succeeded for more than 3 intervals.
+    Degraded,
 }
 
 impl JobState {
@@ -40,8 +42,24 @@ impl JobState {
             JobState::Deploying => "deploying",
             JobState::Running => "running",
             JobState::Recovering => "recovering",
+            JobState::Degraded => "degraded",
         }
     }
+}
+
+/// A checkpoint that was triggered and is collecting acks.
+#[derive(Clone, Debug)]
+pub struct Inflight {
+    /// Its epoch.
+    pub epoch: u64,
+    /// Generation it belongs to.
+    pub generation: u64,
+    /// When it was triggered.
+    pub started: Instant,
+    /// Actors that acked.
+    pub acked: BTreeSet<String>,
+    /// Total snapshot bytes.
+    pub bytes: u64,
 }
 
 /// Mutable cluster state, behind one lock.
@@ -57,6 +75,19 @@ pub struct ClusterState {
     pub placements: Vec<Placement>,
     /// When the current generation was deployed.
     pub deployed_at: Option<Instant>,
+    /// Epoch the next checkpoint gets; epochs grow across generations and
+    /// coordinator restarts, so a newer epoch always means newer output.
+    pub next_epoch: u64,
+    /// The checkpoint collecting acks, if any.
+    pub inflight: Option<Inflight>,
+    /// Last complete checkpoint and when it completed.
+    pub last_complete: Option<(u64, Instant)>,
+    /// When the last checkpoint was triggered.
+    pub last_trigger: Option<Instant>,
+    /// An operator asked for a checkpoint now.
+    pub trigger_requested: bool,
+    /// Checkpoints aborted (timeout or failure).
+    pub failed_checkpoints: u64,
 }
 
 impl ClusterState {

@@ -52,6 +52,22 @@ impl Coordinator for CoordinatorService {
         };
         Ok(Response::new(HeartbeatResponse { generation, known }))
     }
+
+    async fn ack_checkpoint(&self, request: Request<AckCheckpointRequest>) -> Result<Response<AckCheckpointResponse>, Status> {
+        let req = request.into_inner();
+        let mut s = self.state.lock().await;
+        match s.inflight.as_mut() {
+            Some(f) if f.epoch == req.epoch && f.generation == req.generation => {
+                f.acked.insert(req.actor_id);
+                f.bytes += req.bytes;
+                Ok(Response::new(AckCheckpointResponse {}))
+            }
+            _ => Err(Status::failed_precondition(format!(
+                "checkpoint {} of generation {} is not in flight",
+                req.epoch, req.generation
+            ))),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -80,6 +96,19 @@ impl Admin for CoordinatorService {
             nodes,
             placements: s.placements.clone(),
             actors,
+            last_checkpoint: s.last_complete.map_or(0, |(e, _)| e),
+            last_checkpoint_ms_ago: s.last_complete.map_or(0, |(_, t)| t.elapsed().as_millis() as u64),
+            failed_checkpoints: s.failed_checkpoints,
         }))
+    }
+
+    async fn trigger_checkpoint(&self, _request: Request<TriggerCheckpointRequest>) -> Result<Response<TriggerCheckpointResponse>, Status> {
+        let mut s = self.state.lock().await;
+        if s.placements.is_empty() {
+            return Err(Status::failed_precondition("the job is not deployed yet"));
+        }
+        s.trigger_requested = true;
+        let epoch = s.inflight.as_ref().map_or(s.next_epoch, |f| f.epoch + 1);
+        Ok(Response::new(TriggerCheckpointResponse { epoch }))
     }
 }

@@ -22,6 +22,8 @@ pub struct Config {
     pub aggregate: AggregateConfig,
     /// Pre-aggregated breakdowns.
     pub slices: SliceConfig,
+    /// Checkpoints and the snapshot store.
+    pub checkpoint: CheckpointConfig,
     /// The aggregation database shared by the writer and the query service.
     pub database: DatabaseConfig,
     /// The database writer (`adclick writer`).
@@ -225,11 +227,25 @@ pub struct WriterConfig {
     pub batch_max_ms: u64,
     /// `/metrics`, `/healthz` and `/readyz` of the writer.
     pub ops_addr: String,
+    /// On start, fetch from this many records before each stored offset and
+    /// skip up to the stored offset. tansu 0.6.0 returns nothing for a fetch
+    /// that starts inside a record batch (it serves whole batches whose base
+    /// offset is at or after the requested one), so an exact seek would skip
+    /// the rest of that batch. Must be at least the largest producer batch
+    /// (librdkafka: `batch.num.messages`, 10000). 0 seeks exactly, which is
+    /// right for Apache Kafka.
+    pub resume_rewind_records: i64,
 }
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        Self { partitions: Vec::new(), batch_max_records: 5_000, batch_max_ms: 200, ops_addr: "127.0.0.1:9640".into() }
+        Self {
+            partitions: Vec::new(),
+            batch_max_records: 5_000,
+            batch_max_ms: 200,
+            ops_addr: "127.0.0.1:9640".into(),
+            resume_rewind_records: 10_000,
+        }
     }
 }
 
@@ -244,6 +260,41 @@ pub struct QueryConfig {
 impl Default for QueryConfig {
     fn default() -> Self {
         Self { listen: "127.0.0.1:8080".into() }
+    }
+}
+
+/// Checkpoints (exactly-once) and the snapshot store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Exactly-once output through barrier snapshots and Kafka
+    /// transactions; `false` writes output at once (at-least-once).
+    pub exactly_once: bool,
+    /// How often the coordinator triggers a checkpoint.
+    pub interval_ms: u64,
+    /// A checkpoint not complete within this is aborted and counted.
+    pub timeout_ms: u64,
+    /// Complete checkpoints kept; older ones are deleted.
+    pub retain: usize,
+    /// Snapshot store: a local directory, or an object-store URL
+    /// (`file:///path`, `memory://`).
+    pub store: String,
+    /// Commit each checkpoint's output in a Kafka transaction (needs a
+    /// broker that serves EndTxn, i.e. Apache Kafka). `false` writes it
+    /// idempotently and then moves the progress marker; see the README.
+    pub kafka_transactions: bool,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            exactly_once: true,
+            interval_ms: 10_000,
+            timeout_ms: 60_000,
+            retain: 3,
+            store: "run/snapshots".into(),
+            kafka_transactions: false,
+        }
     }
 }
 
@@ -289,6 +340,18 @@ impl Config {
         if self.aggregate.replicas == 0 || self.aggregate.replicas > j.key_groups {
             return Err(err("aggregate.replicas", "must be between 1 and job.key_groups"));
         }
+        if self.checkpoint.interval_ms < 100 {
+            return Err(err("checkpoint.interval_ms", "must be at least 100"));
+        }
+        if self.checkpoint.timeout_ms < self.checkpoint.interval_ms {
+            return Err(err("checkpoint.timeout_ms", "must be at least checkpoint.interval_ms"));
+        }
+        if self.checkpoint.retain == 0 {
+            return Err(err("checkpoint.retain", "must be at least 1"));
+        }
+        if self.checkpoint.store.trim().is_empty() {
+            return Err(err("checkpoint.store", "must not be empty"));
+        }
         if self.cluster.nodes == 0 {
             return Err(err("cluster.nodes", "must be at least 1"));
         }
@@ -322,6 +385,9 @@ impl Config {
         }
         if w.batch_max_ms == 0 {
             return Err(err("writer.batch_max_ms", "must be positive"));
+        }
+        if w.resume_rewind_records < 0 {
+            return Err(err("writer.resume_rewind_records", "must not be negative"));
         }
         if w.partitions.iter().any(|p| *p < 0) {
             return Err(err("writer.partitions", "partition numbers must not be negative"));

@@ -102,6 +102,46 @@ impl ReduceState {
     }
 }
 
+/// Saved state of one window in the Reduce actor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReduceWindowSnapshot {
+    /// Window end.
+    pub window_end: i64,
+    /// M.
+    pub window_minutes: u32,
+    /// Slice.
+    pub slice: String,
+    /// Latest local list of each input.
+    pub lists: Vec<(u32, Vec<AdClicks>)>,
+    /// Revision and content of the last emission.
+    pub emitted: Option<(u32, Vec<AdClicks>)>,
+}
+
+impl ReduceState {
+    /// Captures the windows at a barrier. Input watermarks are not saved:
+    /// the inputs resend theirs after a restore.
+    pub fn snapshot(&self) -> Vec<ReduceWindowSnapshot> {
+        self.windows
+            .iter()
+            .map(|((end, m, slice), e)| {
+                let mut lists: Vec<(u32, Vec<AdClicks>)> = e.lists.iter().map(|(i, l)| (*i, l.clone())).collect();
+                lists.sort_by_key(|(i, _)| *i);
+                ReduceWindowSnapshot { window_end: *end, window_minutes: *m, slice: slice.clone(), lists, emitted: e.emitted.clone() }
+            })
+            .collect()
+    }
+
+    /// Rebuilds the state from a snapshot.
+    pub fn restore(&mut self, windows: Vec<ReduceWindowSnapshot>) {
+        for w in windows {
+            self.windows.insert(
+                (w.window_end, w.window_minutes, w.slice),
+                WindowEntry { lists: w.lists.into_iter().collect(), emitted: w.emitted },
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +167,19 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].ads, vec![ac("d", 70), ac("c", 60)]);
         assert_eq!(out[0].revision, 0);
+    }
+
+    #[test]
+    fn restored_state_does_not_emit_twice() {
+        let mut r = ReduceState::new(1, 2, 60_000, "reduce-0".into());
+        r.on_local(0, local(100, vec![ac("a", 5)]));
+        r.on_local(0, local(200, vec![ac("b", 5)]));
+        assert_eq!(r.on_watermark(0, 100).len(), 1);
+        let mut back = ReduceState::new(1, 2, 60_000, "reduce-0".into());
+        back.restore(r.snapshot());
+        let out = back.on_watermark(0, 200);
+        assert_eq!(out.len(), 1, "only the window ending at 200 is new");
+        assert_eq!(out[0].window_end, 200);
     }
 
     #[test]

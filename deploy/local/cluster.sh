@@ -15,6 +15,7 @@
 #                            query HTTP = BASE+3, node i gRPC = BASE+10+i,
 #                            node i ops = BASE+40+i
 #   ADCLICK_SERVING          set to 0 to skip the writer and query processes
+#   ADCLICK_CHECKPOINT__STORE snapshot store (default $ADCLICK_RUN_DIR/snapshots)
 # It only ever stops the processes whose pid files it wrote.
 set -euo pipefail
 
@@ -37,6 +38,8 @@ env_args() {
   export ADCLICK_CLUSTER__NODES="$NODES"
   if [[ -n "${ADCLICK_KAFKA_BOOTSTRAP:-}" ]]; then export ADCLICK_KAFKA__BOOTSTRAP="$ADCLICK_KAFKA_BOOTSTRAP"; fi
   if [[ -n "${ADCLICK_CONFIG:-}" ]]; then export ADCLICK_CONFIG; fi
+  # Each run directory has its own snapshot store unless one is given.
+  export ADCLICK_CHECKPOINT__STORE="${ADCLICK_CHECKPOINT__STORE:-$RUN_DIR/snapshots}"
 }
 
 launch() { # name, args...

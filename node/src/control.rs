@@ -1,11 +1,15 @@
 //! Deployment on a node: the coordinator's `Deploy` replaces every actor of
 //! the previous generation with the actors of the new one.
 
-use crate::actors::{self, ActorCtx, ActorStatus, Inbound, Placement};
+use crate::actors::{self, ActorCtx, ActorStatus, Control, Inbound, Placement};
 use crate::routing::{Route, RoutingTable};
 use adclick_core::ids::{ActorId, ActorKind};
 use adclick_proto::cluster::node_server::Node;
-use adclick_proto::cluster::{self as pb, CancelRequest, CancelResponse, DeployRequest, DeployResponse};
+use adclick_proto::cluster::coordinator_client::CoordinatorClient;
+use adclick_proto::cluster::{
+    self as pb, CancelRequest, CancelResponse, CheckpointRequest, CheckpointResponse, DeployRequest, DeployResponse,
+};
+use adclick_runtime::snapshots::SnapshotStore;
 use adclick_runtime::shutdown::CancellationToken;
 use anyhow::{Context, Result};
 use dashmap::DashMap;
@@ -20,11 +24,13 @@ struct Running {
     generation: u64,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    controls: Vec<(ActorKind, mpsc::Sender<Control>)>,
 }
 
 /// Owns the actors running on this node.
 pub struct ActorManager {
     node_id: String,
+    coordinator: String,
     routing: Arc<RoutingTable>,
     shutdown: CancellationToken,
     running: Mutex<Option<Running>>,
@@ -34,8 +40,25 @@ pub struct ActorManager {
 
 impl ActorManager {
     /// A manager with nothing deployed.
-    pub fn new(node_id: String, routing: Arc<RoutingTable>, shutdown: CancellationToken) -> Self {
-        Self { node_id, routing, shutdown, running: Mutex::new(None), status: Arc::new(DashMap::new()) }
+    pub fn new(node_id: String, coordinator: String, routing: Arc<RoutingTable>, shutdown: CancellationToken) -> Self {
+        Self { node_id, coordinator, routing, shutdown, running: Mutex::new(None), status: Arc::new(DashMap::new()) }
+    }
+
+    /// Delivers a checkpoint command of `generation` to the local actors of
+    /// the given kinds; commands of another generation are ignored.
+    pub async fn control(&self, generation: u64, cmd: Control, kinds: &[ActorKind]) -> Result<()> {
+        let guard = self.running.lock().await;
+        let Some(r) = guard.as_ref().filter(|r| r.generation == generation) else {
+            anyhow::bail!("generation {generation} is not running here");
+        };
+        for (kind, tx) in &r.controls {
+            if kinds.contains(kind) {
+                // A full control queue means the actor is stuck; the
+                // checkpoint will time out rather than block this call.
+                let _ = tx.try_send(cmd);
+            }
+        }
+        Ok(())
     }
 
     /// The generation currently deployed here (0 when none).
@@ -80,6 +103,12 @@ impl ActorManager {
         );
         let owners = Arc::new(req.key_group_owner.clone());
         let cancel = self.shutdown.child_token();
+        let snapshots = SnapshotStore::open(&cfg.checkpoint.store, &cfg.cluster.job_name)?;
+        let coordinator = CoordinatorClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.coordinator))
+                .context("coordinator address")?
+                .connect_lazy(),
+        );
         let mut mailboxes = Vec::new();
         for spec in &req.actors {
             let kind = match pb::ActorKind::try_from(spec.kind).context("unknown actor kind")? {
@@ -93,7 +122,10 @@ impl ActorManager {
             mailboxes.push((id, spec.partitions.clone(), rx));
         }
         let mut tasks = Vec::new();
+        let mut controls = Vec::new();
         for (id, partitions, rx) in mailboxes {
+            let (ctl_tx, ctl_rx) = mpsc::channel::<Control>(16);
+            controls.push((id.kind, ctl_tx));
             let ctx = ActorCtx {
                 id: id.clone(),
                 generation: req.generation,
@@ -106,11 +138,14 @@ impl ActorManager {
                 num_aggregates: req.num_aggregates,
                 status: self.status.clone(),
                 cancel: cancel.clone(),
+                snapshots: snapshots.clone(),
+                restore_epoch: req.restore_epoch,
+                coordinator: coordinator.clone(),
             };
-            tasks.push(tokio::spawn(supervise(ctx, partitions, rx)));
+            tasks.push(tokio::spawn(supervise(ctx, partitions, rx, ctl_rx)));
         }
         tracing::info!(node = %self.node_id, generation = req.generation, actors = req.actors.len(), "deployed");
-        *guard = Some(Running { generation: req.generation, cancel, tasks });
+        *guard = Some(Running { generation: req.generation, cancel, tasks, controls });
         Ok(())
     }
 }
@@ -125,17 +160,17 @@ async fn stop(r: Running) {
 }
 
 /// Runs one actor and records how it ended.
-async fn supervise(ctx: ActorCtx, partitions: Vec<i32>, rx: mpsc::Receiver<Inbound>) {
+async fn supervise(ctx: ActorCtx, partitions: Vec<i32>, rx: mpsc::Receiver<Inbound>, control: mpsc::Receiver<Control>) {
     let span = tracing::info_span!("actor", actor = %ctx.id, generation = ctx.generation);
     let _enter = span.enter();
     drop(_enter);
     let result = match ctx.id.kind {
         ActorKind::Map => {
             drop(rx);
-            actors::map::run(ctx.clone(), partitions).await
+            actors::map::run(ctx.clone(), partitions, control).await
         }
-        ActorKind::Aggregate => actors::aggregate::run(ctx.clone(), rx).await,
-        ActorKind::Reduce => actors::reduce::run(ctx.clone(), rx).await,
+        ActorKind::Aggregate => actors::aggregate::run(ctx.clone(), rx, control).await,
+        ActorKind::Reduce => actors::reduce::run(ctx.clone(), rx, control).await,
     };
     match result {
         Ok(()) => ctx.report("finished", None),
@@ -172,5 +207,23 @@ impl Node for NodeControl {
     async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
         self.manager.cancel(request.into_inner().generation).await;
         Ok(Response::new(CancelResponse {}))
+    }
+
+    async fn inject_barrier(&self, request: Request<CheckpointRequest>) -> Result<Response<CheckpointResponse>, Status> {
+        let r = request.into_inner();
+        self.manager
+            .control(r.generation, Control::Barrier(r.epoch), &[ActorKind::Map])
+            .await
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        Ok(Response::new(CheckpointResponse {}))
+    }
+
+    async fn complete_checkpoint(&self, request: Request<CheckpointRequest>) -> Result<Response<CheckpointResponse>, Status> {
+        let r = request.into_inner();
+        self.manager
+            .control(r.generation, Control::Complete(r.epoch), &[ActorKind::Aggregate, ActorKind::Reduce])
+            .await
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        Ok(Response::new(CheckpointResponse {}))
     }
 }

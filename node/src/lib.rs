@@ -11,6 +11,7 @@ pub mod edge;
 pub mod heartbeat;
 pub mod kafka;
 pub mod routing;
+pub mod snapshot_codec;
 
 use adclick_proto::cluster::node_server::NodeServer;
 use adclick_proto::dataflow::data_plane_server::DataPlaneServer;
@@ -42,7 +43,7 @@ pub async fn run(opts: NodeOptions, shutdown: CancellationToken) -> Result<()> {
     let ready = Readiness::default();
     adclick_runtime::ops::spawn(opts.ops, ready.clone(), shutdown.clone())?;
     let routing = Arc::new(routing::RoutingTable::default());
-    let manager = Arc::new(control::ActorManager::new(opts.node_id.clone(), routing.clone(), shutdown.clone()));
+    let manager = Arc::new(control::ActorManager::new(opts.node_id.clone(), opts.coordinator.clone(), routing.clone(), shutdown.clone()));
     let dataplane = dataplane::DataPlaneService::new(routing.clone());
     let control = control::NodeControl::new(manager.clone());
     let hb = tokio::spawn(heartbeat::run(opts.clone(), manager.clone(), ready, shutdown.clone()));

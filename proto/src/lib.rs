@@ -12,3 +12,9 @@ pub mod dataflow {
     #![allow(missing_docs)]
     tonic::include_proto!("adclick.dataflow");
 }
+
+/// Snapshot formats.
+pub mod snapshot {
+    #![allow(missing_docs)]
+    tonic::include_proto!("adclick.snapshot");
+}

@@ -16,6 +16,10 @@ use std::time::Duration;
 pub fn client_config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap).set("broker.address.family", "v4");
+    // librdkafka debug contexts (e.g. "eos,protocol") for troubleshooting.
+    if let Ok(debug) = std::env::var("ADCLICK_RDKAFKA_DEBUG") {
+        c.set("debug", debug);
+    }
     c
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod kafka;
 pub mod ops;
 pub mod shutdown;
+pub mod snapshots;
 pub mod telemetry;
 
 /// Wall-clock time in epoch milliseconds.

@@ -1,84 +1,186 @@
 //! The Aggregate actor: owns key groups, deduplicates, keeps per-minute
 //! counts per (ad, slice), emits counts when the watermark closes a window,
 //! re-emits late updates, side-outputs too-late events and sends its local
-//! top-N lists to Reduce.
+//! top-N lists to Reduce. At a barrier it aligns its inputs, snapshots its
+//! state per key group together with its uncommitted output, and forwards
+//! the barrier.
 
-use super::ActorCtx;
+use super::output::Output;
+use super::{ActorCtx, Control, Inbound};
 use crate::convert::{partial_from_pb, top_to_pb};
+use crate::edge::Edge;
 use crate::kafka::side::SideOutput;
-use crate::kafka::sink::OutputSink;
+use crate::snapshot_codec::{aggregate_from_pb, aggregate_to_pb};
 use adclick_core::aggregate::{AggregateOutput, AggregateSettings, AggregateState};
+use adclick_core::checkpoint::{Aligned, BarrierAligner};
 use adclick_core::ids::{ActorId, ActorKind};
+use adclick_core::keygroup::key_group_of;
 use adclick_core::output::OutputRecord;
 use adclick_core::watermark::InputWatermarks;
 use adclick_proto::dataflow::stream_message::Body;
-use adclick_proto::dataflow::{TopNBatch, Watermark};
-use anyhow::Result;
+use adclick_proto::dataflow::{Barrier, TopNBatch, Watermark};
+use adclick_proto::snapshot::AggregateSnapshot as PbSnapshot;
+use anyhow::{Context, Result};
+use prost::Message as _;
+use std::collections::VecDeque;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+struct Aggregate {
+    ctx: ActorCtx,
+    actor: String,
+    state: AggregateState,
+    inputs: InputWatermarks,
+    reduce: Edge,
+    output: Output,
+    late: SideOutput,
+    aligner: BarrierAligner<Inbound>,
+    align_started: Option<Instant>,
+}
 
 /// Runs an Aggregate actor until cancelled or its inputs close.
-pub async fn run(ctx: ActorCtx, mut mailbox: mpsc::Receiver<super::Inbound>) -> Result<()> {
-    let cfg = ctx.cfg.clone();
-    let actor = ctx.id.to_string();
-    let reduce = ctx.connect(&ActorId::new(ActorKind::Reduce, 0)).await?;
-    let producer = adclick_runtime::kafka::producer(&cfg.kafka.bootstrap)?;
-    let sink = OutputSink::new(producer.clone(), cfg.kafka.output_topic.clone());
-    let late = SideOutput::new(producer, cfg.kafka.late_topic.clone());
-    let mut state = AggregateState::new(AggregateSettings {
-        window_ms: cfg.job.window_ms(),
-        allowed_lateness_ms: cfg.job.allowed_lateness_ms as i64,
-        top_n: cfg.job.top_n as usize,
-        top_windows: cfg.job.top_windows.clone(),
-        producer: actor.clone(),
-    });
-    let mut inputs = InputWatermarks::new(ctx.num_maps as usize);
-    let duplicates = metrics::counter!("duplicate_events_total");
-    let late_count = metrics::counter!("late_events_total");
-    ctx.report("running", None);
-    tracing::info!(actor = %actor, "aggregate started");
+pub async fn run(ctx: ActorCtx, mut mailbox: mpsc::Receiver<Inbound>, mut control: mpsc::Receiver<Control>) -> Result<()> {
+    let mut agg = Aggregate::start(ctx).await?;
+    let mut work: VecDeque<Inbound> = VecDeque::new();
     loop {
-        let msg = tokio::select! {
-            _ = ctx.cancel.cancelled() => return Ok(()),
-            m = mailbox.recv() => m,
-        };
-        let Some(msg) = msg else { return Ok(()) };
-        let out = match msg.body {
-            Body::Counts(batch) => state.apply(batch.counts.into_iter().map(partial_from_pb).collect()),
-            Body::Watermark(Watermark { timestamp_ms, idle }) => {
-                let Some(i) = ActorCtx::input_index(&msg.from) else { continue };
-                let before = inputs.current();
-                let now = if idle { inputs.set_idle(i as usize) } else { inputs.update(i as usize, timestamp_ms) };
-                if idle && inputs.all_idle() {
-                    reduce.send(Body::Watermark(Watermark { timestamp_ms: 0, idle: true })).await?;
-                }
-                match now {
-                    Some(wm) if before.is_none_or(|b| wm > b) => {
-                        let out = state.advance(wm);
-                        ship(&out, &sink, &late, &reduce).await?;
-                        reduce.send(Body::Watermark(Watermark { timestamp_ms: wm, idle: false })).await?;
-                        ctx.report("running", Some(wm));
-                        metrics::gauge!("aggregate_cells", "actor" => actor.clone()).set(state.cells() as f64);
-                        continue;
-                    }
-                    _ => continue,
-                }
-            }
-            _ => continue,
-        };
-        duplicates.increment(out.duplicates);
-        late_count.increment(out.late.len() as u64);
-        ship(&out, &sink, &late, &reduce).await?;
+        if let Some(msg) = work.pop_front() {
+            agg.handle(msg, &mut work).await?;
+            continue;
+        }
+        tokio::select! {
+            _ = agg.ctx.cancel.cancelled() => return Ok(()),
+            c = control.recv() => match c {
+                Some(Control::Complete(e)) => agg.output.on_complete(e).await?,
+                Some(Control::Barrier(_)) => {}
+                None => return Ok(()),
+            },
+            m = mailbox.recv() => match m {
+                Some(msg) => agg.handle(msg, &mut work).await?,
+                None => return Ok(()),
+            },
+        }
     }
 }
 
-async fn ship(out: &AggregateOutput, sink: &OutputSink, late: &SideOutput, reduce: &crate::edge::Edge) -> Result<()> {
-    for l in &out.late {
-        late.send(None, &l.raw, &[("reason", l.reason.clone()), ("watermark", l.watermark.to_string())]).await?;
+impl Aggregate {
+    async fn start(ctx: ActorCtx) -> Result<Self> {
+        let cfg = ctx.cfg.clone();
+        let actor = ctx.id.to_string();
+        let settings = AggregateSettings {
+            window_ms: cfg.job.window_ms(),
+            allowed_lateness_ms: cfg.job.allowed_lateness_ms as i64,
+            top_n: cfg.job.top_n as usize,
+            top_windows: cfg.job.top_windows.clone(),
+            producer: actor.clone(),
+        };
+        let (state, restored) = if ctx.restore_epoch > 0 {
+            restore(&ctx, settings).await?
+        } else {
+            (AggregateState::new(settings), None)
+        };
+        let reduce = ctx.connect(&ActorId::new(ActorKind::Reduce, 0)).await?;
+        let output = Output::open(&cfg, &actor, restored).await?;
+        let late = SideOutput::new(adclick_runtime::kafka::producer(&cfg.kafka.bootstrap)?, cfg.kafka.late_topic.clone());
+        ctx.report("running", state.watermark());
+        tracing::info!(actor = %actor, restored = ctx.restore_epoch, "aggregate started");
+        Ok(Self {
+            inputs: InputWatermarks::new(ctx.num_maps as usize),
+            aligner: BarrierAligner::new(ctx.num_maps as usize),
+            ctx,
+            actor,
+            state,
+            reduce,
+            output,
+            late,
+            align_started: None,
+        })
     }
-    let records: Vec<OutputRecord> = out.counts.iter().cloned().map(OutputRecord::Count).collect();
-    sink.write(&records).await?;
-    if !out.top.is_empty() {
-        reduce.send(Body::Top(TopNBatch { lists: out.top.iter().cloned().map(top_to_pb).collect() })).await?;
+
+    async fn handle(&mut self, msg: Inbound, work: &mut VecDeque<Inbound>) -> Result<()> {
+        let Some(input) = ActorCtx::input_index(&msg.from).map(|i| i as usize) else { return Ok(()) };
+        if let Body::Barrier(Barrier { epoch }) = msg.body {
+            self.align_started.get_or_insert_with(Instant::now);
+            if let Some(e) = self.aligner.barrier(input, epoch) {
+                self.checkpoint(e).await?;
+                work.extend(self.aligner.release().into_iter().map(|(_, m)| m));
+            }
+            return Ok(());
+        }
+        let msg = match self.aligner.offer(input, msg) {
+            Aligned::Process(m) => m,
+            Aligned::Buffered => return Ok(()),
+        };
+        let out = match msg.body {
+            Body::Counts(batch) => self.state.apply(batch.counts.into_iter().map(partial_from_pb).collect()),
+            Body::Watermark(Watermark { timestamp_ms, idle }) => {
+                let before = self.inputs.current();
+                let now = if idle { self.inputs.set_idle(input) } else { self.inputs.update(input, timestamp_ms) };
+                if idle && self.inputs.all_idle() {
+                    self.reduce.send(Body::Watermark(Watermark { timestamp_ms: 0, idle: true })).await?;
+                }
+                match now {
+                    Some(wm) if before.is_none_or(|b| wm > b) => {
+                        let out = self.state.advance(wm);
+                        self.ship(out).await?;
+                        self.reduce.send(Body::Watermark(Watermark { timestamp_ms: wm, idle: false })).await?;
+                        self.ctx.report("running", Some(wm));
+                        metrics::gauge!("aggregate_cells", "actor" => self.actor.clone()).set(self.state.cells() as f64);
+                    }
+                    _ => {}
+                }
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        self.ship(out).await
     }
-    Ok(())
+
+    async fn ship(&mut self, out: AggregateOutput) -> Result<()> {
+        metrics::counter!("duplicate_events_total").increment(out.duplicates);
+        metrics::counter!("late_events_total").increment(out.late.len() as u64);
+        for l in &out.late {
+            self.late.send(None, &l.raw, &[("reason", l.reason.clone()), ("watermark", l.watermark.to_string())]).await?;
+        }
+        self.output.emit(out.counts.into_iter().map(OutputRecord::Count).collect()).await?;
+        if !out.top.is_empty() {
+            self.reduce.send(Body::Top(TopNBatch { lists: out.top.into_iter().map(top_to_pb).collect() })).await?;
+        }
+        Ok(())
+    }
+
+    async fn checkpoint(&mut self, epoch: u64) -> Result<()> {
+        let alignment_ms = self.align_started.take().map_or(0, |t| t.elapsed().as_millis() as u64);
+        let pending = self.output.on_barrier(epoch)?;
+        let snap = aggregate_to_pb(self.state.snapshot(), self.ctx.cfg.job.key_groups, pending);
+        let bytes = snap.encode_to_vec();
+        let size = bytes.len();
+        self.ctx.snapshots.put(epoch, &self.actor, bytes).await?;
+        self.reduce.send(Body::Barrier(Barrier { epoch })).await?;
+        self.ctx.ack(epoch, size, alignment_ms).await
+    }
+}
+
+/// Loads every Aggregate snapshot of the restored epoch and keeps the key
+/// groups this actor owns now; its own uncommitted output comes back too.
+async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Result<(AggregateState, Option<(u64, Vec<adclick_proto::snapshot::PendingEpoch>)>)> {
+    let epoch = ctx.restore_epoch;
+    let me = ctx.id.index;
+    let owners = ctx.key_group_owner.clone();
+    let mut parts = Vec::new();
+    let mut pending = Vec::new();
+    for name in ctx.snapshots.actors(epoch).await? {
+        if !name.starts_with("aggregate-") {
+            continue;
+        }
+        let Some(bytes) = ctx.snapshots.get(epoch, &name).await? else { continue };
+        let snap = PbSnapshot::decode(bytes.as_slice()).with_context(|| format!("decoding snapshot {epoch}/{name}"))?;
+        if name == ctx.id.to_string() {
+            pending = snap.pending.clone();
+        }
+        parts.push(aggregate_from_pb(snap, |kg| owners.get(kg as usize).is_some_and(|o| *o == me)));
+    }
+    let kgs = ctx.cfg.job.key_groups;
+    let state = AggregateState::restore(settings, parts, |ad| owners.get(key_group_of(ad, kgs).0 as usize).is_some_and(|o| *o == me));
+    tracing::info!(actor = %ctx.id, epoch, cells = state.cells(), "restored aggregate state");
+    Ok((state, Some((epoch, pending))))
 }

@@ -1,9 +1,9 @@
 //! The Map actor: reads its Kafka partitions (manual assignment), parses and
 //! validates events, sends rejects to the dead-letter topic, pre-aggregates
-//! each micro-batch and routes it by key group. It also owns the
-//! per-partition watermarks, including idleness.
+//! each micro-batch and routes it by key group. It owns the per-partition
+//! watermarks (with idleness) and, at a barrier, the source offsets.
 
-use super::ActorCtx;
+use super::{ActorCtx, Control};
 use crate::convert::partial_to_pb;
 use crate::edge::Edge;
 use crate::kafka::side::SideOutput;
@@ -14,23 +14,39 @@ use adclick_core::map_batch::MapBatcher;
 use adclick_core::slice::Slicer;
 use adclick_core::watermark::SourceWatermarks;
 use adclick_proto::dataflow::stream_message::Body;
-use adclick_proto::dataflow::{CountBatch, Watermark};
+use adclick_proto::dataflow::{Barrier, CountBatch, Watermark};
+use adclick_proto::snapshot::{MapSnapshot, PartitionOffset};
 use adclick_runtime::now_ms;
 use anyhow::{Context, Result};
+use prost::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Runs a Map actor over `partitions` until cancelled.
-pub async fn run(ctx: ActorCtx, partitions: Vec<i32>) -> Result<()> {
+pub async fn run(ctx: ActorCtx, partitions: Vec<i32>, mut control: mpsc::Receiver<Control>) -> Result<()> {
     let cfg = ctx.cfg.clone();
     let job = &cfg.job;
     let actor = ctx.id.to_string();
     let mut outputs: Vec<Edge> = Vec::new();
     for i in 0..ctx.num_aggregates {
         outputs.push(ctx.connect(&ActorId::new(ActorKind::Aggregate, i)).await?);
+    }
+    let mut watermarks =
+        SourceWatermarks::new(&partitions, job.max_out_of_orderness_ms as i64, job.idle_timeout_ms as i64, now_ms());
+    // Next offset to read per partition: restored from the checkpoint, so a
+    // recovered source neither skips nor repeats records.
+    let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    if ctx.restore_epoch > 0 {
+        let bytes = ctx.snapshots.get(ctx.restore_epoch, &actor).await?;
+        let snap = MapSnapshot::decode(bytes.unwrap_or_default().as_slice()).context("decoding map snapshot")?;
+        offsets.extend(snap.offsets.iter().map(|o| (o.partition, o.offset)));
+        watermarks.restore(snap.watermark);
+        tracing::info!(actor = %actor, epoch = ctx.restore_epoch, ?offsets, "restored source offsets");
     }
     let consumer: StreamConsumer =
         adclick_runtime::kafka::consumer(&cfg.kafka.bootstrap, &format!("{}-map", cfg.cluster.job_name), false)?;
@@ -40,18 +56,13 @@ pub async fn run(ctx: ActorCtx, partitions: Vec<i32>) -> Result<()> {
         StartFrom::Latest => Offset::End,
     };
     for p in &partitions {
-        tpl.add_partition_offset(&cfg.kafka.input_topic, *p, start).context("building assignment")?;
+        let at = offsets.get(p).map_or(start, |o| Offset::Offset(*o));
+        tpl.add_partition_offset(&cfg.kafka.input_topic, *p, at).context("building assignment")?;
     }
     consumer.assign(&tpl).context("assigning partitions")?;
     let dlq = SideOutput::new(adclick_runtime::kafka::producer(&cfg.kafka.bootstrap)?, cfg.kafka.dlq_topic.clone());
     let slicer = Arc::new(Slicer::new(&cfg.slices)?);
     let mut batcher = MapBatcher::new(slicer, job.window_ms(), ctx.key_group_owner.clone(), outputs.len(), job.dedup);
-    let mut watermarks = SourceWatermarks::new(
-        &partitions,
-        job.max_out_of_orderness_ms as i64,
-        job.idle_timeout_ms as i64,
-        now_ms(),
-    );
     let limits = job.limits();
     let batch_window = Duration::from_millis(job.batch_max_ms.max(1));
     let mut last_sent_wm: Option<i64> = None;
@@ -62,9 +73,18 @@ pub async fn run(ctx: ActorCtx, partitions: Vec<i32>) -> Result<()> {
     tracing::info!(actor = %actor, ?partitions, "map started");
     loop {
         let deadline = Instant::now() + batch_window;
-        while batcher.len() < job.batch_max_events {
+        let mut barrier = None;
+        while batcher.len() < job.batch_max_events && barrier.is_none() {
             let msg = tokio::select! {
                 _ = ctx.cancel.cancelled() => return Ok(()),
+                c = control.recv() => {
+                    match c {
+                        Some(Control::Barrier(e)) => barrier = Some(e),
+                        Some(Control::Complete(_)) => {}
+                        None => return Ok(()),
+                    }
+                    continue;
+                }
                 r = tokio::time::timeout_at(deadline, consumer.recv()) => r,
             };
             let msg = match msg {
@@ -78,6 +98,7 @@ pub async fn run(ctx: ActorCtx, partitions: Vec<i32>) -> Result<()> {
             let now = now_ms();
             let payload = msg.payload().unwrap_or_default();
             events_in.increment(1);
+            offsets.insert(msg.partition(), msg.offset() + 1);
             match parse_event(payload, &limits, now) {
                 Ok(ev) => {
                     let behind = watermarks.last().is_some_and(|w| ev.ts_ms < w);
@@ -121,6 +142,22 @@ pub async fn run(ctx: ActorCtx, partitions: Vec<i32>) -> Result<()> {
                 out.send(Body::Watermark(Watermark { timestamp_ms: 0, idle: true })).await?;
             }
             sent_idle = true;
+        }
+        if let Some(epoch) = barrier {
+            // Everything read before the barrier has been sent above; the
+            // offsets are exactly the position after it.
+            let snap = MapSnapshot {
+                version: crate::snapshot_codec::VERSION,
+                offsets: offsets.iter().map(|(p, o)| PartitionOffset { partition: *p, offset: *o }).collect(),
+                watermark: watermarks.last(),
+            };
+            let bytes = snap.encode_to_vec();
+            let size = bytes.len();
+            ctx.snapshots.put(epoch, &actor, bytes).await?;
+            for out in &outputs {
+                out.send(Body::Barrier(Barrier { epoch })).await?;
+            }
+            ctx.ack(epoch, size, 0).await?;
         }
         for r in watermarks.report(now) {
             let p = r.partition.to_string();

@@ -3,14 +3,19 @@
 
 pub mod aggregate;
 pub mod map;
+pub mod output;
 pub mod reduce;
 
 use crate::edge::{self, Edge, Target};
 use crate::routing::RoutingTable;
 use adclick_core::config::Config;
 use adclick_core::ids::ActorId;
+use adclick_proto::cluster::coordinator_client::CoordinatorClient;
+use adclick_proto::cluster::AckCheckpointRequest;
 use adclick_proto::dataflow::stream_message::Body;
 use adclick_runtime::shutdown::CancellationToken;
+use adclick_runtime::snapshots::SnapshotStore;
+use tonic::transport::Channel;
 use anyhow::{anyhow, Result};
 use dashmap::DashMap;
 use std::collections::HashMap;
@@ -23,6 +28,15 @@ pub struct Inbound {
     pub from: String,
     /// The payload.
     pub body: Body,
+}
+
+/// Checkpoint commands from the coordinator, delivered beside the mailbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Map actors: record offsets and emit this barrier.
+    Barrier(u64),
+    /// Sinks: the checkpoint is complete, commit its output.
+    Complete(u64),
 }
 
 /// Where every actor of the current deployment runs.
@@ -70,6 +84,12 @@ pub struct ActorCtx {
     pub status: Arc<DashMap<String, ActorStatus>>,
     /// Cancelled when the actor must stop.
     pub cancel: CancellationToken,
+    /// Where snapshots go.
+    pub snapshots: SnapshotStore,
+    /// Complete checkpoint to restore from (0 = start fresh).
+    pub restore_epoch: u64,
+    /// For checkpoint acks.
+    pub coordinator: CoordinatorClient<Channel>,
 }
 
 impl ActorCtx {
@@ -87,6 +107,21 @@ impl ActorCtx {
             self.id.to_string(),
             ActorStatus { generation: self.generation, state: state.to_owned(), watermark },
         );
+    }
+
+    /// Tells the coordinator this actor's snapshot of `epoch` is written.
+    pub async fn ack(&self, epoch: u64, bytes: usize, alignment_ms: u64) -> Result<()> {
+        let req = AckCheckpointRequest {
+            generation: self.generation,
+            epoch,
+            actor_id: self.id.to_string(),
+            bytes: bytes as u64,
+            alignment_ms,
+        };
+        self.coordinator.clone().ack_checkpoint(req).await.map_err(|e| anyhow!("acking checkpoint {epoch}: {e}"))?;
+        metrics::histogram!("checkpoint_alignment_ms").record(alignment_ms as f64);
+        metrics::histogram!("checkpoint_snapshot_bytes").record(bytes as f64);
+        Ok(())
     }
 
     /// Index of the sending actor (`map-3` → 3) for input bookkeeping.

@@ -1,36 +1,78 @@
 //! The Reduce actor: merges the Aggregate actors' local top-N lists into the
-//! exact global top-N and writes it to the aggregates topic.
+//! exact global top-N and writes it to the aggregates topic. It aligns
+//! barriers over its inputs like the Aggregate actors.
 
-use super::ActorCtx;
+use super::output::Output;
+use super::{ActorCtx, Control, Inbound};
 use crate::convert::top_from_pb;
-use crate::kafka::sink::OutputSink;
+use crate::snapshot_codec::{reduce_from_pb, reduce_to_pb};
+use adclick_core::checkpoint::{Aligned, BarrierAligner};
 use adclick_core::output::OutputRecord;
 use adclick_core::reduce::ReduceState;
 use adclick_proto::dataflow::stream_message::Body;
-use adclick_proto::dataflow::Watermark;
-use anyhow::Result;
+use adclick_proto::dataflow::{Barrier, Watermark};
+use adclick_proto::snapshot::ReduceSnapshot;
+use anyhow::{Context, Result};
+use prost::Message as _;
+use std::collections::VecDeque;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Runs the Reduce actor until cancelled or its inputs close.
-pub async fn run(ctx: ActorCtx, mut mailbox: mpsc::Receiver<super::Inbound>) -> Result<()> {
+pub async fn run(ctx: ActorCtx, mut mailbox: mpsc::Receiver<Inbound>, mut control: mpsc::Receiver<Control>) -> Result<()> {
     let cfg = ctx.cfg.clone();
     let actor = ctx.id.to_string();
-    let sink = OutputSink::new(adclick_runtime::kafka::producer(&cfg.kafka.bootstrap)?, cfg.kafka.output_topic.clone());
-    let mut state = ReduceState::new(
-        ctx.num_aggregates as usize,
-        cfg.job.top_n as usize,
-        cfg.job.allowed_lateness_ms as i64,
-        actor.clone(),
-    );
+    let mut state = ReduceState::new(ctx.num_aggregates as usize, cfg.job.top_n as usize, cfg.job.allowed_lateness_ms as i64, actor.clone());
+    let mut restored = None;
+    if ctx.restore_epoch > 0 {
+        let bytes = ctx.snapshots.get(ctx.restore_epoch, &actor).await?.unwrap_or_default();
+        let snap = ReduceSnapshot::decode(bytes.as_slice()).context("decoding reduce snapshot")?;
+        state.restore(reduce_from_pb(&snap));
+        restored = Some((ctx.restore_epoch, snap.pending));
+    }
+    let mut output = Output::open(&cfg, &actor, restored).await?;
+    let mut aligner: BarrierAligner<Inbound> = BarrierAligner::new(ctx.num_aggregates as usize);
+    let mut align_started: Option<Instant> = None;
+    let mut work: VecDeque<Inbound> = VecDeque::new();
     ctx.report("running", None);
-    tracing::info!(actor = %actor, "reduce started");
+    tracing::info!(actor = %actor, restored = ctx.restore_epoch, "reduce started");
     loop {
-        let msg = tokio::select! {
-            _ = ctx.cancel.cancelled() => return Ok(()),
-            m = mailbox.recv() => m,
+        let msg = match work.pop_front() {
+            Some(m) => m,
+            None => tokio::select! {
+                _ = ctx.cancel.cancelled() => return Ok(()),
+                c = control.recv() => {
+                    match c {
+                        Some(Control::Complete(e)) => output.on_complete(e).await?,
+                        Some(Control::Barrier(_)) => {}
+                        None => return Ok(()),
+                    }
+                    continue;
+                }
+                m = mailbox.recv() => match m {
+                    Some(m) => m,
+                    None => return Ok(()),
+                },
+            },
         };
-        let Some(msg) = msg else { return Ok(()) };
         let Some(input) = ActorCtx::input_index(&msg.from) else { continue };
+        if let Body::Barrier(Barrier { epoch }) = msg.body {
+            align_started.get_or_insert_with(Instant::now);
+            if let Some(e) = aligner.barrier(input as usize, epoch) {
+                let alignment_ms = align_started.take().map_or(0, |t| t.elapsed().as_millis() as u64);
+                let snap = reduce_to_pb(state.snapshot(), output.on_barrier(e)?);
+                let bytes = snap.encode_to_vec();
+                let size = bytes.len();
+                ctx.snapshots.put(e, &actor, bytes).await?;
+                ctx.ack(e, size, alignment_ms).await?;
+                work.extend(aligner.release().into_iter().map(|(_, m)| m));
+            }
+            continue;
+        }
+        let msg = match aligner.offer(input as usize, msg) {
+            Aligned::Process(m) => m,
+            Aligned::Buffered => continue,
+        };
         let records: Vec<OutputRecord> = match msg.body {
             Body::Top(batch) => batch
                 .lists
@@ -40,12 +82,11 @@ pub async fn run(ctx: ActorCtx, mut mailbox: mpsc::Receiver<super::Inbound>) -> 
                 .collect(),
             Body::Watermark(Watermark { timestamp_ms, idle }) => {
                 let emitted = if idle { state.on_idle(input) } else { state.on_watermark(input, timestamp_ms) };
-                let out = emitted.into_iter().map(OutputRecord::TopN).collect();
                 ctx.report("running", state.watermark());
-                out
+                emitted.into_iter().map(OutputRecord::TopN).collect()
             }
             _ => continue,
         };
-        sink.write(&records).await?;
+        output.emit(records).await?;
     }
 }

@@ -1,0 +1,182 @@
+//! The checkpoint coordinator: triggers barriers, collects acks, writes the
+//! metadata file last, tells sinks to commit, aborts checkpoints that time
+//! out, deletes old checkpoints and persists its own metadata so a
+//! restarted coordinator carries on where the old one stopped.
+
+use crate::registry::{ClusterState, Inflight, JobState};
+use adclick_core::checkpoint::checkpoints_to_delete;
+use adclick_core::config::Config;
+use adclick_proto::cluster::node_client::NodeClient;
+use adclick_proto::cluster::CheckpointRequest;
+use adclick_runtime::snapshots::SnapshotStore;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// The coordinator's own metadata in the snapshot store.
+#[derive(Serialize, Deserialize, Default)]
+struct CoordinatorState {
+    generation: u64,
+    next_epoch: u64,
+}
+
+/// Drives checkpoints for the job.
+pub struct Checkpointer {
+    cfg: Config,
+    store: SnapshotStore,
+}
+
+impl Checkpointer {
+    /// Opens the snapshot store.
+    pub fn new(cfg: Config) -> Result<Self> {
+        let store = SnapshotStore::open(&cfg.checkpoint.store, &cfg.cluster.job_name)?;
+        Ok(Self { cfg, store })
+    }
+
+    /// Reloads the persisted generation and epoch counter after a restart.
+    pub async fn load(&self, state: &Arc<Mutex<ClusterState>>) -> Result<()> {
+        let saved: CoordinatorState = match self.store.coordinator_state().await? {
+            Some(b) => serde_json::from_slice(&b).context("decoding coordinator state")?,
+            None => CoordinatorState::default(),
+        };
+        let (all, complete) = self.store.epochs().await?;
+        let mut s = state.lock().await;
+        s.generation = s.generation.max(saved.generation);
+        s.next_epoch = saved.next_epoch.max(all.last().map_or(1, |e| e + 1)).max(1);
+        if let Some(e) = complete.last() {
+            tracing::info!(generation = s.generation, last_checkpoint = e, next_epoch = s.next_epoch, "loaded coordinator metadata");
+        }
+        Ok(())
+    }
+
+    /// Persists generation and epoch counter.
+    pub async fn persist(&self, generation: u64, next_epoch: u64) -> Result<()> {
+        self.store.put_coordinator_state(serde_json::to_vec(&CoordinatorState { generation, next_epoch })?).await
+    }
+
+    /// The checkpoint a redeploy restores from (0 = none).
+    pub async fn restore_point(&self) -> Result<u64> {
+        if !self.cfg.checkpoint.exactly_once {
+            return Ok(0);
+        }
+        Ok(self.store.epochs().await?.1.last().copied().unwrap_or(0))
+    }
+
+    /// One step: abort a late checkpoint, complete an acked one, or
+    /// trigger the next one.
+    pub async fn tick(&self, state: &Arc<Mutex<ClusterState>>) -> Result<()> {
+        if !self.cfg.checkpoint.exactly_once {
+            return Ok(());
+        }
+        let interval = Duration::from_millis(self.cfg.checkpoint.interval_ms);
+        let timeout = Duration::from_millis(self.cfg.checkpoint.timeout_ms);
+        enum Step {
+            Complete(Inflight, Vec<String>, HashMap<String, String>),
+            Trigger(u64, u64, Vec<String>),
+            Nothing,
+        }
+        let step = {
+            let mut s = state.lock().await;
+            if !matches!(s.job_state, JobState::Running | JobState::Degraded) {
+                return Ok(());
+            }
+            let addrs: HashMap<String, String> = s.nodes.iter().map(|(id, n)| (id.clone(), n.addr.clone())).collect();
+            let nodes: Vec<String> = s.placements.iter().map(|p| p.node_id.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+            let since_ok = s.last_complete.map(|(_, t)| t).or(s.deployed_at).map_or(Duration::ZERO, |t| t.elapsed());
+            s.job_state = if since_ok > 3 * interval { JobState::Degraded } else { JobState::Running };
+            let expected = s.placements.len();
+            match s.inflight.clone() {
+                Some(f) if f.acked.len() >= expected => {
+                    s.inflight = None;
+                    Step::Complete(f, nodes, addrs)
+                }
+                Some(f) if f.started.elapsed() > timeout => {
+                    tracing::warn!(epoch = f.epoch, acked = f.acked.len(), expected, "checkpoint timed out; aborted");
+                    metrics::counter!("checkpoint_failures_total").increment(1);
+                    s.failed_checkpoints += 1;
+                    s.inflight = None;
+                    Step::Nothing
+                }
+                Some(_) => Step::Nothing,
+                None => {
+                    let settled = s.deployed_at.is_some_and(|t| t.elapsed() > Duration::from_secs(1));
+                    let due = s.trigger_requested || s.last_trigger.is_none_or(|t| t.elapsed() >= interval);
+                    if settled && due {
+                        let epoch = s.next_epoch;
+                        s.next_epoch += 1;
+                        s.trigger_requested = false;
+                        s.last_trigger = Some(Instant::now());
+                        s.inflight = Some(Inflight { epoch, generation: s.generation, started: Instant::now(), acked: BTreeSet::new(), bytes: 0 });
+                        let targets = nodes.iter().filter_map(|n| addrs.get(n).cloned()).collect();
+                        Step::Trigger(epoch, s.generation, targets)
+                    } else {
+                        Step::Nothing
+                    }
+                }
+            }
+        };
+        match step {
+            Step::Trigger(epoch, generation, targets) => {
+                self.persist(generation, epoch + 1).await?;
+                tracing::debug!(epoch, generation, "triggering checkpoint");
+                broadcast(&targets, generation, epoch, true).await;
+            }
+            Step::Complete(f, nodes, addrs) => self.complete(state, f, nodes, addrs).await?,
+            Step::Nothing => {}
+        }
+        Ok(())
+    }
+
+    async fn complete(&self, state: &Arc<Mutex<ClusterState>>, f: Inflight, nodes: Vec<String>, addrs: HashMap<String, String>) -> Result<()> {
+        let meta = serde_json::json!({
+            "epoch": f.epoch,
+            "generation": f.generation,
+            "actors": f.acked,
+            "bytes": f.bytes,
+            "completed_at_ms": adclick_runtime::now_ms(),
+        });
+        // The metadata file is written last: only now does checkpoint e exist.
+        self.store.put_metadata(f.epoch, serde_json::to_vec(&meta)?).await?;
+        let took = f.started.elapsed();
+        metrics::histogram!("checkpoint_duration_ms").record(took.as_millis() as f64);
+        metrics::gauge!("checkpoint_size_bytes").set(f.bytes as f64);
+        metrics::gauge!("last_completed_checkpoint").set(f.epoch as f64);
+        tracing::info!(epoch = f.epoch, ms = took.as_millis() as u64, bytes = f.bytes, "checkpoint complete");
+        {
+            let mut s = state.lock().await;
+            s.last_complete = Some((f.epoch, Instant::now()));
+        }
+        let targets: Vec<String> = nodes.iter().filter_map(|n| addrs.get(n).cloned()).collect();
+        broadcast(&targets, f.generation, f.epoch, false).await;
+        let (all, complete) = self.store.epochs().await?;
+        for e in checkpoints_to_delete(&complete, &all, self.cfg.checkpoint.retain) {
+            if Some(&e) != all.last() {
+                self.store.delete_epoch(e).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends InjectBarrier (or CompleteCheckpoint) to every node; a node that
+/// does not answer makes the checkpoint time out (or commits later).
+async fn broadcast(targets: &[String], generation: u64, epoch: u64, barrier: bool) {
+    let calls = targets.iter().map(|addr| async move {
+        let mut c = NodeClient::connect(format!("http://{addr}")).await?;
+        let req = CheckpointRequest { generation, epoch };
+        if barrier {
+            c.inject_barrier(req).await?;
+        } else {
+            c.complete_checkpoint(req).await?;
+        }
+        anyhow::Ok(())
+    });
+    for r in futures::future::join_all(calls).await {
+        if let Err(e) = r {
+            tracing::warn!(epoch, barrier, "checkpoint RPC failed: {e:#}");
+        }
+    }
+}

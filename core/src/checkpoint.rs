@@ -1,0 +1,200 @@
+//! Checkpoint and recovery decisions, as pure functions: barrier alignment,
+//! the write-ahead buffer of uncommitted output, which checkpoint to
+//! restore, what a sink must commit after a crash, and which checkpoints to
+//! delete.
+
+use crate::output::OutputRecord;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Output produced but not yet committed, by epoch. Saved in every
+/// snapshot, so output is never lost between a checkpoint and its commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PendingOutput {
+    epochs: BTreeMap<u64, Vec<OutputRecord>>,
+}
+
+impl PendingOutput {
+    /// Adds records produced during `epoch` (the epoch the next barrier
+    /// will close).
+    pub fn push(&mut self, epoch: u64, records: impl IntoIterator<Item = OutputRecord>) {
+        let v = self.epochs.entry(epoch).or_default();
+        for mut r in records {
+            r.set_epoch(epoch);
+            v.push(r);
+        }
+    }
+
+    /// Every uncommitted epoch up to `epoch`, for the snapshot of `epoch`.
+    pub fn upto(&self, epoch: u64) -> impl Iterator<Item = (u64, &[OutputRecord])> {
+        self.epochs.range(..=epoch).map(|(e, v)| (*e, v.as_slice()))
+    }
+
+    /// Removes and returns everything up to `epoch`, oldest first: the
+    /// content of the transaction that commits `epoch`.
+    pub fn take_upto(&mut self, epoch: u64) -> Vec<OutputRecord> {
+        let later = self.epochs.split_off(&(epoch + 1));
+        let done = std::mem::replace(&mut self.epochs, later);
+        done.into_values().flatten().collect()
+    }
+
+    /// Restores a saved epoch.
+    pub fn restore(&mut self, epoch: u64, records: Vec<OutputRecord>) {
+        self.epochs.entry(epoch).or_default().extend(records);
+    }
+
+    /// Number of buffered records.
+    pub fn len(&self) -> usize {
+        self.epochs.values().map(Vec::len).sum()
+    }
+
+    /// Whether nothing is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.epochs.values().all(Vec::is_empty)
+    }
+}
+
+/// What a sink does with the output saved in the snapshot it restored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkRecovery {
+    /// Its progress marker shows the epoch was committed: drop the saved output.
+    AlreadyCommitted,
+    /// The checkpoint completed but the commit never happened (the crash
+    /// window Arroyo leaves open): commit the saved output now.
+    CommitSaved,
+}
+
+/// Decides after fencing (`init_transactions`) and reading the marker.
+pub fn sink_recovery(committed_marker: Option<u64>, restored_epoch: u64) -> SinkRecovery {
+    match committed_marker {
+        Some(m) if m >= restored_epoch => SinkRecovery::AlreadyCommitted,
+        _ => SinkRecovery::CommitSaved,
+    }
+}
+
+/// Checkpoints to delete: all but the newest `retain` complete ones, and
+/// any incomplete epoch older than the oldest one kept.
+pub fn checkpoints_to_delete(complete: &BTreeSet<u64>, all: &BTreeSet<u64>, retain: usize) -> Vec<u64> {
+    let kept: Vec<u64> = complete.iter().rev().take(retain.max(1)).copied().collect();
+    let Some(oldest_kept) = kept.last().copied() else { return Vec::new() };
+    all.iter().copied().filter(|e| *e < oldest_kept || (complete.contains(e) && !kept.contains(e))).collect()
+}
+
+/// Barrier alignment for an actor with several inputs. An input that
+/// delivered barrier `e` is blocked (its messages are buffered) until every
+/// input has delivered it.
+#[derive(Debug)]
+pub struct BarrierAligner<T> {
+    inputs: usize,
+    epoch: Option<u64>,
+    arrived: BTreeSet<usize>,
+    buffered: BTreeMap<usize, VecDeque<T>>,
+}
+
+/// Result of offering a message to the aligner.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Aligned<T> {
+    /// Process it now.
+    Process(T),
+    /// Held back: its input is blocked.
+    Buffered,
+}
+
+impl<T> BarrierAligner<T> {
+    /// An aligner over `inputs` inputs.
+    pub fn new(inputs: usize) -> Self {
+        Self { inputs, epoch: None, arrived: BTreeSet::new(), buffered: BTreeMap::new() }
+    }
+
+    /// Whether `input` is blocked.
+    pub fn is_blocked(&self, input: usize) -> bool {
+        self.arrived.contains(&input)
+    }
+
+    /// Offers a data message from `input`.
+    pub fn offer(&mut self, input: usize, msg: T) -> Aligned<T> {
+        if self.is_blocked(input) {
+            self.buffered.entry(input).or_default().push_back(msg);
+            Aligned::Buffered
+        } else {
+            Aligned::Process(msg)
+        }
+    }
+
+    /// Records barrier `epoch` from `input`; returns `Some(epoch)` once
+    /// every input has delivered it (time to snapshot).
+    pub fn barrier(&mut self, input: usize, epoch: u64) -> Option<u64> {
+        if self.epoch != Some(epoch) {
+            self.epoch = Some(epoch);
+            self.arrived.clear();
+        }
+        self.arrived.insert(input);
+        (self.arrived.len() >= self.inputs).then_some(epoch)
+    }
+
+    /// Unblocks every input after the snapshot and returns the held-back
+    /// messages, in order per input.
+    pub fn release(&mut self) -> Vec<(usize, T)> {
+        self.arrived.clear();
+        std::mem::take(&mut self.buffered).into_iter().flat_map(|(i, q)| q.into_iter().map(move |m| (i, m))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::CountRecord;
+
+    fn rec(ad: &str) -> OutputRecord {
+        OutputRecord::Count(CountRecord {
+            ad_id: ad.into(),
+            window_start: 0,
+            window_end: 1,
+            slice: "*".into(),
+            clicks: 1,
+            impressions: 0,
+            revision: 0,
+            epoch: 0,
+            producer: "p".into(),
+        })
+    }
+
+    #[test]
+    fn pending_output_commits_in_epoch_order() {
+        let mut p = PendingOutput::default();
+        p.push(3, [rec("a")]);
+        p.push(4, [rec("b")]);
+        p.push(5, [rec("c")]);
+        assert_eq!(p.upto(4).count(), 2);
+        let committed = p.take_upto(4);
+        assert_eq!(committed.iter().map(|r| r.version().0).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn sink_commits_saved_output_only_when_marker_is_behind() {
+        assert_eq!(sink_recovery(None, 5), SinkRecovery::CommitSaved);
+        assert_eq!(sink_recovery(Some(4), 5), SinkRecovery::CommitSaved);
+        assert_eq!(sink_recovery(Some(5), 5), SinkRecovery::AlreadyCommitted);
+        assert_eq!(sink_recovery(Some(6), 5), SinkRecovery::AlreadyCommitted);
+    }
+
+    #[test]
+    fn retention_keeps_newest_complete() {
+        let complete: BTreeSet<u64> = [1, 2, 4, 5].into();
+        let all: BTreeSet<u64> = [1, 2, 3, 4, 5, 6].into();
+        assert_eq!(checkpoints_to_delete(&complete, &all, 2), vec![1, 2, 3]);
+        assert!(checkpoints_to_delete(&BTreeSet::new(), &all, 2).is_empty());
+    }
+
+    #[test]
+    fn aligner_blocks_inputs_that_delivered_the_barrier() {
+        let mut a = BarrierAligner::new(2);
+        assert_eq!(a.offer(0, "a1"), Aligned::Process("a1"));
+        assert_eq!(a.barrier(0, 7), None);
+        assert_eq!(a.offer(0, "a2"), Aligned::Buffered);
+        assert_eq!(a.offer(1, "b1"), Aligned::Process("b1"));
+        assert_eq!(a.barrier(1, 7), Some(7));
+        assert_eq!(a.release(), vec![(0, "a2")]);
+        assert_eq!(a.offer(0, "a3"), Aligned::Process("a3"));
+    }
+}

@@ -1,0 +1,102 @@
+//! Where an Aggregate or Reduce actor's output goes: straight to Kafka
+//! (at-least-once), or through the write-ahead buffer that commits one
+//! transaction per completed checkpoint (exactly-once).
+
+use crate::kafka::sink::OutputSink;
+use crate::kafka::commit_sink::CommitSink;
+use adclick_core::checkpoint::{sink_recovery, PendingOutput, SinkRecovery};
+use adclick_core::output::OutputRecord;
+use adclick_proto::snapshot::PendingEpoch;
+use anyhow::{Context, Result};
+
+/// The actor's output channel.
+pub enum Output {
+    /// Written at once; repeated after a recovery.
+    AtLeastOnce(OutputSink),
+    /// Buffered per epoch, saved in snapshots, committed on completion.
+    ExactlyOnce {
+        /// Commits one checkpoint's output with its progress marker.
+        sink: CommitSink,
+        /// Output of the epoch the next barrier closes.
+        open: Vec<OutputRecord>,
+        /// Closed epochs not committed yet.
+        pending: PendingOutput,
+    },
+}
+
+impl Output {
+    /// Opens the output for `actor`; in exactly-once mode this fences the
+    /// previous incarnation and commits saved output the crash left behind.
+    pub async fn open(cfg: &adclick_core::config::Config, actor: &str, restored: Option<(u64, Vec<PendingEpoch>)>) -> Result<Self> {
+        let k = &cfg.kafka;
+        if !cfg.checkpoint.exactly_once {
+            return Ok(Output::AtLeastOnce(OutputSink::new(adclick_runtime::kafka::producer(&k.bootstrap)?, k.output_topic.clone())));
+        }
+        let sink = CommitSink::open(cfg, actor).await?;
+        let mut pending = PendingOutput::default();
+        if let Some((epoch, saved)) = restored {
+            let marker = sink.committed_epoch().await?;
+            match sink_recovery(marker, epoch) {
+                SinkRecovery::AlreadyCommitted => tracing::info!(actor, epoch, ?marker, "restored output already committed"),
+                SinkRecovery::CommitSaved => {
+                    for p in saved {
+                        let records = p
+                            .records
+                            .iter()
+                            .map(|r| serde_json::from_slice::<OutputRecord>(r))
+                            .collect::<Result<Vec<_>, _>>()
+                            .context("decoding saved output")?;
+                        pending.restore(p.epoch, records);
+                    }
+                    let records = pending.take_upto(epoch);
+                    tracing::info!(actor, epoch, ?marker, records = records.len(), "committing output saved in the restored checkpoint");
+                    sink.commit(epoch, records).await?;
+                }
+            }
+        }
+        Ok(Output::ExactlyOnce { sink, open: Vec::new(), pending })
+    }
+
+    /// Emits records.
+    pub async fn emit(&mut self, records: Vec<OutputRecord>) -> Result<()> {
+        match self {
+            Output::AtLeastOnce(s) => s.write(&records).await,
+            Output::ExactlyOnce { open, .. } => {
+                open.extend(records);
+                Ok(())
+            }
+        }
+    }
+
+    /// Closes the open epoch at barrier `epoch` and returns what the
+    /// snapshot must hold.
+    pub fn on_barrier(&mut self, epoch: u64) -> Result<Vec<PendingEpoch>> {
+        match self {
+            Output::AtLeastOnce(_) => Ok(Vec::new()),
+            Output::ExactlyOnce { open, pending, .. } => {
+                pending.push(epoch, std::mem::take(open));
+                pending
+                    .upto(epoch)
+                    .map(|(e, recs)| {
+                        let records = recs.iter().map(serde_json::to_vec).collect::<Result<Vec<_>, _>>()?;
+                        Ok(PendingEpoch { epoch: e, records })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Checkpoint `epoch` is complete: commit everything up to it.
+    pub async fn on_complete(&mut self, epoch: u64) -> Result<()> {
+        if let Output::ExactlyOnce { sink, pending, .. } = self {
+            #[cfg(feature = "failpoints")]
+            if std::env::var("ADCLICK_FAILPOINT").is_ok_and(|v| v == "crash_before_commit") {
+                tracing::error!(epoch, "fail point crash_before_commit: aborting the process");
+                std::process::abort();
+            }
+            let records = pending.take_upto(epoch);
+            sink.commit(epoch, records).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,93 @@
+//! The transactional sink: one Kafka transaction per completed checkpoint,
+//! holding that checkpoint's output plus a progress marker.
+//!
+//! The marker is `send_offsets_to_transaction` of offset `epoch` on
+//! partition 0 of the output topic for the sink's own group, so "output of
+//! epoch e is visible" and "marker says e" commit atomically. The
+//! `transactional.id` is stable per actor, so `init_transactions` on a
+//! restarted sink fences its zombie before the marker is read.
+
+use adclick_core::output::OutputRecord;
+use anyhow::{anyhow, Context, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A transactional writer for one actor.
+#[derive(Clone)]
+pub struct TxnSink {
+    producer: Arc<BaseProducer>,
+    marker: Arc<BaseConsumer>,
+    topic: String,
+}
+
+impl TxnSink {
+    /// Creates the producer and fences any earlier incarnation.
+    pub async fn open(bootstrap: &str, topic: &str, job: &str, actor: &str) -> Result<Self> {
+        let producer: BaseProducer = adclick_runtime::kafka::client_config(bootstrap)
+            .set("transactional.id", format!("{job}-{actor}"))
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("transaction.timeout.ms", "60000")
+            .create()
+            .context("creating transactional producer")?;
+        let marker: BaseConsumer = adclick_runtime::kafka::consumer(bootstrap, &super::commit_sink::marker_group(job, actor), true)?;
+        let sink = Self { producer: Arc::new(producer), marker: Arc::new(marker), topic: topic.to_owned() };
+        let p = sink.producer.clone();
+        tokio::task::spawn_blocking(move || p.init_transactions(TIMEOUT)).await?.context("init_transactions (fencing)")?;
+        Ok(sink)
+    }
+
+    /// The last epoch this sink committed, from its progress marker.
+    pub async fn committed_epoch(&self) -> Result<Option<u64>> {
+        super::commit_sink::read_marker(self.marker.clone(), self.topic.clone()).await
+    }
+
+    /// Commits `records` and the marker `epoch` in one transaction. An
+    /// epoch without output still moves the marker.
+    pub async fn commit(&self, epoch: u64, records: Vec<OutputRecord>) -> Result<()> {
+        let (p, c, topic) = (self.producer.clone(), self.marker.clone(), self.topic.clone());
+        let n = records.len();
+        tokio::task::spawn_blocking(move || {
+            let result = run_transaction(&p, &c, &topic, epoch, &records);
+            if result.is_err() {
+                let _ = p.abort_transaction(TIMEOUT);
+            }
+            result
+        })
+        .await??;
+        metrics::counter!("output_records_total").increment(n as u64);
+        metrics::counter!("sink_commits_total").increment(1);
+        Ok(())
+    }
+}
+
+fn run_transaction(p: &BaseProducer, c: &BaseConsumer, topic: &str, epoch: u64, records: &[OutputRecord]) -> Result<()> {
+    p.begin_transaction().context("begin_transaction")?;
+    for r in records {
+        let key = r.key();
+        let payload = serde_json::to_vec(r).context("encoding output record")?;
+        let mut rec = BaseRecord::to(topic).key(key.as_bytes()).payload(payload.as_slice());
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    p.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(anyhow!("producing to {topic}: {e}")),
+            }
+        }
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(epoch as i64)).context("marker offset")?;
+    let group = c.group_metadata().ok_or_else(|| anyhow!("sink consumer has no group metadata"))?;
+    p.send_offsets_to_transaction(&tpl, &group, TIMEOUT).context("send_offsets_to_transaction")?;
+    p.commit_transaction(TIMEOUT).context("commit_transaction")?;
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The snapshot store (the `object_store` crate: a local directory by
+//! default, any object store in production). Layout:
+//!
+//! - `checkpoints/<job>/<epoch>/<actor>`: one actor's snapshot;
+//! - `checkpoints/<job>/<epoch>/_metadata`: written last by the
+//!   coordinator; a checkpoint without it does not exist;
+//! - `coordinator/<job>/state.json`: the coordinator's own metadata.
+
+use anyhow::{Context, Result};
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// Name of the file that marks a checkpoint complete.
+pub const METADATA: &str = "_metadata";
+
+/// Handle on the snapshot store for one job.
+#[derive(Clone)]
+pub struct SnapshotStore {
+    store: Arc<dyn ObjectStore>,
+    job: String,
+}
+
+impl SnapshotStore {
+    /// Opens `location`: a directory path, `file:///dir` or `memory://`.
+    pub fn open(location: &str, job: &str) -> Result<Self> {
+        let store: Arc<dyn ObjectStore> = if location.starts_with("memory://") {
+            Arc::new(InMemory::new())
+        } else {
+            let dir = location.strip_prefix("file://").unwrap_or(location);
+            std::fs::create_dir_all(dir).with_context(|| format!("creating snapshot directory {dir}"))?;
+            let dir = std::fs::canonicalize(dir).with_context(|| format!("resolving snapshot directory {dir}"))?;
+            Arc::new(LocalFileSystem::new_with_prefix(&dir).with_context(|| format!("opening snapshot store {}", dir.display()))?)
+        };
+        Ok(Self { store, job: job.to_owned() })
+    }
+
+    fn path(&self, epoch: u64, name: &str) -> Path {
+        Path::from(format!("checkpoints/{}/{epoch:020}/{name}", self.job))
+    }
+
+    /// Writes an actor's snapshot of `epoch`.
+    pub async fn put(&self, epoch: u64, actor: &str, bytes: Vec<u8>) -> Result<()> {
+        self.store.put(&self.path(epoch, actor), PutPayload::from(bytes)).await.with_context(|| format!("writing snapshot {epoch}/{actor}"))?;
+        Ok(())
+    }
+
+    /// Reads an actor's snapshot of `epoch`, if it exists.
+    pub async fn get(&self, epoch: u64, actor: &str) -> Result<Option<Vec<u8>>> {
+        get_opt(&*self.store, &self.path(epoch, actor)).await
+    }
+
+    /// Names of the actor snapshots of `epoch`.
+    pub async fn actors(&self, epoch: u64) -> Result<Vec<String>> {
+        let prefix = Path::from(format!("checkpoints/{}/{epoch:020}", self.job));
+        let list = self.store.list_with_delimiter(Some(&prefix)).await?;
+        Ok(list.objects.iter().filter_map(|o| o.location.filename().map(str::to_owned)).filter(|n| n != METADATA).collect())
+    }
+
+    /// Marks `epoch` complete. Must be the last write of a checkpoint.
+    pub async fn put_metadata(&self, epoch: u64, json: Vec<u8>) -> Result<()> {
+        self.put(epoch, METADATA, json).await
+    }
+
+    /// Every epoch with any file, and the complete ones.
+    pub async fn epochs(&self) -> Result<(BTreeSet<u64>, BTreeSet<u64>)> {
+        let prefix = Path::from(format!("checkpoints/{}", self.job));
+        let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.context("listing checkpoints")?;
+        let mut all = BTreeSet::new();
+        let mut complete = BTreeSet::new();
+        for o in objects {
+            let parts: Vec<_> = o.location.parts().collect();
+            if parts.len() < 4 {
+                continue;
+            }
+            let Ok(epoch) = parts[2].as_ref().parse::<u64>() else { continue };
+            all.insert(epoch);
+            if parts[3].as_ref() == METADATA {
+                complete.insert(epoch);
+            }
+        }
+        Ok((all, complete))
+    }
+
+    /// Deletes every file of `epoch`.
+    pub async fn delete_epoch(&self, epoch: u64) -> Result<()> {
+        let prefix = Path::from(format!("checkpoints/{}/{epoch:020}", self.job));
+        let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        for o in objects {
+            self.store.delete(&o.location).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the coordinator's metadata.
+    pub async fn coordinator_state(&self) -> Result<Option<Vec<u8>>> {
+        get_opt(&*self.store, &Path::from(format!("coordinator/{}/state.json", self.job))).await
+    }
+
+    /// Writes the coordinator's metadata.
+    pub async fn put_coordinator_state(&self, json: Vec<u8>) -> Result<()> {
+        self.store.put(&Path::from(format!("coordinator/{}/state.json", self.job)), PutPayload::from(json)).await?;
+        Ok(())
+    }
+}
+
+async fn get_opt(store: &dyn ObjectStore, path: &Path) -> Result<Option<Vec<u8>>> {
+    match store.get(path).await {
+        Ok(r) => Ok(Some(r.bytes().await?.to_vec())),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {path}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn metadata_marks_complete_and_delete_removes() {
+        let dir = std::env::temp_dir().join(format!("adclick-snap-{}", std::process::id()));
+        let s = SnapshotStore::open(dir.to_str().unwrap(), "job").unwrap();
+        s.put(1, "map-0", b"a".to_vec()).await.unwrap();
+        s.put(2, "map-0", b"b".to_vec()).await.unwrap();
+        s.put_metadata(1, b"{}".to_vec()).await.unwrap();
+        let (all, complete) = s.epochs().await.unwrap();
+        assert_eq!(all, [1, 2].into());
+        assert_eq!(complete, [1].into());
+        assert_eq!(s.get(2, "map-0").await.unwrap(), Some(b"b".to_vec()));
+        assert_eq!(s.get(3, "map-0").await.unwrap(), None);
+        assert_eq!(s.actors(1).await.unwrap(), vec!["map-0"]);
+        s.delete_epoch(1).await.unwrap();
+        assert_eq!(s.epochs().await.unwrap().1, BTreeSet::new());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
