@@ -14,7 +14,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn metric(ops: &str, name: &str) -> f64 {
-    let Ok((200, text)) = http_get(ops, "/metrics") else { return 0.0 };
+    let Ok((200, text)) = http_get(ops, "/metrics") else {
+        return 0.0;
+    };
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
@@ -25,7 +27,10 @@ fn metric(ops: &str, name: &str) -> f64 {
 fn wait_batches(ops: &str, n: f64) -> Result<()> {
     let start = Instant::now();
     while metric(ops, "writer_batches_total") < n {
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(120), "writer made no progress");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(120),
+            "writer made no progress"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
@@ -54,14 +59,26 @@ async fn kill9_mid_stream_then_restart(dir: &Path, db_url: &str) -> Result<()> {
         wait_batches(&ops, 3.0)?;
         writer.kill9();
         let d = dump(db_url).await?;
-        assert!(d.counts != sc.counts, "round {round}: the writer must be killed mid-stream, yet it had finished");
+        assert!(
+            d.counts != sc.counts,
+            "round {round}: the writer must be killed mid-stream, yet it had finished"
+        );
     }
     producer.await.context("producer task")??;
 
     let _writer = Proc::start(dir, "writer", "writer", &cfg_path)?;
     let d = wait_for_truth(db_url, &sc, 240).await?;
-    assert!(d.counts == sc.counts && d.top == sc.top, "database differs from ground truth: {}", diff(&d, &sc));
-    assert!(metric(&ops, "writer_stale_skipped_total") > 0.0, "stale and duplicate copies were counted");
+    assert!(
+        d.counts == sc.counts && d.top == sc.top,
+        "database differs from ground truth: {} (produced {} records, topic holds {:?})",
+        diff(&d, &sc),
+        sc.records.len(),
+        topic_size(&broker.bootstrap, &topic)
+    );
+    assert!(
+        metric(&ops, "writer_stale_skipped_total") > 0.0,
+        "stale and duplicate copies were counted"
+    );
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 //! `isolation.level = read_committed` (manual assignment, no consumer group),
 //! groups records into batches and applies each batch in one database
 //! transaction that also stores the next offset of every partition it read.
-//! On start it seeks to the offsets stored in the database, never to the
+//! On start it resumes from the offsets stored in the database, never from the
 //! broker's, so a crash between "rows written" and "offsets committed" cannot
 //! exist. Rows carry absolute values with `(epoch, revision)`, and the upsert
 //! keeps only newer versions, so records seen twice change nothing.
@@ -45,17 +45,20 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<()> {
     let group = format!("{}-writer", cfg.cluster.job_name);
     let consumer: Arc<StreamConsumer> =
         Arc::new(kafka::consumer(&cfg.kafka.bootstrap, &group, true)?);
+    let rewind = cfg.writer.resume_rewind_records;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
-        let start = stored
-            .get(p)
-            .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+        let start = stored.get(p).map_or(Offset::Beginning, |o| {
+            Offset::Offset(o.saturating_sub(rewind).max(0))
+        });
         tpl.add_partition_offset(&topic, *p, start)
             .context("building partition assignment")?;
     }
     consumer.assign(&tpl).context("assigning partitions")?;
     tracing::info!(%topic, ?partitions, resumed = stored.len(), "writer assigned");
 
+    // Records before these offsets were already applied (see `resume_rewind_records`).
+    let resume = stored.clone();
     let positions: Arc<Mutex<HashMap<i32, i64>>> = Arc::new(Mutex::new(stored));
     tokio::spawn(report_lag(
         consumer.clone(),
@@ -69,7 +72,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<()> {
     let max_records = cfg.writer.batch_max_records;
     let max_wait = Duration::from_millis(cfg.writer.batch_max_ms);
     while !shutdown.is_cancelled() {
-        let batch = collect(&consumer, &topic, max_records, max_wait, &shutdown).await;
+        let batch = collect(&consumer, &topic, &resume, max_records, max_wait, &shutdown).await;
         if batch.is_empty() {
             continue;
         }
@@ -114,6 +117,7 @@ async fn assigned_partitions(cfg: &Config) -> Result<Vec<i32>> {
 async fn collect(
     consumer: &StreamConsumer,
     topic: &str,
+    resume: &HashMap<i32, i64>,
     max_records: usize,
     max_wait: Duration,
     shutdown: &CancellationToken,
@@ -129,6 +133,10 @@ async fn collect(
         };
         match msg {
             Ok(m) => {
+                if resume.get(&m.partition()).is_some_and(|r| m.offset() < *r) {
+                    metrics::counter!("writer_rewound_skipped_total").increment(1);
+                    continue;
+                }
                 if let Err(e) = batch.push(m.partition(), m.offset(), m.payload()) {
                     metrics::counter!("writer_bad_records_total").increment(1);
                     tracing::warn!(

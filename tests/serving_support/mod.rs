@@ -61,7 +61,13 @@ impl Scenario {
                 let ad = format!("ad{a:04}");
                 // 30 burst ads rotate so each bursts once every 10 minutes.
                 let burst = a < 30 && (a as i64) / 3 == m % 10;
-                let clicks = if burst { rng.random_range(20..31) } else if rng.random_bool(0.6) { rng.random_range(0..6) } else { 0 };
+                let clicks = if burst {
+                    rng.random_range(20..31)
+                } else if rng.random_bool(0.6) {
+                    rng.random_range(0..4)
+                } else {
+                    0
+                };
                 let imps = clicks * rng.random_range(3..9) + rng.random_range(0..3);
                 star.push((ad, clicks, imps));
             }
@@ -73,7 +79,12 @@ impl Scenario {
                 let us = rng.random_range(0..=clicks);
                 let de = clicks - us;
                 let (us_i, de_i) = (imps / 2, imps - imps / 2);
-                for (slice, c, i) in [("*", clicks, imps), ("country=US", us, us_i), ("country=DE", de, de_i), ("na", us, us_i)] {
+                for (slice, c, i) in [
+                    ("*", clicks, imps),
+                    ("country=US", us, us_i),
+                    ("country=DE", de, de_i),
+                    ("na", us, us_i),
+                ] {
                     if c > 0 || i > 0 {
                         counts.insert((slice.to_string(), ad.clone(), ws), (c, i));
                     }
@@ -82,7 +93,12 @@ impl Scenario {
         }
         let top = top_truth(&counts, minutes);
         let records = records_for(&mut rng, &counts, &top);
-        Self { records, counts, top, minutes }
+        Self {
+            records,
+            counts,
+            top,
+            minutes,
+        }
     }
 
     /// Ranked truth over `[from, to)` for `slice`: `(ad, clicks, impressions)`, best first.
@@ -95,14 +111,23 @@ impl Scenario {
                 e.1 += i;
             }
         }
-        let mut v: Vec<(String, i64, i64)> = sums.into_iter().filter(|(_, (c, _))| *c > 0).map(|(a, (c, i))| (a.to_string(), c, i)).collect();
+        let mut v: Vec<(String, i64, i64)> = sums
+            .into_iter()
+            .filter(|(_, (c, _))| *c > 0)
+            .map(|(a, (c, i))| (a.to_string(), c, i))
+            .collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v
     }
 
     /// Clicks of one ad over `[from, to)`.
     pub fn clicks(&self, slice: &str, ad: &str, from: i64, to: i64) -> i64 {
-        self.counts.range((slice.to_string(), ad.to_string(), from)..(slice.to_string(), ad.to_string(), to)).map(|(_, (c, _))| c).sum()
+        self.counts
+            .range(
+                (slice.to_string(), ad.to_string(), from)..(slice.to_string(), ad.to_string(), to),
+            )
+            .map(|(_, (c, _))| c)
+            .sum()
     }
 }
 
@@ -166,7 +191,15 @@ fn records_for(rng: &mut ChaCha8Rng, counts: &CountTruth, top: &TopTruth) -> Vec
     for ((slice, m, end), ads) in top {
         let epoch = 10 + ((end - T0) / MINUTE) as u64;
         let rec = |ads: Vec<AdClicks>, epoch: u64, revision: u32| {
-            OutputRecord::TopN(TopNRecord { window_end: *end, window_minutes: *m as u32, slice: slice.clone(), ads, revision, epoch, producer: "reduce-0".into() })
+            OutputRecord::TopN(TopNRecord {
+                window_end: *end,
+                window_minutes: *m as u32,
+                slice: slice.clone(),
+                ads,
+                revision,
+                epoch,
+                producer: "reduce-0".into(),
+            })
         };
         if rng.random_bool(0.2) {
             out.push(rec(ads.iter().rev().cloned().collect(), epoch, 0));
@@ -193,13 +226,31 @@ fn records_for(rng: &mut ChaCha8Rng, counts: &CountTruth, top: &TopTruth) -> Vec
 /// answer lacks key 26), so librdkafka's `commit_transaction` fails against
 /// it. The writer still reads with `read_committed`, which shows
 /// non-transactional records as they are.
-pub async fn produce(bootstrap: &str, topic: &str, records: &[OutputRecord], per_flush: usize) -> Result<()> {
+pub async fn produce(
+    bootstrap: &str,
+    topic: &str,
+    records: &[OutputRecord],
+    per_flush: usize,
+) -> Result<()> {
     let producer: FutureProducer = adclick_runtime::kafka::producer(bootstrap)?;
     for chunk in records.chunks(per_flush.max(1)) {
         send_all(&producer, topic, chunk).await?;
     }
     producer.flush(Duration::from_secs(30)).context("flush")?;
     Ok(())
+}
+
+/// Sum of the high watermarks of `topic`, i.e. how many records it holds.
+pub fn topic_size(bootstrap: &str, topic: &str) -> Result<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = adclick_runtime::kafka::consumer(bootstrap, "serving-test-size", false)?;
+    let n = adclick_runtime::kafka::partition_count(bootstrap, topic)?;
+    let mut total = 0;
+    for p in 0..n {
+        let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        total += high - low;
+    }
+    Ok(total)
 }
 
 /// Enqueues every record, then waits for all deliveries.
@@ -214,13 +265,22 @@ async fn send_all(producer: &FutureProducer, topic: &str, records: &[OutputRecor
         pending.push(fut);
     }
     for f in pending {
-        f.await.context("delivery cancelled")?.map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
+        f.await
+            .context("delivery cancelled")?
+            .map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
     }
     Ok(())
 }
 
 /// Writes the scenario's config file and returns its path.
-pub fn write_config(dir: &Path, bootstrap: &str, db_url: &str, writer_ops: u16, query_port: u16, batch: usize) -> Result<PathBuf> {
+pub fn write_config(
+    dir: &Path,
+    bootstrap: &str,
+    db_url: &str,
+    writer_ops: u16,
+    query_port: u16,
+    batch: usize,
+) -> Result<PathBuf> {
     let path = dir.join("adclick.toml");
     let text = format!(
         r#"[kafka]
@@ -261,7 +321,10 @@ pub struct Proc {
 impl Proc {
     /// Starts `adclick <sub> --config <cfg>`, logging to `dir/<name>.log`.
     pub fn start(dir: &Path, name: &str, sub: &str, cfg: &Path) -> Result<Self> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{name}.log")))?;
         let child = Command::new(env!("CARGO_BIN_EXE_adclick"))
             .args([sub, "--config"])
             .arg(cfg)
@@ -290,13 +353,27 @@ impl Drop for Proc {
 pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
-    let status: u16 = head.split_whitespace().nth(1).context("no status")?.parse()?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Ok((status, body))
 }
 
@@ -337,20 +414,36 @@ pub struct Dump {
 
 /// Reads every count and top-N row.
 pub async fn dump(url: &str) -> Result<Dump> {
-    let (c, t): (Vec<(String, String, i64, i64, i64)>, Vec<(String, i64, i64, String)>) = if url.starts_with("sqlite:") {
+    let (c, t): (
+        Vec<(String, String, i64, i64, i64)>,
+        Vec<(String, i64, i64, String)>,
+    ) = if url.starts_with("sqlite:") {
         let pool = sqlx::SqlitePool::connect(url).await?;
-        let c = sqlx::query_as("SELECT slice, ad_id, window_start, clicks, impressions FROM counts").fetch_all(&pool).await?;
-        let t = sqlx::query_as("SELECT slice, window_minutes, window_end, ads FROM top_n").fetch_all(&pool).await?;
+        let c =
+            sqlx::query_as("SELECT slice, ad_id, window_start, clicks, impressions FROM counts")
+                .fetch_all(&pool)
+                .await?;
+        let t = sqlx::query_as("SELECT slice, window_minutes, window_end, ads FROM top_n")
+            .fetch_all(&pool)
+            .await?;
         pool.close().await;
         (c, t)
     } else {
         let pool = sqlx::PgPool::connect(url).await?;
-        let c = sqlx::query_as("SELECT slice, ad_id, window_start, clicks, impressions FROM counts").fetch_all(&pool).await?;
-        let t = sqlx::query_as("SELECT slice, window_minutes, window_end, ads FROM top_n").fetch_all(&pool).await?;
+        let c =
+            sqlx::query_as("SELECT slice, ad_id, window_start, clicks, impressions FROM counts")
+                .fetch_all(&pool)
+                .await?;
+        let t = sqlx::query_as("SELECT slice, window_minutes, window_end, ads FROM top_n")
+            .fetch_all(&pool)
+            .await?;
         pool.close().await;
         (c, t)
     };
-    let counts = c.into_iter().map(|(s, a, w, c, i)| ((s, a, w), (c, i))).collect();
+    let counts = c
+        .into_iter()
+        .map(|(s, a, w, c, i)| ((s, a, w), (c, i)))
+        .collect();
     let mut top = TopTruth::new();
     for (s, m, e, ads) in t {
         top.insert((s, m, e), serde_json::from_str(&ads)?);
@@ -370,7 +463,8 @@ pub async fn wait_for_truth(url: &str, sc: &Scenario, secs: u64) -> Result<Dump>
             }
             Err(e) => return Err(e),
         };
-        if (d.counts == sc.counts && d.top == sc.top) || start.elapsed() > Duration::from_secs(secs) {
+        if (d.counts == sc.counts && d.top == sc.top) || start.elapsed() > Duration::from_secs(secs)
+        {
             return Ok(d);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -385,12 +479,26 @@ pub fn diff(d: &Dump, sc: &Scenario) -> String {
             out.push(format!("count {k:?}: want {v:?} got {:?}", d.counts.get(k)));
         }
     }
-    out.extend(d.counts.keys().filter(|k| !sc.counts.contains_key(*k)).map(|k| format!("extra count {k:?}")));
+    out.extend(
+        d.counts
+            .keys()
+            .filter(|k| !sc.counts.contains_key(*k))
+            .map(|k| format!("extra count {k:?}")),
+    );
     for (k, v) in &sc.top {
         if d.top.get(k) != Some(v) {
             out.push(format!("top {k:?}: want {v:?} got {:?}", d.top.get(k)));
         }
     }
-    out.extend(d.top.keys().filter(|k| !sc.top.contains_key(*k)).map(|k| format!("extra top {k:?}")));
-    format!("{} differences, first: {:#?}", out.len(), &out[..out.len().min(8)])
+    out.extend(
+        d.top
+            .keys()
+            .filter(|k| !sc.top.contains_key(*k))
+            .map(|k| format!("extra top {k:?}")),
+    );
+    format!(
+        "{} differences, first: {:#?}",
+        out.len(),
+        &out[..out.len().min(8)]
+    )
 }
