@@ -22,6 +22,8 @@ pub struct Config {
     pub aggregate: AggregateConfig,
     /// Pre-aggregated breakdowns.
     pub slices: SliceConfig,
+    /// Checkpoints and the snapshot store.
+    pub checkpoint: CheckpointConfig,
     /// The aggregation database shared by the writer and the query service.
     pub database: DatabaseConfig,
     /// The database writer (`adclick writer`).
@@ -261,6 +263,41 @@ impl Default for QueryConfig {
     }
 }
 
+/// Checkpoints (exactly-once) and the snapshot store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Exactly-once output through barrier snapshots and Kafka
+    /// transactions; `false` writes output at once (at-least-once).
+    pub exactly_once: bool,
+    /// How often the coordinator triggers a checkpoint.
+    pub interval_ms: u64,
+    /// A checkpoint not complete within this is aborted and counted.
+    pub timeout_ms: u64,
+    /// Complete checkpoints kept; older ones are deleted.
+    pub retain: usize,
+    /// Snapshot store: a local directory, or an object-store URL
+    /// (`file:///path`, `memory://`).
+    pub store: String,
+    /// Commit each checkpoint's output in a Kafka transaction (needs a
+    /// broker that serves EndTxn, i.e. Apache Kafka). `false` writes it
+    /// idempotently and then moves the progress marker; see the README.
+    pub kafka_transactions: bool,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            exactly_once: true,
+            interval_ms: 10_000,
+            timeout_ms: 60_000,
+            retain: 3,
+            store: "run/snapshots".into(),
+            kafka_transactions: false,
+        }
+    }
+}
+
 /// A configuration value that breaks a rule, named by its key.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid config `{key}`: {problem}")]
@@ -302,6 +339,18 @@ impl Config {
         }
         if self.aggregate.replicas == 0 || self.aggregate.replicas > j.key_groups {
             return Err(err("aggregate.replicas", "must be between 1 and job.key_groups"));
+        }
+        if self.checkpoint.interval_ms < 100 {
+            return Err(err("checkpoint.interval_ms", "must be at least 100"));
+        }
+        if self.checkpoint.timeout_ms < self.checkpoint.interval_ms {
+            return Err(err("checkpoint.timeout_ms", "must be at least checkpoint.interval_ms"));
+        }
+        if self.checkpoint.retain == 0 {
+            return Err(err("checkpoint.retain", "must be at least 1"));
+        }
+        if self.checkpoint.store.trim().is_empty() {
+            return Err(err("checkpoint.store", "must not be empty"));
         }
         if self.cluster.nodes == 0 {
             return Err(err("cluster.nodes", "must be at least 1"));
