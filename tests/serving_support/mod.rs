@@ -7,7 +7,7 @@
 
 use adclick_core::output::{CountRecord, OutputRecord, TopNRecord};
 use adclick_core::topn::{top_n, AdClicks};
-use adclick_testkit::{free_port, wait_for_port};
+use adclick_testkit::wait_for_port;
 use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
