@@ -59,7 +59,7 @@ pub struct MapBatcher {
     owners: Arc<Vec<u32>>,
     num_aggregates: usize,
     dedup: DedupMode,
-    groups: HashMap<String, Vec<Group>>,
+    groups: HashMap<String, Vec<Group>, foldhash::fast::RandomState>,
     singles: Vec<PartialCount>,
     events: usize,
 }
@@ -74,7 +74,7 @@ impl MapBatcher {
             owners,
             num_aggregates: num_aggregates.max(1),
             dedup,
-            groups: HashMap::new(),
+            groups: HashMap::default(),
             singles: Vec::new(),
             events: 0,
         }
@@ -109,10 +109,8 @@ impl MapBatcher {
             self.singles.push(p);
             return;
         }
-        let groups = match self.groups.get_mut(e.ad_id.as_str()) {
-            Some(g) => g,
-            None => self.groups.entry(e.ad_id.clone()).or_default(),
-        };
+        // The event is owned: its id becomes the key without a copy.
+        let groups = self.groups.entry(e.ad_id).or_default();
         let idx = match groups.iter().position(|g| g.window_start == ws && g.mask == mask && g.country == e.country) {
             Some(i) => i,
             None => {
@@ -125,20 +123,23 @@ impl MapBatcher {
 
     /// Aggregate index that owns `ad_id`.
     pub fn owner_of(&self, ad_id: &str) -> usize {
-        let kg = key_group_of(ad_id, self.num_key_groups).0 as usize;
-        self.owners.get(kg).map_or(0, |o| *o as usize).min(self.num_aggregates - 1)
+        owner_index(&self.owners, self.num_key_groups, self.num_aggregates, ad_id)
     }
 
     /// Drains the batch: one list of partials per aggregate index.
     pub fn flush(&mut self) -> Vec<Vec<PartialCount>> {
         let mut out: Vec<Vec<PartialCount>> = vec![Vec::new(); self.num_aggregates];
-        for (ad, groups) in std::mem::take(&mut self.groups) {
-            let owner = self.owner_of(&ad);
-            for g in groups {
+        let (owners, num_key_groups, num_aggregates) = (&self.owners, self.num_key_groups, self.num_aggregates);
+        // `drain` keeps the map's capacity for the next batch.
+        for (mut ad, groups) in self.groups.drain() {
+            let owner = owner_index(owners, num_key_groups, num_aggregates, &ad);
+            let last = groups.len().saturating_sub(1);
+            for (i, g) in groups.into_iter().enumerate() {
                 let mut p = g.counts;
                 p.slices = self.slicer.slices(&g.country, g.mask);
                 p.window_start = g.window_start;
-                p.ad_id = ad.clone();
+                // Copy the id for all but the last group, which takes it.
+                p.ad_id = if i == last { std::mem::take(&mut ad) } else { ad.clone() };
                 out[owner].push(p);
             }
         }
@@ -149,6 +150,11 @@ impl MapBatcher {
         self.events = 0;
         out
     }
+}
+
+fn owner_index(owners: &[u32], num_key_groups: u32, num_aggregates: usize, ad_id: &str) -> usize {
+    let kg = key_group_of(ad_id, num_key_groups).0 as usize;
+    owners.get(kg).map_or(0, |o| *o as usize).min(num_aggregates - 1)
 }
 
 fn add_one(p: &mut PartialCount, t: EventType, key: Option<u64>) {
