@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --locked --workspace --bins
-cargo test --locked --workspace -- --test-threads=1
+cargo build --locked --workspace --bins --features failpoints
+cargo test --locked --workspace --features failpoints -- --test-threads=1

@@ -6,7 +6,6 @@
 use crate::registry::{ClusterState, Inflight, JobState};
 use adclick_core::checkpoint::checkpoints_to_delete;
 use adclick_core::config::Config;
-use adclick_proto::cluster::node_client::NodeClient;
 use adclick_proto::cluster::CheckpointRequest;
 use adclick_runtime::snapshots::SnapshotStore;
 use anyhow::{Context, Result};
@@ -47,14 +46,24 @@ impl Checkpointer {
         s.generation = s.generation.max(saved.generation);
         s.next_epoch = saved.next_epoch.max(all.last().map_or(1, |e| e + 1)).max(1);
         if let Some(e) = complete.last() {
-            tracing::info!(generation = s.generation, last_checkpoint = e, next_epoch = s.next_epoch, "loaded coordinator metadata");
+            tracing::info!(
+                generation = s.generation,
+                last_checkpoint = e,
+                next_epoch = s.next_epoch,
+                "loaded coordinator metadata"
+            );
         }
         Ok(())
     }
 
     /// Persists generation and epoch counter.
     pub async fn persist(&self, generation: u64, next_epoch: u64) -> Result<()> {
-        self.store.put_coordinator_state(serde_json::to_vec(&CoordinatorState { generation, next_epoch })?).await
+        self.store
+            .put_coordinator_state(serde_json::to_vec(&CoordinatorState {
+                generation,
+                next_epoch,
+            })?)
+            .await
     }
 
     /// The checkpoint a redeploy restores from (0 = none).
@@ -83,10 +92,28 @@ impl Checkpointer {
             if !matches!(s.job_state, JobState::Running | JobState::Degraded) {
                 return Ok(());
             }
-            let addrs: HashMap<String, String> = s.nodes.iter().map(|(id, n)| (id.clone(), n.addr.clone())).collect();
-            let nodes: Vec<String> = s.placements.iter().map(|p| p.node_id.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-            let since_ok = s.last_complete.map(|(_, t)| t).or(s.deployed_at).map_or(Duration::ZERO, |t| t.elapsed());
-            s.job_state = if since_ok > 3 * interval { JobState::Degraded } else { JobState::Running };
+            let addrs: HashMap<String, String> = s
+                .nodes
+                .iter()
+                .map(|(id, n)| (id.clone(), n.addr.clone()))
+                .collect();
+            let nodes: Vec<String> = s
+                .placements
+                .iter()
+                .map(|p| p.node_id.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let since_ok = s
+                .last_complete
+                .map(|(_, t)| t)
+                .or(s.deployed_at)
+                .map_or(Duration::ZERO, |t| t.elapsed());
+            s.job_state = if since_ok > 3 * interval {
+                JobState::Degraded
+            } else {
+                JobState::Running
+            };
             let expected = s.placements.len();
             match s.inflight.clone() {
                 Some(f) if f.acked.len() >= expected => {
@@ -94,7 +121,12 @@ impl Checkpointer {
                     Step::Complete(f, nodes, addrs)
                 }
                 Some(f) if f.started.elapsed() > timeout => {
-                    tracing::warn!(epoch = f.epoch, acked = f.acked.len(), expected, "checkpoint timed out; aborted");
+                    tracing::warn!(
+                        epoch = f.epoch,
+                        acked = f.acked.len(),
+                        expected,
+                        "checkpoint timed out; aborted"
+                    );
                     metrics::counter!("checkpoint_failures_total").increment(1);
                     s.failed_checkpoints += 1;
                     s.inflight = None;
@@ -102,14 +134,23 @@ impl Checkpointer {
                 }
                 Some(_) => Step::Nothing,
                 None => {
-                    let settled = s.deployed_at.is_some_and(|t| t.elapsed() > Duration::from_secs(1));
-                    let due = s.trigger_requested || s.last_trigger.is_none_or(|t| t.elapsed() >= interval);
+                    let settled = s
+                        .deployed_at
+                        .is_some_and(|t| t.elapsed() > Duration::from_secs(1));
+                    let due = s.trigger_requested
+                        || s.last_trigger.is_none_or(|t| t.elapsed() >= interval);
                     if settled && due {
                         let epoch = s.next_epoch;
                         s.next_epoch += 1;
                         s.trigger_requested = false;
                         s.last_trigger = Some(Instant::now());
-                        s.inflight = Some(Inflight { epoch, generation: s.generation, started: Instant::now(), acked: BTreeSet::new(), bytes: 0 });
+                        s.inflight = Some(Inflight {
+                            epoch,
+                            generation: s.generation,
+                            started: Instant::now(),
+                            acked: BTreeSet::new(),
+                            bytes: 0,
+                        });
                         let targets = nodes.iter().filter_map(|n| addrs.get(n).cloned()).collect();
                         Step::Trigger(epoch, s.generation, targets)
                     } else {
@@ -130,7 +171,13 @@ impl Checkpointer {
         Ok(())
     }
 
-    async fn complete(&self, state: &Arc<Mutex<ClusterState>>, f: Inflight, nodes: Vec<String>, addrs: HashMap<String, String>) -> Result<()> {
+    async fn complete(
+        &self,
+        state: &Arc<Mutex<ClusterState>>,
+        f: Inflight,
+        nodes: Vec<String>,
+        addrs: HashMap<String, String>,
+    ) -> Result<()> {
         let meta = serde_json::json!({
             "epoch": f.epoch,
             "generation": f.generation,
@@ -139,12 +186,19 @@ impl Checkpointer {
             "completed_at_ms": adclick_runtime::now_ms(),
         });
         // The metadata file is written last: only now does checkpoint e exist.
-        self.store.put_metadata(f.epoch, serde_json::to_vec(&meta)?).await?;
+        self.store
+            .put_metadata(f.epoch, serde_json::to_vec(&meta)?)
+            .await?;
         let took = f.started.elapsed();
         metrics::histogram!("checkpoint_duration_ms").record(took.as_millis() as f64);
         metrics::gauge!("checkpoint_size_bytes").set(f.bytes as f64);
         metrics::gauge!("last_completed_checkpoint").set(f.epoch as f64);
-        tracing::info!(epoch = f.epoch, ms = took.as_millis() as u64, bytes = f.bytes, "checkpoint complete");
+        tracing::info!(
+            epoch = f.epoch,
+            ms = took.as_millis() as u64,
+            bytes = f.bytes,
+            "checkpoint complete"
+        );
         {
             let mut s = state.lock().await;
             s.last_complete = Some((f.epoch, Instant::now()));
@@ -165,7 +219,7 @@ impl Checkpointer {
 /// does not answer makes the checkpoint time out (or commits later).
 async fn broadcast(targets: &[String], generation: u64, epoch: u64, barrier: bool) {
     let calls = targets.iter().map(|addr| async move {
-        let mut c = NodeClient::connect(format!("http://{addr}")).await?;
+        let mut c = crate::registry::node_client(&addr).await?;
         let req = CheckpointRequest { generation, epoch };
         if barrier {
             c.inject_barrier(req).await?;

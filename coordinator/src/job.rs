@@ -8,7 +8,6 @@ use crate::registry::{ClusterState, JobState};
 use adclick_core::config::Config;
 use adclick_core::ids::{ActorKind, NodeId};
 use adclick_core::plan::{build_plan, PlanInput};
-use adclick_proto::cluster::node_client::NodeClient;
 use adclick_proto::cluster::{self as pb, ActorSpec, DeployRequest, Placement};
 use adclick_runtime::ops::Readiness;
 use adclick_runtime::shutdown::CancellationToken;
@@ -22,7 +21,13 @@ use tokio::sync::Mutex;
 const DEPLOY_GRACE: Duration = Duration::from_secs(10);
 
 /// Drives the job until shutdown.
-pub async fn run(cfg: Config, state: Arc<Mutex<ClusterState>>, checkpointer: Arc<Checkpointer>, ready: Readiness, shutdown: CancellationToken) {
+pub async fn run(
+    cfg: Config,
+    state: Arc<Mutex<ClusterState>>,
+    checkpointer: Arc<Checkpointer>,
+    ready: Readiness,
+    shutdown: CancellationToken,
+) {
     let tick = Duration::from_millis(100);
     let mut topics_ready = false;
     loop {
@@ -61,7 +66,8 @@ pub async fn run(cfg: Config, state: Arc<Mutex<ClusterState>>, checkpointer: Arc
 fn decide(cfg: &Config, s: &ClusterState) -> Option<String> {
     let alive = s.alive(cfg.cluster.heartbeat_timeout_ms);
     if s.generation == 0 || s.placements.is_empty() {
-        return (alive.len() >= cfg.cluster.nodes as usize).then(|| format!("{} nodes registered", alive.len()));
+        return (alive.len() >= cfg.cluster.nodes as usize)
+            .then(|| format!("{} nodes registered", alive.len()));
     }
     if alive.is_empty() {
         return None;
@@ -74,11 +80,20 @@ fn decide(cfg: &Config, s: &ClusterState) -> Option<String> {
         if in_grace {
             continue;
         }
-        let Some(node) = s.nodes.get(&p.node_id) else { return Some(format!("node {} unknown", p.node_id)) };
+        let Some(node) = s.nodes.get(&p.node_id) else {
+            return Some(format!("node {} unknown", p.node_id));
+        };
         if node.generation != s.generation {
-            return Some(format!("node {} runs generation {}, not {}", p.node_id, node.generation, s.generation));
+            return Some(format!(
+                "node {} runs generation {}, not {}",
+                p.node_id, node.generation, s.generation
+            ));
         }
-        if let Some(a) = node.actors.iter().find(|a| a.actor_id == p.actor_id && a.generation == s.generation) {
+        if let Some(a) = node
+            .actors
+            .iter()
+            .find(|a| a.actor_id == p.actor_id && a.generation == s.generation)
+        {
             if a.state.starts_with("failed") {
                 return Some(format!("actor {} {}", a.actor_id, a.state));
             }
@@ -87,23 +102,37 @@ fn decide(cfg: &Config, s: &ClusterState) -> Option<String> {
     None
 }
 
-async fn deploy(cfg: &Config, state: &Arc<Mutex<ClusterState>>, checkpointer: &Checkpointer) -> Result<()> {
+async fn deploy(
+    cfg: &Config,
+    state: &Arc<Mutex<ClusterState>>,
+    checkpointer: &Checkpointer,
+) -> Result<()> {
     let restore_epoch = checkpointer.restore_point().await?;
     let bootstrap = cfg.kafka.bootstrap.clone();
     let topic = cfg.kafka.input_topic.clone();
-    let partitions = tokio::task::spawn_blocking(move || adclick_runtime::kafka::partition_count(&bootstrap, &topic))
-        .await
-        .context("partition lookup task")??;
+    let partitions = tokio::task::spawn_blocking(move || {
+        adclick_runtime::kafka::partition_count(&bootstrap, &topic)
+    })
+    .await
+    .context("partition lookup task")??;
     let (generation, nodes, addrs) = {
         let mut s = state.lock().await;
         let alive = s.alive(cfg.cluster.heartbeat_timeout_ms);
         anyhow::ensure!(!alive.is_empty(), "no live nodes");
         let reported = s.nodes.values().map(|n| n.generation).max().unwrap_or(0);
         s.generation = s.generation.max(reported) + 1;
-        s.job_state = if s.placements.is_empty() { JobState::Deploying } else { JobState::Recovering };
+        s.job_state = if s.placements.is_empty() {
+            JobState::Deploying
+        } else {
+            JobState::Recovering
+        };
         // A checkpoint of the old generation can never complete now.
         s.inflight = None;
-        let addrs: HashMap<String, String> = s.nodes.iter().map(|(id, n)| (id.clone(), n.addr.clone())).collect();
+        let addrs: HashMap<String, String> = s
+            .nodes
+            .iter()
+            .map(|(id, n)| (id.clone(), n.addr.clone()))
+            .collect();
         (s.generation, alive, addrs)
     };
     let plan = build_plan(&PlanInput {
@@ -156,8 +185,13 @@ async fn deploy(cfg: &Config, state: &Arc<Mutex<ClusterState>>, checkpointer: &C
         let addr = addrs.get(node).cloned().unwrap_or_default();
         let node = node.clone();
         calls.push(async move {
-            let mut client = NodeClient::connect(format!("http://{addr}")).await.with_context(|| format!("connecting to node {node}"))?;
-            client.deploy(req).await.with_context(|| format!("deploying to node {node}"))?;
+            let mut client = crate::registry::node_client(&addr)
+                .await
+                .with_context(|| format!("connecting to node {node}"))?;
+            client
+                .deploy(req)
+                .await
+                .with_context(|| format!("deploying to node {node}"))?;
             anyhow::Ok(())
         });
     }
@@ -170,6 +204,11 @@ async fn deploy(cfg: &Config, state: &Arc<Mutex<ClusterState>>, checkpointer: &C
     }
     s.job_state = JobState::Running;
     metrics::gauge!("generation").set(generation as f64);
-    tracing::info!(generation, nodes = nodes.len(), restore_epoch, "generation deployed");
+    tracing::info!(
+        generation,
+        nodes = nodes.len(),
+        restore_epoch,
+        "generation deployed"
+    );
     Ok(())
 }

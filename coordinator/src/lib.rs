@@ -17,14 +17,25 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 /// Runs the coordinator until `shutdown` is cancelled.
-pub async fn run(cfg: Config, listen: SocketAddr, ops: SocketAddr, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    cfg: Config,
+    listen: SocketAddr,
+    ops: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let ready = Readiness::default();
     adclick_runtime::ops::spawn(ops, ready.clone(), shutdown.clone())?;
     let state = Arc::new(Mutex::new(registry::ClusterState::default()));
     let checkpointer = Arc::new(checkpointing::Checkpointer::new(cfg.clone())?);
     checkpointer.load(&state).await?;
     let svc = service::CoordinatorService::new(state.clone(), cfg.cluster.heartbeat_timeout_ms);
-    let job = tokio::spawn(job::run(cfg.clone(), state.clone(), checkpointer, ready, shutdown.clone()));
+    let job = tokio::spawn(job::run(
+        cfg.clone(),
+        state.clone(),
+        checkpointer,
+        ready,
+        shutdown.clone(),
+    ));
     tracing::info!(%listen, "coordinator gRPC listening");
     let sd = shutdown.clone();
     tonic::transport::Server::builder()

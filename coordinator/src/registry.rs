@@ -100,3 +100,18 @@ impl ClusterState {
             .collect()
     }
 }
+
+/// A client for a node's control API with bounded connect and request
+/// times, so a paused (SIGSTOP) node cannot stall the coordinator.
+pub async fn node_client(
+    addr: &str,
+) -> anyhow::Result<adclick_proto::cluster::node_client::NodeClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await?;
+    Ok(adclick_proto::cluster::node_client::NodeClient::new(
+        channel,
+    ))
+}

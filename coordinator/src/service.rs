@@ -20,24 +20,43 @@ pub struct CoordinatorService {
 impl CoordinatorService {
     /// Services over the shared cluster state.
     pub fn new(state: Arc<Mutex<ClusterState>>, heartbeat_timeout_ms: u64) -> Self {
-        Self { state, heartbeat_timeout_ms }
+        Self {
+            state,
+            heartbeat_timeout_ms,
+        }
     }
 }
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
         let req = request.into_inner();
         if req.node_id.is_empty() || req.addr.is_empty() {
             return Err(Status::invalid_argument("node_id and addr are required"));
         }
         let mut s = self.state.lock().await;
         tracing::info!(node = %req.node_id, addr = %req.addr, "node registered");
-        s.nodes.insert(req.node_id, NodeInfo { addr: req.addr, last_seen: Instant::now(), generation: 0, actors: Vec::new() });
-        Ok(Response::new(RegisterResponse { generation: s.generation }))
+        s.nodes.insert(
+            req.node_id,
+            NodeInfo {
+                addr: req.addr,
+                last_seen: Instant::now(),
+                generation: 0,
+                actors: Vec::new(),
+            },
+        );
+        Ok(Response::new(RegisterResponse {
+            generation: s.generation,
+        }))
     }
 
-    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
         let req = request.into_inner();
         let mut s = self.state.lock().await;
         let generation = s.generation;
@@ -53,7 +72,10 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(HeartbeatResponse { generation, known }))
     }
 
-    async fn ack_checkpoint(&self, request: Request<AckCheckpointRequest>) -> Result<Response<AckCheckpointResponse>, Status> {
+    async fn ack_checkpoint(
+        &self,
+        request: Request<AckCheckpointRequest>,
+    ) -> Result<Response<AckCheckpointResponse>, Status> {
         let req = request.into_inner();
         let mut s = self.state.lock().await;
         match s.inflight.as_mut() {
@@ -72,7 +94,10 @@ impl Coordinator for CoordinatorService {
 
 #[tonic::async_trait]
 impl Admin for CoordinatorService {
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let s = self.state.lock().await;
         let nodes = s
             .nodes
@@ -87,7 +112,12 @@ impl Admin for CoordinatorService {
         let mut actors: Vec<ActorState> = s
             .nodes
             .values()
-            .flat_map(|n| n.actors.iter().filter(|a| a.generation == s.generation).cloned())
+            .flat_map(|n| {
+                n.actors
+                    .iter()
+                    .filter(|a| a.generation == s.generation)
+                    .cloned()
+            })
             .collect();
         actors.sort_by(|a, b| a.actor_id.cmp(&b.actor_id));
         Ok(Response::new(StatusResponse {
@@ -97,12 +127,17 @@ impl Admin for CoordinatorService {
             placements: s.placements.clone(),
             actors,
             last_checkpoint: s.last_complete.map_or(0, |(e, _)| e),
-            last_checkpoint_ms_ago: s.last_complete.map_or(0, |(_, t)| t.elapsed().as_millis() as u64),
+            last_checkpoint_ms_ago: s
+                .last_complete
+                .map_or(0, |(_, t)| t.elapsed().as_millis() as u64),
             failed_checkpoints: s.failed_checkpoints,
         }))
     }
 
-    async fn trigger_checkpoint(&self, _request: Request<TriggerCheckpointRequest>) -> Result<Response<TriggerCheckpointResponse>, Status> {
+    async fn trigger_checkpoint(
+        &self,
+        _request: Request<TriggerCheckpointRequest>,
+    ) -> Result<Response<TriggerCheckpointResponse>, Status> {
         let mut s = self.state.lock().await;
         if s.placements.is_empty() {
             return Err(Status::failed_precondition("the job is not deployed yet"));

@@ -3,6 +3,8 @@
 # the database writer and the query service.
 #
 #   deploy/local/cluster.sh start|stop|status
+#   deploy/local/cluster.sh start-one NAME   (re)start one process: coordinator,
+#                                            node-<i>, writer or query
 #
 # Environment (all optional):
 #   ADCLICK_BIN              adclick binary (default: target/debug/adclick, then PATH)
@@ -48,7 +50,38 @@ launch() { # name, args...
   echo $! >"$PIDS/$name.pid"
 }
 
-alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Alive = exists and is not a zombie waiting to be reaped.
+alive() {
+  [[ -f "$1" ]] || return 1
+  local pid; pid=$(cat "$1")
+  kill -0 "$pid" 2>/dev/null || return 1
+  ! grep -qE '^[0-9]+ \(.*\) Z' "/proc/$pid/stat" 2>/dev/null
+}
+
+start_named() { # name
+  case "$1" in
+    coordinator) launch coordinator coordinator --ops-addr "127.0.0.1:$((BASE + 1))" ;;
+    node-*)
+      local i=${1#node-}
+      [[ "$i" =~ ^[0-9]+$ ]] || die "bad node name '$1'"
+      launch "node-$i" node --node-id "node-$i" --listen "127.0.0.1:$((BASE + 10 + i))" --ops-addr "127.0.0.1:$((BASE + 40 + i))"
+      ;;
+    writer) launch writer writer --ops-addr "127.0.0.1:$((BASE + 2))" ;;
+    query) launch query query --listen "127.0.0.1:$((BASE + 3))" ;;
+    *) die "unknown process '$1' (coordinator, node-<i>, writer, query)" ;;
+  esac
+}
+
+start_one() {
+  [[ -n "${1:-}" ]] || die "usage: $0 start-one NAME"
+  [[ -n "$BIN" && -x "$BIN" ]] || die "adclick binary not found; build it (cargo build) or set ADCLICK_BIN"
+  mkdir -p "$PIDS" "$LOGS"
+  if alive "$PIDS/$1.pid"; then die "$1 is already running"; fi
+  env_args
+  # Keep the earlier log of a crashed process for post-mortems.
+  [[ -f "$LOGS/$1.log" ]] && mv "$LOGS/$1.log" "$LOGS/$1.$(date +%s%N).log"
+  start_named "$1"
+}
 
 start() {
   [[ -n "$BIN" && -x "$BIN" ]] || die "adclick binary not found; build it (cargo build) or set ADCLICK_BIN"
@@ -60,13 +93,13 @@ start() {
     rm -f "$f"
   done
   env_args
-  launch coordinator coordinator --ops-addr "127.0.0.1:$((BASE + 1))"
+  start_named coordinator
   for ((i = 0; i < NODES; i++)); do
-    launch "node-$i" node --node-id "node-$i" --listen "127.0.0.1:$((BASE + 10 + i))" --ops-addr "127.0.0.1:$((BASE + 40 + i))"
+    start_named "node-$i"
   done
   if [[ "${ADCLICK_SERVING:-1}" != 0 ]] && "$BIN" help writer >/dev/null 2>&1; then
-    launch writer writer --ops-addr "127.0.0.1:$((BASE + 2))"
-    launch query query --listen "127.0.0.1:$((BASE + 3))"
+    start_named writer
+    start_named query
     echo "query API and dashboard: http://127.0.0.1:$((BASE + 3))/"
   fi
   echo "coordinator: 127.0.0.1:$BASE  (adclickctl --coordinator 127.0.0.1:$BASE status)"
@@ -107,7 +140,8 @@ status() {
 
 case "${1:-}" in
   start) start ;;
+  start-one) start_one "${2:-}" ;;
   stop) stop ;;
   status) status ;;
-  *) die "usage: $0 start|stop|status" ;;
+  *) die "usage: $0 start|stop|status|start-one NAME" ;;
 esac

@@ -4,13 +4,14 @@
 use crate::actors::{self, ActorCtx, ActorStatus, Control, Inbound, Placement};
 use crate::routing::{Route, RoutingTable};
 use adclick_core::ids::{ActorId, ActorKind};
-use adclick_proto::cluster::node_server::Node;
 use adclick_proto::cluster::coordinator_client::CoordinatorClient;
+use adclick_proto::cluster::node_server::Node;
 use adclick_proto::cluster::{
-    self as pb, CancelRequest, CancelResponse, CheckpointRequest, CheckpointResponse, DeployRequest, DeployResponse,
+    self as pb, CancelRequest, CancelResponse, CheckpointRequest, CheckpointResponse,
+    DeployRequest, DeployResponse,
 };
-use adclick_runtime::snapshots::SnapshotStore;
 use adclick_runtime::shutdown::CancellationToken;
+use adclick_runtime::snapshots::SnapshotStore;
 use anyhow::{Context, Result};
 use dashmap::DashMap;
 use std::collections::HashMap;
@@ -40,8 +41,20 @@ pub struct ActorManager {
 
 impl ActorManager {
     /// A manager with nothing deployed.
-    pub fn new(node_id: String, coordinator: String, routing: Arc<RoutingTable>, shutdown: CancellationToken) -> Self {
-        Self { node_id, coordinator, routing, shutdown, running: Mutex::new(None), status: Arc::new(DashMap::new()) }
+    pub fn new(
+        node_id: String,
+        coordinator: String,
+        routing: Arc<RoutingTable>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            node_id,
+            coordinator,
+            routing,
+            shutdown,
+            running: Mutex::new(None),
+            status: Arc::new(DashMap::new()),
+        }
     }
 
     /// Delivers a checkpoint command of `generation` to the local actors of
@@ -63,7 +76,11 @@ impl ActorManager {
 
     /// The generation currently deployed here (0 when none).
     pub async fn generation(&self) -> u64 {
-        self.running.lock().await.as_ref().map_or(0, |r| r.generation)
+        self.running
+            .lock()
+            .await
+            .as_ref()
+            .map_or(0, |r| r.generation)
     }
 
     /// Stops every actor and waits (briefly) for them to finish.
@@ -88,7 +105,12 @@ impl ActorManager {
         let cfg = Arc::new(adclick_runtime::config::from_toml(&req.config_toml)?);
         let mut guard = self.running.lock().await;
         if let Some(r) = guard.as_ref() {
-            anyhow::ensure!(req.generation > r.generation, "stale deploy of generation {} (running {})", req.generation, r.generation);
+            anyhow::ensure!(
+                req.generation > r.generation,
+                "stale deploy of generation {} (running {})",
+                req.generation,
+                r.generation
+            );
         }
         if let Some(r) = guard.take() {
             stop(r).await;
@@ -98,7 +120,15 @@ impl ActorManager {
         let placements: Arc<HashMap<String, Placement>> = Arc::new(
             req.placements
                 .iter()
-                .map(|p| (p.actor_id.clone(), Placement { node: p.node_id.clone(), addr: p.addr.clone() }))
+                .map(|p| {
+                    (
+                        p.actor_id.clone(),
+                        Placement {
+                            node: p.node_id.clone(),
+                            addr: p.addr.clone(),
+                        },
+                    )
+                })
                 .collect(),
         );
         let owners = Arc::new(req.key_group_owner.clone());
@@ -118,7 +148,13 @@ impl ActorManager {
             };
             let id = ActorId::new(kind, spec.index);
             let (tx, rx) = mpsc::channel::<Inbound>(cfg.job.mailbox_capacity);
-            self.routing.insert(id.to_string(), Route { generation: req.generation, mailbox: tx });
+            self.routing.insert(
+                id.to_string(),
+                Route {
+                    generation: req.generation,
+                    mailbox: tx,
+                },
+            );
             mailboxes.push((id, spec.partitions.clone(), rx));
         }
         let mut tasks = Vec::new();
@@ -145,7 +181,12 @@ impl ActorManager {
             tasks.push(tokio::spawn(supervise(ctx, partitions, rx, ctl_rx)));
         }
         tracing::info!(node = %self.node_id, generation = req.generation, actors = req.actors.len(), "deployed");
-        *guard = Some(Running { generation: req.generation, cancel, tasks, controls });
+        *guard = Some(Running {
+            generation: req.generation,
+            cancel,
+            tasks,
+            controls,
+        });
         Ok(())
     }
 }
@@ -153,24 +194,40 @@ impl ActorManager {
 async fn stop(r: Running) {
     r.cancel.cancel();
     for t in r.tasks {
-        if tokio::time::timeout(Duration::from_secs(10), t).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .is_err()
+        {
             tracing::warn!("actor did not stop within 10 s");
         }
     }
 }
 
 /// Runs one actor and records how it ended.
-async fn supervise(ctx: ActorCtx, partitions: Vec<i32>, rx: mpsc::Receiver<Inbound>, control: mpsc::Receiver<Control>) {
+async fn supervise(
+    ctx: ActorCtx,
+    partitions: Vec<i32>,
+    rx: mpsc::Receiver<Inbound>,
+    control: mpsc::Receiver<Control>,
+) {
     let span = tracing::info_span!("actor", actor = %ctx.id, generation = ctx.generation);
     let _enter = span.enter();
     drop(_enter);
-    let result = match ctx.id.kind {
-        ActorKind::Map => {
-            drop(rx);
-            actors::map::run(ctx.clone(), partitions, control).await
+    let body = async {
+        match ctx.id.kind {
+            ActorKind::Map => {
+                drop(rx);
+                actors::map::run(ctx.clone(), partitions, control).await
+            }
+            ActorKind::Aggregate => actors::aggregate::run(ctx.clone(), rx, control).await,
+            ActorKind::Reduce => actors::reduce::run(ctx.clone(), rx, control).await,
         }
-        ActorKind::Aggregate => actors::aggregate::run(ctx.clone(), rx, control).await,
-        ActorKind::Reduce => actors::reduce::run(ctx.clone(), rx, control).await,
+    };
+    // Cancellation drops the actor wherever it waits, even on a send to a
+    // destination that stopped reading (a paused node).
+    let result = tokio::select! {
+        r = body => r,
+        _ = ctx.cancel.cancelled() => Ok(()),
     };
     match result {
         Ok(()) => ctx.report("finished", None),
@@ -196,7 +253,10 @@ impl NodeControl {
 
 #[tonic::async_trait]
 impl Node for NodeControl {
-    async fn deploy(&self, request: Request<DeployRequest>) -> Result<Response<DeployResponse>, Status> {
+    async fn deploy(
+        &self,
+        request: Request<DeployRequest>,
+    ) -> Result<Response<DeployResponse>, Status> {
         self.manager
             .deploy(request.into_inner())
             .await
@@ -204,12 +264,18 @@ impl Node for NodeControl {
         Ok(Response::new(DeployResponse {}))
     }
 
-    async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
         self.manager.cancel(request.into_inner().generation).await;
         Ok(Response::new(CancelResponse {}))
     }
 
-    async fn inject_barrier(&self, request: Request<CheckpointRequest>) -> Result<Response<CheckpointResponse>, Status> {
+    async fn inject_barrier(
+        &self,
+        request: Request<CheckpointRequest>,
+    ) -> Result<Response<CheckpointResponse>, Status> {
         let r = request.into_inner();
         self.manager
             .control(r.generation, Control::Barrier(r.epoch), &[ActorKind::Map])
@@ -218,10 +284,17 @@ impl Node for NodeControl {
         Ok(Response::new(CheckpointResponse {}))
     }
 
-    async fn complete_checkpoint(&self, request: Request<CheckpointRequest>) -> Result<Response<CheckpointResponse>, Status> {
+    async fn complete_checkpoint(
+        &self,
+        request: Request<CheckpointRequest>,
+    ) -> Result<Response<CheckpointResponse>, Status> {
         let r = request.into_inner();
         self.manager
-            .control(r.generation, Control::Complete(r.epoch), &[ActorKind::Aggregate, ActorKind::Reduce])
+            .control(
+                r.generation,
+                Control::Complete(r.epoch),
+                &[ActorKind::Aggregate, ActorKind::Reduce],
+            )
             .await
             .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
         Ok(Response::new(CheckpointResponse {}))

@@ -39,7 +39,14 @@ pub fn top_to_pb(t: LocalTopN) -> pb::LocalTopN {
         window_end: t.window_end,
         window_minutes: t.window_minutes,
         slice: t.slice,
-        ads: t.ads.into_iter().map(|a| pb::AdClicks { ad_id: a.ad_id, clicks: a.clicks }).collect(),
+        ads: t
+            .ads
+            .into_iter()
+            .map(|a| pb::AdClicks {
+                ad_id: a.ad_id,
+                clicks: a.clicks,
+            })
+            .collect(),
     }
 }
 
@@ -49,6 +56,13 @@ pub fn top_from_pb(t: pb::LocalTopN) -> LocalTopN {
         window_end: t.window_end,
         window_minutes: t.window_minutes,
         slice: t.slice,
-        ads: t.ads.into_iter().map(|a| AdClicks { ad_id: a.ad_id, clicks: a.clicks }).collect(),
+        ads: t
+            .ads
+            .into_iter()
+            .map(|a| AdClicks {
+                ad_id: a.ad_id,
+                clicks: a.clicks,
+            })
+            .collect(),
     }
 }

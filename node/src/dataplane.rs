@@ -36,11 +36,20 @@ type AckStream = Pin<Box<dyn Stream<Item = Result<ExchangeAck, Status>> + Send>>
 impl DataPlane for DataPlaneService {
     type ExchangeStream = AckStream;
 
-    async fn exchange(&self, request: Request<Streaming<StreamMessage>>) -> Result<Response<AckStream>, Status> {
+    async fn exchange(
+        &self,
+        request: Request<Streaming<StreamMessage>>,
+    ) -> Result<Response<AckStream>, Status> {
         let mut inbound = request.into_inner();
         let header = match inbound.message().await? {
-            Some(StreamMessage { body: Some(Body::Header(h)) }) => h,
-            _ => return Err(Status::invalid_argument("first message of an edge must be its header")),
+            Some(StreamMessage {
+                body: Some(Body::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "first message of an edge must be its header",
+                ))
+            }
         };
         let mailbox = {
             let start = tokio::time::Instant::now();
@@ -72,8 +81,17 @@ impl DataPlane for DataPlaneService {
             loop {
                 match inbound.message().await {
                     Ok(Some(StreamMessage { body: Some(body) })) => {
-                        if mailbox.send(Inbound { from: src.clone(), body }).await.is_err() {
-                            let _ = ack_tx.send(Err(Status::unavailable("destination actor stopped"))).await;
+                        if mailbox
+                            .send(Inbound {
+                                from: src.clone(),
+                                body,
+                            })
+                            .await
+                            .is_err()
+                        {
+                            let _ = ack_tx
+                                .send(Err(Status::unavailable("destination actor stopped")))
+                                .await;
                             break;
                         }
                     }

@@ -30,7 +30,10 @@ impl Edge {
     /// Sends one message; fails when the edge is broken (destination gone).
     pub async fn send(&self, body: Body) -> Result<()> {
         self.tx
-            .send(Inbound { from: self.src.clone(), body })
+            .send(Inbound {
+                from: self.src.clone(),
+                body,
+            })
             .await
             .map_err(|_| anyhow!("edge {} -> {} is closed", self.src, self.dst))
     }
@@ -50,13 +53,24 @@ pub enum Target {
 }
 
 /// Opens an edge `src → dst` in `generation`.
-pub async fn connect(routing: &Arc<RoutingTable>, src: &str, dst: &str, generation: u64, target: Target, capacity: usize) -> Result<Edge> {
+pub async fn connect(
+    routing: &Arc<RoutingTable>,
+    src: &str,
+    dst: &str,
+    generation: u64,
+    target: Target,
+    capacity: usize,
+) -> Result<Edge> {
     match target {
         Target::Local => {
             let start = tokio::time::Instant::now();
             loop {
                 if let Some(tx) = routing.get(dst, generation) {
-                    return Ok(Edge { src: src.into(), dst: dst.into(), tx });
+                    return Ok(Edge {
+                        src: src.into(),
+                        dst: dst.into(),
+                        tx,
+                    });
                 }
                 if start.elapsed() > CONNECT_TIMEOUT {
                     bail!("local actor {dst} of generation {generation} never appeared");
@@ -68,15 +82,27 @@ pub async fn connect(routing: &Arc<RoutingTable>, src: &str, dst: &str, generati
     }
 }
 
-async fn connect_remote(src: &str, dst: &str, generation: u64, addr: &str, capacity: usize) -> Result<Edge> {
+async fn connect_remote(
+    src: &str,
+    dst: &str,
+    generation: u64,
+    addr: &str,
+    capacity: usize,
+) -> Result<Edge> {
     let header = StreamMessage {
-        body: Some(Body::Header(StreamHeader { src_actor: src.into(), dst_actor: dst.into(), generation })),
+        body: Some(Body::Header(StreamHeader {
+            src_actor: src.into(),
+            dst_actor: dst.into(),
+            generation,
+        })),
     };
     let start = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(50);
     let (wire_tx, acks) = loop {
         let attempt = async {
-            let mut client = DataPlaneClient::connect(format!("http://{addr}")).await?.max_encoding_message_size(64 << 20);
+            let mut client = DataPlaneClient::connect(format!("http://{addr}"))
+                .await?
+                .max_encoding_message_size(64 << 20);
             let (wire_tx, wire_rx) = mpsc::channel::<StreamMessage>(capacity);
             wire_tx.send(header.clone()).await?;
             let resp = client.exchange(ReceiverStream::new(wire_rx)).await?;
@@ -105,7 +131,13 @@ async fn connect_remote(src: &str, dst: &str, generation: u64, addr: &str, capac
             None
         });
         while let Some(msg) = rx.recv().await {
-            if wire_tx.send(StreamMessage { body: Some(msg.body) }).await.is_err() {
+            if wire_tx
+                .send(StreamMessage {
+                    body: Some(msg.body),
+                })
+                .await
+                .is_err()
+            {
                 tracing::warn!(src = %s, dst = %d, "remote edge broke");
                 break;
             }
@@ -115,5 +147,9 @@ async fn connect_remote(src: &str, dst: &str, generation: u64, addr: &str, capac
             tracing::warn!(src = %s, dst = %d, "remote edge closed with {status}");
         }
     });
-    Ok(Edge { src: src.into(), dst: dst.into(), tx })
+    Ok(Edge {
+        src: src.into(),
+        dst: dst.into(),
+        tx,
+    })
 }

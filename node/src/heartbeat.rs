@@ -12,7 +12,12 @@ use std::time::Duration;
 use tonic::transport::Channel;
 
 /// Registers, then heartbeats every interval until shutdown.
-pub async fn run(opts: NodeOptions, manager: Arc<ActorManager>, ready: Readiness, shutdown: CancellationToken) {
+pub async fn run(
+    opts: NodeOptions,
+    manager: Arc<ActorManager>,
+    ready: Readiness,
+    shutdown: CancellationToken,
+) {
     let interval = Duration::from_millis(opts.heartbeat_interval_ms.max(50));
     let mut client: Option<CoordinatorClient<Channel>> = None;
     let mut registered = false;
@@ -22,7 +27,19 @@ pub async fn run(opts: NodeOptions, manager: Arc<ActorManager>, ready: Readiness
             _ = tokio::time::sleep(interval) => {}
         }
         if client.is_none() {
-            match CoordinatorClient::connect(format!("http://{}", opts.coordinator)).await {
+            let endpoint = match tonic::transport::Endpoint::from_shared(format!(
+                "http://{}",
+                opts.coordinator
+            )) {
+                Ok(e) => e
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(5)),
+                Err(e) => {
+                    tracing::error!("invalid coordinator address {}: {e}", opts.coordinator);
+                    continue;
+                }
+            };
+            match endpoint.connect().await.map(CoordinatorClient::new) {
                 Ok(c) => client = Some(c),
                 Err(e) => {
                     tracing::debug!("coordinator not reachable: {e}");
@@ -32,7 +49,10 @@ pub async fn run(opts: NodeOptions, manager: Arc<ActorManager>, ready: Readiness
         }
         let Some(c) = client.as_mut() else { continue };
         if !registered {
-            let req = RegisterRequest { node_id: opts.node_id.clone(), addr: opts.advertise.clone() };
+            let req = RegisterRequest {
+                node_id: opts.node_id.clone(),
+                addr: opts.advertise.clone(),
+            };
             match c.register(req).await {
                 Ok(_) => {
                     registered = true;
@@ -56,10 +76,26 @@ pub async fn run(opts: NodeOptions, manager: Arc<ActorManager>, ready: Readiness
                 watermark: e.value().watermark,
             })
             .collect();
-        let req = HeartbeatRequest { node_id: opts.node_id.clone(), generation: manager.generation().await, actors };
+        let req = HeartbeatRequest {
+            node_id: opts.node_id.clone(),
+            generation: manager.generation().await,
+            actors,
+        };
         match c.heartbeat(req).await {
             Ok(resp) if !resp.get_ref().known => registered = false,
-            Ok(_) => {}
+            Ok(resp) => {
+                // A newer generation exists and was not deployed here: this
+                // node was replaced (e.g. it was paused). Stop the stale actors.
+                let running = manager.generation().await;
+                if running > 0 && resp.get_ref().generation > running {
+                    tracing::warn!(
+                        running,
+                        current = resp.get_ref().generation,
+                        "replaced by a newer generation; stopping stale actors"
+                    );
+                    manager.cancel(running).await;
+                }
+            }
             Err(e) => {
                 tracing::debug!("heartbeat failed: {e}");
                 client = None;

@@ -43,10 +43,20 @@ pub async fn run(opts: NodeOptions, shutdown: CancellationToken) -> Result<()> {
     let ready = Readiness::default();
     adclick_runtime::ops::spawn(opts.ops, ready.clone(), shutdown.clone())?;
     let routing = Arc::new(routing::RoutingTable::default());
-    let manager = Arc::new(control::ActorManager::new(opts.node_id.clone(), opts.coordinator.clone(), routing.clone(), shutdown.clone()));
+    let manager = Arc::new(control::ActorManager::new(
+        opts.node_id.clone(),
+        opts.coordinator.clone(),
+        routing.clone(),
+        shutdown.clone(),
+    ));
     let dataplane = dataplane::DataPlaneService::new(routing.clone());
     let control = control::NodeControl::new(manager.clone());
-    let hb = tokio::spawn(heartbeat::run(opts.clone(), manager.clone(), ready, shutdown.clone()));
+    let hb = tokio::spawn(heartbeat::run(
+        opts.clone(),
+        manager.clone(),
+        ready,
+        shutdown.clone(),
+    ));
     tracing::info!(node = %opts.node_id, listen = %opts.listen, "node gRPC listening");
     let sd = shutdown.clone();
     tonic::transport::Server::builder()

@@ -29,7 +29,10 @@ impl RoutingTable {
 
     /// The route for `actor` if it runs here in `generation`.
     pub fn get(&self, actor: &str, generation: u64) -> Option<mpsc::Sender<Inbound>> {
-        self.routes.get(actor).filter(|r| r.generation == generation).map(|r| r.mailbox.clone())
+        self.routes
+            .get(actor)
+            .filter(|r| r.generation == generation)
+            .map(|r| r.mailbox.clone())
     }
 
     /// The generation `actor` runs in here, if any.

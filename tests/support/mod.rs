@@ -20,6 +20,11 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_adclick")
 }
 
+/// The adclickctl binary, built beside adclick by the workspace build.
+pub fn ctl_bin() -> PathBuf {
+    Path::new(bin()).with_file_name("adclickctl")
+}
+
 /// A config tuned for tests: 2-second windows so M = 5 closes in seconds.
 pub fn test_config(extra: &str) -> String {
     format!(
@@ -73,7 +78,36 @@ fn base_port() -> u16 {
 
 impl Cluster {
     /// Starts a coordinator and `nodes` nodes against `bootstrap`.
-    pub fn start(dir: &Path, bootstrap: &str, config: &Path, nodes: u32, serving: bool) -> Result<Self> {
+    pub fn start(
+        dir: &Path,
+        bootstrap: &str,
+        config: &Path,
+        nodes: u32,
+        serving: bool,
+    ) -> Result<Self> {
+        Self::start_full(dir, bootstrap, config, nodes, serving, &[])
+    }
+
+    /// Like [`start`](Self::start), without serving, with extra environment
+    /// for every process (e.g. a fail point).
+    pub fn start_with_env(
+        dir: &Path,
+        bootstrap: &str,
+        config: &Path,
+        nodes: u32,
+        extra: &[(&str, &str)],
+    ) -> Result<Self> {
+        Self::start_full(dir, bootstrap, config, nodes, false, extra)
+    }
+
+    fn start_full(
+        dir: &Path,
+        bootstrap: &str,
+        config: &Path,
+        nodes: u32,
+        serving: bool,
+        extra: &[(&str, &str)],
+    ) -> Result<Self> {
         let base = base_port();
         let run_dir = dir.join("cluster");
         let env = vec![
@@ -83,20 +117,98 @@ impl Cluster {
             ("ADCLICK_NODES".to_string(), nodes.to_string()),
             ("ADCLICK_RUN_DIR".to_string(), run_dir.display().to_string()),
             ("ADCLICK_BASE_PORT".to_string(), base.to_string()),
-            ("ADCLICK_SERVING".to_string(), if serving { "1" } else { "0" }.to_string()),
+            (
+                "ADCLICK_SERVING".to_string(),
+                if serving { "1" } else { "0" }.to_string(),
+            ),
         ];
-        let c = Self { run_dir, coordinator: format!("127.0.0.1:{base}"), base_port: base, env };
-        c.script("start")?;
+        let c = Self {
+            run_dir,
+            coordinator: format!("127.0.0.1:{base}"),
+            base_port: base,
+            env,
+        };
+        c.script_env("start", &[], extra)?;
         Ok(c)
     }
 
     fn script(&self, verb: &str) -> Result<String> {
+        self.script_env(verb, &[], &[])
+    }
+
+    fn script_env(&self, verb: &str, args: &[&str], extra_env: &[(&str, &str)]) -> Result<String> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/cluster.sh");
-        let out = Command::new("bash").arg(script).arg(verb).envs(self.env.iter().cloned()).output().context("running cluster.sh")?;
+        let out = Command::new("bash")
+            .arg(script)
+            .arg(verb)
+            .args(args)
+            .envs(self.env.iter().cloned())
+            .envs(
+                extra_env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+            )
+            .output()
+            .context("running cluster.sh")?;
         if !out.status.success() {
-            bail!("cluster.sh {verb} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "cluster.sh {verb} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// (Re)starts one process (`coordinator`, `node-1`, ...) with extra
+    /// environment variables.
+    pub fn start_one(&self, name: &str, extra_env: &[(&str, &str)]) -> Result<()> {
+        self.script_env("start-one", &[name], extra_env).map(|_| ())
+    }
+
+    /// Sends `signal` (e.g. "KILL", "STOP", "CONT") to a process of the cluster.
+    pub fn signal(&self, name: &str, signal: &str) -> Result<()> {
+        let pid = self.pid(name)?;
+        let st = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        anyhow::ensure!(st.success(), "kill -{signal} {name} failed");
+        Ok(())
+    }
+
+    /// Whether a process of the cluster is alive.
+    pub fn alive(&self, name: &str) -> bool {
+        // A killed process that nobody reaped yet is a zombie: dead.
+        self.pid(name).is_ok_and(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            })
+        })
+    }
+
+    /// `adclickctl -o json status` against this cluster.
+    pub fn status_json(&self) -> Result<serde_json::Value> {
+        self.ctl(&["status"])
+    }
+
+    /// Runs `adclickctl -o json <args>` against this cluster.
+    pub fn ctl(&self, args: &[&str]) -> Result<serde_json::Value> {
+        anyhow::ensure!(
+            ctl_bin().is_file(),
+            "{} is missing: run `cargo build --workspace --bins` (scripts/test.sh does)",
+            ctl_bin().display()
+        );
+        let out = Command::new(ctl_bin())
+            .args(["--coordinator", &self.coordinator, "-o", "json"])
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "adclickctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// Pid of a process started by the script (`coordinator`, `node-1`, ...).
@@ -108,7 +220,13 @@ impl Cluster {
     /// Sum of a counter over every node's `/metrics`.
     pub fn node_counter(&self, nodes: u32, name: &str) -> f64 {
         (0..nodes)
-            .filter_map(|i| http_get(&format!("127.0.0.1:{}", self.base_port + 40 + i as u16), "/metrics").ok())
+            .filter_map(|i| {
+                http_get(
+                    &format!("127.0.0.1:{}", self.base_port + 40 + i as u16),
+                    "/metrics",
+                )
+                .ok()
+            })
             .map(|body| metric_sum(&body, name))
             .sum()
     }
@@ -133,7 +251,10 @@ pub fn http_get(addr: &str, path: &str) -> Result<String> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
-    Ok(buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    Ok(buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
 }
 
 /// Sum of every sample of metric `name` in a Prometheus text body.
@@ -143,6 +264,36 @@ pub fn metric_sum(body: &str, name: &str) -> f64 {
         .filter(|l| l.split([' ', '{']).next() == Some(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Starts `adclick gen` in the background (e.g. with `--rate`) so faults can
+/// be injected while data flows; the truth is read after it exits.
+pub fn spawn_generate(
+    dir: &Path,
+    bootstrap: &str,
+    config: &Path,
+    args: &[&str],
+) -> Result<(std::process::Child, PathBuf)> {
+    let truth_path = dir.join("truth.json");
+    let log = std::fs::File::create(dir.join("gen.log"))?;
+    let child = Command::new(bin())
+        .arg("gen")
+        .args(["--bootstrap", bootstrap, "--truth"])
+        .arg(&truth_path)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stderr(log)
+        .spawn()
+        .context("starting adclick gen")?;
+    Ok((child, truth_path))
+}
+
+/// Waits for a background generator and reads its truth.
+pub fn finish_generate(mut child: std::process::Child, truth_path: &Path) -> Result<Truth> {
+    let st = child.wait()?;
+    anyhow::ensure!(st.success(), "gen failed: {st}");
+    Ok(serde_json::from_slice(&std::fs::read(truth_path)?)?)
 }
 
 /// Runs `adclick gen` and returns its ground truth.
@@ -188,7 +339,10 @@ impl Folded {
                 let key = (c.slice.clone(), c.window_start, c.ad_id.clone());
                 match self.counts.get(&key) {
                     Some((old, cl, im)) if *old == v && (*cl, *im) != (c.clicks, c.impressions) => {
-                        self.conflicts.push(format!("count {key:?} version {v:?}: {cl}/{im} vs {}/{}", c.clicks, c.impressions))
+                        self.conflicts.push(format!(
+                            "count {key:?} version {v:?}: {cl}/{im} vs {}/{}",
+                            c.clicks, c.impressions
+                        ))
                     }
                     Some((old, _, _)) if *old >= v => {}
                     _ => {
@@ -198,9 +352,12 @@ impl Folded {
             }
             OutputRecord::TopN(t) => {
                 let key = (t.slice.clone(), t.window_minutes, t.window_end);
-                let ads: Vec<(String, u64)> = t.ads.into_iter().map(|a| (a.ad_id, a.clicks)).collect();
+                let ads: Vec<(String, u64)> =
+                    t.ads.into_iter().map(|a| (a.ad_id, a.clicks)).collect();
                 match self.tops.get(&key) {
-                    Some((old, prev)) if *old == v && *prev != ads => self.conflicts.push(format!("top {key:?} version {v:?} differs")),
+                    Some((old, prev)) if *old == v && *prev != ads => self
+                        .conflicts
+                        .push(format!("top {key:?} version {v:?} differs")),
                     Some((old, _)) if *old >= v => {}
                     _ => {
                         self.tops.insert(key, (v, ads));
@@ -215,12 +372,18 @@ impl Folded {
         let mut out: Vec<String> = self.conflicts.iter().take(limit).cloned().collect();
         let mut expected: BTreeMap<CountKey, (u64, u64)> = BTreeMap::new();
         for c in &truth.counts {
-            expected.insert((c.slice.clone(), c.window_start, c.ad_id.clone()), (c.clicks, c.impressions));
+            expected.insert(
+                (c.slice.clone(), c.window_start, c.ad_id.clone()),
+                (c.clicks, c.impressions),
+            );
         }
         for (k, want) in &expected {
             match self.counts.get(k) {
                 None => out.push(format!("missing count {k:?} (want {want:?})")),
-                Some((_, c, i)) if (*c, *i) != *want => out.push(format!("wrong count {k:?}: got {:?}, want {want:?}", (c, i))),
+                Some((_, c, i)) if (*c, *i) != *want => out.push(format!(
+                    "wrong count {k:?}: got {:?}, want {want:?}",
+                    (c, i)
+                )),
                 _ => {}
             }
             if out.len() >= limit {
@@ -242,7 +405,9 @@ impl Folded {
         for (k, want) in &expected_top {
             match self.tops.get(k) {
                 None => out.push(format!("missing top {k:?}")),
-                Some((_, got)) if got != *want => out.push(format!("wrong top {k:?}: got {got:?}, want {want:?}")),
+                Some((_, got)) if got != *want => {
+                    out.push(format!("wrong top {k:?}: got {got:?}, want {want:?}"))
+                }
                 _ => {}
             }
             if out.len() >= limit {
@@ -325,7 +490,8 @@ pub fn wait_for_truth(reader: &TopicReader, truth: &Truth, timeout: Duration) ->
     let mut equal_since: Option<Instant> = None;
     loop {
         for payload in reader.drain(Duration::from_millis(500)) {
-            let rec: OutputRecord = serde_json::from_slice(&payload).context("aggregates record is not valid JSON")?;
+            let rec: OutputRecord =
+                serde_json::from_slice(&payload).context("aggregates record is not valid JSON")?;
             folded.add(rec);
         }
         let diff = folded.diff(truth, 10);
@@ -339,7 +505,11 @@ pub fn wait_for_truth(reader: &TopicReader, truth: &Truth, timeout: Duration) ->
             equal_since = None;
         }
         if start.elapsed() > timeout {
-            bail!("output does not match ground truth after {timeout:?} ({} records read):\n{}", folded.records, diff.join("\n"));
+            bail!(
+                "output does not match ground truth after {timeout:?} ({} records read):\n{}",
+                folded.records,
+                diff.join("\n")
+            );
         }
     }
 }
@@ -399,8 +569,13 @@ pub fn setup_with(name: &str, full_toml: &str) -> Result<(PathBuf, Broker, PathB
 /// Creates the job's topics (4 input partitions) so events can be written to
 /// explicit partitions before or while the cluster starts.
 pub fn create_topics(bootstrap: &str) -> Result<()> {
-    let k = adclick_core::config::KafkaConfig { bootstrap: bootstrap.to_string(), ..Default::default() };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let k = adclick_core::config::KafkaConfig {
+        bootstrap: bootstrap.to_string(),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(adclick_runtime::kafka::ensure_topics(&k))?;
     adclick_runtime::kafka::partition_count(bootstrap, &k.input_topic)?;
     Ok(())
@@ -423,12 +598,19 @@ impl PartitionProducer {
             .set("linger.ms", "0")
             .create()
             .context("creating test producer")?;
-        Ok(Self { producer, rt: tokio::runtime::Builder::new_current_thread().enable_all().build()? })
+        Ok(Self {
+            producer,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        })
     }
 
     /// Writes `payload` to `topic`/`partition` and waits for the ack.
     pub fn send(&self, topic: &str, partition: i32, payload: &[u8]) -> Result<()> {
-        let rec = rdkafka::producer::FutureRecord::<(), [u8]>::to(topic).partition(partition).payload(payload);
+        let rec = rdkafka::producer::FutureRecord::<(), [u8]>::to(topic)
+            .partition(partition)
+            .payload(payload);
         self.rt
             .block_on(self.producer.send(rec, Duration::from_secs(30)))
             .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}/{partition}: {e}"))?;
@@ -437,7 +619,15 @@ impl PartitionProducer {
 }
 
 /// A JSON input event; `id = None` leaves out `event_id`.
-pub fn event_json(ad: &str, ts: i64, user: &str, ip: &str, country: &str, id: Option<&str>, event_type: &str) -> String {
+pub fn event_json(
+    ad: &str,
+    ts: i64,
+    user: &str,
+    ip: &str,
+    country: &str,
+    id: Option<&str>,
+    event_type: &str,
+) -> String {
     let mut v = serde_json::json!({
         "ad_id": ad, "click_timestamp": ts, "user_id": user, "ip": ip, "country": country, "event_type": event_type,
     });
@@ -466,9 +656,22 @@ impl TopicReader {
             if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(100)) {
                 let headers = m
                     .headers()
-                    .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
-                out.push(SideRecord { payload: m.payload().unwrap_or_default().to_vec(), headers });
+                out.push(SideRecord {
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
             }
         }
         out
@@ -481,9 +684,16 @@ impl Cluster {
     pub fn node_samples(&self, nodes: u32, name: &str) -> Vec<(String, f64)> {
         let mut out = Vec::new();
         for i in 0..nodes {
-            let Ok(body) = http_get(&format!("127.0.0.1:{}", self.base_port + 40 + i as u16), "/metrics") else { continue };
+            let Ok(body) = http_get(
+                &format!("127.0.0.1:{}", self.base_port + 40 + i as u16),
+                "/metrics",
+            ) else {
+                continue;
+            };
             for l in body.lines().filter(|l| !l.starts_with('#')) {
-                let Some((head, value)) = l.rsplit_once(' ') else { continue };
+                let Some((head, value)) = l.rsplit_once(' ') else {
+                    continue;
+                };
                 let (metric, labels) = match head.split_once('{') {
                     Some((m, rest)) => (m, rest.trim_end_matches('}')),
                     None => (head, ""),
@@ -496,5 +706,30 @@ impl Cluster {
             }
         }
         out
+    }
+}
+
+impl PartitionProducer {
+    /// Writes every `(partition, payload)` to `topic` at once, then waits for
+    /// all acks (much faster than one round trip per record).
+    pub fn send_all(&self, topic: &str, records: &[(i32, Vec<u8>)]) -> Result<()> {
+        self.rt.block_on(async {
+            let mut acks = Vec::new();
+            for (p, payload) in records {
+                let rec = rdkafka::producer::FutureRecord::<(), [u8]>::to(topic)
+                    .partition(*p)
+                    .payload(payload.as_slice());
+                acks.push(
+                    self.producer
+                        .send_result(rec)
+                        .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}/{p}: {e}"))?,
+                );
+            }
+            for ack in acks {
+                ack.await?
+                    .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+            }
+            Ok(())
+        })
     }
 }

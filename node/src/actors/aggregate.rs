@@ -39,7 +39,11 @@ struct Aggregate {
 }
 
 /// Runs an Aggregate actor until cancelled or its inputs close.
-pub async fn run(ctx: ActorCtx, mut mailbox: mpsc::Receiver<Inbound>, mut control: mpsc::Receiver<Control>) -> Result<()> {
+pub async fn run(
+    ctx: ActorCtx,
+    mut mailbox: mpsc::Receiver<Inbound>,
+    mut control: mpsc::Receiver<Control>,
+) -> Result<()> {
     let mut agg = Aggregate::start(ctx).await?;
     let mut work: VecDeque<Inbound> = VecDeque::new();
     loop {
@@ -80,7 +84,10 @@ impl Aggregate {
         };
         let reduce = ctx.connect(&ActorId::new(ActorKind::Reduce, 0)).await?;
         let output = Output::open(&cfg, &actor, restored).await?;
-        let late = SideOutput::new(adclick_runtime::kafka::producer(&cfg.kafka.bootstrap)?, cfg.kafka.late_topic.clone());
+        let late = SideOutput::new(
+            adclick_runtime::kafka::producer(&cfg.kafka.bootstrap)?,
+            cfg.kafka.late_topic.clone(),
+        );
         ctx.report("running", state.watermark());
         tracing::info!(actor = %actor, restored = ctx.restore_epoch, "aggregate started");
         Ok(Self {
@@ -97,7 +104,9 @@ impl Aggregate {
     }
 
     async fn handle(&mut self, msg: Inbound, work: &mut VecDeque<Inbound>) -> Result<()> {
-        let Some(input) = ActorCtx::input_index(&msg.from).map(|i| i as usize) else { return Ok(()) };
+        let Some(input) = ActorCtx::input_index(&msg.from).map(|i| i as usize) else {
+            return Ok(());
+        };
         if let Body::Barrier(Barrier { epoch }) = msg.body {
             self.align_started.get_or_insert_with(Instant::now);
             if let Some(e) = self.aligner.barrier(input, epoch) {
@@ -111,20 +120,40 @@ impl Aggregate {
             Aligned::Buffered => return Ok(()),
         };
         let out = match msg.body {
-            Body::Counts(batch) => self.state.apply(batch.counts.into_iter().map(partial_from_pb).collect()),
+            Body::Counts(batch) => self
+                .state
+                .apply(batch.counts.into_iter().map(partial_from_pb).collect()),
             Body::Watermark(Watermark { timestamp_ms, idle }) => {
                 let before = self.inputs.current();
-                let now = if idle { self.inputs.set_idle(input) } else { self.inputs.update(input, timestamp_ms) };
-                if idle && self.inputs.all_idle() {
-                    self.reduce.send(Body::Watermark(Watermark { timestamp_ms: 0, idle: true })).await?;
+                let now = if idle {
+                    self.inputs.set_idle_at(input, adclick_runtime::now_ms())
+                } else {
+                    self.inputs.update(input, timestamp_ms)
+                };
+                // Only a job that never saw data is idle towards Reduce; once
+                // there is a watermark, it keeps advancing (at wall-clock
+                // speed when every input is idle) and is sent below.
+                if idle && self.inputs.all_idle() && now.is_none() {
+                    self.reduce
+                        .send(Body::Watermark(Watermark {
+                            timestamp_ms: 0,
+                            idle: true,
+                        }))
+                        .await?;
                 }
                 match now {
                     Some(wm) if before.is_none_or(|b| wm > b) => {
                         let out = self.state.advance(wm);
                         self.ship(out).await?;
-                        self.reduce.send(Body::Watermark(Watermark { timestamp_ms: wm, idle: false })).await?;
+                        self.reduce
+                            .send(Body::Watermark(Watermark {
+                                timestamp_ms: wm,
+                                idle: false,
+                            }))
+                            .await?;
                         self.ctx.report("running", Some(wm));
-                        metrics::gauge!("aggregate_cells", "actor" => self.actor.clone()).set(self.state.cells() as f64);
+                        metrics::gauge!("aggregate_cells", "actor" => self.actor.clone())
+                            .set(self.state.cells() as f64);
                     }
                     _ => {}
                 }
@@ -139,17 +168,35 @@ impl Aggregate {
         metrics::counter!("duplicate_events_total").increment(out.duplicates);
         metrics::counter!("late_events_total").increment(out.late.len() as u64);
         for l in &out.late {
-            self.late.send(None, &l.raw, &[("reason", l.reason.clone()), ("watermark", l.watermark.to_string())]).await?;
+            self.late
+                .send(
+                    None,
+                    &l.raw,
+                    &[
+                        ("reason", l.reason.clone()),
+                        ("watermark", l.watermark.to_string()),
+                    ],
+                )
+                .await?;
         }
-        self.output.emit(out.counts.into_iter().map(OutputRecord::Count).collect()).await?;
+        self.output
+            .emit(out.counts.into_iter().map(OutputRecord::Count).collect())
+            .await?;
         if !out.top.is_empty() {
-            self.reduce.send(Body::Top(TopNBatch { lists: out.top.into_iter().map(top_to_pb).collect() })).await?;
+            self.reduce
+                .send(Body::Top(TopNBatch {
+                    lists: out.top.into_iter().map(top_to_pb).collect(),
+                }))
+                .await?;
         }
         Ok(())
     }
 
     async fn checkpoint(&mut self, epoch: u64) -> Result<()> {
-        let alignment_ms = self.align_started.take().map_or(0, |t| t.elapsed().as_millis() as u64);
+        let alignment_ms = self
+            .align_started
+            .take()
+            .map_or(0, |t| t.elapsed().as_millis() as u64);
         let pending = self.output.on_barrier(epoch)?;
         let snap = aggregate_to_pb(self.state.snapshot(), self.ctx.cfg.job.key_groups, pending);
         let bytes = snap.encode_to_vec();
@@ -162,7 +209,13 @@ impl Aggregate {
 
 /// Loads every Aggregate snapshot of the restored epoch and keeps the key
 /// groups this actor owns now; its own uncommitted output comes back too.
-async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Result<(AggregateState, Option<(u64, Vec<adclick_proto::snapshot::PendingEpoch>)>)> {
+async fn restore(
+    ctx: &ActorCtx,
+    settings: AggregateSettings,
+) -> Result<(
+    AggregateState,
+    Option<(u64, Vec<adclick_proto::snapshot::PendingEpoch>)>,
+)> {
     let epoch = ctx.restore_epoch;
     let me = ctx.id.index;
     let owners = ctx.key_group_owner.clone();
@@ -172,15 +225,24 @@ async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Result<(Aggrega
         if !name.starts_with("aggregate-") {
             continue;
         }
-        let Some(bytes) = ctx.snapshots.get(epoch, &name).await? else { continue };
-        let snap = PbSnapshot::decode(bytes.as_slice()).with_context(|| format!("decoding snapshot {epoch}/{name}"))?;
+        let Some(bytes) = ctx.snapshots.get(epoch, &name).await? else {
+            continue;
+        };
+        let snap = PbSnapshot::decode(bytes.as_slice())
+            .with_context(|| format!("decoding snapshot {epoch}/{name}"))?;
         if name == ctx.id.to_string() {
             pending = snap.pending.clone();
         }
-        parts.push(aggregate_from_pb(snap, |kg| owners.get(kg as usize).is_some_and(|o| *o == me)));
+        parts.push(aggregate_from_pb(snap, |kg| {
+            owners.get(kg as usize).is_some_and(|o| *o == me)
+        }));
     }
     let kgs = ctx.cfg.job.key_groups;
-    let state = AggregateState::restore(settings, parts, |ad| owners.get(key_group_of(ad, kgs).0 as usize).is_some_and(|o| *o == me));
+    let state = AggregateState::restore(settings, parts, |ad| {
+        owners
+            .get(key_group_of(ad, kgs).0 as usize)
+            .is_some_and(|o| *o == me)
+    });
     tracing::info!(actor = %ctx.id, epoch, cells = state.cells(), "restored aggregate state");
     Ok((state, Some((epoch, pending))))
 }

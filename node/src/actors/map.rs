@@ -27,8 +27,15 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// How often an idle Map repeats its idle declaration.
+const IDLE_REPEAT: Duration = Duration::from_millis(200);
+
 /// Runs a Map actor over `partitions` until cancelled.
-pub async fn run(ctx: ActorCtx, partitions: Vec<i32>, mut control: mpsc::Receiver<Control>) -> Result<()> {
+pub async fn run(
+    ctx: ActorCtx,
+    partitions: Vec<i32>,
+    mut control: mpsc::Receiver<Control>,
+) -> Result<()> {
     let cfg = ctx.cfg.clone();
     let job = &cfg.job;
     let actor = ctx.id.to_string();
@@ -36,20 +43,28 @@ pub async fn run(ctx: ActorCtx, partitions: Vec<i32>, mut control: mpsc::Receive
     for i in 0..ctx.num_aggregates {
         outputs.push(ctx.connect(&ActorId::new(ActorKind::Aggregate, i)).await?);
     }
-    let mut watermarks =
-        SourceWatermarks::new(&partitions, job.max_out_of_orderness_ms as i64, job.idle_timeout_ms as i64, now_ms());
+    let mut watermarks = SourceWatermarks::new(
+        &partitions,
+        job.max_out_of_orderness_ms as i64,
+        job.idle_timeout_ms as i64,
+        now_ms(),
+    );
     // Next offset to read per partition: restored from the checkpoint, so a
     // recovered source neither skips nor repeats records.
     let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
     if ctx.restore_epoch > 0 {
         let bytes = ctx.snapshots.get(ctx.restore_epoch, &actor).await?;
-        let snap = MapSnapshot::decode(bytes.unwrap_or_default().as_slice()).context("decoding map snapshot")?;
+        let snap = MapSnapshot::decode(bytes.unwrap_or_default().as_slice())
+            .context("decoding map snapshot")?;
         offsets.extend(snap.offsets.iter().map(|o| (o.partition, o.offset)));
         watermarks.restore(snap.watermark);
         tracing::info!(actor = %actor, epoch = ctx.restore_epoch, ?offsets, "restored source offsets");
     }
-    let consumer: StreamConsumer =
-        adclick_runtime::kafka::consumer(&cfg.kafka.bootstrap, &format!("{}-map", cfg.cluster.job_name), false)?;
+    let consumer: StreamConsumer = adclick_runtime::kafka::consumer(
+        &cfg.kafka.bootstrap,
+        &format!("{}-map", cfg.cluster.job_name),
+        false,
+    )?;
     let mut tpl = TopicPartitionList::new();
     let start = match job.start_from {
         StartFrom::Earliest => Offset::Beginning,
@@ -57,16 +72,26 @@ pub async fn run(ctx: ActorCtx, partitions: Vec<i32>, mut control: mpsc::Receive
     };
     for p in &partitions {
         let at = offsets.get(p).map_or(start, |o| Offset::Offset(*o));
-        tpl.add_partition_offset(&cfg.kafka.input_topic, *p, at).context("building assignment")?;
+        tpl.add_partition_offset(&cfg.kafka.input_topic, *p, at)
+            .context("building assignment")?;
     }
     consumer.assign(&tpl).context("assigning partitions")?;
-    let dlq = SideOutput::new(adclick_runtime::kafka::producer(&cfg.kafka.bootstrap)?, cfg.kafka.dlq_topic.clone());
+    let dlq = SideOutput::new(
+        adclick_runtime::kafka::producer(&cfg.kafka.bootstrap)?,
+        cfg.kafka.dlq_topic.clone(),
+    );
     let slicer = Arc::new(Slicer::new(&cfg.slices)?);
-    let mut batcher = MapBatcher::new(slicer, job.window_ms(), ctx.key_group_owner.clone(), outputs.len(), job.dedup);
+    let mut batcher = MapBatcher::new(
+        slicer,
+        job.window_ms(),
+        ctx.key_group_owner.clone(),
+        outputs.len(),
+        job.dedup,
+    );
     let limits = job.limits();
     let batch_window = Duration::from_millis(job.batch_max_ms.max(1));
     let mut last_sent_wm: Option<i64> = None;
-    let mut sent_idle = false;
+    let mut last_idle_sent: Option<Instant> = None;
     let events_in = metrics::counter!("events_in_total", "actor" => actor.clone());
     let dlq_count = metrics::counter!("dlq_events_total");
     ctx.report("running", None);
@@ -123,32 +148,55 @@ pub async fn run(ctx: ActorCtx, partitions: Vec<i32>, mut control: mpsc::Receive
                 if parts.is_empty() {
                     continue;
                 }
-                let batch = CountBatch { counts: parts.into_iter().map(partial_to_pb).collect() };
+                let batch = CountBatch {
+                    counts: parts.into_iter().map(partial_to_pb).collect(),
+                };
                 outputs[i].send(Body::Counts(batch)).await?;
             }
         }
         let now = now_ms();
-        if let Some(wm) = watermarks.current(now) {
+        if watermarks.all_idle(now) {
+            // Every partition is quiet: tell the aggregates to leave this
+            // source out of their minimum. Repeated, because when all their
+            // inputs are idle these messages are what moves time forward.
+            if last_idle_sent.is_none_or(|t: Instant| t.elapsed() >= IDLE_REPEAT) {
+                for out in &outputs {
+                    out.send(Body::Watermark(Watermark {
+                        timestamp_ms: watermarks.current(now).unwrap_or(0),
+                        idle: true,
+                    }))
+                    .await?;
+                }
+                last_idle_sent = Some(Instant::now());
+                // Rejoin with the current watermark as soon as data returns.
+                last_sent_wm = None;
+            }
+        } else if let Some(wm) = watermarks.current(now) {
+            last_idle_sent = None;
             if last_sent_wm.is_none_or(|l| wm > l) {
                 for out in &outputs {
-                    out.send(Body::Watermark(Watermark { timestamp_ms: wm, idle: false })).await?;
+                    out.send(Body::Watermark(Watermark {
+                        timestamp_ms: wm,
+                        idle: false,
+                    }))
+                    .await?;
                 }
                 last_sent_wm = Some(wm);
                 ctx.report("running", Some(wm));
             }
-        } else if !sent_idle && watermarks.is_empty_and_idle(now) {
-            // Nothing was ever read: let downstream ignore this source.
-            for out in &outputs {
-                out.send(Body::Watermark(Watermark { timestamp_ms: 0, idle: true })).await?;
-            }
-            sent_idle = true;
         }
         if let Some(epoch) = barrier {
             // Everything read before the barrier has been sent above; the
             // offsets are exactly the position after it.
             let snap = MapSnapshot {
                 version: crate::snapshot_codec::VERSION,
-                offsets: offsets.iter().map(|(p, o)| PartitionOffset { partition: *p, offset: *o }).collect(),
+                offsets: offsets
+                    .iter()
+                    .map(|(p, o)| PartitionOffset {
+                        partition: *p,
+                        offset: *o,
+                    })
+                    .collect(),
                 watermark: watermarks.last(),
             };
             let bytes = snap.encode_to_vec();
@@ -161,7 +209,11 @@ pub async fn run(ctx: ActorCtx, partitions: Vec<i32>, mut control: mpsc::Receive
         }
         for r in watermarks.report(now) {
             let p = r.partition.to_string();
-            metrics::gauge!("partition_idle", "partition" => p.clone()).set(if r.idle { 1.0 } else { 0.0 });
+            metrics::gauge!("partition_idle", "partition" => p.clone()).set(if r.idle {
+                1.0
+            } else {
+                0.0
+            });
             if let Some(w) = r.watermark {
                 metrics::gauge!("watermark_lag_ms", "partition" => p).set((now - w) as f64);
             }

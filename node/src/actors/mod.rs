@@ -15,11 +15,11 @@ use adclick_proto::cluster::AckCheckpointRequest;
 use adclick_proto::dataflow::stream_message::Body;
 use adclick_runtime::shutdown::CancellationToken;
 use adclick_runtime::snapshots::SnapshotStore;
-use tonic::transport::Channel;
 use anyhow::{anyhow, Result};
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tonic::transport::Channel;
 
 /// A message in an actor's mailbox, tagged with the sending actor.
 #[derive(Debug)]
@@ -96,16 +96,35 @@ impl ActorCtx {
     /// Opens the edge from this actor to `dst`.
     pub async fn connect(&self, dst: &ActorId) -> Result<Edge> {
         let dst = dst.to_string();
-        let p = self.placements.get(&dst).ok_or_else(|| anyhow!("no placement for {dst}"))?;
-        let target = if p.node == self.node_id { Target::Local } else { Target::Remote(p.addr.clone()) };
-        edge::connect(&self.routing, &self.id.to_string(), &dst, self.generation, target, self.cfg.job.mailbox_capacity).await
+        let p = self
+            .placements
+            .get(&dst)
+            .ok_or_else(|| anyhow!("no placement for {dst}"))?;
+        let target = if p.node == self.node_id {
+            Target::Local
+        } else {
+            Target::Remote(p.addr.clone())
+        };
+        edge::connect(
+            &self.routing,
+            &self.id.to_string(),
+            &dst,
+            self.generation,
+            target,
+            self.cfg.job.mailbox_capacity,
+        )
+        .await
     }
 
     /// Records this actor's state for the next heartbeat.
     pub fn report(&self, state: &str, watermark: Option<i64>) {
         self.status.insert(
             self.id.to_string(),
-            ActorStatus { generation: self.generation, state: state.to_owned(), watermark },
+            ActorStatus {
+                generation: self.generation,
+                state: state.to_owned(),
+                watermark,
+            },
         );
     }
 
@@ -118,7 +137,14 @@ impl ActorCtx {
             bytes: bytes as u64,
             alignment_ms,
         };
-        self.coordinator.clone().ack_checkpoint(req).await.map_err(|e| anyhow!("acking checkpoint {epoch}: {e}"))?;
+        let mut client = self.coordinator.clone();
+        let ack = client.ack_checkpoint(req);
+        match tokio::time::timeout(std::time::Duration::from_secs(10), ack).await {
+            Ok(Ok(_)) => {}
+            // The checkpoint was aborted or superseded: not this actor's failure.
+            Ok(Err(e)) => tracing::warn!(actor = %self.id, epoch, "checkpoint ack refused: {e}"),
+            Err(_) => tracing::warn!(actor = %self.id, epoch, "checkpoint ack timed out"),
+        }
         metrics::histogram!("checkpoint_alignment_ms").record(alignment_ms as f64);
         metrics::histogram!("checkpoint_snapshot_bytes").record(bytes as f64);
         Ok(())

@@ -2,8 +2,8 @@
 //! (at-least-once), or through the write-ahead buffer that commits one
 //! transaction per completed checkpoint (exactly-once).
 
-use crate::kafka::sink::OutputSink;
 use crate::kafka::commit_sink::CommitSink;
+use crate::kafka::sink::OutputSink;
 use adclick_core::checkpoint::{sink_recovery, PendingOutput, SinkRecovery};
 use adclick_core::output::OutputRecord;
 use adclick_proto::snapshot::PendingEpoch;
@@ -27,17 +27,26 @@ pub enum Output {
 impl Output {
     /// Opens the output for `actor`; in exactly-once mode this fences the
     /// previous incarnation and commits saved output the crash left behind.
-    pub async fn open(cfg: &adclick_core::config::Config, actor: &str, restored: Option<(u64, Vec<PendingEpoch>)>) -> Result<Self> {
+    pub async fn open(
+        cfg: &adclick_core::config::Config,
+        actor: &str,
+        restored: Option<(u64, Vec<PendingEpoch>)>,
+    ) -> Result<Self> {
         let k = &cfg.kafka;
         if !cfg.checkpoint.exactly_once {
-            return Ok(Output::AtLeastOnce(OutputSink::new(adclick_runtime::kafka::producer(&k.bootstrap)?, k.output_topic.clone())));
+            return Ok(Output::AtLeastOnce(OutputSink::new(
+                adclick_runtime::kafka::producer(&k.bootstrap)?,
+                k.output_topic.clone(),
+            )));
         }
         let sink = CommitSink::open(cfg, actor).await?;
         let mut pending = PendingOutput::default();
         if let Some((epoch, saved)) = restored {
             let marker = sink.committed_epoch().await?;
             match sink_recovery(marker, epoch) {
-                SinkRecovery::AlreadyCommitted => tracing::info!(actor, epoch, ?marker, "restored output already committed"),
+                SinkRecovery::AlreadyCommitted => {
+                    tracing::info!(actor, epoch, ?marker, "restored output already committed")
+                }
                 SinkRecovery::CommitSaved => {
                     for p in saved {
                         let records = p
@@ -49,12 +58,22 @@ impl Output {
                         pending.restore(p.epoch, records);
                     }
                     let records = pending.take_upto(epoch);
-                    tracing::info!(actor, epoch, ?marker, records = records.len(), "committing output saved in the restored checkpoint");
+                    tracing::info!(
+                        actor,
+                        epoch,
+                        ?marker,
+                        records = records.len(),
+                        "committing output saved in the restored checkpoint"
+                    );
                     sink.commit(epoch, records).await?;
                 }
             }
         }
-        Ok(Output::ExactlyOnce { sink, open: Vec::new(), pending })
+        Ok(Output::ExactlyOnce {
+            sink,
+            open: Vec::new(),
+            pending,
+        })
     }
 
     /// Emits records.
@@ -78,7 +97,10 @@ impl Output {
                 pending
                     .upto(epoch)
                     .map(|(e, recs)| {
-                        let records = recs.iter().map(serde_json::to_vec).collect::<Result<Vec<_>, _>>()?;
+                        let records = recs
+                            .iter()
+                            .map(serde_json::to_vec)
+                            .collect::<Result<Vec<_>, _>>()?;
                         Ok(PendingEpoch { epoch: e, records })
                     })
                     .collect()
@@ -91,7 +113,10 @@ impl Output {
         if let Output::ExactlyOnce { sink, pending, .. } = self {
             #[cfg(feature = "failpoints")]
             if std::env::var("ADCLICK_FAILPOINT").is_ok_and(|v| v == "crash_before_commit") {
-                tracing::error!(epoch, "fail point crash_before_commit: aborting the process");
+                tracing::error!(
+                    epoch,
+                    "fail point crash_before_commit: aborting the process"
+                );
                 std::process::abort();
             }
             let records = pending.take_upto(epoch);

@@ -19,13 +19,26 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Runs the Reduce actor until cancelled or its inputs close.
-pub async fn run(ctx: ActorCtx, mut mailbox: mpsc::Receiver<Inbound>, mut control: mpsc::Receiver<Control>) -> Result<()> {
+pub async fn run(
+    ctx: ActorCtx,
+    mut mailbox: mpsc::Receiver<Inbound>,
+    mut control: mpsc::Receiver<Control>,
+) -> Result<()> {
     let cfg = ctx.cfg.clone();
     let actor = ctx.id.to_string();
-    let mut state = ReduceState::new(ctx.num_aggregates as usize, cfg.job.top_n as usize, cfg.job.allowed_lateness_ms as i64, actor.clone());
+    let mut state = ReduceState::new(
+        ctx.num_aggregates as usize,
+        cfg.job.top_n as usize,
+        cfg.job.allowed_lateness_ms as i64,
+        actor.clone(),
+    );
     let mut restored = None;
     if ctx.restore_epoch > 0 {
-        let bytes = ctx.snapshots.get(ctx.restore_epoch, &actor).await?.unwrap_or_default();
+        let bytes = ctx
+            .snapshots
+            .get(ctx.restore_epoch, &actor)
+            .await?
+            .unwrap_or_default();
         let snap = ReduceSnapshot::decode(bytes.as_slice()).context("decoding reduce snapshot")?;
         state.restore(reduce_from_pb(&snap));
         restored = Some((ctx.restore_epoch, snap.pending));
@@ -55,11 +68,15 @@ pub async fn run(ctx: ActorCtx, mut mailbox: mpsc::Receiver<Inbound>, mut contro
                 },
             },
         };
-        let Some(input) = ActorCtx::input_index(&msg.from) else { continue };
+        let Some(input) = ActorCtx::input_index(&msg.from) else {
+            continue;
+        };
         if let Body::Barrier(Barrier { epoch }) = msg.body {
             align_started.get_or_insert_with(Instant::now);
             if let Some(e) = aligner.barrier(input as usize, epoch) {
-                let alignment_ms = align_started.take().map_or(0, |t| t.elapsed().as_millis() as u64);
+                let alignment_ms = align_started
+                    .take()
+                    .map_or(0, |t| t.elapsed().as_millis() as u64);
                 let snap = reduce_to_pb(state.snapshot(), output.on_barrier(e)?);
                 let bytes = snap.encode_to_vec();
                 let size = bytes.len();
@@ -81,7 +98,11 @@ pub async fn run(ctx: ActorCtx, mut mailbox: mpsc::Receiver<Inbound>, mut contro
                 .map(OutputRecord::TopN)
                 .collect(),
             Body::Watermark(Watermark { timestamp_ms, idle }) => {
-                let emitted = if idle { state.on_idle(input) } else { state.on_watermark(input, timestamp_ms) };
+                let emitted = if idle {
+                    state.on_idle(input)
+                } else {
+                    state.on_watermark(input, timestamp_ms)
+                };
                 ctx.report("running", state.watermark());
                 emitted.into_iter().map(OutputRecord::TopN).collect()
             }

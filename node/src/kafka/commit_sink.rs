@@ -43,11 +43,17 @@ impl CommitSink {
         let k = &cfg.kafka;
         let job = &cfg.cluster.job_name;
         if cfg.checkpoint.kafka_transactions {
-            return Ok(CommitSink::Transactional(TxnSink::open(&k.bootstrap, &k.output_topic, job, actor).await?));
+            return Ok(CommitSink::Transactional(
+                TxnSink::open(&k.bootstrap, &k.output_topic, job, actor).await?,
+            ));
         }
-        let marker: BaseConsumer = adclick_runtime::kafka::consumer(&k.bootstrap, &marker_group(job, actor), true)?;
+        let marker: BaseConsumer =
+            adclick_runtime::kafka::consumer(&k.bootstrap, &marker_group(job, actor), true)?;
         Ok(CommitSink::Replay {
-            out: OutputSink::new(adclick_runtime::kafka::producer(&k.bootstrap)?, k.output_topic.clone()),
+            out: OutputSink::new(
+                adclick_runtime::kafka::producer(&k.bootstrap)?,
+                k.output_topic.clone(),
+            ),
             marker: Arc::new(marker),
             topic: k.output_topic.clone(),
         })
@@ -57,7 +63,9 @@ impl CommitSink {
     pub async fn committed_epoch(&self) -> Result<Option<u64>> {
         match self {
             CommitSink::Transactional(t) => t.committed_epoch().await,
-            CommitSink::Replay { marker, topic, .. } => read_marker(marker.clone(), topic.clone()).await,
+            CommitSink::Replay { marker, topic, .. } => {
+                read_marker(marker.clone(), topic.clone()).await
+            }
         }
     }
 
@@ -92,7 +100,9 @@ pub async fn read_marker(c: Arc<BaseConsumer>, topic: String) -> Result<Option<u
     tokio::task::spawn_blocking(move || {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&topic, 0);
-        let got = c.committed_offsets(tpl, Duration::from_secs(30)).context("reading progress marker")?;
+        let got = c
+            .committed_offsets(tpl, Duration::from_secs(30))
+            .context("reading progress marker")?;
         Ok(got.elements().first().and_then(|e| match e.offset() {
             Offset::Offset(n) if n >= 0 => Some(n as u64),
             _ => None,

@@ -7,6 +7,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
 
+/// Largest payload written to a side topic, well below the 1 MB that
+/// brokers and producers accept by default.
+pub const MAX_SIDE_PAYLOAD: usize = 256 * 1024;
+
 /// A producer for one side topic.
 #[derive(Clone)]
 pub struct SideOutput {
@@ -22,10 +26,32 @@ impl SideOutput {
 
     /// Writes `payload` with `headers` and waits for the broker's ack, so the
     /// record is durable before the source moves past it.
-    pub async fn send(&self, key: Option<&[u8]>, payload: &[u8], headers: &[(&str, String)]) -> Result<()> {
+    ///
+    /// A payload over [`MAX_SIDE_PAYLOAD`] is cut to that size and the
+    /// `original.size` header records how long it was: the broker would
+    /// refuse it (and one adversarial record would stop the actor in a
+    /// restart loop), while the reason and a prefix are what an operator needs.
+    pub async fn send(
+        &self,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &[(&str, String)],
+    ) -> Result<()> {
         let mut h = OwnedHeaders::new();
+        let original = payload.len();
+        let payload = &payload[..original.min(MAX_SIDE_PAYLOAD)];
+        if original > MAX_SIDE_PAYLOAD {
+            let size = original.to_string();
+            h = h.insert(Header {
+                key: "original.size",
+                value: Some(size.as_bytes()),
+            });
+        }
         for (k, v) in headers {
-            h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
         }
         let mut rec = FutureRecord::to(&self.topic).payload(payload).headers(h);
         if let Some(k) = key {

@@ -38,12 +38,19 @@ impl OutputSink {
             let topic = &self.topic;
             async move {
                 producer
-                    .send(FutureRecord::to(topic).key(k.as_bytes()).payload(v.as_slice()), Duration::from_secs(30))
+                    .send(
+                        FutureRecord::to(topic)
+                            .key(k.as_bytes())
+                            .payload(v.as_slice()),
+                        Duration::from_secs(30),
+                    )
                     .await
                     .map_err(|(e, _)| e)
             }
         });
-        try_join_all(sends).await.with_context(|| format!("writing {} records to {}", records.len(), self.topic))?;
+        try_join_all(sends)
+            .await
+            .with_context(|| format!("writing {} records to {}", records.len(), self.topic))?;
         metrics::counter!("output_records_total").increment(records.len() as u64);
         Ok(())
     }

@@ -36,10 +36,20 @@ impl TxnSink {
             .set("transaction.timeout.ms", "60000")
             .create()
             .context("creating transactional producer")?;
-        let marker: BaseConsumer = adclick_runtime::kafka::consumer(bootstrap, &super::commit_sink::marker_group(job, actor), true)?;
-        let sink = Self { producer: Arc::new(producer), marker: Arc::new(marker), topic: topic.to_owned() };
+        let marker: BaseConsumer = adclick_runtime::kafka::consumer(
+            bootstrap,
+            &super::commit_sink::marker_group(job, actor),
+            true,
+        )?;
+        let sink = Self {
+            producer: Arc::new(producer),
+            marker: Arc::new(marker),
+            topic: topic.to_owned(),
+        };
         let p = sink.producer.clone();
-        tokio::task::spawn_blocking(move || p.init_transactions(TIMEOUT)).await?.context("init_transactions (fencing)")?;
+        tokio::task::spawn_blocking(move || p.init_transactions(TIMEOUT))
+            .await?
+            .context("init_transactions (fencing)")?;
         Ok(sink)
     }
 
@@ -51,7 +61,11 @@ impl TxnSink {
     /// Commits `records` and the marker `epoch` in one transaction. An
     /// epoch without output still moves the marker.
     pub async fn commit(&self, epoch: u64, records: Vec<OutputRecord>) -> Result<()> {
-        let (p, c, topic) = (self.producer.clone(), self.marker.clone(), self.topic.clone());
+        let (p, c, topic) = (
+            self.producer.clone(),
+            self.marker.clone(),
+            self.topic.clone(),
+        );
         let n = records.len();
         tokio::task::spawn_blocking(move || {
             let result = run_transaction(&p, &c, &topic, epoch, &records);
@@ -67,12 +81,20 @@ impl TxnSink {
     }
 }
 
-fn run_transaction(p: &BaseProducer, c: &BaseConsumer, topic: &str, epoch: u64, records: &[OutputRecord]) -> Result<()> {
+fn run_transaction(
+    p: &BaseProducer,
+    c: &BaseConsumer,
+    topic: &str,
+    epoch: u64,
+    records: &[OutputRecord],
+) -> Result<()> {
     p.begin_transaction().context("begin_transaction")?;
     for r in records {
         let key = r.key();
         let payload = serde_json::to_vec(r).context("encoding output record")?;
-        let mut rec = BaseRecord::to(topic).key(key.as_bytes()).payload(payload.as_slice());
+        let mut rec = BaseRecord::to(topic)
+            .key(key.as_bytes())
+            .payload(payload.as_slice());
         loop {
             match p.send(rec) {
                 Ok(()) => break,
@@ -85,9 +107,14 @@ fn run_transaction(p: &BaseProducer, c: &BaseConsumer, topic: &str, epoch: u64, 
         }
     }
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Offset(epoch as i64)).context("marker offset")?;
-    let group = c.group_metadata().ok_or_else(|| anyhow!("sink consumer has no group metadata"))?;
-    p.send_offsets_to_transaction(&tpl, &group, TIMEOUT).context("send_offsets_to_transaction")?;
-    p.commit_transaction(TIMEOUT).context("commit_transaction")?;
+    tpl.add_partition_offset(topic, 0, Offset::Offset(epoch as i64))
+        .context("marker offset")?;
+    let group = c
+        .group_metadata()
+        .ok_or_else(|| anyhow!("sink consumer has no group metadata"))?;
+    p.send_offsets_to_transaction(&tpl, &group, TIMEOUT)
+        .context("send_offsets_to_transaction")?;
+    p.commit_transaction(TIMEOUT)
+        .context("commit_transaction")?;
     Ok(())
 }

@@ -1,0 +1,247 @@
+//! Exactly-once under failures: real processes are killed (SIGKILL),
+//! paused (SIGSTOP) and restarted while a seeded stream flows. The final
+//! value of every (ad, window, slice) and every top-N list read back with
+//! read_committed must equal the ground truth. A repeated record with the
+//! same (producer, epoch, key, revision) and the same value is tolerated;
+//! a wrong final value or two different values for one version never are.
+
+mod support;
+
+use anyhow::Result;
+use std::time::{Duration, Instant};
+use support::*;
+
+const STREAM: &[&str] = &[
+    "--seed",
+    "11",
+    "--events",
+    "24000",
+    "--minutes",
+    "10",
+    "--disorder-ms",
+    "1500",
+    "--rate",
+    "1200",
+];
+
+fn generation(c: &Cluster) -> u64 {
+    c.status_json()
+        .ok()
+        .and_then(|s| s["generation"].as_u64())
+        .unwrap_or(0)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    anyhow::bail!("timed out waiting for {what}")
+}
+
+fn logs_contain(c: &Cluster, needle: &str) -> bool {
+    std::fs::read_dir(c.run_dir.join("logs"))
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn kill_nodes_mid_stream_loses_nothing() -> Result<()> {
+    let (dir, broker, config) = setup("eo-kill", "")?;
+    let cluster = Cluster::start(&dir, &broker.bootstrap, &config, 3, false)?;
+    wait_until("first deployment", Duration::from_secs(60), || {
+        generation(&cluster) >= 1
+    })?;
+    let (gen, truth_path) = spawn_generate(&dir, &broker.bootstrap, &config, STREAM)?;
+    // Deterministic "random" victims and moments.
+    let victims = ["node-1", "node-2", "node-0"];
+    let pauses = [3500u64, 4200, 3100];
+    for (victim, pause) in victims.iter().zip(pauses) {
+        std::thread::sleep(Duration::from_millis(pause));
+        let before = generation(&cluster);
+        cluster.signal(victim, "KILL")?;
+        wait_until("redeploy after kill", Duration::from_secs(30), || {
+            generation(&cluster) > before
+        })?;
+        cluster.start_one(victim, &[])?;
+    }
+    let truth = finish_generate(gen, &truth_path)?;
+    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let folded = wait_for_truth(&reader, &truth, Duration::from_secs(240))?;
+    assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
+    assert!(
+        generation(&cluster) >= 4,
+        "three kills must cause three redeploys"
+    );
+    Ok(())
+}
+
+#[test]
+fn crash_after_checkpoint_before_commit_commits_it_exactly_once() -> Result<()> {
+    let (dir, broker, config) = setup("eo-crash-commit", "")?;
+    let truth = generate(
+        &dir,
+        &broker.bootstrap,
+        &config,
+        &[
+            "--seed",
+            "12",
+            "--events",
+            "8000",
+            "--minutes",
+            "6",
+            "--disorder-ms",
+            "1500",
+        ],
+    )?;
+    // Every node aborts when its first checkpoint completes, before its
+    // sinks commit (fail point compiled in with --features failpoints).
+    let cluster = Cluster::start_with_env(
+        &dir,
+        &broker.bootstrap,
+        &config,
+        3,
+        &[("ADCLICK_FAILPOINT", "crash_before_commit")],
+    )?;
+    wait_until(
+        "the fail point to crash every node (build with --features failpoints)",
+        Duration::from_secs(60),
+        || {
+            ["node-0", "node-1", "node-2"]
+                .iter()
+                .all(|n| !cluster.alive(n))
+        },
+    )?;
+    assert!(logs_contain(&cluster, "fail point crash_before_commit"));
+    let committed_before = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?
+        .drain(Duration::from_secs(2))
+        .len();
+    for n in ["node-0", "node-1", "node-2"] {
+        cluster.start_one(n, &[])?;
+    }
+    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let folded = wait_for_truth(&reader, &truth, Duration::from_secs(180))?;
+    assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
+    assert!(
+        logs_contain(
+            &cluster,
+            "committing output saved in the restored checkpoint"
+        ),
+        "recovery did not commit the saved epoch"
+    );
+    assert_eq!(
+        committed_before, 0,
+        "nothing may be visible before the crashed commit is recovered"
+    );
+    Ok(())
+}
+
+#[test]
+fn paused_zombie_node_does_not_change_output() -> Result<()> {
+    let (dir, broker, config) = setup("eo-zombie", "")?;
+    let cluster = Cluster::start(&dir, &broker.bootstrap, &config, 3, false)?;
+    wait_until("first deployment", Duration::from_secs(60), || {
+        generation(&cluster) >= 1
+    })?;
+    let (gen, truth_path) = spawn_generate(&dir, &broker.bootstrap, &config, STREAM)?;
+    std::thread::sleep(Duration::from_secs(4));
+    let before = generation(&cluster);
+    cluster.signal("node-1", "STOP")?;
+    wait_until(
+        "the paused node to be replaced",
+        Duration::from_secs(30),
+        || generation(&cluster) > before,
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.signal("node-1", "CONT")?;
+    let truth = finish_generate(gen, &truth_path)?;
+    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let folded = wait_for_truth(&reader, &truth, Duration::from_secs(240))?;
+    assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
+    Ok(())
+}
+
+#[test]
+fn coordinator_killed_and_restarted_carries_on() -> Result<()> {
+    let (dir, broker, config) = setup("eo-coordinator", "")?;
+    let cluster = Cluster::start(&dir, &broker.bootstrap, &config, 3, false)?;
+    wait_until("first deployment", Duration::from_secs(60), || {
+        generation(&cluster) >= 1
+    })?;
+    let (gen, truth_path) = spawn_generate(&dir, &broker.bootstrap, &config, STREAM)?;
+    std::thread::sleep(Duration::from_secs(6));
+    let last_checkpoint = cluster.status_json()?["last_checkpoint"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        last_checkpoint > 0,
+        "checkpoints must complete before the crash"
+    );
+    cluster.signal("coordinator", "KILL")?;
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.start_one("coordinator", &[])?;
+    wait_until(
+        "the restarted coordinator to redeploy",
+        Duration::from_secs(60),
+        || {
+            cluster
+                .status_json()
+                .is_ok_and(|s| s["generation"].as_u64() > Some(1) && s["state"] == "running")
+        },
+    )?;
+    let truth = finish_generate(gen, &truth_path)?;
+    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let folded = wait_for_truth(&reader, &truth, Duration::from_secs(240))?;
+    assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
+    // Epochs continue after the restart instead of starting over.
+    let status = cluster.status_json()?;
+    assert!(
+        status["last_checkpoint"].as_u64() > Some(last_checkpoint),
+        "{status}"
+    );
+    Ok(())
+}
+
+#[test]
+fn empty_epochs_and_manual_checkpoints_keep_the_job_healthy() -> Result<()> {
+    let (dir, broker, config) = setup("eo-empty", "")?;
+    let truth = generate(
+        &dir,
+        &broker.bootstrap,
+        &config,
+        &["--seed", "13", "--events", "4000", "--minutes", "4"],
+    )?;
+    let cluster = Cluster::start(&dir, &broker.bootstrap, &config, 3, false)?;
+    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    wait_for_truth(&reader, &truth, Duration::from_secs(180))?;
+    // No more input: the following epochs carry no output at all.
+    let first = cluster.status_json()?["last_checkpoint"]
+        .as_u64()
+        .unwrap_or(0);
+    let triggered = cluster.ctl(&["checkpoint"])?["triggered_epoch"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(triggered > first);
+    wait_until("empty epochs to complete", Duration::from_secs(30), || {
+        cluster
+            .status_json()
+            .is_ok_and(|s| s["last_checkpoint"].as_u64() >= Some(triggered.max(first + 3)))
+    })?;
+    let status = cluster.status_json()?;
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["failed_checkpoints"], 0, "{status}");
+    // And nothing new (no duplicate, no stray record) was written.
+    let extra = reader.drain(Duration::from_secs(2));
+    assert!(
+        extra.is_empty(),
+        "empty epochs wrote {} records",
+        extra.len()
+    );
+    Ok(())
+}
