@@ -37,7 +37,8 @@ pub struct DemoArgs {
 /// Runs the demo until Ctrl-C.
 pub async fn run(args: DemoArgs) -> Result<()> {
     let stop = adclick_runtime::shutdown::on_signal();
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)?;
     let exe = std::env::current_exe().context("locating the adclick binary")?;
     let mut children = Children::default();
@@ -57,12 +58,23 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             children.spawn(
                 "tansu",
                 &tansu,
-                &[a("broker"), a("--listener-url"), url.clone(), a("--advertised-listener-url"), url, a("--storage-engine"), storage],
+                &[
+                    a("broker"),
+                    a("--listener-url"),
+                    url.clone(),
+                    a("--advertised-listener-url"),
+                    url,
+                    a("--storage-engine"),
+                    storage,
+                ],
                 &[("RUST_LOG", a("warn"))],
                 &dir.join("tansu.log"),
             )?;
             wait_for_port(&addr, Duration::from_secs(30))?;
-            eprintln!("started tansu broker on {addr} (data in {})", dir.join("tansu.db").display());
+            eprintln!(
+                "started tansu broker on {addr} (data in {})",
+                dir.join("tansu.db").display()
+            );
             addr
         }
     };
@@ -72,7 +84,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     cfg.cluster.nodes = args.nodes;
     cfg.cluster.coordinator = format!("127.0.0.1:{}", free_port()?);
     cfg.database.url = format!("sqlite://{}", dir.join("adclick.db").display());
-    let http = if std::net::TcpListener::bind(("127.0.0.1", args.http_port)).is_ok() { args.http_port } else { free_port()? };
+    let http = if std::net::TcpListener::bind(("127.0.0.1", args.http_port)).is_ok() {
+        args.http_port
+    } else {
+        free_port()?
+    };
     cfg.query.listen = format!("127.0.0.1:{http}");
     cfg.writer.ops_addr = format!("127.0.0.1:{}", free_port()?);
     cfg.validate()?;
@@ -81,7 +97,19 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let conf = config_path.display().to_string();
     let s = |v: &str| v.to_string();
 
-    children.spawn("coordinator", &exe, &[s("coordinator"), s("--config"), conf.clone(), s("--ops-addr"), format!("127.0.0.1:{}", free_port()?)], &[], &dir.join("coordinator.log"))?;
+    children.spawn(
+        "coordinator",
+        &exe,
+        &[
+            s("coordinator"),
+            s("--config"),
+            conf.clone(),
+            s("--ops-addr"),
+            format!("127.0.0.1:{}", free_port()?),
+        ],
+        &[],
+        &dir.join("coordinator.log"),
+    )?;
     for i in 0..args.nodes {
         let a = vec![
             s("node"),
@@ -94,10 +122,28 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             s("--ops-addr"),
             format!("127.0.0.1:{}", free_port()?),
         ];
-        children.spawn(&format!("node-{i}"), &exe, &a, &[], &dir.join(format!("node-{i}.log")))?;
+        children.spawn(
+            &format!("node-{i}"),
+            &exe,
+            &a,
+            &[],
+            &dir.join(format!("node-{i}.log")),
+        )?;
     }
-    children.spawn("writer", &exe, &[s("writer"), s("--config"), conf.clone()], &[], &dir.join("writer.log"))?;
-    children.spawn("query", &exe, &[s("query"), s("--config"), conf.clone()], &[], &dir.join("query.log"))?;
+    children.spawn(
+        "writer",
+        &exe,
+        &[s("writer"), s("--config"), conf.clone()],
+        &[],
+        &dir.join("writer.log"),
+    )?;
+    children.spawn(
+        "query",
+        &exe,
+        &[s("query"), s("--config"), conf.clone()],
+        &[],
+        &dir.join("query.log"),
+    )?;
 
     let gen_args = GenArgs {
         config: Some(config_path.clone()),
@@ -139,9 +185,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 }
 
 /// Keeps the newest top-N list per (M, slice) from the aggregates topic.
-async fn read_top(cfg: adclick_core::config::Config, board: Arc<Mutex<BTreeMap<(u32, String), TopNRecord>>>, stop: adclick_runtime::shutdown::CancellationToken) -> Result<()> {
+async fn read_top(
+    cfg: adclick_core::config::Config,
+    board: Arc<Mutex<BTreeMap<(u32, String), TopNRecord>>>,
+    stop: adclick_runtime::shutdown::CancellationToken,
+) -> Result<()> {
     adclick_runtime::kafka::ensure_topics(&cfg.kafka).await?;
-    let consumer: StreamConsumer = adclick_runtime::kafka::consumer(&cfg.kafka.bootstrap, "adclick-demo", true)?;
+    let consumer: StreamConsumer =
+        adclick_runtime::kafka::consumer(&cfg.kafka.bootstrap, "adclick-demo", true)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..cfg.kafka.output_partitions {
         tpl.add_partition_offset(&cfg.kafka.output_topic, p, Offset::Beginning)?;
@@ -153,35 +204,66 @@ async fn read_top(cfg: adclick_core::config::Config, board: Arc<Mutex<BTreeMap<(
             m = consumer.recv() => m,
         };
         let Ok(msg) = msg else { continue };
-        let Some(Ok(OutputRecord::TopN(t))) = msg.payload().map(serde_json::from_slice::<OutputRecord>) else { continue };
+        let Some(Ok(OutputRecord::TopN(t))) =
+            msg.payload().map(serde_json::from_slice::<OutputRecord>)
+        else {
+            continue;
+        };
         if t.slice != "*" {
             continue;
         }
         if let Ok(mut b) = board.lock() {
             let key = (t.window_minutes, t.slice.clone());
-            if b.get(&key).is_none_or(|old| (old.window_end, old.revision) <= (t.window_end, t.revision)) {
+            if b.get(&key)
+                .is_none_or(|old| (old.window_end, old.revision) <= (t.window_end, t.revision))
+            {
                 b.insert(key, t);
             }
         }
     }
 }
 
-fn render(board: &Arc<Mutex<BTreeMap<(u32, String), TopNRecord>>>, dashboard: &str, dir: &std::path::Path, rate: u64, exited: &[String]) {
+fn render(
+    board: &Arc<Mutex<BTreeMap<(u32, String), TopNRecord>>>,
+    dashboard: &str,
+    dir: &std::path::Path,
+    rate: u64,
+    exited: &[String],
+) {
     let mut out = String::from("\x1b[2J\x1b[H");
-    out.push_str(&format!("adclick demo — {rate} events/s — dashboard {dashboard} — logs {}\n", dir.display()));
+    out.push_str(&format!(
+        "adclick demo — {rate} events/s — dashboard {dashboard} — logs {}\n",
+        dir.display()
+    ));
     out.push_str("Ctrl-C stops every process.\n\n");
     if !exited.is_empty() {
-        out.push_str(&format!("WARNING: exited processes: {} (see their logs)\n\n", exited.join(", ")));
+        out.push_str(&format!(
+            "WARNING: exited processes: {} (see their logs)\n\n",
+            exited.join(", ")
+        ));
     }
     let Ok(b) = board.lock() else { return };
     if b.is_empty() {
-        out.push_str("waiting for the first window to close (about 75 s with 1-minute windows)...\n");
+        out.push_str(
+            "waiting for the first window to close (about 75 s with 1-minute windows)...\n",
+        );
     }
     for ((m, _), t) in b.iter() {
-        let end = chrono::DateTime::from_timestamp_millis(t.window_end).map(|d| d.format("%H:%M:%S").to_string()).unwrap_or_default();
-        out.push_str(&format!("top {} over the last {m} minute(s), window ending {end} UTC (revision {})\n", t.ads.len(), t.revision));
+        let end = chrono::DateTime::from_timestamp_millis(t.window_end)
+            .map(|d| d.format("%H:%M:%S").to_string())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "top {} over the last {m} minute(s), window ending {end} UTC (revision {})\n",
+            t.ads.len(),
+            t.revision
+        ));
         for (i, a) in t.ads.iter().enumerate() {
-            out.push_str(&format!("  {:>2}. {:<12} {:>8} clicks\n", i + 1, a.ad_id, a.clicks));
+            out.push_str(&format!(
+                "  {:>2}. {:<12} {:>8} clicks\n",
+                i + 1,
+                a.ad_id,
+                a.clicks
+            ));
         }
         out.push('\n');
     }

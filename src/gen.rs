@@ -82,9 +82,15 @@ fn generate(args: &GenArgs, start_ms: i64, window_ms: i64) -> Vec<Record> {
             ad_id: ad,
             ts_ms: ts,
             user_id: format!("user{}", rng.random_range(0..10_000)),
-            ip: format!("{}.{}.{}.{}", rng.random_range(1..224), rng.random::<u8>(), rng.random::<u8>(), rng.random_range(1..255))
-                .parse()
-                .unwrap_or(std::net::IpAddr::from([10, 0, 0, 1])),
+            ip: format!(
+                "{}.{}.{}.{}",
+                rng.random_range(1..224),
+                rng.random::<u8>(),
+                rng.random::<u8>(),
+                rng.random_range(1..255)
+            )
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([10, 0, 0, 1])),
             country: COUNTRIES[rng.random_range(0..COUNTRIES.len())].to_string(),
             event_id: Some(format!("e{}-{next_id}", args.seed)),
             event_type: t,
@@ -93,13 +99,21 @@ fn generate(args: &GenArgs, start_ms: i64, window_ms: i64) -> Vec<Record> {
     for m in 0..minutes as i64 {
         let base = start_ms + m * window_ms;
         for i in 0..per_minute {
-            let ad = if rng.random_bool(0.2) { "ad-hot".to_string() } else { format!("ad{:05}", rng.random_range(0..args.ads.max(1))) };
+            let ad = if rng.random_bool(0.2) {
+                "ad-hot".to_string()
+            } else {
+                format!("ad{:05}", rng.random_range(0..args.ads.max(1)))
+            };
             let ts = match i % 100 {
                 0 => base,                 // exactly on the boundary
                 1 => base + window_ms - 1, // last millisecond of the window
                 _ => base + rng.random_range(0..window_ms),
             };
-            let t = if rng.random_bool(0.25) { EventType::Impression } else { EventType::Click };
+            let t = if rng.random_bool(0.25) {
+                EventType::Impression
+            } else {
+                EventType::Click
+            };
             events.push(make(&mut rng, ad, ts, t));
         }
         // The top-N trap: eleven one-minute bursts beat "ad-steady" in every
@@ -107,17 +121,29 @@ fn generate(args: &GenArgs, start_ms: i64, window_ms: i64) -> Vec<Record> {
         for k in 0..11 {
             for _ in 0..40 {
                 let ts = base + rng.random_range(0..window_ms);
-                events.push(make(&mut rng, format!("burst-{m}-{k}"), ts, EventType::Click));
+                events.push(make(
+                    &mut rng,
+                    format!("burst-{m}-{k}"),
+                    ts,
+                    EventType::Click,
+                ));
             }
         }
         for _ in 0..30 {
             let ts = base + rng.random_range(0..window_ms);
-            events.push(make(&mut rng, "ad-steady".to_string(), ts, EventType::Click));
+            events.push(make(
+                &mut rng,
+                "ad-steady".to_string(),
+                ts,
+                EventType::Click,
+            ));
         }
     }
     // Bounded disorder: each event is delayed by up to `disorder_ms`.
-    let mut keyed: Vec<(i64, ClickEvent)> =
-        events.into_iter().map(|e| (e.ts_ms + rng.random_range(0..=args.disorder_ms.max(0)), e)).collect();
+    let mut keyed: Vec<(i64, ClickEvent)> = events
+        .into_iter()
+        .map(|e| (e.ts_ms + rng.random_range(0..=args.disorder_ms.max(0)), e))
+        .collect();
     keyed.sort_by_key(|(k, _)| *k);
     let mut out = Vec::with_capacity(keyed.len() + keyed.len() / 50);
     let mut pending_dups: Vec<ClickEvent> = Vec::new();
@@ -152,7 +178,9 @@ fn malformed(i: u64) -> String {
 pub fn to_json(e: &ClickEvent, rfc3339: bool) -> String {
     let ts = if rfc3339 {
         serde_json::Value::String(
-            chrono::DateTime::from_timestamp_millis(e.ts_ms).map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()).unwrap_or_default(),
+            chrono::DateTime::from_timestamp_millis(e.ts_ms)
+                .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+                .unwrap_or_default(),
         )
     } else {
         serde_json::Value::from(e.ts_ms)
@@ -183,7 +211,16 @@ pub async fn run(args: GenArgs) -> Result<()> {
     let records = generate(&args, start_ms, window_ms);
     if let Some(path) = &args.truth {
         let slicer = Slicer::new(&cfg.slices)?;
-        let valid: Vec<ClickEvent> = records.iter().filter_map(|r| if let Record::Event(e) = r { Some(e.clone()) } else { None }).collect();
+        let valid: Vec<ClickEvent> = records
+            .iter()
+            .filter_map(|r| {
+                if let Record::Event(e) = r {
+                    Some(e.clone())
+                } else {
+                    None
+                }
+            })
+            .collect();
         let spec = TruthSpec {
             window_ms,
             top_n: cfg.job.top_n as usize,
@@ -194,15 +231,23 @@ pub async fn run(args: GenArgs) -> Result<()> {
         let (counts, top) = compute(&valid, &spec);
         let truth = Truth {
             produced: records.len() as u64,
-            malformed: records.iter().filter(|r| matches!(r, Record::Malformed(_))).count() as u64,
-            duplicates: records.iter().filter(|r| matches!(r, Record::Duplicate(_))).count() as u64,
+            malformed: records
+                .iter()
+                .filter(|r| matches!(r, Record::Malformed(_)))
+                .count() as u64,
+            duplicates: records
+                .iter()
+                .filter(|r| matches!(r, Record::Duplicate(_)))
+                .count() as u64,
             counts,
             top,
         };
-        std::fs::write(path, serde_json::to_vec(&truth)?).with_context(|| format!("writing truth to {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec(&truth)?)
+            .with_context(|| format!("writing truth to {}", path.display()))?;
     }
     adclick_runtime::kafka::ensure_topics(&cfg.kafka).await?;
-    let partitions = adclick_runtime::kafka::partition_count(&cfg.kafka.bootstrap, &cfg.kafka.input_topic)?;
+    let partitions =
+        adclick_runtime::kafka::partition_count(&cfg.kafka.bootstrap, &cfg.kafka.input_topic)?;
     let producer: FutureProducer = adclick_runtime::kafka::client_config(&cfg.kafka.bootstrap)
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
@@ -218,14 +263,21 @@ pub async fn run(args: GenArgs) -> Result<()> {
             Record::Malformed(s) => s.clone(),
         };
         let partition = (i as i64 % i64::from(partitions)) as i32;
-        let fut = producer.send_result(FutureRecord::<(), String>::to(&cfg.kafka.input_topic).partition(partition).payload(&payload));
+        let fut = producer.send_result(
+            FutureRecord::<(), String>::to(&cfg.kafka.input_topic)
+                .partition(partition)
+                .payload(&payload),
+        );
         match fut {
             Ok(f) => pending.push(f),
             Err((e, _)) => anyhow::bail!("producing record {i}: {e}"),
         }
         if pending.len() >= 5_000 {
             for f in pending.drain(..) {
-                f.await.context("delivery canceled")?.map_err(|(e, _)| e).context("delivery failed")?;
+                f.await
+                    .context("delivery canceled")?
+                    .map_err(|(e, _)| e)
+                    .context("delivery failed")?;
             }
         }
         if args.rate > 0 {
@@ -236,17 +288,31 @@ pub async fn run(args: GenArgs) -> Result<()> {
         }
     }
     for f in pending {
-        f.await.context("delivery canceled")?.map_err(|(e, _)| e).context("delivery failed")?;
+        f.await
+            .context("delivery canceled")?
+            .map_err(|(e, _)| e)
+            .context("delivery failed")?;
     }
-    producer.flush(Duration::from_secs(30)).context("flushing producer")?;
+    producer
+        .flush(Duration::from_secs(30))
+        .context("flushing producer")?;
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("produced {} records to {} in {secs:.2}s ({:.0}/s)", records.len(), cfg.kafka.input_topic, records.len() as f64 / secs.max(1e-9));
+    eprintln!(
+        "produced {} records to {} in {secs:.2}s ({:.0}/s)",
+        records.len(),
+        cfg.kafka.input_topic,
+        records.len() as f64 / secs.max(1e-9)
+    );
     Ok(())
 }
 
 /// Live mode: events stamped with the current time, at `args.rate` per
 /// second (1000 when unset), until `stop` is cancelled.
-pub async fn follow(cfg: &adclick_core::config::Config, args: &GenArgs, stop: adclick_runtime::shutdown::CancellationToken) -> Result<()> {
+pub async fn follow(
+    cfg: &adclick_core::config::Config,
+    args: &GenArgs,
+    stop: adclick_runtime::shutdown::CancellationToken,
+) -> Result<()> {
     adclick_runtime::kafka::ensure_topics(&cfg.kafka).await?;
     let producer = adclick_runtime::kafka::producer(&cfg.kafka.bootstrap)?;
     let rate = if args.rate == 0 { 1000 } else { args.rate };
@@ -269,13 +335,24 @@ pub async fn follow(cfg: &adclick_core::config::Config, args: &GenArgs, stop: ad
                 ad_id: format!("ad{rank:05}"),
                 ts_ms: now - rng.random_range(0..=args.disorder_ms.max(0)),
                 user_id: format!("user{}", rng.random_range(0..10_000)),
-                ip: std::net::IpAddr::from([rng.random_range(1..224), rng.random(), rng.random(), rng.random_range(1..255)]),
+                ip: std::net::IpAddr::from([
+                    rng.random_range(1..224),
+                    rng.random(),
+                    rng.random(),
+                    rng.random_range(1..255),
+                ]),
                 country: COUNTRIES[rng.random_range(0..COUNTRIES.len())].to_string(),
                 event_id: Some(format!("live{}-{n}", args.seed)),
-                event_type: if rng.random_bool(0.25) { EventType::Impression } else { EventType::Click },
+                event_type: if rng.random_bool(0.25) {
+                    EventType::Impression
+                } else {
+                    EventType::Click
+                },
             };
             let payload = to_json(&e, n % 2 == 0);
-            if let Err((e, _)) = producer.send_result(FutureRecord::<(), String>::to(&cfg.kafka.input_topic).payload(&payload)) {
+            if let Err((e, _)) = producer.send_result(
+                FutureRecord::<(), String>::to(&cfg.kafka.input_topic).payload(&payload),
+            ) {
                 tracing::warn!("producer queue full: {e}");
             }
         }

@@ -8,11 +8,15 @@ use std::time::{Duration, Instant};
 
 /// Finds tansu on PATH or in `~/.cargo/bin`.
 pub fn find_tansu() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(Path::new(&home).join(".cargo/bin"));
     }
-    dirs.into_iter().map(|d| d.join("tansu")).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join("tansu"))
+        .find(|p| p.is_file())
 }
 
 /// Installs tansu 0.6.0 with cargo (8–17 minutes on 2 cores).
@@ -20,7 +24,15 @@ pub fn install_tansu() -> Result<PathBuf> {
     eprintln!("tansu (the Kafka-protocol broker) is not installed.");
     eprintln!("Installing tansu 0.6.0 with cargo; this takes 8-17 minutes on 2 cores, once.");
     let status = Command::new("cargo")
-        .args(["install", "tansu", "--version", "0.6.0", "--locked", "--features", "dynostore,libsql"])
+        .args([
+            "install",
+            "tansu",
+            "--version",
+            "0.6.0",
+            "--locked",
+            "--features",
+            "dynostore,libsql",
+        ])
         .status()
         .context("running cargo install tansu (is cargo on PATH?)")?;
     if !status.success() {
@@ -38,8 +50,16 @@ pub struct Children {
 impl Children {
     /// Spawns `program args` with stdout/stderr in `log`, running in the
     /// log's directory.
-    pub fn spawn(&mut self, name: &str, program: &Path, args: &[String], env: &[(&str, String)], log: &Path) -> Result<()> {
-        let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        log: &Path,
+    ) -> Result<()> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = file.try_clone()?;
         let child = Command::new(program)
             .args(args)
@@ -56,13 +76,18 @@ impl Children {
 
     /// Names of children that exited.
     pub fn exited(&mut self) -> Vec<String> {
-        self.procs.iter_mut().filter_map(|(n, c)| matches!(c.try_wait(), Ok(Some(_))).then(|| n.clone())).collect()
+        self.procs
+            .iter_mut()
+            .filter_map(|(n, c)| matches!(c.try_wait(), Ok(Some(_))).then(|| n.clone()))
+            .collect()
     }
 
     /// Stops every child: SIGTERM, up to 10 s, then SIGKILL.
     pub fn stop(&mut self) {
         for (_, c) in self.procs.iter().rev() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for (name, c) in self.procs.iter_mut().rev() {
@@ -90,7 +115,9 @@ impl Drop for Children {
 
 /// A free loopback port.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Waits until `addr` accepts TCP connections.

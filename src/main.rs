@@ -11,7 +11,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "adclick", version, about = "Distributed ad-click aggregation cluster")]
+#[command(
+    name = "adclick",
+    version,
+    about = "Distributed ad-click aggregation cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -82,7 +86,10 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("adclick: cannot start the async runtime: {e}");
@@ -97,19 +104,33 @@ fn main() {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Coordinator { common, listen, ops_addr } => {
+        Command::Coordinator {
+            common,
+            listen,
+            ops_addr,
+        } => {
             let cfg = adclick_runtime::config::load(common.config.as_deref())?;
             adclick_runtime::telemetry::init("coordinator");
             let listen = match listen {
                 Some(l) => l,
                 None => cfg.cluster.coordinator.parse().map_err(|e| {
-                    anyhow::anyhow!("invalid config `cluster.coordinator` {:?}: {e}", cfg.cluster.coordinator)
+                    anyhow::anyhow!(
+                        "invalid config `cluster.coordinator` {:?}: {e}",
+                        cfg.cluster.coordinator
+                    )
                 })?,
             };
             let shutdown = adclick_runtime::shutdown::on_signal();
             adclick_coordinator::run(cfg, listen, ops_addr, shutdown).await
         }
-        Command::Node { common, node_id, listen, advertise, ops_addr, coordinator } => {
+        Command::Node {
+            common,
+            node_id,
+            listen,
+            advertise,
+            ops_addr,
+            coordinator,
+        } => {
             let cfg = adclick_runtime::config::load(common.config.as_deref())?;
             adclick_runtime::telemetry::init("node");
             anyhow::ensure!(!node_id.trim().is_empty(), "--node-id must not be empty");

@@ -117,7 +117,12 @@ pub struct AggregateState {
 impl AggregateState {
     /// Empty state.
     pub fn new(settings: AggregateSettings) -> Self {
-        Self { settings, minutes: BTreeMap::new(), watermark: None, last_boundary: None }
+        Self {
+            settings,
+            minutes: BTreeMap::new(),
+            watermark: None,
+            last_boundary: None,
+        }
     }
 
     /// The actor's current watermark.
@@ -152,7 +157,10 @@ impl AggregateState {
             let minute = self
                 .minutes
                 .entry(p.window_start)
-                .or_insert_with(|| MinuteState { ads: HashMap::new(), closed: wm.is_some_and(|wm| end <= wm) });
+                .or_insert_with(|| MinuteState {
+                    ads: HashMap::new(),
+                    closed: wm.is_some_and(|wm| end <= wm),
+                });
             let closed = minute.closed;
             let ad = match minute.ads.get_mut(p.ad_id.as_str()) {
                 Some(a) => a,
@@ -182,7 +190,11 @@ impl AggregateState {
                 let entry = match ad.slices.iter_mut().position(|e| e.slice == s) {
                     Some(i) => &mut ad.slices[i],
                     None => {
-                        ad.slices.push(SliceEntry { slice: s, counts: Counts::default(), dirty: false });
+                        ad.slices.push(SliceEntry {
+                            slice: s,
+                            counts: Counts::default(),
+                            dirty: false,
+                        });
                         let last = ad.slices.len() - 1;
                         &mut ad.slices[last]
                     }
@@ -250,13 +262,17 @@ impl AggregateState {
             self.last_boundary = Some(self.last_boundary.map_or(*last, |lb| lb.max(*last)));
         }
         let retention = self.settings.retention_ms();
-        self.minutes.retain(|start, m| !(m.closed && start.saturating_add(w).saturating_add(retention) <= wm));
+        self.minutes.retain(|start, m| {
+            !(m.closed && start.saturating_add(w).saturating_add(retention) <= wm)
+        });
         out
     }
 
     fn emit_minute(&mut self, start: i64, only_dirty: bool, out: &mut Vec<CountRecord>) {
         let w = self.settings.window_ms;
-        let Some(m) = self.minutes.get_mut(&start) else { return };
+        let Some(m) = self.minutes.get_mut(&start) else {
+            return;
+        };
         for (ad_id, ad) in m.ads.iter_mut() {
             for e in ad.slices.iter_mut() {
                 if only_dirty && !e.dirty {
@@ -308,12 +324,14 @@ impl AggregateState {
                 }
             } else {
                 let cap: usize = minutes.iter().map(|s| s.ads.len() * 2).sum();
-                let mut sums: FastMap<(&str, &str), u64> = FastMap::with_capacity_and_hasher(cap, Default::default());
+                let mut sums: FastMap<(&str, &str), u64> =
+                    FastMap::with_capacity_and_hasher(cap, Default::default());
                 for minute in &minutes {
                     for (ad_id, ad) in &minute.ads {
                         for e in &ad.slices {
                             if e.counts.clicks > 0 {
-                                *sums.entry((e.slice.as_str(), ad_id.as_str())).or_default() += e.counts.clicks;
+                                *sums.entry((e.slice.as_str(), ad_id.as_str())).or_default() +=
+                                    e.counts.clicks;
                             }
                         }
                     }
@@ -327,7 +345,12 @@ impl AggregateState {
             for (slice, ads) in per_slice {
                 let ads = top_n(ads, self.settings.top_n);
                 if !ads.is_empty() || recompute {
-                    out.push(LocalTopN { window_end: t, window_minutes: m, slice: slice.to_owned(), ads });
+                    out.push(LocalTopN {
+                        window_end: t,
+                        window_minutes: m,
+                        slice: slice.to_owned(),
+                        ads,
+                    });
                 }
             }
         }
@@ -339,7 +362,11 @@ impl AggregateState {
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Index of `slice` in `per_slice`, adding an empty list the first time.
-fn slot<'a>(slot_of: &mut FastMap<&'a str, usize>, per_slice: &mut Vec<(&'a str, Vec<(&'a str, u64)>)>, slice: &'a str) -> usize {
+fn slot<'a>(
+    slot_of: &mut FastMap<&'a str, usize>,
+    per_slice: &mut Vec<(&'a str, Vec<(&'a str, u64)>)>,
+    slice: &'a str,
+) -> usize {
     *slot_of.entry(slice).or_insert_with(|| {
         per_slice.push((slice, Vec::new()));
         per_slice.len() - 1
@@ -380,29 +407,53 @@ impl AggregateState {
                 cells.push(CellSnapshot {
                     ad_id: ad.clone(),
                     window_start: *start,
-                    slices: a.slices.iter().map(|e| (e.slice.clone(), e.counts, e.dirty)).collect(),
+                    slices: a
+                        .slices
+                        .iter()
+                        .map(|e| (e.slice.clone(), e.counts, e.dirty))
+                        .collect(),
                     seen: a.seen.iter().copied().collect(),
                 });
             }
         }
-        AggregateSnapshot { watermark: self.watermark, last_boundary: self.last_boundary, cells }
+        AggregateSnapshot {
+            watermark: self.watermark,
+            last_boundary: self.last_boundary,
+            cells,
+        }
     }
 
     /// Rebuilds state from snapshots, keeping only the ads `keep` accepts
     /// (those whose key groups this actor now owns).
-    pub fn restore(settings: AggregateSettings, parts: Vec<AggregateSnapshot>, keep: impl Fn(&str) -> bool) -> Self {
+    pub fn restore(
+        settings: AggregateSettings,
+        parts: Vec<AggregateSnapshot>,
+        keep: impl Fn(&str) -> bool,
+    ) -> Self {
         let mut s = Self::new(settings);
         s.watermark = parts.iter().filter_map(|p| p.watermark).min();
         s.last_boundary = parts.iter().filter_map(|p| p.last_boundary).min();
         let w = s.settings.window_ms;
         for p in parts {
             for c in p.cells.into_iter().filter(|c| keep(&c.ad_id)) {
-                let closed = s.watermark.is_some_and(|wm| c.window_start.saturating_add(w) <= wm);
-                let minute = s.minutes.entry(c.window_start).or_insert_with(|| MinuteState { ads: HashMap::new(), closed });
+                let closed = s
+                    .watermark
+                    .is_some_and(|wm| c.window_start.saturating_add(w) <= wm);
+                let minute = s
+                    .minutes
+                    .entry(c.window_start)
+                    .or_insert_with(|| MinuteState {
+                        ads: HashMap::new(),
+                        closed,
+                    });
                 let ad = minute.ads.entry(c.ad_id).or_default();
                 ad.seen.extend(c.seen);
                 for (slice, counts, dirty) in c.slices {
-                    ad.slices.push(SliceEntry { slice, counts, dirty });
+                    ad.slices.push(SliceEntry {
+                        slice,
+                        counts,
+                        dirty,
+                    });
                 }
             }
         }
@@ -411,14 +462,27 @@ impl AggregateState {
 }
 
 fn late_event(p: PartialCount, end: i64, wm: i64) -> LateEvent {
-    let reason = format!("window [{}, {end}) closed and its allowed lateness expired (watermark {wm})", p.window_start);
+    let reason = format!(
+        "window [{}, {end}) closed and its allowed lateness expired (watermark {wm})",
+        p.window_start
+    );
     let raw = match p.raw {
         Some(raw) => raw,
         // Only events that were behind the Map's watermark can be late, and
         // those always carry their bytes; keep a summary if that ever breaks.
-        None => format!(r#"{{"ad_id":{:?},"window_start":{},"events":{}}}"#, p.ad_id, p.window_start, p.events()).into_bytes(),
+        None => format!(
+            r#"{{"ad_id":{:?},"window_start":{},"events":{}}}"#,
+            p.ad_id,
+            p.window_start,
+            p.events()
+        )
+        .into_bytes(),
     };
-    LateEvent { raw, reason, watermark: wm }
+    LateEvent {
+        raw,
+        reason,
+        watermark: wm,
+    }
 }
 
 #[cfg(test)]
@@ -428,7 +492,13 @@ mod tests {
     const W: i64 = 60_000;
 
     fn settings() -> AggregateSettings {
-        AggregateSettings { window_ms: W, allowed_lateness_ms: W, top_n: 2, top_windows: vec![1, 2], producer: "aggregate-0".into() }
+        AggregateSettings {
+            window_ms: W,
+            allowed_lateness_ms: W,
+            top_n: 2,
+            top_windows: vec![1, 2],
+            producer: "aggregate-0".into(),
+        }
     }
 
     fn part(ad: &str, start: i64, clicks: u64, keys: &[u64]) -> PartialCount {
@@ -445,18 +515,33 @@ mod tests {
     #[test]
     fn closes_windows_at_the_watermark() {
         let mut s = AggregateState::new(settings());
-        assert!(s.apply(vec![part("a", 0, 2, &[]), part("b", 0, 1, &[])]).counts.is_empty());
-        assert!(s.advance(W - 1).counts.is_empty(), "window not closed before its end");
+        assert!(s
+            .apply(vec![part("a", 0, 2, &[]), part("b", 0, 1, &[])])
+            .counts
+            .is_empty());
+        assert!(
+            s.advance(W - 1).counts.is_empty(),
+            "window not closed before its end"
+        );
         let out = s.advance(W);
         assert_eq!(out.counts.len(), 4);
         assert!(out.counts.iter().all(|c| c.revision == 0));
         let top: Vec<_> = out.top.iter().filter(|t| t.slice == "*").collect();
         // Both M = 1 ([0, W)) and M = 2 ([-W, W)) end at W.
         assert_eq!(top.len(), 2, "{top:?}");
-        assert_eq!(top[0].ads[0], AdClicks { ad_id: "a".into(), clicks: 2 });
+        assert_eq!(
+            top[0].ads[0],
+            AdClicks {
+                ad_id: "a".into(),
+                clicks: 2
+            }
+        );
         // M = 2 window [0, 2W) ends at 2W.
         let out = s.advance(2 * W);
-        assert!(out.top.iter().any(|t| t.window_minutes == 2 && t.window_end == 2 * W && t.slice == "*"));
+        assert!(out
+            .top
+            .iter()
+            .any(|t| t.window_minutes == 2 && t.window_end == 2 * W && t.slice == "*"));
     }
 
     #[test]
@@ -467,7 +552,10 @@ mod tests {
         let out = s.apply(vec![part("a", 0, 1, &[])]);
         let star = out.counts.iter().find(|c| c.slice == "*").unwrap();
         assert_eq!((star.clicks, star.revision), (3, 1));
-        assert!(out.top.iter().any(|t| t.window_end == W && t.window_minutes == 1 && t.ads[0].clicks == 3));
+        assert!(out
+            .top
+            .iter()
+            .any(|t| t.window_end == W && t.window_minutes == 1 && t.ads[0].clicks == 3));
         assert!(out.late.is_empty());
     }
 
@@ -508,7 +596,11 @@ mod tests {
     #[test]
     fn snapshot_restore_round_trips_and_filters_by_owner() {
         let mut s = AggregateState::new(settings());
-        s.apply(vec![part("a", 0, 0, &[1, 2]), part("b", 0, 3, &[]), part("a", W, 1, &[])]);
+        s.apply(vec![
+            part("a", 0, 0, &[1, 2]),
+            part("b", 0, 3, &[]),
+            part("a", W, 1, &[]),
+        ]);
         s.advance(W);
         let snap = s.snapshot();
         let mut back = AggregateState::restore(settings(), vec![snap.clone()], |_| true);
@@ -528,7 +620,12 @@ mod tests {
         let mut s = AggregateState::new(settings());
         s.apply(vec![part("a", 0, 1, &[])]);
         let first = s.advance(10 * W);
-        let ends: Vec<_> = first.top.iter().filter(|t| t.slice == "*").map(|t| (t.window_end, t.window_minutes)).collect();
+        let ends: Vec<_> = first
+            .top
+            .iter()
+            .filter(|t| t.slice == "*")
+            .map(|t| (t.window_end, t.window_minutes))
+            .collect();
         assert_eq!(ends, vec![(W, 1), (W, 2), (2 * W, 2)]);
         assert!(s.advance(11 * W).top.is_empty());
     }

@@ -73,10 +73,19 @@ pub fn sink_recovery(committed_marker: Option<u64>, restored_epoch: u64) -> Sink
 
 /// Checkpoints to delete: all but the newest `retain` complete ones, and
 /// any incomplete epoch older than the oldest one kept.
-pub fn checkpoints_to_delete(complete: &BTreeSet<u64>, all: &BTreeSet<u64>, retain: usize) -> Vec<u64> {
+pub fn checkpoints_to_delete(
+    complete: &BTreeSet<u64>,
+    all: &BTreeSet<u64>,
+    retain: usize,
+) -> Vec<u64> {
     let kept: Vec<u64> = complete.iter().rev().take(retain.max(1)).copied().collect();
-    let Some(oldest_kept) = kept.last().copied() else { return Vec::new() };
-    all.iter().copied().filter(|e| *e < oldest_kept || (complete.contains(e) && !kept.contains(e))).collect()
+    let Some(oldest_kept) = kept.last().copied() else {
+        return Vec::new();
+    };
+    all.iter()
+        .copied()
+        .filter(|e| *e < oldest_kept || (complete.contains(e) && !kept.contains(e)))
+        .collect()
 }
 
 /// Barrier alignment for an actor with several inputs. An input that
@@ -102,7 +111,12 @@ pub enum Aligned<T> {
 impl<T> BarrierAligner<T> {
     /// An aligner over `inputs` inputs.
     pub fn new(inputs: usize) -> Self {
-        Self { inputs, epoch: None, arrived: BTreeSet::new(), buffered: BTreeMap::new() }
+        Self {
+            inputs,
+            epoch: None,
+            arrived: BTreeSet::new(),
+            buffered: BTreeMap::new(),
+        }
     }
 
     /// Whether `input` is blocked.
@@ -135,7 +149,10 @@ impl<T> BarrierAligner<T> {
     /// messages, in order per input.
     pub fn release(&mut self) -> Vec<(usize, T)> {
         self.arrived.clear();
-        std::mem::take(&mut self.buffered).into_iter().flat_map(|(i, q)| q.into_iter().map(move |m| (i, m))).collect()
+        std::mem::take(&mut self.buffered)
+            .into_iter()
+            .flat_map(|(i, q)| q.into_iter().map(move |m| (i, m)))
+            .collect()
     }
 }
 
@@ -166,7 +183,10 @@ mod tests {
         p.push(5, [rec("c")]);
         assert_eq!(p.upto(4).count(), 2);
         let committed = p.take_upto(4);
-        assert_eq!(committed.iter().map(|r| r.version().0).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(
+            committed.iter().map(|r| r.version().0).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
         assert_eq!(p.len(), 1);
     }
 

@@ -174,7 +174,10 @@ impl JobConfig {
 
     /// Validation limits for the parser.
     pub fn limits(&self) -> Limits {
-        Limits { max_field_len: self.max_field_len, max_future_skew_ms: self.max_future_skew_ms as i64 }
+        Limits {
+            max_field_len: self.max_field_len,
+            max_future_skew_ms: self.max_future_skew_ms as i64,
+        }
     }
 }
 
@@ -209,7 +212,11 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: "sqlite://adclick.db".into(), max_connections: 8, retention_minutes: 1440 }
+        Self {
+            url: "sqlite://adclick.db".into(),
+            max_connections: 8,
+            retention_minutes: 1440,
+        }
     }
 }
 
@@ -259,7 +266,9 @@ pub struct QueryConfig {
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into() }
+        Self {
+            listen: "127.0.0.1:8080".into(),
+        }
     }
 }
 
@@ -309,7 +318,10 @@ pub struct ConfigError {
 }
 
 fn err(key: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.into(), problem: problem.into() }
+    ConfigError {
+        key: key.into(),
+        problem: problem.into(),
+    }
 }
 
 impl Config {
@@ -326,7 +338,10 @@ impl Config {
             return Err(err("job.top_n", "must be between 1 and 1000"));
         }
         if j.top_windows.is_empty() || j.top_windows.iter().any(|m| *m == 0 || *m > 1440) {
-            return Err(err("job.top_windows", "must list window counts between 1 and 1440"));
+            return Err(err(
+                "job.top_windows",
+                "must list window counts between 1 and 1440",
+            ));
         }
         if j.max_field_len == 0 {
             return Err(err("job.max_field_len", "must be positive"));
@@ -338,13 +353,19 @@ impl Config {
             return Err(err("job.mailbox_capacity", "must be positive"));
         }
         if self.aggregate.replicas == 0 || self.aggregate.replicas > j.key_groups {
-            return Err(err("aggregate.replicas", "must be between 1 and job.key_groups"));
+            return Err(err(
+                "aggregate.replicas",
+                "must be between 1 and job.key_groups",
+            ));
         }
         if self.checkpoint.interval_ms < 100 {
             return Err(err("checkpoint.interval_ms", "must be at least 100"));
         }
         if self.checkpoint.timeout_ms < self.checkpoint.interval_ms {
-            return Err(err("checkpoint.timeout_ms", "must be at least checkpoint.interval_ms"));
+            return Err(err(
+                "checkpoint.timeout_ms",
+                "must be at least checkpoint.interval_ms",
+            ));
         }
         if self.checkpoint.retain == 0 {
             return Err(err("checkpoint.retain", "must be at least 1"));
@@ -356,10 +377,16 @@ impl Config {
             return Err(err("cluster.nodes", "must be at least 1"));
         }
         if self.cluster.heartbeat_timeout_ms <= self.cluster.heartbeat_interval_ms {
-            return Err(err("cluster.heartbeat_timeout_ms", "must be larger than cluster.heartbeat_interval_ms"));
+            return Err(err(
+                "cluster.heartbeat_timeout_ms",
+                "must be larger than cluster.heartbeat_interval_ms",
+            ));
         }
         if self.kafka.input_partitions <= 0 || self.kafka.output_partitions <= 0 {
-            return Err(err("kafka.input_partitions", "partition counts must be positive"));
+            return Err(err(
+                "kafka.input_partitions",
+                "partition counts must be positive",
+            ));
         }
         if self.kafka.bootstrap.trim().is_empty() {
             return Err(err("kafka.bootstrap", "must not be empty"));
@@ -370,8 +397,14 @@ impl Config {
 
     fn validate_serving(&self) -> Result<(), ConfigError> {
         let d = &self.database;
-        if !(d.url.starts_with("sqlite:") || d.url.starts_with("postgres://") || d.url.starts_with("postgresql://")) {
-            return Err(err("database.url", "must start with sqlite: or postgres://"));
+        if !(d.url.starts_with("sqlite:")
+            || d.url.starts_with("postgres://")
+            || d.url.starts_with("postgresql://"))
+        {
+            return Err(err(
+                "database.url",
+                "must start with sqlite: or postgres://",
+            ));
         }
         if d.max_connections == 0 {
             return Err(err("database.max_connections", "must be positive"));
@@ -390,13 +423,22 @@ impl Config {
             return Err(err("writer.resume_rewind_records", "must not be negative"));
         }
         if w.partitions.iter().any(|p| *p < 0) {
-            return Err(err("writer.partitions", "partition numbers must not be negative"));
+            return Err(err(
+                "writer.partitions",
+                "partition numbers must not be negative",
+            ));
         }
         if w.ops_addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(err("writer.ops_addr", "must be host:port with a numeric IP, e.g. 127.0.0.1:9640"));
+            return Err(err(
+                "writer.ops_addr",
+                "must be host:port with a numeric IP, e.g. 127.0.0.1:9640",
+            ));
         }
         if self.query.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(err("query.listen", "must be host:port with a numeric IP, e.g. 127.0.0.1:8080"));
+            return Err(err(
+                "query.listen",
+                "must be host:port with a numeric IP, e.g. 127.0.0.1:8080",
+            ));
         }
         Ok(())
     }
@@ -418,9 +460,17 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().key, "job.window_secs");
         let mut c = Config::default();
         c.aggregate.replicas = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("aggregate.replicas"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("aggregate.replicas"));
         let mut c = Config::default();
-        c.slices.filters.push(crate::slice::FilterDef { id: "bad".into(), ip: vec!["nope".into()], ..Default::default() });
+        c.slices.filters.push(crate::slice::FilterDef {
+            id: "bad".into(),
+            ip: vec!["nope".into()],
+            ..Default::default()
+        });
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("slices.filters") && e.contains("\"bad\""), "{e}");
     }

@@ -63,7 +63,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_field_len: 128, max_future_skew_ms: 5 * 60_000 }
+        Self {
+            max_field_len: 128,
+            max_future_skew_ms: 5 * 60_000,
+        }
     }
 }
 
@@ -119,11 +122,16 @@ pub fn parse_timestamp_text(text: &str) -> Option<i64> {
 /// Parses and validates one JSON event. `now_ms` is wall clock, used for the
 /// future-skew limit.
 pub fn parse_event(bytes: &[u8], limits: &Limits, now_ms: i64) -> Result<ClickEvent, Rejection> {
-    let raw: RawEvent<'_> = serde_json::from_slice(bytes).map_err(|e| Rejection::Malformed(e.to_string()))?;
+    let raw: RawEvent<'_> =
+        serde_json::from_slice(bytes).map_err(|e| Rejection::Malformed(e.to_string()))?;
     let ts_ms = match &raw.click_timestamp {
         RawTimestamp::Millis(ms) => *ms,
-        RawTimestamp::Text(t) => parse_timestamp_text(t)
-            .ok_or_else(|| Rejection::Invalid(format!("click_timestamp {:?} is not RFC 3339 or epoch ms", truncate(t))))?,
+        RawTimestamp::Text(t) => parse_timestamp_text(t).ok_or_else(|| {
+            Rejection::Invalid(format!(
+                "click_timestamp {:?} is not RFC 3339 or epoch ms",
+                truncate(t)
+            ))
+        })?,
     };
     build_event(
         FieldsRef {
@@ -160,7 +168,11 @@ pub struct FieldsRef<'a> {
 }
 
 /// Validates borrowed fields and builds an owned event.
-pub fn build_event(f: FieldsRef<'_>, limits: &Limits, now_ms: i64) -> Result<ClickEvent, Rejection> {
+pub fn build_event(
+    f: FieldsRef<'_>,
+    limits: &Limits,
+    now_ms: i64,
+) -> Result<ClickEvent, Rejection> {
     check_field("ad_id", f.ad_id, limits, false)?;
     check_field("user_id", f.user_id, limits, true)?;
     check_field("country", f.country, limits, false)?;
@@ -168,7 +180,10 @@ pub fn build_event(f: FieldsRef<'_>, limits: &Limits, now_ms: i64) -> Result<Cli
         check_field("event_id", id, limits, false)?;
     }
     if f.ts_ms < 0 {
-        return Err(Rejection::Invalid(format!("click_timestamp {} is before 1970", f.ts_ms)));
+        return Err(Rejection::Invalid(format!(
+            "click_timestamp {} is before 1970",
+            f.ts_ms
+        )));
     }
     if f.ts_ms > now_ms.saturating_add(limits.max_future_skew_ms) {
         return Err(Rejection::Invalid(format!(
@@ -176,11 +191,10 @@ pub fn build_event(f: FieldsRef<'_>, limits: &Limits, now_ms: i64) -> Result<Cli
             f.ts_ms, limits.max_future_skew_ms, now_ms
         )));
     }
-    let ip: IpAddr = f
-        .ip
-        .trim()
-        .parse()
-        .map_err(|_| Rejection::Invalid(format!("ip {:?} is not an IP address", truncate(f.ip))))?;
+    let ip: IpAddr =
+        f.ip.trim().parse().map_err(|_| {
+            Rejection::Invalid(format!("ip {:?} is not an IP address", truncate(f.ip)))
+        })?;
     Ok(ClickEvent {
         ad_id: f.ad_id.to_owned(),
         ts_ms: f.ts_ms,
@@ -192,7 +206,12 @@ pub fn build_event(f: FieldsRef<'_>, limits: &Limits, now_ms: i64) -> Result<Cli
     })
 }
 
-fn check_field(name: &str, value: &str, limits: &Limits, allow_space: bool) -> Result<(), Rejection> {
+fn check_field(
+    name: &str,
+    value: &str,
+    limits: &Limits,
+    allow_space: bool,
+) -> Result<(), Rejection> {
     if value.is_empty() {
         return Err(Rejection::Invalid(format!("{name} is empty")));
     }
@@ -203,8 +222,14 @@ fn check_field(name: &str, value: &str, limits: &Limits, allow_space: bool) -> R
             limits.max_field_len
         )));
     }
-    if value.chars().any(|c| c.is_control() || (!allow_space && c.is_whitespace())) {
-        return Err(Rejection::Invalid(format!("{name} {:?} contains whitespace or control characters", value)));
+    if value
+        .chars()
+        .any(|c| c.is_control() || (!allow_space && c.is_whitespace()))
+    {
+        return Err(Rejection::Invalid(format!(
+            "{name} {:?} contains whitespace or control characters",
+            value
+        )));
     }
     Ok(())
 }
@@ -226,11 +251,23 @@ pub fn parse_log_line(line: &str, limits: &Limits, now_ms: i64) -> Result<ClickE
         .ok_or_else(|| Rejection::Malformed("line does not start with [AdClickEvent]".into()))?;
     let parts: Vec<&str> = rest.split(',').map(str::trim).collect();
     let [ad_id, ts, user, ip, country] = parts.as_slice() else {
-        return Err(Rejection::Malformed(format!("expected 5 comma-separated fields, got {}", parts.len())));
+        return Err(Rejection::Malformed(format!(
+            "expected 5 comma-separated fields, got {}",
+            parts.len()
+        )));
     };
-    let ts_ms = parse_timestamp_text(ts).ok_or_else(|| Rejection::Invalid(format!("timestamp {:?} is not valid", truncate(ts))))?;
+    let ts_ms = parse_timestamp_text(ts)
+        .ok_or_else(|| Rejection::Invalid(format!("timestamp {:?} is not valid", truncate(ts))))?;
     build_event(
-        FieldsRef { ad_id, ts_ms, user_id: user, ip, country, event_id: None, event_type: EventType::Click },
+        FieldsRef {
+            ad_id,
+            ts_ms,
+            user_id: user,
+            ip,
+            country,
+            event_id: None,
+            event_type: EventType::Click,
+        },
         limits,
         now_ms,
     )
@@ -264,7 +301,11 @@ impl ClickEvent {
             (DedupMode::EventId, None) => return None,
             (DedupMode::Content, None) => {
                 h.update(b"content\0");
-                for part in [self.ad_id.as_bytes(), self.user_id.as_bytes(), self.country.as_bytes()] {
+                for part in [
+                    self.ad_id.as_bytes(),
+                    self.user_id.as_bytes(),
+                    self.country.as_bytes(),
+                ] {
                     h.update(&(part.len() as u64).to_le_bytes());
                     h.update(part);
                 }
@@ -302,11 +343,21 @@ mod tests {
         assert!(matches!(parse("not json"), Err(Rejection::Malformed(_))));
         let missing = parse(r#"{"ad_id":"a","click_timestamp":1}"#).unwrap_err();
         assert!(missing.to_string().contains("user_id"), "{missing}");
-        let long = format!(r#"{{"ad_id":"{}","click_timestamp":1,"user_id":"u","ip":"1.2.3.4","country":"US"}}"#, "x".repeat(1 << 20));
-        assert!(parse(&long).unwrap_err().to_string().contains("max_field_len"));
+        let long = format!(
+            r#"{{"ad_id":"{}","click_timestamp":1,"user_id":"u","ip":"1.2.3.4","country":"US"}}"#,
+            "x".repeat(1 << 20)
+        );
+        assert!(parse(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("max_field_len"));
         let future = r#"{"ad_id":"a","click_timestamp":"2100-01-01T00:00:00Z","user_id":"u","ip":"1.2.3.4","country":"US"}"#;
-        assert!(parse(future).unwrap_err().to_string().contains("ahead of wall clock"));
-        let bad_ip = r#"{"ad_id":"a","click_timestamp":1,"user_id":"u","ip":"999.1.1.1","country":"US"}"#;
+        assert!(parse(future)
+            .unwrap_err()
+            .to_string()
+            .contains("ahead of wall clock"));
+        let bad_ip =
+            r#"{"ad_id":"a","click_timestamp":1,"user_id":"u","ip":"999.1.1.1","country":"US"}"#;
         assert!(parse(bad_ip).unwrap_err().to_string().contains("ip"));
         let bad_type = r#"{"ad_id":"a","click_timestamp":1,"user_id":"u","ip":"1.1.1.1","country":"US","event_type":"view"}"#;
         assert!(matches!(parse(bad_type), Err(Rejection::Malformed(_))));
@@ -314,7 +365,12 @@ mod tests {
 
     #[test]
     fn parses_log_lines() {
-        let e = parse_log_line("[AdClickEvent] ad001, 2022-03-04 00:00:01, user 1, 207.148.22.22, USA", &Limits::default(), NOW).unwrap();
+        let e = parse_log_line(
+            "[AdClickEvent] ad001, 2022-03-04 00:00:01, user 1, 207.148.22.22, USA",
+            &Limits::default(),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(e.ad_id, "ad001");
         assert_eq!(e.user_id, "user 1");
         assert_eq!(e.ts_ms, 1_646_352_001_000);
@@ -323,24 +379,36 @@ mod tests {
 
     #[test]
     fn dedup_keys_follow_the_mode() {
-        let mut e = parse(r#"{"ad_id":"a","click_timestamp":1,"user_id":"u","ip":"1.1.1.1","country":"US"}"#).unwrap();
+        let mut e = parse(
+            r#"{"ad_id":"a","click_timestamp":1,"user_id":"u","ip":"1.1.1.1","country":"US"}"#,
+        )
+        .unwrap();
         assert_eq!(e.dedup_key(DedupMode::EventId), None);
         assert!(e.dedup_key(DedupMode::Content).is_some());
         assert_eq!(e.dedup_key(DedupMode::None), None);
         let content = e.dedup_key(DedupMode::Content);
         e.event_id = Some("id-1".into());
-        assert_eq!(e.dedup_key(DedupMode::EventId), e.dedup_key(DedupMode::Content));
+        assert_eq!(
+            e.dedup_key(DedupMode::EventId),
+            e.dedup_key(DedupMode::Content)
+        );
         assert_ne!(e.dedup_key(DedupMode::EventId), content);
         let mut imp = e.clone();
         imp.event_type = EventType::Impression;
-        assert_ne!(imp.dedup_key(DedupMode::EventId), e.dedup_key(DedupMode::EventId));
+        assert_ne!(
+            imp.dedup_key(DedupMode::EventId),
+            e.dedup_key(DedupMode::EventId)
+        );
     }
 
     /// Keys are stored in snapshots, so the one-shot fast path must give
     /// exactly the streaming digest, for short and long ids.
     #[test]
     fn dedup_key_fast_path_equals_streaming_form() {
-        let mut e = parse(r#"{"ad_id":"a","click_timestamp":1,"user_id":"u","ip":"1.1.1.1","country":"US"}"#).unwrap();
+        let mut e = parse(
+            r#"{"ad_id":"a","click_timestamp":1,"user_id":"u","ip":"1.1.1.1","country":"US"}"#,
+        )
+        .unwrap();
         for len in [1, 10, 123, 124, 125, 128] {
             for t in [EventType::Click, EventType::Impression] {
                 let id = "x".repeat(len);
@@ -350,8 +418,16 @@ mod tests {
                 h.update(id.as_bytes());
                 e.event_id = Some(id);
                 e.event_type = t;
-                assert_eq!(e.dedup_key(DedupMode::EventId), Some(h.digest()), "len {len}");
-                assert_eq!(e.dedup_key(DedupMode::Content), Some(h.digest()), "len {len}");
+                assert_eq!(
+                    e.dedup_key(DedupMode::EventId),
+                    Some(h.digest()),
+                    "len {len}"
+                );
+                assert_eq!(
+                    e.dedup_key(DedupMode::Content),
+                    Some(h.digest()),
+                    "len {len}"
+                );
             }
         }
     }

@@ -5,11 +5,15 @@ use std::fmt;
 
 /// A deployment generation. Every redeploy bumps it; messages that carry an
 /// older generation are rejected, so a zombie cannot write stale data.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Generation(pub u64);
 
 /// A checkpoint epoch (barrier number).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Epoch(pub u64);
 
 /// A key group: the unit of state ownership and of rescaling.
@@ -67,7 +71,10 @@ impl ActorId {
             "reduce" => ActorKind::Reduce,
             _ => return None,
         };
-        Some(Self { kind, index: index.parse().ok()? })
+        Some(Self {
+            kind,
+            index: index.parse().ok()?,
+        })
     }
 }
 

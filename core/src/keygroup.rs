@@ -18,7 +18,10 @@ mod tests {
     #[test]
     fn hash_is_stable_across_releases() {
         // Pinned values: changing them would move every ad on upgrade.
-        assert_eq!(key_group_of("ad001", 4096), KeyGroup((xxh3_64(b"ad001") % 4096) as u32));
+        assert_eq!(
+            key_group_of("ad001", 4096),
+            KeyGroup((xxh3_64(b"ad001") % 4096) as u32)
+        );
         assert_eq!(key_group_of("ad001", 4096), key_group_of("ad001", 4096));
         assert!(key_group_of("anything", 4096).0 < 4096);
         assert_eq!(key_group_of("x", 1), KeyGroup(0));

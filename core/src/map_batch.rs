@@ -39,7 +39,10 @@ pub struct PartialCount {
 impl PartialCount {
     /// Number of events this partial carries.
     pub fn events(&self) -> u64 {
-        self.clicks + self.impressions + self.click_keys.len() as u64 + self.impression_keys.len() as u64
+        self.clicks
+            + self.impressions
+            + self.click_keys.len() as u64
+            + self.impression_keys.len() as u64
     }
 }
 
@@ -66,7 +69,13 @@ pub struct MapBatcher {
 
 impl MapBatcher {
     /// `owners[kg]` is the aggregate index that owns key group `kg`.
-    pub fn new(slicer: Arc<Slicer>, window_ms: i64, owners: Arc<Vec<u32>>, num_aggregates: usize, dedup: DedupMode) -> Self {
+    pub fn new(
+        slicer: Arc<Slicer>,
+        window_ms: i64,
+        owners: Arc<Vec<u32>>,
+        num_aggregates: usize,
+        dedup: DedupMode,
+    ) -> Self {
         Self {
             slicer,
             window_ms,
@@ -111,10 +120,18 @@ impl MapBatcher {
         }
         // The event is owned: its id becomes the key without a copy.
         let groups = self.groups.entry(e.ad_id).or_default();
-        let idx = match groups.iter().position(|g| g.window_start == ws && g.mask == mask && g.country == e.country) {
+        let idx = match groups
+            .iter()
+            .position(|g| g.window_start == ws && g.mask == mask && g.country == e.country)
+        {
             Some(i) => i,
             None => {
-                groups.push(Group { window_start: ws, country: e.country, mask, counts: PartialCount::default() });
+                groups.push(Group {
+                    window_start: ws,
+                    country: e.country,
+                    mask,
+                    counts: PartialCount::default(),
+                });
                 groups.len() - 1
             }
         };
@@ -123,13 +140,19 @@ impl MapBatcher {
 
     /// Aggregate index that owns `ad_id`.
     pub fn owner_of(&self, ad_id: &str) -> usize {
-        owner_index(&self.owners, self.num_key_groups, self.num_aggregates, ad_id)
+        owner_index(
+            &self.owners,
+            self.num_key_groups,
+            self.num_aggregates,
+            ad_id,
+        )
     }
 
     /// Drains the batch: one list of partials per aggregate index.
     pub fn flush(&mut self) -> Vec<Vec<PartialCount>> {
         let mut out: Vec<Vec<PartialCount>> = vec![Vec::new(); self.num_aggregates];
-        let (owners, num_key_groups, num_aggregates) = (&self.owners, self.num_key_groups, self.num_aggregates);
+        let (owners, num_key_groups, num_aggregates) =
+            (&self.owners, self.num_key_groups, self.num_aggregates);
         // `drain` keeps the map's capacity for the next batch.
         for (mut ad, groups) in self.groups.drain() {
             let owner = owner_index(owners, num_key_groups, num_aggregates, &ad);
@@ -139,7 +162,11 @@ impl MapBatcher {
                 p.slices = self.slicer.slices(&g.country, g.mask);
                 p.window_start = g.window_start;
                 // Copy the id for all but the last group, which takes it.
-                p.ad_id = if i == last { std::mem::take(&mut ad) } else { ad.clone() };
+                p.ad_id = if i == last {
+                    std::mem::take(&mut ad)
+                } else {
+                    ad.clone()
+                };
                 out[owner].push(p);
             }
         }
@@ -154,7 +181,10 @@ impl MapBatcher {
 
 fn owner_index(owners: &[u32], num_key_groups: u32, num_aggregates: usize, ad_id: &str) -> usize {
     let kg = key_group_of(ad_id, num_key_groups).0 as usize;
-    owners.get(kg).map_or(0, |o| *o as usize).min(num_aggregates - 1)
+    owners
+        .get(kg)
+        .map_or(0, |o| *o as usize)
+        .min(num_aggregates - 1)
 }
 
 fn add_one(p: &mut PartialCount, t: EventType, key: Option<u64>) {
@@ -199,7 +229,10 @@ mod tests {
         let owner = out.iter().position(|v| !v.is_empty()).unwrap();
         let parts = &out[owner];
         assert_eq!(parts.len(), 3, "{parts:?}");
-        let first = parts.iter().find(|p| p.window_start == 0 && p.raw.is_none()).unwrap();
+        let first = parts
+            .iter()
+            .find(|p| p.window_start == 0 && p.raw.is_none())
+            .unwrap();
         assert_eq!(first.clicks, 1000);
         assert_eq!(first.impression_keys.len(), 1);
         assert_eq!(first.slices, vec!["*", "country=US"]);

@@ -64,7 +64,9 @@ impl OutputRecord {
     pub fn key(&self) -> String {
         match self {
             OutputRecord::Count(c) => format!("count/{}/{}/{}", c.slice, c.window_start, c.ad_id),
-            OutputRecord::TopN(t) => format!("top_n/{}/{}/{}", t.slice, t.window_minutes, t.window_end),
+            OutputRecord::TopN(t) => {
+                format!("top_n/{}/{}/{}", t.slice, t.window_minutes, t.window_end)
+            }
         }
     }
 

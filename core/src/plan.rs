@@ -46,7 +46,11 @@ pub struct Plan {
 /// Builds the job graph Map × maps, Aggregate × aggregates, Reduce × 1 and
 /// spreads the actors round-robin over the nodes.
 pub fn build_plan(input: &PlanInput) -> Plan {
-    let num_maps = if input.map_parallelism == 0 { input.partitions.max(1) as u32 } else { input.map_parallelism };
+    let num_maps = if input.map_parallelism == 0 {
+        input.partitions.max(1) as u32
+    } else {
+        input.map_parallelism
+    };
     let mut kinds: Vec<(ActorKind, u32)> = (0..num_maps).map(|i| (ActorKind::Map, i)).collect();
     kinds.extend((0..input.aggregates).map(|i| (ActorKind::Aggregate, i)));
     kinds.push((ActorKind::Reduce, 0));
@@ -56,9 +60,15 @@ pub fn build_plan(input: &PlanInput) -> Plan {
         .enumerate()
         .map(|(slot, (kind, index))| PlannedActor {
             id: ActorId::new(kind, index),
-            node: input.nodes.get(slot % n).cloned().unwrap_or_else(|| NodeId("none".into())),
+            node: input
+                .nodes
+                .get(slot % n)
+                .cloned()
+                .unwrap_or_else(|| NodeId("none".into())),
             partitions: if kind == ActorKind::Map {
-                (0..input.partitions).filter(|p| (*p as u32) % num_maps == index).collect()
+                (0..input.partitions)
+                    .filter(|p| (*p as u32) % num_maps == index)
+                    .collect()
             } else {
                 Vec::new()
             },
@@ -79,15 +89,28 @@ mod tests {
 
     #[test]
     fn spreads_actors_evenly_and_covers_partitions() {
-        let nodes: Vec<NodeId> = ["a", "b", "c"].iter().map(|s| NodeId(s.to_string())).collect();
-        let plan = build_plan(&PlanInput { nodes, partitions: 4, map_parallelism: 0, aggregates: 3, key_groups: 64 });
+        let nodes: Vec<NodeId> = ["a", "b", "c"]
+            .iter()
+            .map(|s| NodeId(s.to_string()))
+            .collect();
+        let plan = build_plan(&PlanInput {
+            nodes,
+            partitions: 4,
+            map_parallelism: 0,
+            aggregates: 3,
+            key_groups: 64,
+        });
         assert_eq!(plan.actors.len(), 8);
         let mut per: HashMap<&str, usize> = HashMap::new();
         for a in &plan.actors {
             *per.entry(a.node.0.as_str()).or_default() += 1;
         }
         assert!(per.values().all(|c| (2..=3).contains(c)), "{per:?}");
-        let mut parts: Vec<i32> = plan.actors.iter().flat_map(|a| a.partitions.clone()).collect();
+        let mut parts: Vec<i32> = plan
+            .actors
+            .iter()
+            .flat_map(|a| a.partitions.clone())
+            .collect();
         parts.sort();
         assert_eq!(parts, vec![0, 1, 2, 3]);
         assert_eq!(plan.key_group_owner.len(), 64);
@@ -96,8 +119,19 @@ mod tests {
 
     #[test]
     fn fewer_maps_than_partitions_share_them() {
-        let plan = build_plan(&PlanInput { nodes: vec![NodeId("a".into())], partitions: 5, map_parallelism: 2, aggregates: 1, key_groups: 8 });
-        let maps: Vec<_> = plan.actors.iter().filter(|a| a.id.kind == ActorKind::Map).map(|a| a.partitions.clone()).collect();
+        let plan = build_plan(&PlanInput {
+            nodes: vec![NodeId("a".into())],
+            partitions: 5,
+            map_parallelism: 2,
+            aggregates: 1,
+            key_groups: 8,
+        });
+        let maps: Vec<_> = plan
+            .actors
+            .iter()
+            .filter(|a| a.id.kind == ActorKind::Map)
+            .map(|a| a.partitions.clone())
+            .collect();
         assert_eq!(maps, vec![vec![0, 2, 4], vec![1, 3]]);
     }
 }

@@ -30,8 +30,19 @@ pub struct ReduceState {
 
 impl ReduceState {
     /// A reducer with `num_inputs` aggregate inputs.
-    pub fn new(num_inputs: usize, top_n: usize, allowed_lateness_ms: i64, producer: String) -> Self {
-        Self { top_n, allowed_lateness_ms, producer, inputs: InputWatermarks::new(num_inputs), windows: BTreeMap::new() }
+    pub fn new(
+        num_inputs: usize,
+        top_n: usize,
+        allowed_lateness_ms: i64,
+        producer: String,
+    ) -> Self {
+        Self {
+            top_n,
+            allowed_lateness_ms,
+            producer,
+            inputs: InputWatermarks::new(num_inputs),
+            windows: BTreeMap::new(),
+        }
     }
 
     /// Current watermark (minimum over aggregates).
@@ -73,7 +84,8 @@ impl ReduceState {
             .collect();
         let out = ready.iter().filter_map(|k| self.emit(k)).collect();
         let lateness = self.allowed_lateness_ms;
-        self.windows.retain(|(end, _, _), _| end.saturating_add(lateness) > cur);
+        self.windows
+            .retain(|(end, _, _), _| end.saturating_add(lateness) > cur);
         out
     }
 
@@ -124,9 +136,16 @@ impl ReduceState {
         self.windows
             .iter()
             .map(|((end, m, slice), e)| {
-                let mut lists: Vec<(u32, Vec<AdClicks>)> = e.lists.iter().map(|(i, l)| (*i, l.clone())).collect();
+                let mut lists: Vec<(u32, Vec<AdClicks>)> =
+                    e.lists.iter().map(|(i, l)| (*i, l.clone())).collect();
                 lists.sort_by_key(|(i, _)| *i);
-                ReduceWindowSnapshot { window_end: *end, window_minutes: *m, slice: slice.clone(), lists, emitted: e.emitted.clone() }
+                ReduceWindowSnapshot {
+                    window_end: *end,
+                    window_minutes: *m,
+                    slice: slice.clone(),
+                    lists,
+                    emitted: e.emitted.clone(),
+                }
             })
             .collect()
     }
@@ -136,7 +155,10 @@ impl ReduceState {
         for w in windows {
             self.windows.insert(
                 (w.window_end, w.window_minutes, w.slice),
-                WindowEntry { lists: w.lists.into_iter().collect(), emitted: w.emitted },
+                WindowEntry {
+                    lists: w.lists.into_iter().collect(),
+                    emitted: w.emitted,
+                },
             );
         }
     }
@@ -147,11 +169,19 @@ mod tests {
     use super::*;
 
     fn ac(ad: &str, clicks: u64) -> AdClicks {
-        AdClicks { ad_id: ad.into(), clicks }
+        AdClicks {
+            ad_id: ad.into(),
+            clicks,
+        }
     }
 
     fn local(end: i64, ads: Vec<AdClicks>) -> LocalTopN {
-        LocalTopN { window_end: end, window_minutes: 1, slice: "*".into(), ads }
+        LocalTopN {
+            window_end: end,
+            window_minutes: 1,
+            slice: "*".into(),
+            ads,
+        }
     }
 
     /// An ad that is never first on any single aggregate is first globally.
@@ -160,8 +190,13 @@ mod tests {
         let mut r = ReduceState::new(2, 2, 60_000, "reduce-0".into());
         // "c" is second on both aggregates' local lists only if it were on
         // both; it lives on aggregate 1 and is its second, yet first overall.
-        assert!(r.on_local(0, local(100, vec![ac("a", 50), ac("b", 40)])).is_none());
-        assert!(r.on_watermark(0, 100).is_empty(), "aggregate 1 has not reported");
+        assert!(r
+            .on_local(0, local(100, vec![ac("a", 50), ac("b", 40)]))
+            .is_none());
+        assert!(
+            r.on_watermark(0, 100).is_empty(),
+            "aggregate 1 has not reported"
+        );
         r.on_local(1, local(100, vec![ac("d", 70), ac("c", 60)]));
         let out = r.on_watermark(1, 100);
         assert_eq!(out.len(), 1);
@@ -188,7 +223,9 @@ mod tests {
         r.on_local(0, local(100, vec![ac("a", 5)]));
         assert_eq!(r.on_watermark(0, 100).len(), 1);
         assert!(r.on_local(0, local(100, vec![ac("a", 5)])).is_none());
-        let rev = r.on_local(0, local(100, vec![ac("b", 9), ac("a", 5)])).unwrap();
+        let rev = r
+            .on_local(0, local(100, vec![ac("b", 9), ac("a", 5)]))
+            .unwrap();
         assert_eq!(rev.revision, 1);
         assert_eq!(rev.ads[0], ac("b", 9));
     }

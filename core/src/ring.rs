@@ -49,18 +49,29 @@ pub struct Ring {
 impl Ring {
     /// Builds the ring for `members` aggregate actors.
     pub fn new(members: u32) -> Self {
-        let nodes = (0..members).map(|i| Node::new(format!("aggregate-{i}")).quantity(VNODES).value(i));
-        Self { inner: StaticHashRing::new(StableHash, nodes) }
+        let nodes = (0..members).map(|i| {
+            Node::new(format!("aggregate-{i}"))
+                .quantity(VNODES)
+                .value(i)
+        });
+        Self {
+            inner: StaticHashRing::new(StableHash, nodes),
+        }
     }
 
     /// Index of the aggregate actor that owns `key_group`.
     pub fn owner(&self, key_group: u32) -> Option<u32> {
-        self.inner.calc_candidates(&key_group).next().map(|n| n.value)
+        self.inner
+            .calc_candidates(&key_group)
+            .next()
+            .map(|n| n.value)
     }
 
     /// Owner of every key group in `0..num_key_groups`, by key group.
     pub fn assign(&self, num_key_groups: u32) -> Vec<u32> {
-        (0..num_key_groups).map(|kg| self.owner(kg).unwrap_or(0)).collect()
+        (0..num_key_groups)
+            .map(|kg| self.owner(kg).unwrap_or(0))
+            .collect()
     }
 }
 

@@ -69,7 +69,10 @@ fn default_dimensions() -> Vec<Dimension> {
 
 impl Default for SliceConfig {
     fn default() -> Self {
-        Self { dimensions: default_dimensions(), filters: Vec::new() }
+        Self {
+            dimensions: default_dimensions(),
+            filters: Vec::new(),
+        }
     }
 }
 
@@ -118,17 +121,32 @@ impl Slicer {
     /// Validates and compiles a slice configuration.
     pub fn new(cfg: &SliceConfig) -> Result<Self, FilterError> {
         if cfg.filters.len() > MAX_FILTERS {
-            return Err(FilterError { id: "*".into(), problem: format!("at most {MAX_FILTERS} filters are supported") });
+            return Err(FilterError {
+                id: "*".into(),
+                problem: format!("at most {MAX_FILTERS} filters are supported"),
+            });
         }
         let mut seen = HashSet::new();
         let mut filters = Vec::new();
         for (i, f) in cfg.filters.iter().enumerate() {
-            let err = |problem: String| FilterError { id: if f.id.is_empty() { format!("#{i}") } else { f.id.clone() }, problem };
+            let err = |problem: String| FilterError {
+                id: if f.id.is_empty() {
+                    format!("#{i}")
+                } else {
+                    f.id.clone()
+                },
+                problem,
+            };
             if f.id.is_empty() || f.id.len() > 64 {
                 return Err(err("id must be 1..=64 characters".into()));
             }
-            if f.id == ALL || f.id.contains('=') || f.id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(err("id must not be \"*\" or contain '=' or whitespace".into()));
+            if f.id == ALL
+                || f.id.contains('=')
+                || f.id.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(err(
+                    "id must not be \"*\" or contain '=' or whitespace".into()
+                ));
             }
             if !seen.insert(f.id.clone()) {
                 return Err(err("id is defined twice".into()));
@@ -139,7 +157,10 @@ impl Slicer {
             let nets = f
                 .ip
                 .iter()
-                .map(|s| s.parse::<IpNet>().map_err(|_| err(format!("ip {s:?} is not a CIDR block like 10.0.0.0/8"))))
+                .map(|s| {
+                    s.parse::<IpNet>()
+                        .map_err(|_| err(format!("ip {s:?} is not a CIDR block like 10.0.0.0/8")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             filters.push(CompiledFilter {
                 id: f.id.clone(),
@@ -149,7 +170,10 @@ impl Slicer {
                 users: f.user_id.iter().cloned().collect(),
             });
         }
-        Ok(Self { dimensions: cfg.dimensions.clone(), filters })
+        Ok(Self {
+            dimensions: cfg.dimensions.clone(),
+            filters,
+        })
     }
 
     /// Bit mask of the filters `e` belongs to (bit i = filter i).
@@ -207,13 +231,19 @@ mod tests {
     }
 
     fn filter(id: &str) -> FilterDef {
-        FilterDef { id: id.into(), ..Default::default() }
+        FilterDef {
+            id: id.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn default_slices_are_all_and_country() {
         let s = Slicer::new(&SliceConfig::default()).unwrap();
-        assert_eq!(s.slices_of(&ev("US", "1.2.3.4", "u")), vec!["*", "country=US"]);
+        assert_eq!(
+            s.slices_of(&ev("US", "1.2.3.4", "u")),
+            vec!["*", "country=US"]
+        );
     }
 
     #[test]
@@ -221,33 +251,83 @@ mod tests {
         let cfg = SliceConfig {
             dimensions: vec![],
             filters: vec![
-                FilterDef { country: vec!["US".into(), "CA".into()], ..filter("na") },
-                FilterDef { ip: vec!["10.0.0.0/8".into()], ..filter("internal") },
-                FilterDef { ip: vec!["10.0.0.0/8".into()], mode: FilterMode::Exclude, ..filter("external") },
-                FilterDef { user_id: vec!["bot".into()], country: vec!["US".into()], ..filter("us_bot") },
+                FilterDef {
+                    country: vec!["US".into(), "CA".into()],
+                    ..filter("na")
+                },
+                FilterDef {
+                    ip: vec!["10.0.0.0/8".into()],
+                    ..filter("internal")
+                },
+                FilterDef {
+                    ip: vec!["10.0.0.0/8".into()],
+                    mode: FilterMode::Exclude,
+                    ..filter("external")
+                },
+                FilterDef {
+                    user_id: vec!["bot".into()],
+                    country: vec!["US".into()],
+                    ..filter("us_bot")
+                },
             ],
         };
         let s = Slicer::new(&cfg).unwrap();
-        assert_eq!(s.slices_of(&ev("US", "10.1.2.3", "u")), vec!["*", "na", "internal"]);
-        assert_eq!(s.slices_of(&ev("DE", "8.8.8.8", "bot")), vec!["*", "external"]);
-        assert_eq!(s.slices_of(&ev("US", "8.8.8.8", "bot")), vec!["*", "na", "external", "us_bot"]);
+        assert_eq!(
+            s.slices_of(&ev("US", "10.1.2.3", "u")),
+            vec!["*", "na", "internal"]
+        );
+        assert_eq!(
+            s.slices_of(&ev("DE", "8.8.8.8", "bot")),
+            vec!["*", "external"]
+        );
+        assert_eq!(
+            s.slices_of(&ev("US", "8.8.8.8", "bot")),
+            vec!["*", "na", "external", "us_bot"]
+        );
         assert_eq!(s.filter_ids(), vec!["na", "internal", "external", "us_bot"]);
     }
 
     #[test]
     fn bad_filters_are_rejected_by_name() {
-        let bad_cidr = SliceConfig { dimensions: vec![], filters: vec![FilterDef { ip: vec!["10.0.0/33".into()], ..filter("f1") }] };
+        let bad_cidr = SliceConfig {
+            dimensions: vec![],
+            filters: vec![FilterDef {
+                ip: vec!["10.0.0/33".into()],
+                ..filter("f1")
+            }],
+        };
         let e = Slicer::new(&bad_cidr).unwrap_err();
         assert_eq!(e.id, "f1");
         assert!(e.to_string().contains("CIDR"));
         let dup = SliceConfig {
             dimensions: vec![],
-            filters: vec![FilterDef { country: vec!["US".into()], ..filter("a") }, FilterDef { country: vec!["US".into()], ..filter("a") }],
+            filters: vec![
+                FilterDef {
+                    country: vec!["US".into()],
+                    ..filter("a")
+                },
+                FilterDef {
+                    country: vec!["US".into()],
+                    ..filter("a")
+                },
+            ],
         };
         assert!(Slicer::new(&dup).unwrap_err().to_string().contains("twice"));
-        let empty = SliceConfig { dimensions: vec![], filters: vec![filter("none")] };
-        assert!(Slicer::new(&empty).unwrap_err().to_string().contains("no predicate"));
-        let star = SliceConfig { dimensions: vec![], filters: vec![FilterDef { country: vec!["US".into()], ..filter("*") }] };
+        let empty = SliceConfig {
+            dimensions: vec![],
+            filters: vec![filter("none")],
+        };
+        assert!(Slicer::new(&empty)
+            .unwrap_err()
+            .to_string()
+            .contains("no predicate"));
+        let star = SliceConfig {
+            dimensions: vec![],
+            filters: vec![FilterDef {
+                country: vec!["US".into()],
+                ..filter("*")
+            }],
+        };
         assert!(Slicer::new(&star).is_err());
     }
 }

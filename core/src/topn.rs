@@ -63,14 +63,26 @@ pub fn top_n<'a>(items: impl IntoIterator<Item = (&'a str, u64)>, n: usize) -> V
             }
         }
     }
-    let mut out: Vec<AdClicks> = heap.into_iter().map(|r| AdClicks { ad_id: r.0.to_owned(), clicks: r.1 }).collect();
+    let mut out: Vec<AdClicks> = heap
+        .into_iter()
+        .map(|r| AdClicks {
+            ad_id: r.0.to_owned(),
+            clicks: r.1,
+        })
+        .collect();
     out.sort_by(rank);
     out
 }
 
 /// Merges local top-N lists of disjoint ad sets into the global top-N.
 pub fn merge<'a>(lists: impl IntoIterator<Item = &'a [AdClicks]>, n: usize) -> Vec<AdClicks> {
-    top_n(lists.into_iter().flatten().map(|a| (a.ad_id.as_str(), a.clicks)), n)
+    top_n(
+        lists
+            .into_iter()
+            .flatten()
+            .map(|a| (a.ad_id.as_str(), a.clicks)),
+        n,
+    )
 }
 
 #[cfg(test)]
@@ -80,7 +92,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn ac(ad: &str, clicks: u64) -> AdClicks {
-        AdClicks { ad_id: ad.into(), clicks }
+        AdClicks {
+            ad_id: ad.into(),
+            clicks,
+        }
     }
 
     #[test]
@@ -106,7 +121,10 @@ mod tests {
         }
         for counts in &minutes {
             let top = top_n(counts.iter().map(|(a, c)| (a.as_str(), *c)), 10);
-            assert!(top.iter().all(|a| a.ad_id != "steady"), "steady must not be in a minute's top-10");
+            assert!(
+                top.iter().all(|a| a.ad_id != "steady"),
+                "steady must not be in a minute's top-10"
+            );
         }
         let mut window: HashMap<&str, u64> = HashMap::new();
         for counts in &minutes {

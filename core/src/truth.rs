@@ -3,8 +3,8 @@
 //! deliberately sharing no code with the streaming path, so that a bug in
 //! the pipeline cannot hide in its own yardstick.
 
-use crate::slice::Slicer;
 use crate::event::{ClickEvent, EventType};
+use crate::slice::Slicer;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -77,7 +77,10 @@ pub fn compute(events: &[ClickEvent], spec: &TruthSpec<'_>) -> (Vec<TruthCount>,
         }
         // Named filters only: `*` and country are already listed above.
         let all = spec.slicer.slices_of(e);
-        slices.extend(all.into_iter().filter(|s| s != "*" && !s.starts_with("country=")));
+        slices.extend(
+            all.into_iter()
+                .filter(|s| s != "*" && !s.starts_with("country=")),
+        );
         for s in slices {
             let c = cells.entry((s, ws, e.ad_id.clone())).or_default();
             match e.event_type {
@@ -88,28 +91,46 @@ pub fn compute(events: &[ClickEvent], spec: &TruthSpec<'_>) -> (Vec<TruthCount>,
     }
     let counts = cells
         .iter()
-        .map(|((slice, ws, ad), (c, i))| TruthCount { ad_id: ad.clone(), window_start: *ws, slice: slice.clone(), clicks: *c, impressions: *i })
+        .map(|((slice, ws, ad), (c, i))| TruthCount {
+            ad_id: ad.clone(),
+            window_start: *ws,
+            slice: slice.clone(),
+            clicks: *c,
+            impressions: *i,
+        })
         .collect();
     let mut top = Vec::new();
     let starts: BTreeSet<i64> = cells.keys().map(|k| k.1).collect();
     let slices: BTreeSet<&String> = cells.keys().map(|k| &k.0).collect();
     for &m in spec.top_windows {
         let span = i64::from(m) * w;
-        let ends: BTreeSet<i64> = starts.iter().flat_map(|s| (1..=i64::from(m)).map(move |k| s + k * w)).collect();
+        let ends: BTreeSet<i64> = starts
+            .iter()
+            .flat_map(|s| (1..=i64::from(m)).map(move |k| s + k * w))
+            .collect();
         for slice in &slices {
             for &end in &ends {
                 let mut sums: HashMap<&str, u64> = HashMap::new();
-                for ((s, ws, ad), (c, _)) in cells.range(((*slice).clone(), end - span, String::new())..((*slice).clone(), end, String::new())) {
+                for ((s, ws, ad), (c, _)) in cells.range(
+                    ((*slice).clone(), end - span, String::new())
+                        ..((*slice).clone(), end, String::new()),
+                ) {
                     debug_assert_eq!(s, *slice);
                     if *ws >= end - span && *ws < end && *c > 0 {
                         *sums.entry(ad.as_str()).or_default() += c;
                     }
                 }
-                let mut ranked: Vec<(String, u64)> = sums.into_iter().map(|(a, c)| (a.to_owned(), c)).collect();
+                let mut ranked: Vec<(String, u64)> =
+                    sums.into_iter().map(|(a, c)| (a.to_owned(), c)).collect();
                 ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
                 ranked.truncate(spec.top_n);
                 if !ranked.is_empty() {
-                    top.push(TruthTop { window_end: end, window_minutes: m, slice: (*slice).clone(), ads: ranked });
+                    top.push(TruthTop {
+                        window_end: end,
+                        window_minutes: m,
+                        slice: (*slice).clone(),
+                        ads: ranked,
+                    });
                 }
             }
         }
@@ -124,7 +145,11 @@ mod tests {
 
     #[test]
     fn counts_and_tops_by_direct_summation() {
-        let slicer = Slicer::new(&SliceConfig { dimensions: vec![], filters: vec![] }).unwrap();
+        let slicer = Slicer::new(&SliceConfig {
+            dimensions: vec![],
+            filters: vec![],
+        })
+        .unwrap();
         let ev = |ad: &str, ts: i64, t: EventType| ClickEvent {
             ad_id: ad.into(),
             ts_ms: ts,
@@ -134,13 +159,29 @@ mod tests {
             event_id: None,
             event_type: t,
         };
-        let events = vec![ev("a", 0, EventType::Click), ev("a", 59_999, EventType::Impression), ev("b", 60_000, EventType::Click)];
-        let spec = TruthSpec { window_ms: 60_000, top_n: 5, top_windows: &[1, 2], slicer: &slicer, by_country: true };
+        let events = vec![
+            ev("a", 0, EventType::Click),
+            ev("a", 59_999, EventType::Impression),
+            ev("b", 60_000, EventType::Click),
+        ];
+        let spec = TruthSpec {
+            window_ms: 60_000,
+            top_n: 5,
+            top_windows: &[1, 2],
+            slicer: &slicer,
+            by_country: true,
+        };
         let (counts, top) = compute(&events, &spec);
         assert_eq!(counts.len(), 4);
-        let a = counts.iter().find(|c| c.slice == "*" && c.ad_id == "a").unwrap();
+        let a = counts
+            .iter()
+            .find(|c| c.slice == "*" && c.ad_id == "a")
+            .unwrap();
         assert_eq!((a.clicks, a.impressions), (1, 1));
-        let m2: Vec<_> = top.iter().filter(|t| t.window_minutes == 2 && t.slice == "*").collect();
+        let m2: Vec<_> = top
+            .iter()
+            .filter(|t| t.window_minutes == 2 && t.slice == "*")
+            .collect();
         assert_eq!(m2.len(), 3, "{m2:?}");
         assert_eq!(m2[1].ads, vec![("a".to_string(), 1), ("b".to_string(), 1)]);
     }

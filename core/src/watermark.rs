@@ -39,12 +39,30 @@ pub struct PartitionReport {
 
 impl SourceWatermarks {
     /// Tracks `partitions`, all considered active from `now_ms`.
-    pub fn new(partitions: &[i32], out_of_orderness_ms: i64, idle_timeout_ms: i64, now_ms: i64) -> Self {
+    pub fn new(
+        partitions: &[i32],
+        out_of_orderness_ms: i64,
+        idle_timeout_ms: i64,
+        now_ms: i64,
+    ) -> Self {
         let partitions = partitions
             .iter()
-            .map(|p| (*p, PartitionClock { max_event_ts: None, last_activity_ms: now_ms }))
+            .map(|p| {
+                (
+                    *p,
+                    PartitionClock {
+                        max_event_ts: None,
+                        last_activity_ms: now_ms,
+                    },
+                )
+            })
             .collect();
-        Self { out_of_orderness_ms, idle_timeout_ms, partitions, last: None }
+        Self {
+            out_of_orderness_ms,
+            idle_timeout_ms,
+            partitions,
+            last: None,
+        }
     }
 
     /// Restores the watermark from a snapshot, so recovery cannot move it back.
@@ -54,10 +72,10 @@ impl SourceWatermarks {
 
     /// Records an event (or just activity, with `event_ts = None`) on a partition.
     pub fn observe(&mut self, partition: i32, event_ts: Option<i64>, now_ms: i64) {
-        let clock = self
-            .partitions
-            .entry(partition)
-            .or_insert(PartitionClock { max_event_ts: None, last_activity_ms: now_ms });
+        let clock = self.partitions.entry(partition).or_insert(PartitionClock {
+            max_event_ts: None,
+            last_activity_ms: now_ms,
+        });
         clock.last_activity_ms = clock.last_activity_ms.max(now_ms);
         if let Some(ts) = event_ts {
             clock.max_event_ts = Some(clock.max_event_ts.map_or(ts, |m| m.max(ts)));
@@ -72,18 +90,36 @@ impl SourceWatermarks {
     /// partition has produced data.
     pub fn current(&mut self, now_ms: i64) -> Option<i64> {
         let ooo = self.out_of_orderness_ms;
-        let mut active = self.partitions.values().filter(|c| !self.is_idle(c, now_ms)).peekable();
+        let mut active = self
+            .partitions
+            .values()
+            .filter(|c| !self.is_idle(c, now_ms))
+            .peekable();
         let candidate = if active.peek().is_some() {
             // A partition that is active but has not delivered data yet holds
             // the watermark back until it turns idle.
-            active.map(|c| c.max_event_ts.map(|t| t.saturating_sub(ooo))).try_fold(i64::MAX, |acc, w| w.map(|w| acc.min(w)))
+            active
+                .map(|c| c.max_event_ts.map(|t| t.saturating_sub(ooo)))
+                .try_fold(i64::MAX, |acc, w| w.map(|w| acc.min(w)))
         } else {
             // Every partition is idle: advance at wall-clock speed from the
             // last watermark, starting when the last partition went idle.
-            let base = self.last.or_else(|| self.partitions.values().filter_map(|c| c.max_event_ts).min().map(|t| t - ooo));
-            let idle_since = self.partitions.values().map(|c| c.last_activity_ms + self.idle_timeout_ms).max();
+            let base = self.last.or_else(|| {
+                self.partitions
+                    .values()
+                    .filter_map(|c| c.max_event_ts)
+                    .min()
+                    .map(|t| t - ooo)
+            });
+            let idle_since = self
+                .partitions
+                .values()
+                .map(|c| c.last_activity_ms + self.idle_timeout_ms)
+                .max();
             match (base, idle_since) {
-                (Some(b), Some(since)) => Some(b.saturating_add(now_ms.saturating_sub(since).max(0))),
+                (Some(b), Some(since)) => {
+                    Some(b.saturating_add(now_ms.saturating_sub(since).max(0)))
+                }
                 _ => None,
             }
         };
@@ -93,10 +129,23 @@ impl SourceWatermarks {
         self.last
     }
 
+    /// Whether every partition is currently idle. The Map then tells its
+    /// consumers so, and they leave it out of their minimum: a quiet
+    /// partition must not hold back windows that other partitions fill,
+    /// which advancing it at wall-clock speed alone would do whenever event
+    /// time runs faster than wall clock (replays, catch-up after downtime).
+    pub fn all_idle(&self, now_ms: i64) -> bool {
+        self.partitions.values().all(|c| self.is_idle(c, now_ms))
+    }
+
     /// Whether every partition is idle and none ever produced data: the
     /// source has nothing to say and must not hold downstream back.
     pub fn is_empty_and_idle(&self, now_ms: i64) -> bool {
-        self.last.is_none() && self.partitions.values().all(|c| c.max_event_ts.is_none() && self.is_idle(c, now_ms))
+        self.last.is_none()
+            && self
+                .partitions
+                .values()
+                .all(|c| c.max_event_ts.is_none() && self.is_idle(c, now_ms))
     }
 
     /// The last watermark returned by [`current`](Self::current).
@@ -124,13 +173,23 @@ impl SourceWatermarks {
 pub struct InputWatermarks {
     inputs: Vec<Option<i64>>,
     idle: Vec<bool>,
+    /// Highest minimum returned so far: the base of the all-idle advance.
+    last: Option<i64>,
+    /// Wall clock when every input had become idle (see
+    /// [`Self::set_idle_at`]) and the watermark at that moment.
+    all_idle_since: Option<(i64, Option<i64>)>,
 }
 
 impl InputWatermarks {
     /// An actor with `n` inputs; the watermark is undefined until each
     /// input has reported one or declared itself idle.
     pub fn new(n: usize) -> Self {
-        Self { inputs: vec![None; n], idle: vec![false; n] }
+        Self {
+            inputs: vec![None; n],
+            idle: vec![false; n],
+            last: None,
+            all_idle_since: None,
+        }
     }
 
     /// Records input `i`'s watermark (ignoring regressions) and returns the
@@ -142,7 +201,45 @@ impl InputWatermarks {
         if let Some(idle) = self.idle.get_mut(i) {
             *idle = false;
         }
-        self.current()
+        self.all_idle_since = None;
+        self.remember(self.current())
+    }
+
+    fn remember(&mut self, wm: Option<i64>) -> Option<i64> {
+        if let Some(w) = wm {
+            self.last = Some(self.last.map_or(w, |l| l.max(w)));
+        }
+        wm
+    }
+
+    /// Marks input `i` idle at wall-clock `now_ms` and returns
+    /// [`current_at`](Self::current_at). Sources repeat it while they stay
+    /// idle, which is what moves time forward when every input is idle.
+    pub fn set_idle_at(&mut self, i: usize, now_ms: i64) -> Option<i64> {
+        if let Some(idle) = self.idle.get_mut(i) {
+            *idle = true;
+        }
+        if self.all_idle() && self.all_idle_since.is_none() {
+            self.all_idle_since = Some((now_ms, self.last));
+        }
+        self.current_at(now_ms)
+    }
+
+    /// Like [`current`](Self::current), except that when every input is
+    /// idle (as declared through [`set_idle_at`](Self::set_idle_at)) event
+    /// time advances at wall-clock speed from the last watermark, so the
+    /// last windows close without new events. `None` until some input ever
+    /// reported a watermark.
+    pub fn current_at(&mut self, now_ms: i64) -> Option<i64> {
+        match (self.all_idle(), self.all_idle_since) {
+            (true, Some((since, Some(base)))) => self.remember(Some(
+                base.saturating_add(now_ms.saturating_sub(since).max(0)),
+            )),
+            _ => {
+                let cur = self.current();
+                self.remember(cur)
+            }
+        }
     }
 
     /// Marks input `i` idle and returns the new minimum.
@@ -161,7 +258,13 @@ impl InputWatermarks {
     /// Minimum over the non-idle inputs; `None` while one of them has not
     /// reported, or when every input is idle.
     pub fn current(&self) -> Option<i64> {
-        let mut active = self.inputs.iter().zip(&self.idle).filter(|(_, idle)| !**idle).map(|(w, _)| *w).peekable();
+        let mut active = self
+            .inputs
+            .iter()
+            .zip(&self.idle)
+            .filter(|(_, idle)| !**idle)
+            .map(|(w, _)| *w)
+            .peekable();
         active.peek()?;
         active.try_fold(i64::MAX, |acc, w| w.map(|w| acc.min(w)))
     }
@@ -179,7 +282,11 @@ mod tests {
     fn minimum_over_partitions() {
         let mut w = SourceWatermarks::new(&[0, 1], OOO, IDLE, 0);
         w.observe(0, Some(100_000), 0);
-        assert_eq!(w.current(1), None, "partition 1 active without data holds it back");
+        assert_eq!(
+            w.current(1),
+            None,
+            "partition 1 active without data holds it back"
+        );
         w.observe(1, Some(50_000), 1);
         assert_eq!(w.current(2), Some(35_000));
         w.observe(1, Some(200_000), 3);
@@ -230,7 +337,41 @@ mod tests {
         m.update(0, 50);
         assert_eq!(m.current(), Some(30));
         assert!(!m.all_idle());
-        assert_eq!(m.update(2, 5), Some(5), "an idle input that reports rejoins");
+        assert_eq!(
+            m.update(2, 5),
+            Some(5),
+            "an idle input that reports rejoins"
+        );
+    }
+
+    #[test]
+    fn all_idle_inputs_advance_at_wall_clock_speed() {
+        let mut m = InputWatermarks::new(2);
+        m.update(0, 100);
+        assert_eq!(m.update(1, 50), Some(50));
+        // Input 1 goes quiet: it no longer holds input 0 back.
+        assert_eq!(m.set_idle_at(1, 1_000), Some(100));
+        m.update(0, 400);
+        assert_eq!(m.current_at(1_500), Some(400));
+        // Both idle: time moves on from the last watermark at wall-clock speed,
+        // and repeated idle declarations do not restart the clock.
+        assert_eq!(m.set_idle_at(0, 2_000), Some(400));
+        assert_eq!(m.set_idle_at(1, 2_300), Some(700));
+        assert_eq!(m.current_at(3_000), Some(1_400));
+        // A source that comes back rejoins the minimum (the caller never
+        // moves its own watermark back on a lower value)...
+        assert_eq!(m.update(1, 900), Some(900));
+        // ...and the next all-idle period starts from the highest watermark.
+        assert_eq!(m.set_idle_at(1, 3_100), Some(1_400));
+        assert_eq!(m.current_at(3_600), Some(1_900));
+    }
+
+    #[test]
+    fn never_active_inputs_give_no_watermark() {
+        let mut m = InputWatermarks::new(2);
+        assert_eq!(m.set_idle_at(0, 0), None);
+        assert_eq!(m.set_idle_at(1, 0), None);
+        assert_eq!(m.current_at(10_000), None);
     }
 
     #[derive(Clone, Debug)]

@@ -19,8 +19,14 @@ pub fn load(path: Option<&Path>) -> Result<Config> {
     }
     // Only double-underscore variables are config keys; ADCLICK_CONFIG,
     // ADCLICK_NODES and friends belong to scripts.
-    fig = fig.merge(Env::prefixed("ADCLICK_").filter(|k| k.as_str().contains("__")).split("__"));
-    let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    fig = fig.merge(
+        Env::prefixed("ADCLICK_")
+            .filter(|k| k.as_str().contains("__"))
+            .split("__"),
+    );
+    let cfg: Config = fig
+        .extract()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     cfg.validate().context("invalid configuration")?;
     Ok(cfg)
 }
@@ -46,7 +52,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("adclick-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("adclick.toml");
-        std::fs::write(&file, "[job]\nwindow_secs = 30\n[aggregate]\nreplicas = 2\n").unwrap();
+        std::fs::write(
+            &file,
+            "[job]\nwindow_secs = 30\n[aggregate]\nreplicas = 2\n",
+        )
+        .unwrap();
         let cfg = load(Some(&file)).unwrap();
         assert_eq!(cfg.job.window_secs, 30);
         assert_eq!(cfg.aggregate.replicas, 2);

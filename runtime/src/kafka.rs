@@ -15,7 +15,8 @@ use std::time::Duration;
 /// Base client configuration for `bootstrap`.
 pub fn client_config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap).set("broker.address.family", "v4");
+    c.set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4");
     // librdkafka debug contexts (e.g. "eos,protocol") for troubleshooting.
     if let Ok(debug) = std::env::var("ADCLICK_RDKAFKA_DEBUG") {
         c.set("debug", debug);
@@ -34,13 +35,24 @@ pub fn producer(bootstrap: &str) -> Result<FutureProducer> {
 }
 
 /// A consumer for manual assignment. `group` only names committed offsets.
-pub fn consumer<C: rdkafka::config::FromClientConfig>(bootstrap: &str, group: &str, read_committed: bool) -> Result<C> {
+pub fn consumer<C: rdkafka::config::FromClientConfig>(
+    bootstrap: &str,
+    group: &str,
+    read_committed: bool,
+) -> Result<C> {
     client_config(bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("isolation.level", if read_committed { "read_committed" } else { "read_uncommitted" })
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
         .set("fetch.wait.max.ms", "100")
         .create()
         .context("creating Kafka consumer")
@@ -49,7 +61,9 @@ pub fn consumer<C: rdkafka::config::FromClientConfig>(bootstrap: &str, group: &s
 /// Creates every topic the job uses that does not exist yet; existing
 /// topics are used as they are.
 pub async fn ensure_topics(k: &KafkaConfig) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(&k.bootstrap).create().context("creating Kafka admin client")?;
+    let admin: AdminClient<DefaultClientContext> = client_config(&k.bootstrap)
+        .create()
+        .context("creating Kafka admin client")?;
     let specs = [
         (k.input_topic.as_str(), k.input_partitions),
         (k.output_topic.as_str(), k.output_partitions),
@@ -58,14 +72,21 @@ pub async fn ensure_topics(k: &KafkaConfig) -> Result<()> {
     ];
     let topics: Vec<NewTopic<'_>> = specs
         .iter()
-        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(k.replication_factor)))
+        .map(|(name, parts)| {
+            NewTopic::new(name, *parts, TopicReplication::Fixed(k.replication_factor))
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin.create_topics(&topics, &opts).await.context("creating topics")?;
+    let results = admin
+        .create_topics(&topics, &opts)
+        .await
+        .context("creating topics")?;
     for r in results {
         match r {
             Ok(name) => tracing::info!(topic = name, "created topic"),
-            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = name, "topic exists"),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(topic = name, "topic exists")
+            }
             Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
         }
     }

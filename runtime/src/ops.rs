@@ -19,7 +19,9 @@ pub fn metrics_handle() -> Result<PrometheusHandle> {
     if let Some(h) = RECORDER.get() {
         return Ok(h.clone());
     }
-    let handle = PrometheusBuilder::new().install_recorder().context("installing metrics recorder")?;
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing metrics recorder")?;
     Ok(RECORDER.get_or_init(|| handle).clone())
 }
 
@@ -48,10 +50,16 @@ struct OpsState {
 /// Router with the three ops endpoints; processes with their own HTTP API
 /// merge it into theirs.
 pub fn router(ready: Readiness) -> Result<Router> {
-    let state = OpsState { metrics: metrics_handle()?, ready };
+    let state = OpsState {
+        metrics: metrics_handle()?,
+        ready,
+    };
     Ok(Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/readyz", get(readyz))
         .with_state(state))
 }
@@ -64,13 +72,18 @@ async fn readyz(State(s): State<OpsState>) -> impl IntoResponse {
     if s.ready.get() {
         (StatusCode::OK, Json(serde_json::json!({"status": "ready"})))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "not ready"})))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "not ready"})),
+        )
     }
 }
 
 /// Serves `router` on `addr` until `shutdown` is cancelled.
 pub async fn serve(addr: SocketAddr, router: Router, shutdown: CancellationToken) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding HTTP listener on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding HTTP listener on {addr}"))?;
     tracing::info!(%addr, "ops HTTP listening");
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

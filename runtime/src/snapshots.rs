@@ -32,11 +32,19 @@ impl SnapshotStore {
             Arc::new(InMemory::new())
         } else {
             let dir = location.strip_prefix("file://").unwrap_or(location);
-            std::fs::create_dir_all(dir).with_context(|| format!("creating snapshot directory {dir}"))?;
-            let dir = std::fs::canonicalize(dir).with_context(|| format!("resolving snapshot directory {dir}"))?;
-            Arc::new(LocalFileSystem::new_with_prefix(&dir).with_context(|| format!("opening snapshot store {}", dir.display()))?)
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating snapshot directory {dir}"))?;
+            let dir = std::fs::canonicalize(dir)
+                .with_context(|| format!("resolving snapshot directory {dir}"))?;
+            Arc::new(
+                LocalFileSystem::new_with_prefix(&dir)
+                    .with_context(|| format!("opening snapshot store {}", dir.display()))?,
+            )
         };
-        Ok(Self { store, job: job.to_owned() })
+        Ok(Self {
+            store,
+            job: job.to_owned(),
+        })
     }
 
     fn path(&self, epoch: u64, name: &str) -> Path {
@@ -45,7 +53,10 @@ impl SnapshotStore {
 
     /// Writes an actor's snapshot of `epoch`.
     pub async fn put(&self, epoch: u64, actor: &str, bytes: Vec<u8>) -> Result<()> {
-        self.store.put(&self.path(epoch, actor), PutPayload::from(bytes)).await.with_context(|| format!("writing snapshot {epoch}/{actor}"))?;
+        self.store
+            .put(&self.path(epoch, actor), PutPayload::from(bytes))
+            .await
+            .with_context(|| format!("writing snapshot {epoch}/{actor}"))?;
         Ok(())
     }
 
@@ -58,7 +69,12 @@ impl SnapshotStore {
     pub async fn actors(&self, epoch: u64) -> Result<Vec<String>> {
         let prefix = Path::from(format!("checkpoints/{}/{epoch:020}", self.job));
         let list = self.store.list_with_delimiter(Some(&prefix)).await?;
-        Ok(list.objects.iter().filter_map(|o| o.location.filename().map(str::to_owned)).filter(|n| n != METADATA).collect())
+        Ok(list
+            .objects
+            .iter()
+            .filter_map(|o| o.location.filename().map(str::to_owned))
+            .filter(|n| n != METADATA)
+            .collect())
     }
 
     /// Marks `epoch` complete. Must be the last write of a checkpoint.
@@ -69,7 +85,12 @@ impl SnapshotStore {
     /// Every epoch with any file, and the complete ones.
     pub async fn epochs(&self) -> Result<(BTreeSet<u64>, BTreeSet<u64>)> {
         let prefix = Path::from(format!("checkpoints/{}", self.job));
-        let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.context("listing checkpoints")?;
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .context("listing checkpoints")?;
         let mut all = BTreeSet::new();
         let mut complete = BTreeSet::new();
         for o in objects {
@@ -77,7 +98,9 @@ impl SnapshotStore {
             if parts.len() < 4 {
                 continue;
             }
-            let Ok(epoch) = parts[2].as_ref().parse::<u64>() else { continue };
+            let Ok(epoch) = parts[2].as_ref().parse::<u64>() else {
+                continue;
+            };
             all.insert(epoch);
             if parts[3].as_ref() == METADATA {
                 complete.insert(epoch);
@@ -98,12 +121,21 @@ impl SnapshotStore {
 
     /// Reads the coordinator's metadata.
     pub async fn coordinator_state(&self) -> Result<Option<Vec<u8>>> {
-        get_opt(&*self.store, &Path::from(format!("coordinator/{}/state.json", self.job))).await
+        get_opt(
+            &*self.store,
+            &Path::from(format!("coordinator/{}/state.json", self.job)),
+        )
+        .await
     }
 
     /// Writes the coordinator's metadata.
     pub async fn put_coordinator_state(&self, json: Vec<u8>) -> Result<()> {
-        self.store.put(&Path::from(format!("coordinator/{}/state.json", self.job)), PutPayload::from(json)).await?;
+        self.store
+            .put(
+                &Path::from(format!("coordinator/{}/state.json", self.job)),
+                PutPayload::from(json),
+            )
+            .await?;
         Ok(())
     }
 }
