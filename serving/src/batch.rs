@@ -168,7 +168,7 @@ mod tests {
             window_end: 120_000,
             slice: "*".into(),
             clicks,
-            impressions: 2 * clicks,
+            impressions: clicks.saturating_mul(2),
             revision,
             epoch,
             producer: "aggregate-0".into(),

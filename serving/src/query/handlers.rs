@@ -163,9 +163,14 @@ impl AppState {
         Ok((latest, latest.unwrap_or(fallback)))
     }
 
+    /// Longest accepted `window`, in windows: the retention.
+    pub fn max_window(&self) -> u32 {
+        (u64::from(self.retention_minutes) * 60_000 / self.window_ms.max(1) as u64)
+            .clamp(1, u64::from(u32::MAX)) as u32
+    }
+
     fn window(&self, value: Option<&str>, default: u32) -> Result<u32, ApiError> {
-        let max = (u64::from(self.retention_minutes) * 60_000 / self.window_ms as u64)
-            .clamp(1, u64::from(u32::MAX)) as u32;
+        let max = self.max_window();
         match value {
             None => Ok(default.min(max)),
             Some(v) => params::parse_bounded("window", v, max, "the retention"),
@@ -201,7 +206,7 @@ pub async fn aggregated_count(
         Some(t) => t,
         None => s.latest_or_now().await?.1,
     };
-    let from = from.unwrap_or(to.saturating_sub(s.window_ms).max(0));
+    let from = from.unwrap_or(to.saturating_sub(s.window_ms).max(params::MIN_TIME_MS));
     if from > to {
         return Err(ApiError::bad(
             "from",
@@ -244,8 +249,8 @@ pub async fn popular_ads(
         None => default_to,
     };
     let span = i64::from(window) * s.window_ms;
-    if to < span {
-        return Err(ApiError::bad("to", "to minus window lies before 1970"));
+    if to - span < params::MIN_TIME_MS {
+        return Err(ApiError::bad("to", "to minus window lies before year 1"));
     }
     let from = to - span;
     let mut source = "computed";
@@ -331,7 +336,7 @@ pub async fn ad_minutes(
         Some(v) => ceil_to(params::parse_time("to", v)?, s.window_ms),
         None => s.latest_or_now().await?.1,
     };
-    let from = (to - i64::from(window) * s.window_ms).max(0);
+    let from = (to - i64::from(window) * s.window_ms).max(params::MIN_TIME_MS);
     let minutes = s
         .store
         .ad_minutes(&slice, &ad_id, from, to)

@@ -27,7 +27,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use utoipa::OpenApi;
 
 /// The dashboard: one static page, no build step.
 const DASHBOARD: &str = include_str!("../dashboard.html");
@@ -80,10 +79,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/ads/{ad_id}/minutes", get(handlers::ad_minutes))
         .route("/v1/info", get(handlers::info))
-        .route(
-            "/openapi.json",
-            get(|| async { Json(openapi::ApiDoc::openapi()) }),
-        )
+        .route("/openapi.json", get(openapi_json))
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -93,6 +89,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { error::ApiError::not_found() })
         .layer(middleware::from_fn(track_latency))
         .with_state(state)
+}
+
+async fn openapi_json(State(s): State<AppState>) -> Response {
+    Json(openapi::document(&s.filters, s.max_window())).into_response()
 }
 
 /// Ready when the database answers within two seconds.

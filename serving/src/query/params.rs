@@ -10,7 +10,13 @@ pub const MAX_COUNT: u32 = 1000;
 /// Latest instant accepted, 9999-12-31T23:59:59.999Z, so sums never overflow.
 pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
 
-/// Longest accepted `ad_id`, bytes.
+/// Earliest instant accepted, 0001-01-01T00:00:00Z (the RFC 3339 range).
+pub const MIN_TIME_MS: i64 = -62_135_596_800_000;
+
+/// Longest accepted `country=` code, characters.
+pub const MAX_COUNTRY_LEN: usize = 64;
+
+/// Longest accepted `ad_id`, characters.
 pub const MAX_AD_ID_LEN: usize = 256;
 
 /// What the API knows about slices, for resolving `filter`.
@@ -39,7 +45,7 @@ impl Filters {
         let ok = f == ALL
             || (self.country
                 && f.strip_prefix("country=")
-                    .is_some_and(|c| !c.is_empty() && c.len() <= 64))
+                    .is_some_and(|c| !c.is_empty() && c.chars().count() <= MAX_COUNTRY_LEN))
             || self.ids.iter().any(|id| id == f);
         if ok {
             Ok(f.to_string())
@@ -58,7 +64,8 @@ impl Filters {
 /// Parses a time given as epoch milliseconds or RFC 3339.
 pub fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
     let v = value.trim();
-    let ms = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+    let digits = v.strip_prefix('-').unwrap_or(v);
+    let ms = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
         v.parse::<i64>()
             .map_err(|_| ApiError::bad(name, format!("{name} is too large")))?
     } else {
@@ -71,10 +78,10 @@ pub fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
             })?
             .timestamp_millis()
     };
-    if !(0..=MAX_TIME_MS).contains(&ms) {
+    if !(MIN_TIME_MS..=MAX_TIME_MS).contains(&ms) {
         return Err(ApiError::bad(
             name,
-            format!("{name} must lie between 1970 and 9999"),
+            format!("{name} must lie between years 1 and 9999"),
         ));
     }
     Ok(ms)
@@ -99,10 +106,10 @@ pub fn parse_bounded(name: &str, value: &str, max: u32, why: &str) -> Result<u32
 
 /// Validates an ad id from the path.
 pub fn check_ad_id(ad_id: &str) -> Result<(), ApiError> {
-    if ad_id.is_empty() || ad_id.len() > MAX_AD_ID_LEN {
+    if ad_id.is_empty() || ad_id.chars().count() > MAX_AD_ID_LEN {
         return Err(ApiError::bad(
             "ad_id",
-            format!("ad_id must be 1..={MAX_AD_ID_LEN} bytes"),
+            format!("ad_id must be 1..={MAX_AD_ID_LEN} characters"),
         ));
     }
     Ok(())
@@ -171,7 +178,7 @@ mod tests {
         for bad in [
             "",
             "abc",
-            "-5",
+            "--5",
             "1e9",
             "99999999999999999999",
             "10000-01-01T00:00:00Z",
