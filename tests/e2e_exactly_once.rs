@@ -245,3 +245,40 @@ fn empty_epochs_and_manual_checkpoints_keep_the_job_healthy() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn stalled_checkpoints_report_degraded_and_recover() -> Result<()> {
+    let (dir, broker, config) = setup("eo-degraded", "")?;
+    let truth = generate(
+        &dir,
+        &broker.bootstrap,
+        &config,
+        &["--seed", "14", "--events", "4000", "--minutes", "4"],
+    )?;
+    let cluster = Cluster::start(&dir, &broker.bootstrap, &config, 3, false)?;
+    wait_until("checkpoints to complete", Duration::from_secs(60), || {
+        cluster
+            .status_json()
+            .is_ok_and(|s| s["last_checkpoint"].as_u64() >= Some(2) && s["state"] == "running")
+    })?;
+    // Pause every node: no checkpoint can complete, and no live node is left
+    // to redeploy on. After 3 intervals the status must say so.
+    for n in ["node-0", "node-1", "node-2"] {
+        cluster.signal(n, "STOP")?;
+    }
+    wait_until("status to report degraded", Duration::from_secs(30), || {
+        cluster
+            .status_json()
+            .is_ok_and(|s| s["state"] == "degraded")
+    })?;
+    for n in ["node-0", "node-1", "node-2"] {
+        cluster.signal(n, "CONT")?;
+    }
+    wait_until("status to recover", Duration::from_secs(60), || {
+        cluster.status_json().is_ok_and(|s| s["state"] == "running")
+    })?;
+    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let folded = wait_for_truth(&reader, &truth, Duration::from_secs(180))?;
+    assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
+    Ok(())
+}
