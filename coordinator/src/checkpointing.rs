@@ -219,7 +219,7 @@ impl Checkpointer {
 /// does not answer makes the checkpoint time out (or commits later).
 async fn broadcast(targets: &[String], generation: u64, epoch: u64, barrier: bool) {
     let calls = targets.iter().map(|addr| async move {
-        let mut c = crate::registry::node_client(&addr).await?;
+        let mut c = crate::registry::node_client(addr).await?;
         let req = CheckpointRequest { generation, epoch };
         if barrier {
             c.inject_barrier(req).await?;
