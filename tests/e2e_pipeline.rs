@@ -10,10 +10,30 @@ use support::*;
 #[test]
 fn seeded_stream_matches_ground_truth_exactly() -> anyhow::Result<()> {
     let (dir, broker, config) = setup("e2e-pipeline", "")?;
-    let truth = generate(&dir, &broker.bootstrap, &config, &["--seed", "7", "--events", "20000", "--minutes", "8", "--disorder-ms", "1500"])?;
+    let truth = generate(
+        &dir,
+        &broker.bootstrap,
+        &config,
+        &[
+            "--seed",
+            "7",
+            "--events",
+            "20000",
+            "--minutes",
+            "8",
+            "--disorder-ms",
+            "1500",
+        ],
+    )?;
     // The data really contains the trap: "ad-steady" is never in a single
     // window's top-10 but is in the top-10 over M = 5.
-    let steady_in = |m: u32| truth.top.iter().filter(|t| t.window_minutes == m && t.slice == "*").any(|t| t.ads.iter().any(|(a, _)| a == "ad-steady"));
+    let steady_in = |m: u32| {
+        truth
+            .top
+            .iter()
+            .filter(|t| t.window_minutes == m && t.slice == "*")
+            .any(|t| t.ads.iter().any(|(a, _)| a == "ad-steady"))
+    };
     assert!(!steady_in(1), "trap broken: steady ad tops a single window");
     assert!(steady_in(5), "trap broken: steady ad not in the M=5 top-10");
     assert!(truth.malformed > 0 && truth.duplicates > 0);
@@ -27,6 +47,10 @@ fn seeded_stream_matches_ground_truth_exactly() -> anyhow::Result<()> {
     let dlq = TopicReader::new(&broker.bootstrap, "ad-clicks-dlq")?.drain(Duration::from_secs(3));
     assert_eq!(dlq.len() as u64, truth.malformed, "dead letters");
     // Every re-sent copy was dropped as a duplicate, and only those.
-    assert_eq!(cluster.node_counter(3, "duplicate_events_total") as u64, truth.duplicates, "duplicates dropped");
+    assert_eq!(
+        cluster.node_counter(3, "duplicate_events_total") as u64,
+        truth.duplicates,
+        "duplicates dropped"
+    );
     Ok(())
 }
