@@ -192,11 +192,14 @@ macro_rules! impl_store {
                 if ad_ids.is_empty() {
                     return Ok(Default::default());
                 }
+                // `+window_start` keeps SQLite on the primary key (slice,
+                // ad_id, ...) for the few listed ads instead of scanning the
+                // whole time range through `counts_by_minute`.
                 let mut qb = sqlx::QueryBuilder::<$db>::new($crate::db::sql::IMPRESSIONS_HEAD);
                 qb.push_bind(slice);
-                qb.push(" AND window_start >= ");
+                qb.push(" AND +window_start >= ");
                 qb.push_bind(from);
-                qb.push(" AND window_start < ");
+                qb.push(" AND +window_start < ");
                 qb.push_bind(to);
                 qb.push(" AND ad_id IN (");
                 let mut list = qb.separated(", ");
