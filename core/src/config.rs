@@ -142,6 +142,11 @@ pub struct JobConfig {
     pub mailbox_capacity: usize,
     /// Where to start reading without a checkpoint.
     pub start_from: StartFrom,
+    /// A restored Map seeks this many records before its saved offset and
+    /// skips up to it: tansu 0.6.0 returns nothing from a record batch that
+    /// starts before the fetch offset, so an exact seek into the middle of a
+    /// batch would lose its tail. 0 is right for Apache Kafka.
+    pub source_rewind_records: i64,
 }
 
 impl Default for JobConfig {
@@ -162,6 +167,7 @@ impl Default for JobConfig {
             batch_max_ms: 50,
             mailbox_capacity: 64,
             start_from: StartFrom::Earliest,
+            source_rewind_records: 10_000,
         }
     }
 }
@@ -345,6 +351,9 @@ impl Config {
         }
         if j.max_field_len == 0 {
             return Err(err("job.max_field_len", "must be positive"));
+        }
+        if j.source_rewind_records < 0 {
+            return Err(err("job.source_rewind_records", "must not be negative"));
         }
         if j.batch_max_events == 0 {
             return Err(err("job.batch_max_events", "must be positive"));

@@ -70,8 +70,13 @@ pub async fn run(
         StartFrom::Earliest => Offset::Beginning,
         StartFrom::Latest => Offset::End,
     };
+    // Restored offsets: records below them were processed before the
+    // checkpoint and are skipped after the rewind.
+    let resume_at = offsets.clone();
     for p in &partitions {
-        let at = offsets.get(p).map_or(start, |o| Offset::Offset(*o));
+        let at = offsets.get(p).map_or(start, |o| {
+            Offset::Offset((*o - job.source_rewind_records).max(0))
+        });
         tpl.add_partition_offset(&cfg.kafka.input_topic, *p, at)
             .context("building assignment")?;
     }
@@ -120,6 +125,12 @@ pub async fn run(
                 }
                 Ok(Ok(m)) => m,
             };
+            if resume_at
+                .get(&msg.partition())
+                .is_some_and(|o| msg.offset() < *o)
+            {
+                continue;
+            }
             let now = now_ms();
             let payload = msg.payload().unwrap_or_default();
             events_in.increment(1);
