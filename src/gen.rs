@@ -149,15 +149,15 @@ fn generate(args: &GenArgs, start_ms: i64, window_ms: i64) -> Vec<Record> {
     let mut pending_dups: Vec<ClickEvent> = Vec::new();
     for (i, (_, e)) in keyed.into_iter().enumerate() {
         let i = i as u64 + 1;
-        if args.duplicate_every > 0 && i % args.duplicate_every == 0 {
+        if args.duplicate_every > 0 && i.is_multiple_of(args.duplicate_every) {
             pending_dups.push(e.clone());
         }
         out.push(Record::Event(e));
-        if args.malformed_every > 0 && i % args.malformed_every == 0 {
+        if args.malformed_every > 0 && i.is_multiple_of(args.malformed_every) {
             out.push(Record::Malformed(malformed(i)));
         }
         // Re-send duplicates a little later, on another partition.
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             out.extend(pending_dups.drain(..).map(Record::Duplicate));
         }
     }
@@ -349,7 +349,7 @@ pub async fn follow(
                     EventType::Click
                 },
             };
-            let payload = to_json(&e, n % 2 == 0);
+            let payload = to_json(&e, n.is_multiple_of(2));
             if let Err((e, _)) = producer.send_result(
                 FutureRecord::<(), String>::to(&cfg.kafka.input_topic).payload(&payload),
             ) {

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (racy by nature, but good enough for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// A fresh temporary directory under `target/test-runs`, kept for post-mortems.
@@ -72,7 +75,13 @@ impl Broker {
         let url = format!("tcp://{bootstrap}");
         let log = std::fs::File::create(log_dir.join("tansu.log")).context("creating tansu log")?;
         let child = Command::new(tansu_bin()?)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)

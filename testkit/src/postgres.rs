@@ -21,25 +21,45 @@ pub struct Postgres {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 fn run(as_postgres: bool, program: &str, args: &[&str]) -> Result<Output> {
     let out = if as_postgres {
-        Command::new("runuser").arg("-u").arg("postgres").arg("--").arg(program).args(args).output()
+        Command::new("runuser")
+            .arg("-u")
+            .arg("postgres")
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .output()
     } else {
         Command::new(program).args(args).output()
     }
-    .with_context(|| format!("running {program} (is PostgreSQL 15 installed? bash .ci/run installs it)"))?;
+    .with_context(|| {
+        format!("running {program} (is PostgreSQL 15 installed? bash .ci/run installs it)")
+    })?;
     if !out.status.success() {
-        bail!("{program} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{program} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(out)
 }
 
 /// Finds a PostgreSQL binary on PATH or in Debian's versioned directory.
 fn bin(name: &str) -> String {
-    for dir in ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin"] {
+    for dir in [
+        "/usr/lib/postgresql/15/bin",
+        "/usr/lib/postgresql/16/bin",
+        "/usr/lib/postgresql/17/bin",
+    ] {
         let p = Path::new(dir).join(name);
         if p.is_file() {
             return p.display().to_string();
@@ -54,15 +74,48 @@ impl Postgres {
         let dir = temp_dir(&format!("pg-{name}"));
         let as_postgres = is_root();
         if as_postgres {
-            run(false, "chown", &["-R", "postgres", &dir.display().to_string()])?;
+            run(
+                false,
+                "chown",
+                &["-R", "postgres", &dir.display().to_string()],
+            )?;
         }
         let data = dir.join("data").display().to_string();
-        run(as_postgres, &bin("initdb"), &["-D", &data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"])?;
+        run(
+            as_postgres,
+            &bin("initdb"),
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        )?;
         let port = free_port();
-        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", dir.display());
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            dir.display()
+        );
         let log = dir.join("postgres.log").display().to_string();
-        run(as_postgres, &bin("pg_ctl"), &["-D", &data, "-o", &opts, "-l", &log, "-w", "-t", "60", "start"])?;
-        let pg = Self { dir, as_postgres, url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), port };
+        run(
+            as_postgres,
+            &bin("pg_ctl"),
+            &[
+                "-D", &data, "-o", &opts, "-l", &log, "-w", "-t", "60", "start",
+            ],
+        )?;
+        let pg = Self {
+            dir,
+            as_postgres,
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            port,
+        };
         wait_for_port(&format!("127.0.0.1:{port}"), Duration::from_secs(30))?;
         Ok(pg)
     }
@@ -70,7 +123,20 @@ impl Postgres {
     /// Creates an empty database (with `psql`) and returns its URL, so one
     /// server can hold several independent test databases.
     pub fn create_database(&self, db: &str) -> Result<String> {
-        run(false, "psql", &["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-c", &format!("CREATE DATABASE \"{db}\"")])?;
+        run(
+            false,
+            "psql",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-c",
+                &format!("CREATE DATABASE \"{db}\""),
+            ],
+        )?;
         Ok(format!("postgres://postgres@127.0.0.1:{}/{db}", self.port))
     }
 }
@@ -78,6 +144,10 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         let data = self.dir.join("data").display().to_string();
-        let _ = run(self.as_postgres, &bin("pg_ctl"), &["-D", &data, "-m", "immediate", "-w", "stop"]);
+        let _ = run(
+            self.as_postgres,
+            &bin("pg_ctl"),
+            &["-D", &data, "-m", "immediate", "-w", "stop"],
+        );
     }
 }

@@ -412,12 +412,14 @@ pub struct Dump {
     pub top: TopTruth,
 }
 
+/// Raw count rows: (slice, ad_id, window_start, clicks, impressions).
+type CountRows = Vec<(String, String, i64, i64, i64)>;
+/// Raw top-N rows: (slice, window_minutes, window_end, ads JSON).
+type TopRows = Vec<(String, i64, i64, String)>;
+
 /// Reads every count and top-N row.
 pub async fn dump(url: &str) -> Result<Dump> {
-    let (c, t): (
-        Vec<(String, String, i64, i64, i64)>,
-        Vec<(String, i64, i64, String)>,
-    ) = if url.starts_with("sqlite:") {
+    let (c, t): (CountRows, TopRows) = if url.starts_with("sqlite:") {
         let pool = sqlx::SqlitePool::connect(url).await?;
         let c =
             sqlx::query_as("SELECT slice, ad_id, window_start, clicks, impressions FROM counts")

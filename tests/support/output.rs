@@ -13,13 +13,16 @@ use std::time::{Duration, Instant};
 type CountKey = (String, i64, String);
 type TopKey = (String, u32, i64);
 
+/// Version and ads of a folded top-N list.
+pub type TopEntry = ((u64, u32), Vec<(String, u64)>);
+
 /// The aggregates topic folded to the newest version of every key.
 #[derive(Default, Debug)]
 pub struct Folded {
     /// (slice, window_start, ad) → ((epoch, revision), clicks, impressions).
     pub counts: HashMap<CountKey, ((u64, u32), u64, u64)>,
     /// (slice, M, window_end) → ((epoch, revision), ads).
-    pub tops: HashMap<TopKey, ((u64, u32), Vec<(String, u64)>)>,
+    pub tops: HashMap<TopKey, TopEntry>,
     /// Same key and version with different values: never acceptable.
     pub conflicts: Vec<String>,
     /// Records read.
@@ -145,9 +148,8 @@ impl TopicReader {
         let mut out = Vec::new();
         let until = Instant::now() + wait;
         while Instant::now() < until {
-            match self.consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => out.push(m.payload().unwrap_or_default().to_vec()),
-                Some(Err(_)) | None => {}
+            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(100)) {
+                out.push(m.payload().unwrap_or_default().to_vec());
             }
         }
         out
