@@ -96,6 +96,7 @@ pub async fn run(
     let limits = job.limits();
     let batch_window = Duration::from_millis(job.batch_max_ms.max(1));
     let mut last_sent_wm: Option<i64> = None;
+    let mut read_since_yield = 0u32;
     let mut last_idle_sent: Option<Instant> = None;
     let events_in = metrics::counter!("events_in_total", "actor" => actor.clone());
     let dlq_count = metrics::counter!("dlq_events_total");
@@ -130,6 +131,14 @@ pub async fn run(
                 .is_some_and(|o| msg.offset() < *o)
             {
                 continue;
+            }
+            // rdkafka's recv() is often ready at once and does not count
+            // toward tokio's budget: yield now and then so heartbeats and
+            // other actors on this worker thread are not starved.
+            read_since_yield += 1;
+            if read_since_yield >= 1024 {
+                read_since_yield = 0;
+                tokio::task::yield_now().await;
             }
             let now = now_ms();
             let payload = msg.payload().unwrap_or_default();
