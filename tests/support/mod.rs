@@ -30,31 +30,9 @@ pub fn ctl_bin() -> PathBuf {
 
 /// A config tuned for tests: 2-second windows so M = 5 closes in seconds.
 pub fn test_config(extra: &str) -> String {
-    format!(
-        r#"
-[kafka]
-input_partitions = 4
-output_partitions = 4
-
-[cluster]
-heartbeat_interval_ms = 500
-heartbeat_timeout_ms = 3000
-
-[job]
-window_secs = 2
-max_out_of_orderness_ms = 3000
-idle_timeout_ms = 3000
-allowed_lateness_ms = 60000
-batch_max_ms = 50
-
-[aggregate]
-replicas = 3
-
-[checkpoint]
-interval_ms = 1000
-timeout_ms = 10000
-{extra}
-"#
+    config_with_job(
+        "window_secs = 2\nmax_out_of_orderness_ms = 3000\nidle_timeout_ms = 3000\nallowed_lateness_ms = 60000",
+        extra,
     )
 }
 
@@ -322,9 +300,5 @@ pub fn generate(dir: &Path, bootstrap: &str, config: &Path, args: &[&str]) -> Re
 
 /// Starts a broker and writes the test config; returns both and the dir.
 pub fn setup(name: &str, extra_config: &str) -> Result<(PathBuf, Broker, PathBuf)> {
-    let dir = adclick_testkit::temp_dir(name);
-    let broker = Broker::start(&dir)?;
-    let config = dir.join("adclick.toml");
-    std::fs::write(&config, test_config(extra_config))?;
-    Ok((dir, broker, config))
+    setup_with(name, &test_config(extra_config))
 }
