@@ -5,6 +5,9 @@
 //! Everything here is pure (no I/O), so the criterion benchmark in
 //! `benches/core_path.rs` and a profiler see exactly the same work.
 
+#[cfg(feature = "e2e")]
+pub mod e2e;
+
 use adclick_core::aggregate::{AggregateOutput, AggregateSettings, AggregateState};
 use adclick_core::event::{parse_event, DedupMode, Limits};
 use adclick_core::map_batch::MapBatcher;
@@ -162,6 +165,7 @@ pub fn core_path_with(
                 top_n: settings.top_n,
                 top_windows: settings.top_windows.clone(),
                 producer: format!("aggregate-{i}"),
+                max_ads_per_window: usize::MAX,
             })
         })
         .collect();

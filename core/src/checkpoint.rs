@@ -19,7 +19,7 @@ impl PendingOutput {
     pub fn push(&mut self, epoch: u64, records: impl IntoIterator<Item = OutputRecord>) {
         let v = self.epochs.entry(epoch).or_default();
         for mut r in records {
-            r.set_epoch(epoch);
+            r.stamp(epoch, v.len() as u64);
             v.push(r);
         }
     }

@@ -147,6 +147,12 @@ pub struct JobConfig {
     /// starts before the fetch offset, so an exact seek into the middle of a
     /// batch would lose its tail. 0 is right for Apache Kafka.
     pub source_rewind_records: i64,
+    /// Most distinct ads one window may hold on one Aggregate actor. Events
+    /// of further ads go to the DLQ with the reason (never dropped silently),
+    /// so an input with millions of distinct ads cannot exhaust memory.
+    /// Memory is roughly 300 bytes per (ad, window) with three slices, times
+    /// the windows held (open ones, plus lateness and the largest top-N M).
+    pub max_ads_per_window: usize,
 }
 
 impl Default for JobConfig {
@@ -168,6 +174,7 @@ impl Default for JobConfig {
             mailbox_capacity: 64,
             start_from: StartFrom::Earliest,
             source_rewind_records: 10_000,
+            max_ads_per_window: 1_000_000,
         }
     }
 }
@@ -354,6 +361,9 @@ impl Config {
         }
         if j.source_rewind_records < 0 {
             return Err(err("job.source_rewind_records", "must not be negative"));
+        }
+        if j.max_ads_per_window == 0 {
+            return Err(err("job.max_ads_per_window", "must be positive"));
         }
         if j.batch_max_events == 0 {
             return Err(err("job.batch_max_events", "must be positive"));

@@ -48,7 +48,36 @@ pub struct TopNRecord {
     pub producer: String,
 }
 
-/// One message on the aggregates topic.
+/// The side topics an Aggregate writes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SideTopic {
+    /// `kafka.late_topic`: events behind their window's allowed lateness.
+    Late,
+    /// `kafka.dlq_topic`: input the job could not count.
+    Dlq,
+}
+
+/// A record for a side topic. It travels through the same per-epoch buffer
+/// as the counts, so a recovery neither loses nor repeats it: a copy written
+/// again after a crash has the same key (`topic/producer/epoch/seq`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SideRecord {
+    /// Which side topic.
+    pub topic: SideTopic,
+    /// The bytes written, unchanged from the input where they exist.
+    pub payload: Vec<u8>,
+    /// Kafka headers (reason, watermark, ...).
+    pub headers: Vec<(String, String)>,
+    /// Producing actor.
+    pub producer: String,
+    /// Checkpoint epoch the record was produced in.
+    pub epoch: u64,
+    /// Position within the producer's output of that epoch.
+    pub seq: u64,
+}
+
+/// One message an actor emits: a row of the aggregates topic, or a side record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum OutputRecord {
@@ -56,6 +85,8 @@ pub enum OutputRecord {
     Count(CountRecord),
     /// A top-N list.
     TopN(TopNRecord),
+    /// A record for the late or dead-letter topic.
+    Side(SideRecord),
 }
 
 impl OutputRecord {
@@ -67,14 +98,26 @@ impl OutputRecord {
             OutputRecord::TopN(t) => {
                 format!("top_n/{}/{}/{}", t.slice, t.window_minutes, t.window_end)
             }
+            OutputRecord::Side(s) => {
+                let topic = match s.topic {
+                    SideTopic::Late => "late",
+                    SideTopic::Dlq => "dlq",
+                };
+                format!("{topic}/{}/{}/{}", s.producer, s.epoch, s.seq)
+            }
         }
     }
 
-    /// Sets the epoch on the record (known only when the sink flushes).
-    pub fn set_epoch(&mut self, epoch: u64) {
+    /// Stamps the epoch (known only when the epoch closes) and the record's
+    /// position within it, which gives side records a stable identity.
+    pub fn stamp(&mut self, epoch: u64, seq: u64) {
         match self {
             OutputRecord::Count(c) => c.epoch = epoch,
             OutputRecord::TopN(t) => t.epoch = epoch,
+            OutputRecord::Side(s) => {
+                s.epoch = epoch;
+                s.seq = seq;
+            }
         }
     }
 
@@ -83,6 +126,7 @@ impl OutputRecord {
         match self {
             OutputRecord::Count(c) => (c.epoch, c.revision),
             OutputRecord::TopN(t) => (t.epoch, t.revision),
+            OutputRecord::Side(s) => (s.epoch, 0),
         }
     }
 }

@@ -137,6 +137,9 @@ impl BatchBuilder {
                     }
                 }
             }
+            // Side records go to the late and dead-letter topics, never to
+            // this one; there is nothing to store for them.
+            OutputRecord::Side(_) => {}
         }
         Ok(())
     }

@@ -63,6 +63,9 @@ impl Folded {
                     }
                 }
             }
+            OutputRecord::Side(s) => self
+                .conflicts
+                .push(format!("side record on the aggregates topic: {s:?}")),
         }
     }
 

@@ -9,7 +9,10 @@ use crate::output::CountRecord;
 use crate::topn::{top_n, AdClicks};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+mod side;
 mod snapshot;
+use side::{late_event, overflow_event};
+pub use side::{PartialSummary, SideEvent};
 pub use snapshot::{AggregateSnapshot, CellSnapshot};
 
 /// Static settings of an Aggregate actor.
@@ -25,6 +28,9 @@ pub struct AggregateSettings {
     pub top_windows: Vec<u32>,
     /// Producer name stamped on records.
     pub producer: String,
+    /// Most ads one window may hold on this actor; new ads beyond it go to
+    /// the DLQ, so 10M distinct ads cannot exhaust memory.
+    pub max_ads_per_window: usize,
 }
 
 impl AggregateSettings {
@@ -84,17 +90,6 @@ pub struct LocalTopN {
     pub ads: Vec<AdClicks>,
 }
 
-/// An event that arrived after its window's lateness expired.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LateEvent {
-    /// The original record, unchanged.
-    pub raw: Vec<u8>,
-    /// Why it was not counted.
-    pub reason: String,
-    /// The actor's watermark when it arrived.
-    pub watermark: i64,
-}
-
 /// Everything one step of the state machine asks the actor to send.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AggregateOutput {
@@ -103,7 +98,11 @@ pub struct AggregateOutput {
     /// Local top-N lists for Reduce.
     pub top: Vec<LocalTopN>,
     /// Events for the late topic.
-    pub late: Vec<LateEvent>,
+    pub late: Vec<SideEvent>,
+    /// Partial counts refused by the per-window ad limit, for the DLQ.
+    pub overflow: Vec<SideEvent>,
+    /// Events those refused partials carried.
+    pub overflow_events: u64,
     /// Duplicates dropped in this step.
     pub duplicates: u64,
 }
@@ -165,6 +164,14 @@ impl AggregateState {
                     closed: wm.is_some_and(|wm| end <= wm),
                 });
             let closed = minute.closed;
+            let cap = self.settings.max_ads_per_window;
+            // A window's ad set only grows while it is held, so a refused
+            // (ad, window) stays refused: its count is never half-reported.
+            if minute.ads.len() >= cap && !minute.ads.contains_key(p.ad_id.as_str()) {
+                out.overflow_events += p.events();
+                out.overflow.push(overflow_event(p, end, cap, wm));
+                continue;
+            }
             let ad = match minute.ads.get_mut(p.ad_id.as_str()) {
                 Some(a) => a,
                 // The partial is owned: move its id instead of cloning it.
@@ -376,172 +383,5 @@ fn slot<'a>(
     })
 }
 
-fn late_event(p: PartialCount, end: i64, wm: i64) -> LateEvent {
-    let reason = format!(
-        "window [{}, {end}) closed and its allowed lateness expired (watermark {wm})",
-        p.window_start
-    );
-    let raw = match p.raw {
-        Some(raw) => raw,
-        // Only events that were behind the Map's watermark can be late, and
-        // those always carry their bytes; keep a summary if that ever breaks.
-        None => format!(
-            r#"{{"ad_id":{:?},"window_start":{},"events":{}}}"#,
-            p.ad_id,
-            p.window_start,
-            p.events()
-        )
-        .into_bytes(),
-    };
-    LateEvent {
-        raw,
-        reason,
-        watermark: wm,
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const W: i64 = 60_000;
-
-    fn settings() -> AggregateSettings {
-        AggregateSettings {
-            window_ms: W,
-            allowed_lateness_ms: W,
-            top_n: 2,
-            top_windows: vec![1, 2],
-            producer: "aggregate-0".into(),
-        }
-    }
-
-    fn part(ad: &str, start: i64, clicks: u64, keys: &[u64]) -> PartialCount {
-        PartialCount {
-            ad_id: ad.into(),
-            window_start: start,
-            slices: vec!["*".into(), "country=US".into()],
-            clicks,
-            click_keys: keys.to_vec(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn closes_windows_at_the_watermark() {
-        let mut s = AggregateState::new(settings());
-        assert!(s
-            .apply(vec![part("a", 0, 2, &[]), part("b", 0, 1, &[])])
-            .counts
-            .is_empty());
-        assert!(
-            s.advance(W - 1).counts.is_empty(),
-            "window not closed before its end"
-        );
-        let out = s.advance(W);
-        assert_eq!(out.counts.len(), 4);
-        assert!(out.counts.iter().all(|c| c.revision == 0));
-        let top: Vec<_> = out.top.iter().filter(|t| t.slice == "*").collect();
-        // Both M = 1 ([0, W)) and M = 2 ([-W, W)) end at W.
-        assert_eq!(top.len(), 2, "{top:?}");
-        assert_eq!(
-            top[0].ads[0],
-            AdClicks {
-                ad_id: "a".into(),
-                clicks: 2
-            }
-        );
-        // M = 2 window [0, 2W) ends at 2W.
-        let out = s.advance(2 * W);
-        assert!(out
-            .top
-            .iter()
-            .any(|t| t.window_minutes == 2 && t.window_end == 2 * W && t.slice == "*"));
-    }
-
-    #[test]
-    fn late_within_lateness_reemits_with_next_revision() {
-        let mut s = AggregateState::new(settings());
-        s.apply(vec![part("a", 0, 2, &[])]);
-        s.advance(W + 10);
-        let out = s.apply(vec![part("a", 0, 1, &[])]);
-        let star = out.counts.iter().find(|c| c.slice == "*").unwrap();
-        assert_eq!((star.clicks, star.revision), (3, 1));
-        assert!(out
-            .top
-            .iter()
-            .any(|t| t.window_end == W && t.window_minutes == 1 && t.ads[0].clicks == 3));
-        assert!(out.late.is_empty());
-    }
-
-    #[test]
-    fn too_late_goes_to_side_output_unchanged() {
-        let mut s = AggregateState::new(settings());
-        s.apply(vec![part("a", 0, 1, &[])]);
-        s.advance(2 * W);
-        let mut p = part("a", 0, 1, &[]);
-        p.raw = Some(b"{original}".to_vec());
-        let out = s.apply(vec![p]);
-        assert!(out.counts.is_empty());
-        assert_eq!(out.late.len(), 1);
-        assert_eq!(out.late[0].raw, b"{original}");
-        assert_eq!(out.late[0].watermark, 2 * W);
-    }
-
-    #[test]
-    fn duplicates_are_dropped_and_counted() {
-        let mut s = AggregateState::new(settings());
-        let out = s.apply(vec![part("a", 0, 0, &[1, 2]), part("a", 0, 0, &[2, 3])]);
-        assert_eq!(out.duplicates, 1);
-        let out = s.advance(W);
-        let star = out.counts.iter().find(|c| c.slice == "*").unwrap();
-        assert_eq!(star.clicks, 3);
-    }
-
-    #[test]
-    fn state_is_dropped_after_retention() {
-        let mut s = AggregateState::new(settings());
-        s.apply(vec![part("a", 0, 1, &[])]);
-        s.advance(W);
-        assert_eq!(s.windows(), 1);
-        s.advance(W + settings().retention_ms());
-        assert_eq!(s.windows(), 0);
-    }
-
-    #[test]
-    fn snapshot_restore_round_trips_and_filters_by_owner() {
-        let mut s = AggregateState::new(settings());
-        s.apply(vec![
-            part("a", 0, 0, &[1, 2]),
-            part("b", 0, 3, &[]),
-            part("a", W, 1, &[]),
-        ]);
-        s.advance(W);
-        let snap = s.snapshot();
-        let mut back = AggregateState::restore(settings(), vec![snap.clone()], |_| true);
-        assert_eq!(back.snapshot().cells.len(), snap.cells.len());
-        // Dedup keys survive the restore.
-        assert_eq!(back.apply(vec![part("a", 0, 0, &[2])]).duplicates, 1);
-        let only_b = AggregateState::restore(settings(), vec![snap], |ad| ad == "b");
-        assert_eq!(only_b.cells(), 1);
-        assert_eq!(only_b.watermark(), Some(W));
-        // Same future as the original: closing W..2W emits the same counts.
-        let mut twin = AggregateState::restore(settings(), vec![s.snapshot()], |_| true);
-        assert_eq!(s.advance(2 * W).counts, twin.advance(2 * W).counts);
-    }
-
-    #[test]
-    fn top_n_boundaries_are_emitted_once() {
-        let mut s = AggregateState::new(settings());
-        s.apply(vec![part("a", 0, 1, &[])]);
-        let first = s.advance(10 * W);
-        let ends: Vec<_> = first
-            .top
-            .iter()
-            .filter(|t| t.slice == "*")
-            .map(|t| (t.window_end, t.window_minutes))
-            .collect();
-        assert_eq!(ends, vec![(W, 1), (W, 2), (2 * W, 2)]);
-        assert!(s.advance(11 * W).top.is_empty());
-    }
-}
+mod tests;

@@ -9,13 +9,13 @@ use super::output::Output;
 use super::{ActorCtx, Control, Inbound};
 use crate::convert::{partial_from_pb, top_to_pb};
 use crate::edge::Edge;
-use crate::kafka::side::SideOutput;
+use crate::kafka::side::{bounded, ORIGINAL_SIZE};
 use crate::snapshot_codec::{aggregate_from_pb, aggregate_to_pb};
-use adclick_core::aggregate::{AggregateOutput, AggregateSettings, AggregateState};
+use adclick_core::aggregate::{AggregateOutput, AggregateSettings, AggregateState, SideEvent};
 use adclick_core::checkpoint::{Aligned, BarrierAligner};
 use adclick_core::ids::{ActorId, ActorKind};
 use adclick_core::keygroup::key_group_of;
-use adclick_core::output::OutputRecord;
+use adclick_core::output::{OutputRecord, SideRecord, SideTopic};
 use adclick_core::watermark::InputWatermarks;
 use adclick_proto::dataflow::stream_message::Body;
 use adclick_proto::dataflow::{Barrier, TopNBatch, Watermark};
@@ -33,7 +33,6 @@ struct Aggregate {
     inputs: InputWatermarks,
     reduce: Edge,
     output: Output,
-    late: SideOutput,
     aligner: BarrierAligner<Inbound>,
     align_started: Option<Instant>,
 }
@@ -76,6 +75,7 @@ impl Aggregate {
             top_n: cfg.job.top_n as usize,
             top_windows: cfg.job.top_windows.clone(),
             producer: actor.clone(),
+            max_ads_per_window: cfg.job.max_ads_per_window,
         };
         let (state, restored) = if ctx.restore_epoch > 0 {
             restore(&ctx, settings).await?
@@ -84,10 +84,6 @@ impl Aggregate {
         };
         let reduce = ctx.connect(&ActorId::new(ActorKind::Reduce, 0)).await?;
         let output = Output::open(&cfg, &actor, restored).await?;
-        let late = SideOutput::new(
-            adclick_runtime::kafka::producer(&cfg.kafka.bootstrap)?,
-            cfg.kafka.late_topic.clone(),
-        );
         ctx.report("running", state.watermark());
         tracing::info!(actor = %actor, restored = ctx.restore_epoch, "aggregate started");
         Ok(Self {
@@ -98,7 +94,6 @@ impl Aggregate {
             state,
             reduce,
             output,
-            late,
             align_started: None,
         })
     }
@@ -164,24 +159,33 @@ impl Aggregate {
         self.ship(out).await
     }
 
+    /// Sends counts and side records through the output (so they commit
+    /// with the checkpoint, once) and the local top-N lists to Reduce.
     async fn ship(&mut self, out: AggregateOutput) -> Result<()> {
         metrics::counter!("duplicate_events_total").increment(out.duplicates);
         metrics::counter!("late_events_total").increment(out.late.len() as u64);
-        for l in &out.late {
-            self.late
-                .send(
-                    None,
-                    &l.raw,
-                    &[
-                        ("reason", l.reason.clone()),
-                        ("watermark", l.watermark.to_string()),
-                    ],
-                )
-                .await?;
+        metrics::counter!("dlq_events_total").increment(out.overflow.len() as u64);
+        metrics::counter!("window_overflow_events_total").increment(out.overflow_events);
+        if !out.overflow.is_empty() {
+            tracing::warn!(
+                actor = %self.actor,
+                events = out.overflow_events,
+                "window ad limit reached: events of new ads sent to the DLQ"
+            );
         }
-        self.output
-            .emit(out.counts.into_iter().map(OutputRecord::Count).collect())
-            .await?;
+        let side = out
+            .late
+            .into_iter()
+            .map(|e| side_record(SideTopic::Late, e, &self.actor))
+            .chain(
+                out.overflow
+                    .into_iter()
+                    .map(|e| side_record(SideTopic::Dlq, e, &self.actor)),
+            );
+        let records: Vec<OutputRecord> = side
+            .chain(out.counts.into_iter().map(OutputRecord::Count))
+            .collect();
+        self.output.emit(records).await?;
         if !out.top.is_empty() {
             self.reduce
                 .send(Body::Top(TopNBatch {
@@ -245,4 +249,24 @@ async fn restore(
     });
     tracing::info!(actor = %ctx.id, epoch, cells = state.cells(), "restored aggregate state");
     Ok((state, Some((epoch, pending))))
+}
+
+/// A side-topic record for an event the state machine did not count.
+fn side_record(topic: SideTopic, e: SideEvent, producer: &str) -> OutputRecord {
+    let (payload, original) = bounded(&e.raw);
+    let mut headers = vec![("reason".to_owned(), e.reason)];
+    if let Some(wm) = e.watermark {
+        headers.push(("watermark".to_owned(), wm.to_string()));
+    }
+    if let Some(size) = original {
+        headers.push((ORIGINAL_SIZE.to_owned(), size));
+    }
+    OutputRecord::Side(SideRecord {
+        topic,
+        payload: payload.to_vec(),
+        headers,
+        producer: producer.to_owned(),
+        epoch: 0,
+        seq: 0,
+    })
 }

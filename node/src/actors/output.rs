@@ -3,7 +3,7 @@
 //! transaction per completed checkpoint (exactly-once).
 
 use crate::kafka::commit_sink::CommitSink;
-use crate::kafka::sink::OutputSink;
+use crate::kafka::sink::{OutputSink, Topics};
 use adclick_core::checkpoint::{sink_recovery, PendingOutput, SinkRecovery};
 use adclick_core::output::OutputRecord;
 use adclick_proto::snapshot::PendingEpoch;
@@ -36,7 +36,7 @@ impl Output {
         if !cfg.checkpoint.exactly_once {
             return Ok(Output::AtLeastOnce(OutputSink::new(
                 adclick_runtime::kafka::producer(&k.bootstrap)?,
-                k.output_topic.clone(),
+                Topics::from_config(k),
             )));
         }
         let sink = CommitSink::open(cfg, actor).await?;

@@ -12,7 +12,7 @@
 //!   readers that keep the newest `(epoch, revision)` (the writer does) end
 //!   exactly right; the topic may hold an identical copy.
 
-use super::sink::OutputSink;
+use super::sink::{OutputSink, Topics};
 use super::txn_sink::TxnSink;
 use adclick_core::output::OutputRecord;
 use anyhow::{Context, Result};
@@ -44,7 +44,7 @@ impl CommitSink {
         let job = &cfg.cluster.job_name;
         if cfg.checkpoint.kafka_transactions {
             return Ok(CommitSink::Transactional(
-                TxnSink::open(&k.bootstrap, &k.output_topic, job, actor).await?,
+                TxnSink::open(&k.bootstrap, Topics::from_config(k), job, actor).await?,
             ));
         }
         let marker: BaseConsumer =
@@ -52,7 +52,7 @@ impl CommitSink {
         Ok(CommitSink::Replay {
             out: OutputSink::new(
                 adclick_runtime::kafka::producer(&k.bootstrap)?,
-                k.output_topic.clone(),
+                Topics::from_config(k),
             ),
             marker: Arc::new(marker),
             topic: k.output_topic.clone(),

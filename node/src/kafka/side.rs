@@ -11,6 +11,19 @@ use std::time::Duration;
 /// brokers and producers accept by default.
 pub const MAX_SIDE_PAYLOAD: usize = 256 * 1024;
 
+/// Header naming the length of a payload cut to [`MAX_SIDE_PAYLOAD`].
+pub const ORIGINAL_SIZE: &str = "original.size";
+
+/// `payload` cut to [`MAX_SIDE_PAYLOAD`], and its original length if it was cut.
+pub fn bounded(payload: &[u8]) -> (&[u8], Option<String>) {
+    let original = payload.len();
+    let cut = &payload[..original.min(MAX_SIDE_PAYLOAD)];
+    (
+        cut,
+        (original > MAX_SIDE_PAYLOAD).then(|| original.to_string()),
+    )
+}
+
 /// A producer for one side topic.
 #[derive(Clone)]
 pub struct SideOutput {
@@ -38,12 +51,10 @@ impl SideOutput {
         headers: &[(&str, String)],
     ) -> Result<()> {
         let mut h = OwnedHeaders::new();
-        let original = payload.len();
-        let payload = &payload[..original.min(MAX_SIDE_PAYLOAD)];
-        if original > MAX_SIDE_PAYLOAD {
-            let size = original.to_string();
+        let (payload, original) = bounded(payload);
+        if let Some(size) = original {
             h = h.insert(Header {
-                key: "original.size",
+                key: ORIGINAL_SIZE,
                 value: Some(size.as_bytes()),
             });
         }

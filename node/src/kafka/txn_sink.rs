@@ -7,6 +7,7 @@
 //! `transactional.id` is stable per actor, so `init_transactions` on a
 //! restarted sink fences its zombie before the marker is read.
 
+use super::sink::{encode, Topics};
 use adclick_core::output::OutputRecord;
 use anyhow::{anyhow, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -23,12 +24,12 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 pub struct TxnSink {
     producer: Arc<BaseProducer>,
     marker: Arc<BaseConsumer>,
-    topic: String,
+    topics: Arc<Topics>,
 }
 
 impl TxnSink {
     /// Creates the producer and fences any earlier incarnation.
-    pub async fn open(bootstrap: &str, topic: &str, job: &str, actor: &str) -> Result<Self> {
+    pub async fn open(bootstrap: &str, topics: Topics, job: &str, actor: &str) -> Result<Self> {
         let producer: BaseProducer = adclick_runtime::kafka::client_config(bootstrap)
             .set("transactional.id", format!("{job}-{actor}"))
             .set("enable.idempotence", "true")
@@ -44,7 +45,7 @@ impl TxnSink {
         let sink = Self {
             producer: Arc::new(producer),
             marker: Arc::new(marker),
-            topic: topic.to_owned(),
+            topics: Arc::new(topics),
         };
         let p = sink.producer.clone();
         tokio::task::spawn_blocking(move || p.init_transactions(TIMEOUT))
@@ -55,20 +56,20 @@ impl TxnSink {
 
     /// The last epoch this sink committed, from its progress marker.
     pub async fn committed_epoch(&self) -> Result<Option<u64>> {
-        super::commit_sink::read_marker(self.marker.clone(), self.topic.clone()).await
+        super::commit_sink::read_marker(self.marker.clone(), self.topics.output.clone()).await
     }
 
     /// Commits `records` and the marker `epoch` in one transaction. An
     /// epoch without output still moves the marker.
     pub async fn commit(&self, epoch: u64, records: Vec<OutputRecord>) -> Result<()> {
-        let (p, c, topic) = (
+        let (p, c, topics) = (
             self.producer.clone(),
             self.marker.clone(),
-            self.topic.clone(),
+            self.topics.clone(),
         );
         let n = records.len();
         tokio::task::spawn_blocking(move || {
-            let result = run_transaction(&p, &c, &topic, epoch, &records);
+            let result = run_transaction(&p, &c, &topics, epoch, &records);
             if result.is_err() {
                 let _ = p.abort_transaction(TIMEOUT);
             }
@@ -84,17 +85,20 @@ impl TxnSink {
 fn run_transaction(
     p: &BaseProducer,
     c: &BaseConsumer,
-    topic: &str,
+    topics: &Topics,
     epoch: u64,
     records: &[OutputRecord],
 ) -> Result<()> {
     p.begin_transaction().context("begin_transaction")?;
+    let topic = topics.output.as_str();
     for r in records {
-        let key = r.key();
-        let payload = serde_json::to_vec(r).context("encoding output record")?;
-        let mut rec = BaseRecord::to(topic)
-            .key(key.as_bytes())
-            .payload(payload.as_slice());
+        let e = encode(topics, r)?;
+        let mut rec = BaseRecord::to(e.topic)
+            .key(e.key.as_bytes())
+            .payload(e.payload.as_slice());
+        if let Some(h) = e.headers {
+            rec = rec.headers(h);
+        }
         loop {
             match p.send(rec) {
                 Ok(()) => break,
@@ -102,7 +106,7 @@ fn run_transaction(
                     rec = back;
                     p.poll(Duration::from_millis(10));
                 }
-                Err((e, _)) => return Err(anyhow!("producing to {topic}: {e}")),
+                Err((err, _)) => return Err(anyhow!("producing to {}: {err}", e.topic)),
             }
         }
     }

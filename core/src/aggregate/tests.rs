@@ -1,0 +1,176 @@
+//! Unit tests of the Aggregate state machine.
+
+use super::*;
+
+const W: i64 = 60_000;
+
+fn settings() -> AggregateSettings {
+    AggregateSettings {
+        window_ms: W,
+        allowed_lateness_ms: W,
+        top_n: 2,
+        top_windows: vec![1, 2],
+        producer: "aggregate-0".into(),
+        max_ads_per_window: 1000,
+    }
+}
+
+fn part(ad: &str, start: i64, clicks: u64, keys: &[u64]) -> PartialCount {
+    PartialCount {
+        ad_id: ad.into(),
+        window_start: start,
+        slices: vec!["*".into(), "country=US".into()],
+        clicks,
+        click_keys: keys.to_vec(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn closes_windows_at_the_watermark() {
+    let mut s = AggregateState::new(settings());
+    assert!(s
+        .apply(vec![part("a", 0, 2, &[]), part("b", 0, 1, &[])])
+        .counts
+        .is_empty());
+    assert!(
+        s.advance(W - 1).counts.is_empty(),
+        "window not closed before its end"
+    );
+    let out = s.advance(W);
+    assert_eq!(out.counts.len(), 4);
+    assert!(out.counts.iter().all(|c| c.revision == 0));
+    let top: Vec<_> = out.top.iter().filter(|t| t.slice == "*").collect();
+    // Both M = 1 ([0, W)) and M = 2 ([-W, W)) end at W.
+    assert_eq!(top.len(), 2, "{top:?}");
+    assert_eq!(
+        top[0].ads[0],
+        AdClicks {
+            ad_id: "a".into(),
+            clicks: 2
+        }
+    );
+    // M = 2 window [0, 2W) ends at 2W.
+    let out = s.advance(2 * W);
+    assert!(out
+        .top
+        .iter()
+        .any(|t| t.window_minutes == 2 && t.window_end == 2 * W && t.slice == "*"));
+}
+
+#[test]
+fn late_within_lateness_reemits_with_next_revision() {
+    let mut s = AggregateState::new(settings());
+    s.apply(vec![part("a", 0, 2, &[])]);
+    s.advance(W + 10);
+    let out = s.apply(vec![part("a", 0, 1, &[])]);
+    let star = out.counts.iter().find(|c| c.slice == "*").unwrap();
+    assert_eq!((star.clicks, star.revision), (3, 1));
+    assert!(out
+        .top
+        .iter()
+        .any(|t| t.window_end == W && t.window_minutes == 1 && t.ads[0].clicks == 3));
+    assert!(out.late.is_empty());
+}
+
+#[test]
+fn too_late_goes_to_side_output_unchanged() {
+    let mut s = AggregateState::new(settings());
+    s.apply(vec![part("a", 0, 1, &[])]);
+    s.advance(2 * W);
+    let mut p = part("a", 0, 1, &[]);
+    p.raw = Some(b"{original}".to_vec());
+    let out = s.apply(vec![p]);
+    assert!(out.counts.is_empty());
+    assert_eq!(out.late.len(), 1);
+    assert_eq!(out.late[0].raw, b"{original}");
+    assert_eq!(out.late[0].watermark, Some(2 * W));
+}
+
+#[test]
+fn duplicates_are_dropped_and_counted() {
+    let mut s = AggregateState::new(settings());
+    let out = s.apply(vec![part("a", 0, 0, &[1, 2]), part("a", 0, 0, &[2, 3])]);
+    assert_eq!(out.duplicates, 1);
+    let out = s.advance(W);
+    let star = out.counts.iter().find(|c| c.slice == "*").unwrap();
+    assert_eq!(star.clicks, 3);
+}
+
+#[test]
+fn state_is_dropped_after_retention() {
+    let mut s = AggregateState::new(settings());
+    s.apply(vec![part("a", 0, 1, &[])]);
+    s.advance(W);
+    assert_eq!(s.windows(), 1);
+    s.advance(W + settings().retention_ms());
+    assert_eq!(s.windows(), 0);
+}
+
+#[test]
+fn snapshot_restore_round_trips_and_filters_by_owner() {
+    let mut s = AggregateState::new(settings());
+    s.apply(vec![
+        part("a", 0, 0, &[1, 2]),
+        part("b", 0, 3, &[]),
+        part("a", W, 1, &[]),
+    ]);
+    s.advance(W);
+    let snap = s.snapshot();
+    let mut back = AggregateState::restore(settings(), vec![snap.clone()], |_| true);
+    assert_eq!(back.snapshot().cells.len(), snap.cells.len());
+    // Dedup keys survive the restore.
+    assert_eq!(back.apply(vec![part("a", 0, 0, &[2])]).duplicates, 1);
+    let only_b = AggregateState::restore(settings(), vec![snap], |ad| ad == "b");
+    assert_eq!(only_b.cells(), 1);
+    assert_eq!(only_b.watermark(), Some(W));
+    // Same future as the original: closing W..2W emits the same counts.
+    let mut twin = AggregateState::restore(settings(), vec![s.snapshot()], |_| true);
+    assert_eq!(s.advance(2 * W).counts, twin.advance(2 * W).counts);
+}
+
+#[test]
+fn top_n_boundaries_are_emitted_once() {
+    let mut s = AggregateState::new(settings());
+    s.apply(vec![part("a", 0, 1, &[])]);
+    let first = s.advance(10 * W);
+    let ends: Vec<_> = first
+        .top
+        .iter()
+        .filter(|t| t.slice == "*")
+        .map(|t| (t.window_end, t.window_minutes))
+        .collect();
+    assert_eq!(ends, vec![(W, 1), (W, 2), (2 * W, 2)]);
+    assert!(s.advance(11 * W).top.is_empty());
+}
+
+#[test]
+fn ads_beyond_the_window_limit_go_to_the_dlq_and_stay_out() {
+    let mut s = AggregateState::new(AggregateSettings {
+        max_ads_per_window: 2,
+        ..settings()
+    });
+    let out = s.apply(vec![
+        part("a", 0, 1, &[]),
+        part("b", 0, 1, &[]),
+        part("c", 0, 2, &[7]),
+        part("a", W, 1, &[]),
+    ]);
+    assert_eq!(out.overflow.len(), 1);
+    assert_eq!(out.overflow_events, 3);
+    let summary: serde_json::Value = serde_json::from_slice(&out.overflow[0].raw).unwrap();
+    assert_eq!(summary["ad_id"], "c");
+    assert_eq!(summary["clicks"], 3);
+    assert_eq!(summary["window_end"], W);
+    assert!(out.overflow[0].reason.contains("max_ads_per_window = 2"));
+    // Known ads keep counting; the refused ad stays refused in that window,
+    // so its count is never half-reported; other windows are independent.
+    let out = s.apply(vec![part("a", 0, 1, &[]), part("c", 0, 1, &[])]);
+    assert_eq!(out.overflow.len(), 1);
+    assert_eq!(s.cells(), 3);
+    let closed = s.advance(W);
+    let star: Vec<_> = closed.counts.iter().filter(|c| c.slice == "*").collect();
+    assert_eq!(star.len(), 2);
+    assert!(star.iter().any(|c| c.ad_id == "a" && c.clicks == 2));
+    assert!(star.iter().all(|c| c.ad_id != "c"));
+}
