@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod event_time;
 mod events;
 mod output;
 
