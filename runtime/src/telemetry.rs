@@ -1,6 +1,7 @@
 //! Tracing setup: human-readable logs to stderr, filtered by `RUST_LOG`
 //! (default `info`).
 
+use std::io::IsTerminal;
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// Installs the global subscriber. Safe to call once per process.
@@ -10,6 +11,8 @@ pub fn init(process: &str) {
     let _ = fmt()
         .with_env_filter(filter)
         .with_target(false)
+        // Colour codes only on a terminal: log files stay greppable.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
     tracing::info!(process, version = env!("CARGO_PKG_VERSION"), "starting");
