@@ -9,27 +9,31 @@
 //!    and polls the nodes' `events_in_total` counters until the Map actors
 //!    have read every record; the clock runs from the first record read, so
 //!    process start-up and deployment are not counted;
-//! 5. prints both rates and their ratio (target: pipeline ≥ 0.7 × broker).
+//! 5. prints both rates and their ratio (target: pipeline ≥ 0.7 × broker);
+//! 6. with `--modes eo,alo` (issue 4) runs step 4 once per mode on the same
+//!    input, each a fresh job: `eo` = exactly-once (barrier checkpoints,
+//!    output committed per checkpoint), `alo` = `checkpoint.exactly_once =
+//!    false` (no checkpoints, output written at once). For every run it also
+//!    prints the time until the last output record and, for `eo`, every
+//!    checkpoint's duration and size with the peak number of (ad, window)
+//!    cells held, which is how the checkpoint cost at 2M distinct ads is
+//!    measured (`--ads 2000000`).
 //!
 //! Build and run from the workspace root:
 //! `cargo build --release --bin adclick && cargo run --release -p adclick-benches --features e2e --bin e2e_throughput -- --events 1000000`
 //!
 //! Flags: `--events N` (1,000,000), `--ads N` (200,000), `--minutes N` (10),
 //! `--nodes N` (3), `--batch-max-events N` (16,384), `--bin PATH`
-//! (target/release/adclick).
+//! (target/release/adclick), `--modes LIST` (`eo`; e.g. `eo,alo,eo,alo`),
+//! `--checkpoint-interval-ms N` (10,000, the default of the config).
 
-use adclick_testkit::{free_port, temp_dir, Broker};
+use adclick_benches::e2e::*;
+use adclick_testkit::{temp_dir, Broker};
 use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-const TOPIC: &str = "ad-clicks";
-const PARTITIONS: i32 = 4;
 
 struct Args {
     events: u64,
@@ -38,6 +42,24 @@ struct Args {
     nodes: u32,
     batch_max_events: usize,
     bin: PathBuf,
+    modes: Vec<Mode>,
+    checkpoint_interval_ms: u64,
+}
+
+/// Delivery mode of one pipeline run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::ExactlyOnce => "exactly-once",
+            Mode::AtLeastOnce => "at-least-once",
+        }
+    }
 }
 
 fn parse_args() -> Result<Args> {
@@ -49,6 +71,8 @@ fn parse_args() -> Result<Args> {
         nodes: 3,
         batch_max_events: 16_384,
         bin: root.join("target/release/adclick"),
+        modes: vec![Mode::ExactlyOnce],
+        checkpoint_interval_ms: 10_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,52 +84,21 @@ fn parse_args() -> Result<Args> {
             "--nodes" => a.nodes = val()?.parse()?,
             "--batch-max-events" => a.batch_max_events = val()?.parse()?,
             "--bin" => a.bin = PathBuf::from(val()?),
+            "--checkpoint-interval-ms" => a.checkpoint_interval_ms = val()?.parse()?,
+            "--modes" => {
+                a.modes = val()?
+                    .split(',')
+                    .map(|m| match m {
+                        "eo" => Ok(Mode::ExactlyOnce),
+                        "alo" => Ok(Mode::AtLeastOnce),
+                        other => bail!("unknown mode {other}: use eo or alo"),
+                    })
+                    .collect::<Result<_>>()?
+            }
             other => bail!("unknown flag {other}; see the doc comment of e2e_throughput.rs"),
         }
     }
     Ok(a)
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("benches/ has a parent")
-        .to_path_buf()
-}
-
-/// The e2e test's configuration with one-minute windows and bigger batches.
-fn config(batch_max_events: usize) -> String {
-    format!(
-        r#"
-[kafka]
-input_partitions = {PARTITIONS}
-output_partitions = 4
-
-[cluster]
-# The e2e test uses 3 s; under full CPU load a busy node misses that and
-# is redeployed, which re-reads input and spoils the measurement.
-heartbeat_interval_ms = 500
-heartbeat_timeout_ms = 15000
-
-[job]
-window_secs = 60
-max_out_of_orderness_ms = 15000
-idle_timeout_ms = 3000
-allowed_lateness_ms = 60000
-batch_max_ms = 50
-batch_max_events = {batch_max_events}
-
-[aggregate]
-replicas = 3
-"#
-    )
-}
-
-fn client(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("broker.address.family", "v4");
-    c
 }
 
 /// Records in the input topic (sum of high - low watermarks).
@@ -169,76 +162,6 @@ fn broker_only(bootstrap: &str, expected: u64) -> Result<(u64, f64, f64)> {
     Ok((n, secs, steady_rate(&samples, expected)))
 }
 
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
-}
-
-/// Sum of `events_in_total` over every node's `/metrics`.
-fn events_in(base: u16, nodes: u32) -> u64 {
-    (0..nodes)
-        .filter_map(|i| http_get(&format!("127.0.0.1:{}", base + 40 + i as u16), "/metrics"))
-        .flat_map(|text| {
-            text.lines()
-                .filter(|l| l.starts_with("events_in_total"))
-                .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum::<f64>() as u64
-}
-
-/// Total CPU seconds (user + system) of the processes whose pid files are in `pids`.
-fn cpu_secs(pids: &Path) -> Vec<(String, f64)> {
-    let tick = 100.0; // USER_HZ on Linux
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(pids).into_iter().flatten().flatten() {
-        let name = entry
-            .path()
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let Ok(pid) = std::fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) else {
-            continue;
-        };
-        // Fields after the command name: state is field 3, utime 14, stime 15.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let (u, s) = (
-            f.get(11).and_then(|v| v.parse::<f64>().ok()),
-            f.get(12).and_then(|v| v.parse::<f64>().ok()),
-        );
-        if let (Some(u), Some(s)) = (u, s) {
-            out.push((name, (u + s) / tick));
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-fn cluster(script: &Path, cmd: &str, env: &[(&str, String)]) -> Result<()> {
-    let status = Command::new(script)
-        .arg(cmd)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .status()?;
-    if !status.success() {
-        bail!("cluster.sh {cmd} failed: {status}");
-    }
-    Ok(())
-}
-
 /// What the pipeline run measured.
 struct PipelineRun {
     /// Seconds from `cluster.sh start` to the first record read.
@@ -250,6 +173,11 @@ struct PipelineRun {
     /// Records per second between 10 % and 90 % of the input: insensitive
     /// to when the first counter sample lands and to the tail.
     steady: f64,
+    /// Seconds from the first record read to the last output record
+    /// written (in exactly-once mode: committed).
+    to_last_output: f64,
+    /// Most (ad, window) cells the aggregates held at once.
+    peak_cells: f64,
 }
 
 /// Rate between the first samples at or above 10 % and 90 % of `total`.
@@ -274,20 +202,24 @@ fn wait_for_pipeline(
     records: u64,
     run_dir: &Path,
     started: Instant,
+    settle: Duration,
 ) -> Result<PipelineRun> {
     let mut first: Option<Instant> = None;
     let mut cpu_at_first = Vec::new();
     let mut samples = Vec::new();
+    let mut peak_cells = 0.0f64;
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
-        let seen = events_in(base, nodes);
+        let seen = node_metric(base, nodes, "events_in_total") as u64;
         samples.push((Instant::now(), seen));
         if seen > 0 && first.is_none() {
             first = Some(Instant::now());
             cpu_at_first = cpu_secs(&run_dir.join("pids"));
         }
+        peak_cells = peak_cells.max(node_metric(base, nodes, "aggregate_cells"));
         if seen >= records {
             let f = first.expect("set above");
+            let secs = f.elapsed().as_secs_f64();
             let cpu = cpu_secs(&run_dir.join("pids"))
                 .into_iter()
                 .map(|(name, end)| {
@@ -298,11 +230,14 @@ fn wait_for_pipeline(
                     (name, end - start)
                 })
                 .collect();
+            let (last_output, cells) = wait_for_output(base, nodes, settle);
             return Ok(PipelineRun {
                 startup: f.duration_since(started).as_secs_f64(),
-                secs: f.elapsed().as_secs_f64(),
+                secs,
                 steady: steady_rate(&samples, records),
                 cpu,
+                to_last_output: last_output.duration_since(f).as_secs_f64(),
+                peak_cells: peak_cells.max(cells),
             });
         }
         if Instant::now() > deadline {
@@ -315,6 +250,62 @@ fn wait_for_pipeline(
     }
 }
 
+/// Polls the nodes' `output_records_total` until it has not grown for
+/// `settle` (every window closed and, in exactly-once mode, committed);
+/// returns when it last grew and the peak cell count seen meanwhile.
+fn wait_for_output(base: u16, nodes: u32, settle: Duration) -> (Instant, f64) {
+    let (mut last, mut changed, mut peak) = (-1.0, Instant::now(), 0.0f64);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while changed.elapsed() < settle && Instant::now() < deadline {
+        let now = node_metric(base, nodes, "output_records_total");
+        peak = peak.max(node_metric(base, nodes, "aggregate_cells"));
+        if now != last {
+            last = now;
+            changed = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (changed, peak)
+}
+
+/// One pipeline run of `mode` over the input already in the broker.
+fn run_pipeline(
+    a: &Args,
+    dir: &Path,
+    bootstrap: &str,
+    records: u64,
+    round: usize,
+    mode: Mode,
+) -> Result<(PipelineRun, String)> {
+    let cfg_path = dir.join(format!("adclick-{round}.toml"));
+    std::fs::write(&cfg_path, config(a.batch_max_events))?;
+    let base = base_port();
+    let run_dir = dir.join(format!("cluster-{round}"));
+    let mut env = cluster_env(&a.bin, &cfg_path, bootstrap, a.nodes, &run_dir, base);
+    // A fresh job per run: its own name (sink markers), its own snapshots.
+    env.push(("ADCLICK_CLUSTER__JOB_NAME", format!("bench{round}")));
+    env.push((
+        "ADCLICK_CHECKPOINT__EXACTLY_ONCE",
+        (mode == Mode::ExactlyOnce).to_string(),
+    ));
+    env.push((
+        "ADCLICK_CHECKPOINT__INTERVAL_MS",
+        a.checkpoint_interval_ms.to_string(),
+    ));
+    let script = workspace_root().join("deploy/local/cluster.sh");
+    let started = Instant::now();
+    cluster(&script, "start", &env)?;
+    // Output stops growing once the last window closed (idle sources move
+    // time on after 3 s) and, in exactly-once mode, after one more checkpoint.
+    let settle = Duration::from_millis(a.checkpoint_interval_ms + 8_000);
+    let result = wait_for_pipeline(base, a.nodes, records, &run_dir, started, settle);
+    let stop = cluster(&script, "stop", &env);
+    let run = result?;
+    stop?;
+    let log = std::fs::read_to_string(run_dir.join("logs/coordinator.log")).unwrap_or_default();
+    Ok((run, log))
+}
+
 fn main() -> Result<()> {
     let a = parse_args()?;
     if !a.bin.exists() {
@@ -323,40 +314,30 @@ fn main() -> Result<()> {
             a.bin.display()
         );
     }
-    let root = workspace_root();
     let dir = temp_dir("e2e-throughput");
     let broker = Broker::start(&dir)?;
-    let cfg_path = dir.join("adclick.toml");
-    std::fs::write(&cfg_path, config(a.batch_max_events))?;
+    let gen_cfg = dir.join("adclick.toml");
+    std::fs::write(&gen_cfg, config(a.batch_max_events))?;
     eprintln!("broker {} · run dir {}", broker.bootstrap, dir.display());
 
     let t = Instant::now();
-    let status = Command::new(&a.bin)
-        .args(["gen", "--config"])
-        .arg(&cfg_path)
-        .args(["--bootstrap", &broker.bootstrap])
-        .args([
-            "--events",
-            &a.events.to_string(),
-            "--minutes",
-            &a.minutes.to_string(),
-            "--ads",
-            &a.ads.to_string(),
-        ])
-        .args(["--malformed-every", "0", "--duplicate-every", "0"])
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .context("running adclick gen")?;
-    let gen_log = String::from_utf8_lossy(&status.stderr);
-    eprint!("{gen_log}");
-    if !status.status.success() {
-        bail!("adclick gen failed: {}", status.status);
-    }
-    // `produced N records ...`: the broker's high watermarks can lag it briefly.
-    let produced: u64 = gen_log
-        .lines()
-        .find_map(|l| l.strip_prefix("produced ")?.split(' ').next()?.parse().ok())
-        .context("adclick gen did not report how many records it produced")?;
+    let produced = gen(
+        &a.bin,
+        &gen_cfg,
+        &broker.bootstrap,
+        &[
+            "--events".into(),
+            a.events.to_string(),
+            "--minutes".into(),
+            a.minutes.to_string(),
+            "--ads".into(),
+            a.ads.to_string(),
+            "--malformed-every".into(),
+            "0".into(),
+            "--duplicate-every".into(),
+            "0".into(),
+        ],
+    )?;
     let in_topic = topic_records(&broker.bootstrap)?;
     eprintln!(
         "gen: {produced} records produced, high watermarks say {in_topic}, {:.1} s",
@@ -366,57 +347,59 @@ fn main() -> Result<()> {
     if records != produced {
         eprintln!("WARNING: the broker served {records} of the {produced} records gen reported as delivered");
     }
-    let n = records;
-    let broker_rate = n as f64 / broker_secs;
+    let broker_rate = records as f64 / broker_secs;
+    println!("records                 {records}");
+    println!("broker-only (1 consumer, {PARTITIONS} partitions)  {broker_rate:>10.0} msgs/s  ({broker_secs:.2} s; 10-90 % {broker_steady:.0} msgs/s)");
+    for (round, mode) in a.modes.iter().copied().enumerate() {
+        let (run, log) = run_pipeline(&a, &dir, &broker.bootstrap, records, round, mode)?;
+        report(&a, round, mode, &run, &log, records, broker_rate);
+    }
+    Ok(())
+}
 
-    let base = loop {
-        let p = free_port();
-        if p > 1024 && p < 60000 {
-            break p;
-        }
-    };
-    let run_dir = dir.join("cluster");
-    let env = [
-        ("ADCLICK_BIN", a.bin.display().to_string()),
-        ("ADCLICK_CONFIG", cfg_path.display().to_string()),
-        ("ADCLICK_KAFKA_BOOTSTRAP", broker.bootstrap.clone()),
-        ("ADCLICK_NODES", a.nodes.to_string()),
-        ("ADCLICK_RUN_DIR", run_dir.display().to_string()),
-        ("ADCLICK_BASE_PORT", base.to_string()),
-        ("ADCLICK_SERVING", "0".to_string()),
-    ];
-    let script = root.join("deploy/local/cluster.sh");
-    let started = Instant::now();
-    cluster(&script, "start", &env)?;
-    let result = wait_for_pipeline(base, a.nodes, records, &run_dir, started);
-    let stop = cluster(&script, "stop", &env);
-    let PipelineRun {
-        startup,
-        secs: pipeline_secs,
-        cpu,
-        steady,
-    } = result?;
-    stop?;
-    let pipeline_rate = records as f64 / pipeline_secs;
-    let coordinator_log =
-        std::fs::read_to_string(run_dir.join("logs/coordinator.log")).unwrap_or_default();
-    let deployments = coordinator_log
+fn report(
+    a: &Args,
+    round: usize,
+    mode: Mode,
+    run: &PipelineRun,
+    log: &str,
+    records: u64,
+    broker_rate: f64,
+) {
+    let rate = records as f64 / run.secs;
+    let deployments = log
         .lines()
         .filter(|l| l.contains("generation deployed"))
         .count();
-    println!("records                 {records}");
-    println!("broker-only (1 consumer, {PARTITIONS} partitions)  {broker_rate:>10.0} msgs/s  ({broker_secs:.2} s)");
-    println!("pipeline ({} nodes)      {pipeline_rate:>10.0} msgs/s  ({pipeline_secs:.2} s; first record read {startup:.2} s after start)", a.nodes);
+    println!("--- run {round}: {} ---", mode.name());
+    println!("pipeline ({} nodes)      {rate:>10.0} msgs/s  ({:.2} s; first record read {:.2} s after start)", a.nodes, run.secs, run.startup);
     println!(
         "ratio pipeline/broker   {:.2}  (target >= 0.70)",
-        pipeline_rate / broker_rate
+        rate / broker_rate
     );
+    println!("steady state (10-90 %)  {:.0} msgs/s", run.steady);
     println!(
-        "steady state (10-90 %)  broker-only {broker_steady:.0} msgs/s, pipeline {steady:.0} msgs/s, ratio {:.2}",
-        steady / broker_steady
+        "first record read -> last output record  {:.2} s",
+        run.to_last_output
     );
-    let cpu_list: Vec<String> = cpu.iter().map(|(n, s)| format!("{n} {s:.1}s")).collect();
-    println!("cpu during the pipeline run: {}", cpu_list.join(", "));
+    println!("peak (ad, window) cells held  {:.0}", run.peak_cells);
+    let cpu_list: Vec<String> = run
+        .cpu
+        .iter()
+        .map(|(n, s)| format!("{n} {s:.1}s"))
+        .collect();
+    println!("cpu: {}", cpu_list.join(", "));
     println!("deployments             {deployments}  (more than 1 means a redeploy re-read input: the run is not valid)");
-    Ok(())
+    let cps = checkpoints(log);
+    if !cps.is_empty() {
+        let ms: Vec<u64> = cps.iter().map(|c| c.0).collect();
+        let (min, med, mean, max) = stats(&ms);
+        let mb = cps.iter().map(|c| c.1).max().unwrap_or(0) as f64 / 1e6;
+        println!("checkpoints {}: duration min {min:.0} / median {med:.0} / mean {mean:.0} / max {max:.0} ms; largest {mb:.1} MB", cps.len());
+        let all: Vec<String> = cps
+            .iter()
+            .map(|(ms, b)| format!("{ms}ms/{:.1}MB", *b as f64 / 1e6))
+            .collect();
+        println!("  each: {}", all.join(" "));
+    }
 }

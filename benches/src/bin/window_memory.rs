@@ -1,0 +1,85 @@
+//! Memory of one Aggregate actor's state when a single window receives a
+//! flood of distinct ads (issue 3, "10 million distinct ads").
+//!
+//! Feeds `--ads N` distinct ads (default 10,000,000), one click each with an
+//! event id, slices `*` and `country=US`, all in one window, into one
+//! `AggregateState` with `max_ads_per_window = --cap` (default 1,000,000,
+//! the config default), then prints the cells held, the partial counts sent
+//! to the DLQ and the process's peak resident memory (VmHWM). Compare a run
+//! with `--cap` at or above `--ads` to see what the cap prevents.
+//!
+//! `cargo run --release -p adclick-benches --bin window_memory -- --ads 10000000`
+
+use adclick_core::aggregate::{AggregateSettings, AggregateState};
+use adclick_core::map_batch::PartialCount;
+use std::time::Instant;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| match v.parse() {
+            Ok(n) => n,
+            Err(_) => {
+                eprintln!("{name} needs a number, got {v:?}");
+                std::process::exit(2);
+            }
+        })
+        .unwrap_or(default)
+}
+
+/// Peak resident set size of this process, in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let ads = arg("--ads", 10_000_000);
+    let cap = arg("--cap", 1_000_000);
+    let batch = 4_096;
+    let mut state = AggregateState::new(AggregateSettings {
+        window_ms: 60_000,
+        allowed_lateness_ms: 60_000,
+        top_n: 10,
+        top_windows: vec![1, 5],
+        producer: "aggregate-0".into(),
+        max_ads_per_window: cap,
+    });
+    let slices = vec!["*".to_string(), "country=US".to_string()];
+    let (mut refused, mut refused_events) = (0usize, 0u64);
+    let t = Instant::now();
+    let mut i = 0;
+    while i < ads {
+        let parts: Vec<PartialCount> = (i..(i + batch).min(ads))
+            .map(|n| PartialCount {
+                ad_id: format!("ad{n:09}"),
+                window_start: 0,
+                slices: slices.clone(),
+                click_keys: vec![n as u64 ^ 0x9e37_79b9_7f4a_7c15],
+                ..Default::default()
+            })
+            .collect();
+        let out = state.apply(parts);
+        refused += out.overflow.len();
+        refused_events += out.overflow_events;
+        i += batch;
+    }
+    let fed = t.elapsed();
+    let closed = state.advance(60_000);
+    println!(
+        "ads {ads} · cap {cap} · cells held {} · refused partials {refused} ({refused_events} events) · \
+         count records emitted {} · peak RSS {:.0} MiB · {:.1} s",
+        state.cells(),
+        closed.counts.len(),
+        peak_rss_mib(),
+        fed.as_secs_f64()
+    );
+}
