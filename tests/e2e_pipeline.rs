@@ -9,7 +9,18 @@ use support::*;
 
 #[test]
 fn seeded_stream_matches_ground_truth_exactly() -> anyhow::Result<()> {
-    let (dir, broker, config) = setup("e2e-pipeline", "")?;
+    run_seeded_stream("e2e-pipeline", "")
+}
+
+/// Without checkpoints (`exactly_once = false`) output is written in the
+/// background as it is produced; with no failure it must be just as exact.
+#[test]
+fn at_least_once_mode_matches_ground_truth_without_failures() -> anyhow::Result<()> {
+    run_seeded_stream("e2e-pipeline-alo", "exactly_once = false")
+}
+
+fn run_seeded_stream(name: &str, checkpoint: &str) -> anyhow::Result<()> {
+    let (dir, broker, config) = setup(name, checkpoint)?;
     let truth = generate(
         &dir,
         &broker.bootstrap,

@@ -7,12 +7,14 @@ use crate::kafka::sink::{OutputSink, Topics};
 use adclick_core::checkpoint::{sink_recovery, PendingOutput, SinkRecovery};
 use adclick_core::output::OutputRecord;
 use adclick_proto::snapshot::PendingEpoch;
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 /// The actor's output channel.
 pub enum Output {
-    /// Written at once; repeated after a recovery.
-    AtLeastOnce(OutputSink),
+    /// Written at once, in the background; repeated after a recovery.
+    AtLeastOnce(BackgroundWriter),
     /// Buffered per epoch, saved in snapshots, committed on completion.
     ExactlyOnce {
         /// Commits one checkpoint's output with its progress marker.
@@ -34,10 +36,10 @@ impl Output {
     ) -> Result<Self> {
         let k = &cfg.kafka;
         if !cfg.checkpoint.exactly_once {
-            return Ok(Output::AtLeastOnce(OutputSink::new(
+            return Ok(Output::AtLeastOnce(BackgroundWriter::new(OutputSink::new(
                 adclick_runtime::kafka::producer(&k.bootstrap)?,
                 Topics::from_config(k),
-            )));
+            ))));
         }
         let sink = CommitSink::open(cfg, actor).await?;
         let mut pending = PendingOutput::default();
@@ -79,7 +81,7 @@ impl Output {
     /// Emits records.
     pub async fn emit(&mut self, records: Vec<OutputRecord>) -> Result<()> {
         match self {
-            Output::AtLeastOnce(s) => s.write(&records).await,
+            Output::AtLeastOnce(w) => w.send(records).await,
             Output::ExactlyOnce { open, .. } => {
                 open.extend(records);
                 Ok(())
@@ -123,5 +125,46 @@ impl Output {
             sink.commit(epoch, records).await?;
         }
         Ok(())
+    }
+}
+
+/// Writes batches in order on a task of its own, so the actor does not wait
+/// for the broker's acknowledgement of every batch (nothing waits for it in
+/// at-least-once mode: there are no checkpoints to hold back). Queued
+/// batches are merged into one write.
+pub struct BackgroundWriter {
+    tx: mpsc::Sender<Vec<OutputRecord>>,
+    task: Option<JoinHandle<Result<()>>>,
+}
+
+impl BackgroundWriter {
+    /// Starts the writer task.
+    pub fn new(sink: OutputSink) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Vec<OutputRecord>>(16);
+        let task = tokio::spawn(async move {
+            while let Some(mut batch) = rx.recv().await {
+                while let Ok(more) = rx.try_recv() {
+                    batch.extend(more);
+                }
+                sink.write(&batch).await?;
+            }
+            Ok(())
+        });
+        Self {
+            tx,
+            task: Some(task),
+        }
+    }
+
+    /// Queues `records`; fails with the writer's error once it has stopped.
+    pub async fn send(&mut self, records: Vec<OutputRecord>) -> Result<()> {
+        if records.is_empty() || self.tx.send(records).await.is_ok() {
+            return Ok(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.context("output writer panicked")?,
+            None => Ok(()),
+        }
+        .and(Err(anyhow!("output writer stopped")))
     }
 }
