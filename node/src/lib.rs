@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod edge;
 pub mod heartbeat;
 pub mod kafka;
+pub mod pending_codec;
 pub mod routing;
 pub mod snapshot_codec;
 

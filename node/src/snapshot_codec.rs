@@ -7,8 +7,20 @@ use adclick_core::topn::AdClicks;
 use adclick_proto::snapshot as pb;
 use std::collections::BTreeMap;
 
-/// Current snapshot format version.
-pub const VERSION: u32 = 1;
+/// Current snapshot format version. 2: pending output in protobuf.
+pub const VERSION: u32 = 2;
+
+/// Refuses a snapshot written by a newer release: reading it with this
+/// one could silently skip fields it does not know (such as saved output).
+pub fn check_version(version: u32, what: &str) -> anyhow::Result<()> {
+    if version > VERSION {
+        anyhow::bail!(
+            "{what} has snapshot format {version}; this release reads up to {VERSION}: \
+             upgrade the nodes before restoring it"
+        );
+    }
+    Ok(())
+}
 
 /// Aggregate state → protobuf, split by key group.
 pub fn aggregate_to_pb(

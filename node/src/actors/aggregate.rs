@@ -234,6 +234,7 @@ async fn restore(
         };
         let snap = PbSnapshot::decode(bytes.as_slice())
             .with_context(|| format!("decoding snapshot {epoch}/{name}"))?;
+        crate::snapshot_codec::check_version(snap.version, &name)?;
         if name == ctx.id.to_string() {
             pending = snap.pending.clone();
         }

@@ -56,6 +56,7 @@ pub async fn run(
         let bytes = ctx.snapshots.get(ctx.restore_epoch, &actor).await?;
         let snap = MapSnapshot::decode(bytes.unwrap_or_default().as_slice())
             .context("decoding map snapshot")?;
+        crate::snapshot_codec::check_version(snap.version, "map snapshot")?;
         offsets.extend(snap.offsets.iter().map(|o| (o.partition, o.offset)));
         watermarks.restore(snap.watermark);
         tracing::info!(actor = %actor, epoch = ctx.restore_epoch, ?offsets, "restored source offsets");

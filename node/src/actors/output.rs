@@ -4,6 +4,7 @@
 
 use crate::kafka::commit_sink::CommitSink;
 use crate::kafka::sink::{OutputSink, Topics};
+use crate::pending_codec::{pending_from_pb, pending_to_pb};
 use adclick_core::checkpoint::{sink_recovery, PendingOutput, SinkRecovery};
 use adclick_core::output::OutputRecord;
 use adclick_proto::snapshot::PendingEpoch;
@@ -23,6 +24,8 @@ pub enum Output {
         open: Vec<OutputRecord>,
         /// Closed epochs not committed yet.
         pending: PendingOutput,
+        /// The actor, stored once per saved epoch.
+        producer: String,
     },
 }
 
@@ -51,13 +54,8 @@ impl Output {
                 }
                 SinkRecovery::CommitSaved => {
                     for p in saved {
-                        let records = p
-                            .records
-                            .iter()
-                            .map(|r| serde_json::from_slice::<OutputRecord>(r))
-                            .collect::<Result<Vec<_>, _>>()
-                            .context("decoding saved output")?;
-                        pending.restore(p.epoch, records);
+                        let epoch = p.epoch;
+                        pending.restore(epoch, pending_from_pb(p)?);
                     }
                     let records = pending.take_upto(epoch);
                     tracing::info!(
@@ -75,6 +73,7 @@ impl Output {
             sink,
             open: Vec::new(),
             pending,
+            producer: actor.to_owned(),
         })
     }
 
@@ -94,18 +93,17 @@ impl Output {
     pub fn on_barrier(&mut self, epoch: u64) -> Result<Vec<PendingEpoch>> {
         match self {
             Output::AtLeastOnce(_) => Ok(Vec::new()),
-            Output::ExactlyOnce { open, pending, .. } => {
+            Output::ExactlyOnce {
+                open,
+                pending,
+                producer,
+                ..
+            } => {
                 pending.push(epoch, std::mem::take(open));
-                pending
+                Ok(pending
                     .upto(epoch)
-                    .map(|(e, recs)| {
-                        let records = recs
-                            .iter()
-                            .map(serde_json::to_vec)
-                            .collect::<Result<Vec<_>, _>>()?;
-                        Ok(PendingEpoch { epoch: e, records })
-                    })
-                    .collect()
+                    .map(|(e, recs)| pending_to_pb(e, producer, recs))
+                    .collect())
             }
         }
     }

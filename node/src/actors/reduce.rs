@@ -40,6 +40,7 @@ pub async fn run(
             .await?
             .unwrap_or_default();
         let snap = ReduceSnapshot::decode(bytes.as_slice()).context("decoding reduce snapshot")?;
+        crate::snapshot_codec::check_version(snap.version, "reduce snapshot")?;
         state.restore(reduce_from_pb(&snap));
         restored = Some((ctx.restore_epoch, snap.pending));
     }
