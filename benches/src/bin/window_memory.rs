@@ -73,12 +73,15 @@ fn main() {
         i += batch;
     }
     let fed = t.elapsed();
+    let state_rss = peak_rss_mib();
     let closed = state.advance(60_000);
     println!(
         "ads {ads} · cap {cap} · cells held {} · refused partials {refused} ({refused_events} events) · \
-         count records emitted {} · peak RSS {:.0} MiB · {:.1} s",
+         count records emitted {} · peak RSS with the state {:.0} MiB, after emitting its \
+         count records {:.0} MiB · {:.1} s",
         state.cells(),
         closed.counts.len(),
+        state_rss,
         peak_rss_mib(),
         fed.as_secs_f64()
     );
