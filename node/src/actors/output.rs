@@ -2,31 +2,38 @@
 //! (at-least-once), or through the write-ahead buffer that commits one
 //! transaction per completed checkpoint (exactly-once).
 
+use crate::kafka::background::{BackgroundWriter, Committer};
 use crate::kafka::commit_sink::CommitSink;
 use crate::kafka::sink::{OutputSink, Topics};
 use crate::pending_codec::{pending_from_pb, pending_to_pb};
 use adclick_core::checkpoint::{sink_recovery, PendingOutput, SinkRecovery};
 use adclick_core::output::OutputRecord;
 use adclick_proto::snapshot::PendingEpoch;
-use anyhow::{anyhow, Context, Result};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The actor's output channel.
 pub enum Output {
     /// Written at once, in the background; repeated after a recovery.
     AtLeastOnce(BackgroundWriter),
     /// Buffered per epoch, saved in snapshots, committed on completion.
-    ExactlyOnce {
-        /// Commits one checkpoint's output with its progress marker.
-        sink: CommitSink,
-        /// Output of the epoch the next barrier closes.
-        open: Vec<OutputRecord>,
-        /// Closed epochs not committed yet.
-        pending: PendingOutput,
-        /// The actor, stored once per saved epoch.
-        producer: String,
-    },
+    ExactlyOnce(Box<ExactlyOnce>),
+}
+
+/// The write-ahead state of an exactly-once output.
+pub struct ExactlyOnce {
+    /// Commits completed checkpoints' output beside the actor.
+    committer: Committer,
+    /// Output of the epoch the next barrier closes.
+    open: Vec<OutputRecord>,
+    /// Closed epochs whose checkpoint has not completed yet.
+    pending: PendingOutput,
+    /// Handed to the committer, not confirmed yet; still saved in every
+    /// snapshot, keyed by the completed epoch that covers them.
+    inflight: BTreeMap<u64, Arc<Vec<OutputRecord>>>,
+    /// The actor, stored once per saved epoch.
+    producer: String,
 }
 
 impl Output {
@@ -45,7 +52,6 @@ impl Output {
             ))));
         }
         let sink = CommitSink::open(cfg, actor).await?;
-        let mut pending = PendingOutput::default();
         if let Some((epoch, saved)) = restored {
             let marker = sink.committed_epoch().await?;
             match sink_recovery(marker, epoch) {
@@ -53,9 +59,14 @@ impl Output {
                     tracing::info!(actor, epoch, ?marker, "restored output already committed")
                 }
                 SinkRecovery::CommitSaved => {
-                    for p in saved {
-                        let epoch = p.epoch;
-                        pending.restore(epoch, pending_from_pb(p)?);
+                    let mut pending = PendingOutput::default();
+                    // Epochs up to the marker were committed before the crash.
+                    for p in saved
+                        .into_iter()
+                        .filter(|p| marker.is_none_or(|m| p.epoch > m))
+                    {
+                        let e = p.epoch;
+                        pending.restore(e, pending_from_pb(p)?);
                     }
                     let records = pending.take_upto(epoch);
                     tracing::info!(
@@ -65,104 +76,86 @@ impl Output {
                         records = records.len(),
                         "committing output saved in the restored checkpoint"
                     );
-                    sink.commit(epoch, records).await?;
+                    sink.commit(epoch, Arc::new(records)).await?;
                 }
             }
         }
-        Ok(Output::ExactlyOnce {
-            sink,
+        Ok(Output::ExactlyOnce(Box::new(ExactlyOnce {
+            committer: Committer::new(sink),
             open: Vec::new(),
-            pending,
+            pending: PendingOutput::default(),
+            inflight: BTreeMap::new(),
             producer: actor.to_owned(),
-        })
+        })))
     }
 
     /// Emits records.
     pub async fn emit(&mut self, records: Vec<OutputRecord>) -> Result<()> {
         match self {
             Output::AtLeastOnce(w) => w.send(records).await,
-            Output::ExactlyOnce { open, .. } => {
-                open.extend(records);
+            Output::ExactlyOnce(x) => {
+                x.open.extend(records);
                 Ok(())
             }
         }
     }
 
     /// Closes the open epoch at barrier `epoch` and returns what the
-    /// snapshot must hold.
+    /// snapshot must hold: every epoch not confirmed committed.
     pub fn on_barrier(&mut self, epoch: u64) -> Result<Vec<PendingEpoch>> {
-        match self {
-            Output::AtLeastOnce(_) => Ok(Vec::new()),
-            Output::ExactlyOnce {
-                open,
-                pending,
-                producer,
-                ..
-            } => {
-                pending.push(epoch, std::mem::take(open));
-                Ok(pending
-                    .upto(epoch)
-                    .map(|(e, recs)| pending_to_pb(e, producer, recs))
-                    .collect())
-            }
+        let Output::ExactlyOnce(x) = self else {
+            return Ok(Vec::new());
+        };
+        x.forget_committed();
+        let open = std::mem::take(&mut x.open);
+        x.pending.push(epoch, open);
+        let mut saved: Vec<PendingEpoch> = Vec::new();
+        for records in x.inflight.values() {
+            saved.extend(by_epoch(records, &x.producer));
         }
+        saved.extend(
+            x.pending
+                .upto(epoch)
+                .map(|(e, recs)| pending_to_pb(e, &x.producer, recs)),
+        );
+        Ok(saved)
     }
 
-    /// Checkpoint `epoch` is complete: commit everything up to it.
+    /// Checkpoint `epoch` is complete: hand everything up to it to the
+    /// committer.
     pub async fn on_complete(&mut self, epoch: u64) -> Result<()> {
-        if let Output::ExactlyOnce { sink, pending, .. } = self {
-            #[cfg(feature = "failpoints")]
-            if std::env::var("ADCLICK_FAILPOINT").is_ok_and(|v| v == "crash_before_commit") {
-                tracing::error!(
-                    epoch,
-                    "fail point crash_before_commit: aborting the process"
-                );
-                std::process::abort();
-            }
-            let records = pending.take_upto(epoch);
-            sink.commit(epoch, records).await?;
-        }
-        Ok(())
-    }
-}
-
-/// Writes batches in order on a task of its own, so the actor does not wait
-/// for the broker's acknowledgement of every batch (nothing waits for it in
-/// at-least-once mode: there are no checkpoints to hold back). Queued
-/// batches are merged into one write.
-pub struct BackgroundWriter {
-    tx: mpsc::Sender<Vec<OutputRecord>>,
-    task: Option<JoinHandle<Result<()>>>,
-}
-
-impl BackgroundWriter {
-    /// Starts the writer task.
-    pub fn new(sink: OutputSink) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Vec<OutputRecord>>(16);
-        let task = tokio::spawn(async move {
-            while let Some(mut batch) = rx.recv().await {
-                while let Ok(more) = rx.try_recv() {
-                    batch.extend(more);
-                }
-                sink.write(&batch).await?;
-            }
-            Ok(())
-        });
-        Self {
-            tx,
-            task: Some(task),
-        }
-    }
-
-    /// Queues `records`; fails with the writer's error once it has stopped.
-    pub async fn send(&mut self, records: Vec<OutputRecord>) -> Result<()> {
-        if records.is_empty() || self.tx.send(records).await.is_ok() {
+        let Output::ExactlyOnce(x) = self else {
             return Ok(());
+        };
+        #[cfg(feature = "failpoints")]
+        if std::env::var("ADCLICK_FAILPOINT").is_ok_and(|v| v == "crash_before_commit") {
+            tracing::error!(
+                epoch,
+                "fail point crash_before_commit: aborting the process"
+            );
+            std::process::abort();
         }
-        match self.task.take() {
-            Some(task) => task.await.context("output writer panicked")?,
-            None => Ok(()),
-        }
-        .and(Err(anyhow!("output writer stopped")))
+        x.forget_committed();
+        let records = Arc::new(x.pending.take_upto(epoch));
+        x.inflight.insert(epoch, records.clone());
+        x.committer.commit(epoch, records).await
     }
+}
+
+impl ExactlyOnce {
+    /// Drops the epochs the committer has confirmed.
+    fn forget_committed(&mut self) {
+        if let Some(c) = self.committer.committed() {
+            self.inflight = self.inflight.split_off(&(c + 1));
+        }
+    }
+}
+
+/// Records handed over together (oldest epoch first) → one saved entry per
+/// epoch, so every record keeps its own epoch.
+fn by_epoch(records: &[OutputRecord], producer: &str) -> Vec<PendingEpoch> {
+    records
+        .chunk_by(|a, b| a.version().0 == b.version().0)
+        .map(|chunk| pending_to_pb(chunk[0].version().0, producer, chunk))
+        .collect()
 }

@@ -70,7 +70,7 @@ impl CommitSink {
     }
 
     /// Writes `records` and moves the marker to `epoch`.
-    pub async fn commit(&self, epoch: u64, records: Vec<OutputRecord>) -> Result<()> {
+    pub async fn commit(&self, epoch: u64, records: Arc<Vec<OutputRecord>>) -> Result<()> {
         match self {
             CommitSink::Transactional(t) => t.commit(epoch, records).await,
             CommitSink::Replay { out, marker, topic } => {

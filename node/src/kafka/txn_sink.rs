@@ -61,7 +61,7 @@ impl TxnSink {
 
     /// Commits `records` and the marker `epoch` in one transaction. An
     /// epoch without output still moves the marker.
-    pub async fn commit(&self, epoch: u64, records: Vec<OutputRecord>) -> Result<()> {
+    pub async fn commit(&self, epoch: u64, records: Arc<Vec<OutputRecord>>) -> Result<()> {
         let (p, c, topics) = (
             self.producer.clone(),
             self.marker.clone(),
