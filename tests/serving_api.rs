@@ -269,11 +269,34 @@ async fn api_matches_truth(dir: &Path, db_url: &str) -> Result<()> {
     check_trap(&api, &sc)?;
     check_validation(&api)?;
     let (_, metrics) = http_get(&api, "/metrics")?;
-    assert!(
-        metrics.contains("http_request_duration_seconds"),
-        "latency metric exported"
-    );
+    check_latency_histogram(&metrics);
     Ok(())
+}
+
+/// `/metrics` renders the request latency as a real Prometheus histogram
+/// (cumulative `_bucket{le=...}` lines with ms-scale bounds), not a summary,
+/// and the popular_ads requests made above were counted in it.
+fn check_latency_histogram(metrics: &str) {
+    let route = "route=\"/v1/ads/popular_ads\"";
+    let buckets: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("http_request_duration_seconds_bucket{") && l.contains(route))
+        .collect();
+    for le in ["le=\"0.001\"", "le=\"0.01\"", "le=\"+Inf\""] {
+        assert!(
+            buckets.iter().any(|l| l.contains(le)),
+            "no popular_ads latency bucket with {le} in /metrics:\n{metrics}"
+        );
+    }
+    let served: f64 = buckets
+        .iter()
+        .filter(|l| l.contains("le=\"+Inf\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        served >= 1.0,
+        "popular_ads requests missing from the +Inf bucket:\n{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
