@@ -192,23 +192,15 @@ macro_rules! impl_store {
                 if ad_ids.is_empty() {
                     return Ok(Default::default());
                 }
-                // `+window_start` keeps SQLite on the primary key (slice,
-                // ad_id, ...) for the few listed ads instead of scanning the
-                // whole time range through `counts_by_minute`.
-                let mut qb = sqlx::QueryBuilder::<$db>::new($crate::db::sql::IMPRESSIONS_HEAD);
-                qb.push_bind(slice);
-                qb.push(" AND +window_start >= ");
-                qb.push_bind(from);
-                qb.push(" AND +window_start < ");
-                qb.push_bind(to);
-                qb.push(" AND ad_id IN (");
-                let mut list = qb.separated(", ");
+                let sql = $crate::db::sql::impressions_of(ad_ids.len());
+                let mut q = sqlx::query_as::<_, (String, i64)>(&sql)
+                    .bind(slice)
+                    .bind(from)
+                    .bind(to);
                 for id in ad_ids {
-                    list.push_bind(id.as_str());
+                    q = q.bind(id.as_str());
                 }
-                list.push_unseparated(") GROUP BY ad_id");
-                let rows: Vec<(String, i64)> = qb
-                    .build_query_as()
+                let rows = q
                     .fetch_all(&self.pool)
                     .await
                     .map_err($crate::db::op("impressions of ads"))?;

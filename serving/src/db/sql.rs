@@ -48,9 +48,25 @@ pub const TOP_FROM_MINUTES: &str =
 pub const PRECOMPUTED_TOP: &str =
     "SELECT ads FROM top_n WHERE slice = $1 AND window_minutes = $2 AND window_end = $3";
 
-/// Prefix of the impressions lookup; the `ad_id IN (...)` list is pushed by a query builder.
-pub const IMPRESSIONS_HEAD: &str =
-    "SELECT ad_id, CAST(SUM(impressions) AS BIGINT) FROM counts WHERE slice = ";
+/// Impressions of `n` listed ads over a span: binds are slice, from, to,
+/// then the `n` ad ids. With one ad-id equality per lookup, SQLite searches
+/// the primary key `(slice, ad_id, window_start)` with the time range, so
+/// a precomputed `popular_ads` reads `n × M` rows whatever the retention
+/// (tested in `sqlite::tests`).
+pub fn impressions_of(n: usize) -> String {
+    let mut sql = String::from(
+        "SELECT ad_id, CAST(SUM(impressions) AS BIGINT) FROM counts \
+         WHERE slice = $1 AND window_start >= $2 AND window_start < $3 AND ad_id IN (",
+    );
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("${}", i + 4));
+    }
+    sql.push_str(") GROUP BY ad_id");
+    sql
+}
 
 /// Freshness mark.
 pub const LATEST: &str = "SELECT value FROM meta WHERE key = 'latest_window_end'";

@@ -40,3 +40,60 @@ impl SqliteStore {
 }
 
 impl_store!(SqliteStore, Sqlite, "sqlite");
+
+#[cfg(test)]
+mod tests {
+    //! The query plans that keep `popular_ads` fast on a dense table. SQLite
+    //! plans from the schema and the SQL text alone (the store never runs
+    //! `ANALYZE`), so these hold for any data.
+
+    use super::*;
+    use crate::db::sql;
+
+    async fn plan(store: &SqliteStore, sql: &str, binds: &[&str]) -> String {
+        let text = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(&text);
+        for b in binds {
+            q = q.bind(*b);
+        }
+        let rows = q.fetch_all(&store.pool).await.expect("explain");
+        rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+    }
+
+    /// A migrated in-memory database (one connection: each has its own).
+    async fn store() -> SqliteStore {
+        SqliteStore::connect("sqlite::memory:", 1)
+            .await
+            .expect("migrated store")
+    }
+
+    #[tokio::test]
+    async fn impressions_lookup_searches_the_primary_key_with_the_time_range() {
+        let s = store().await;
+        let p = plan(&s, &sql::impressions_of(10), &["*", "0", "300000"]).await;
+        assert!(
+            p.contains("PRIMARY KEY (slice=? AND ad_id=? AND window_start>? AND window_start<?)"),
+            "impressions lookup plan:\n{p}"
+        );
+    }
+
+    #[tokio::test]
+    async fn computed_top_scans_the_covering_minute_index() {
+        let s = store().await;
+        let p = plan(&s, sql::TOP_FROM_MINUTES, &["*", "0", "300000", "10"]).await;
+        assert!(
+            p.contains("USING COVERING INDEX counts_by_minute_covering (slice=? AND window_start>? AND window_start<?)"),
+            "computed top-N plan:\n{p}"
+        );
+    }
+
+    #[tokio::test]
+    async fn per_ad_totals_search_the_primary_key_with_the_time_range() {
+        let s = store().await;
+        let p = plan(&s, sql::AD_TOTALS, &["*", "ad-1", "0", "300000"]).await;
+        assert!(
+            p.contains("PRIMARY KEY (slice=? AND ad_id=? AND window_start>? AND window_start<?)"),
+            "aggregated_count plan:\n{p}"
+        );
+    }
+}
