@@ -121,12 +121,28 @@ pub fn cpu_secs(pids: &Path) -> Vec<(String, f64)> {
 
 /// Runs `cluster.sh cmd` with `env`.
 pub fn cluster(script: &Path, cmd: &str, env: &[(&str, String)]) -> Result<()> {
+    cluster_args(script, &[cmd], env)
+}
+
+/// Runs `cluster.sh args...` with `env`, e.g. `start-one node-1`.
+pub fn cluster_args(script: &Path, args: &[&str], env: &[(&str, String)]) -> Result<()> {
     let status = Command::new(script)
-        .arg(cmd)
+        .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .status()?;
     if !status.success() {
-        bail!("cluster.sh {cmd} failed: {status}");
+        bail!("cluster.sh {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Fails with the build command when the release binary is missing.
+pub fn require_bin(bin: &Path) -> Result<()> {
+    if !bin.exists() {
+        bail!(
+            "{} not found: run `cargo build --release --bin adclick` first",
+            bin.display()
+        );
     }
     Ok(())
 }

@@ -312,12 +312,7 @@ fn run_pipeline(
 
 fn main() -> Result<()> {
     let a = parse_args()?;
-    if !a.bin.exists() {
-        bail!(
-            "{} not found: run `cargo build --release --bin adclick` first",
-            a.bin.display()
-        );
-    }
+    require_bin(&a.bin)?;
     let dir = temp_dir("e2e-throughput");
     let broker = Broker::start(&dir)?;
     let gen_cfg = dir.join("adclick.toml");

@@ -194,12 +194,7 @@ fn spawn_gen(a: &Args, cfg: &Path, bootstrap: &str) -> Result<Child> {
 
 fn main() -> Result<()> {
     let a = parse_args()?;
-    if !a.bin.exists() {
-        bail!(
-            "{} not found: run `cargo build --release --bin adclick` first",
-            a.bin.display()
-        );
-    }
+    require_bin(&a.bin)?;
     let dir = temp_dir("recovery-time");
     let broker = Broker::start(&dir)?;
     let cfg = dir.join("adclick.toml");
@@ -292,23 +287,11 @@ fn measure(
         };
         println!("kill {k} ({victim}): lost {} · deployed {} · first checkpoint {cp} · output resumes {first}", rel(lost), rel(deployed));
         rows.push(first);
-        start_one(script, env, &victim)?;
+        cluster_args(script, &["start-one", &victim], env)?;
     }
     println!(
         "checkpoint interval {} ms, heartbeat timeout 5000 ms (default), rate {} events/s",
         a.interval_ms, a.rate
     );
-    Ok(())
-}
-
-/// `cluster.sh start-one NAME`.
-fn start_one(script: &Path, env: &[(&str, String)], name: &str) -> Result<()> {
-    let status = Command::new(script)
-        .args(["start-one", name])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .status()?;
-    if !status.success() {
-        bail!("cluster.sh start-one {name} failed: {status}");
-    }
     Ok(())
 }
