@@ -22,7 +22,29 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if missing) the file named by `url` and migrates it.
+    ///
+    /// The writer and the query service may open a new file at the same
+    /// moment. Switching a new file to WAL and migrating it both need the
+    /// file to themselves, and sqlx takes no lock around SQLite migrations,
+    /// so one of the two can fail ("database is locked", or a table the
+    /// other just created). Every migration runs in its own transaction, so
+    /// a failed attempt leaves nothing behind: open and migrate again.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        let mut attempt = 1;
+        loop {
+            match Self::try_connect(url, max_connections).await {
+                Ok(store) => return Ok(store),
+                Err(e) if attempt < 10 => {
+                    tracing::warn!(attempt, error = %e, "opening sqlite failed; retrying (another process may be migrating it)");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(super::op("parse sqlite url"))?
             .create_if_missing(true)
@@ -65,6 +87,28 @@ mod tests {
         SqliteStore::connect("sqlite::memory:", 1)
             .await
             .expect("migrated store")
+    }
+
+    /// The writer and the query service open a new file together (as
+    /// `cluster.sh` starts them): both must come up, every time.
+    #[tokio::test]
+    async fn concurrent_opens_of_a_new_file_both_migrate() {
+        let dir = std::env::temp_dir().join(format!("adclick-sqlite-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for round in 0..8 {
+            let url = format!(
+                "sqlite://{}",
+                dir.join(format!("race-{round}.db")).display()
+            );
+            let (a, b) = tokio::join!(SqliteStore::connect(&url, 2), SqliteStore::connect(&url, 2));
+            assert!(
+                a.is_ok() && b.is_ok(),
+                "round {round}: {:?} / {:?}",
+                a.err(),
+                b.err()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
