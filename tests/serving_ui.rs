@@ -4,12 +4,13 @@
 //! expected top ads, and leaves a screenshot in `target/` for review.
 //!
 //! Both tools are installed by `.ci/run`; when one is missing and cannot be
-//! installed here, its test says so loudly and skips.
+//! installed here, its test fails under `CI=true` with the install error, and
+//! elsewhere says so loudly and skips.
 
 mod serving_support;
 
 use adclick_serving::batch::BatchBuilder;
-use adclick_testkit::{free_port, temp_dir};
+use adclick_testkit::{free_port, temp_dir, tool_missing, try_install};
 use anyhow::{Context, Result};
 use serving_support::*;
 use std::path::{Path, PathBuf};
@@ -47,14 +48,15 @@ fn have(cmd: &str, arg: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_5xx_and_no_schema_violation() -> Result<()> {
-    if !have("schemathesis", "--version")
-        && !Command::new("python3")
-            .args(["-m", "pip", "install", "-q", "schemathesis"])
-            .status()
-            .is_ok_and(|s| s.success())
-    {
-        eprintln!("\n*** SKIPPED: schemathesis is not installed and pip could not install it (bash .ci/run installs it) ***\n");
-        return Ok(());
+    if !have("schemathesis", "--version") {
+        let installed = try_install("python3", &["-m", "pip", "install", "-q", "schemathesis"]);
+        if let Err(e) = installed.and_then(|()| {
+            have("schemathesis", "--version")
+                .then_some(())
+                .ok_or_else(|| "pip installed it, but `schemathesis` is not on PATH".to_string())
+        }) {
+            return tool_missing("schemathesis", &e);
+        }
     }
     let (dir, _query, api, _) = populated_query("serving-fuzz").await?;
     // positive_data_acceptance is left out on purpose: it expects every
@@ -87,16 +89,17 @@ async fn schemathesis_finds_no_5xx_and_no_schema_violation() -> Result<()> {
     Ok(())
 }
 
-fn chromium() -> Option<String> {
+/// The browser to drive, installing Debian's chromium when none is found.
+fn chromium() -> std::result::Result<String, String> {
     for c in ["chromium", "chromium-browser", "google-chrome"] {
         if have(c, "--version") {
-            return Some(c.to_string());
+            return Ok(c.to_string());
         }
     }
-    let _ = Command::new("apt-get")
-        .args(["install", "-y", "-q", "chromium"])
-        .status();
-    have("chromium", "--version").then(|| "chromium".to_string())
+    try_install("apt-get", &["install", "-y", "-q", "chromium"])?;
+    have("chromium", "--version")
+        .then(|| "chromium".to_string())
+        .ok_or_else(|| "apt-get installed chromium, but it does not run".to_string())
 }
 
 fn headless(browser: &str, profile: &Path) -> Command {
@@ -120,9 +123,9 @@ fn headless(browser: &str, profile: &Path) -> Command {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_the_expected_top_ads_in_headless_chromium() -> Result<()> {
-    let Some(browser) = chromium() else {
-        eprintln!("\n*** SKIPPED: chromium is not installed and apt-get could not install it (bash .ci/run installs it) ***\n");
-        return Ok(());
+    let browser = match chromium() {
+        Ok(b) => b,
+        Err(e) => return tool_missing("chromium", &e),
     };
     let (dir, _query, api, sc) = populated_query("serving-dashboard").await?;
     let url = format!("http://{api}/");

@@ -18,9 +18,19 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-/// A fresh temporary directory under `target/test-runs`, kept for post-mortems.
+/// Where test runs keep their files: `$ADCLICK_TEST_RUNS`, or
+/// `target/test-runs` of the checkout (ignored by git, so a test run leaves
+/// nothing in the working tree).
+pub fn test_runs_dir() -> PathBuf {
+    match std::env::var_os("ADCLICK_TEST_RUNS") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-runs"),
+    }
+}
+
+/// A fresh temporary directory under [`test_runs_dir`], kept for post-mortems.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-runs");
+    let base = test_runs_dir();
     let dir = base.join(format!("{name}-{}-{}", std::process::id(), free_port()));
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::create_dir_all(&dir);
@@ -97,5 +107,34 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What a test does when a tool it needs is missing and could not be
+/// installed. Under `CI=true` that is a failure carrying the install error, so
+/// CI never passes a test that did not run; elsewhere the test may skip, and
+/// says so loudly.
+pub fn tool_missing(tool: &str, install_error: &str) -> Result<()> {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        bail!("{tool} is required under CI=true but could not be installed: {install_error}");
+    }
+    eprintln!(
+        "\n*** SKIPPED: {tool} is not installed and could not be installed ({install_error}); \
+         bash .ci/run installs it, and under CI=true this is a failure ***\n"
+    );
+    Ok(())
+}
+
+/// Runs an install command and returns its error output when it fails.
+pub fn try_install(program: &str, args: &[&str]) -> std::result::Result<(), String> {
+    match Command::new(program).args(args).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "`{program} {}` exited with {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run {program}: {e}")),
     }
 }

@@ -3,6 +3,11 @@
 //!
 //! PostgreSQL refuses to run as root, so when the tests run as root the
 //! server runs as the `postgres` user (via `runuser`), owning its directory.
+//! That user may not be able to enter the checkout (a clone inside a 0700
+//! directory, say), so the server's data and socket directory is a fresh
+//! directory under the system temp dir, owned by the server's user, with
+//! every command run from inside it; it is removed on drop, after its log is
+//! copied into the test's `target/test-runs` directory for post-mortems.
 
 use crate::{free_port, temp_dir, wait_for_port};
 use anyhow::{bail, Context, Result};
@@ -12,12 +17,22 @@ use std::time::Duration;
 
 /// A running server with trust authentication for user `postgres`.
 pub struct Postgres {
+    /// Data and socket directory, under the system temp dir.
     dir: PathBuf,
+    /// Where the server log is kept after the server is gone.
+    log_copy: PathBuf,
     as_postgres: bool,
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
     pub url: String,
     /// The port.
     pub port: u16,
+}
+
+impl Postgres {
+    /// The server's data and socket directory (outside the checkout).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 fn is_root() -> bool {
@@ -28,19 +43,18 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn run(as_postgres: bool, program: &str, args: &[&str]) -> Result<Output> {
-    let out = if as_postgres {
-        Command::new("runuser")
-            .arg("-u")
-            .arg("postgres")
-            .arg("--")
-            .arg(program)
-            .args(args)
-            .output()
+/// Runs `program` (as `postgres` when `as_postgres`) from `cwd`, a directory
+/// that user can enter: `runuser` keeps the working directory, and both
+/// `initdb` and `pg_ctl` fail when they cannot change back into it.
+fn run(as_postgres: bool, cwd: &Path, program: &str, args: &[&str]) -> Result<Output> {
+    let mut cmd = if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", program]);
+        c
     } else {
-        Command::new(program).args(args).output()
-    }
-    .with_context(|| {
+        Command::new(program)
+    };
+    let out = cmd.args(args).current_dir(cwd).output().with_context(|| {
         format!("running {program} (is PostgreSQL 15 installed? bash .ci/run installs it)")
     })?;
     if !out.status.success() {
@@ -71,11 +85,20 @@ fn bin(name: &str) -> String {
 impl Postgres {
     /// Initialises and starts a server in a new directory named after `name`.
     pub fn start(name: &str) -> Result<Self> {
-        let dir = temp_dir(&format!("pg-{name}"));
+        let runs = temp_dir(&format!("pg-{name}"));
+        let dir = std::env::temp_dir().join(format!(
+            "adclick-pg-{name}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating PostgreSQL directory {}", dir.display()))?;
         let as_postgres = is_root();
         if as_postgres {
             run(
                 false,
+                &dir,
                 "chown",
                 &["-R", "postgres", &dir.display().to_string()],
             )?;
@@ -83,6 +106,7 @@ impl Postgres {
         let data = dir.join("data").display().to_string();
         run(
             as_postgres,
+            &dir,
             &bin("initdb"),
             &[
                 "-D",
@@ -105,12 +129,14 @@ impl Postgres {
         let log = dir.join("postgres.log").display().to_string();
         run(
             as_postgres,
+            &dir,
             &bin("pg_ctl"),
             &[
                 "-D", &data, "-o", &opts, "-l", &log, "-w", "-t", "60", "start",
             ],
         )?;
         let pg = Self {
+            log_copy: runs.join("postgres.log"),
             dir,
             as_postgres,
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
@@ -125,6 +151,7 @@ impl Postgres {
     pub fn create_database(&self, db: &str) -> Result<String> {
         run(
             false,
+            &self.dir,
             "psql",
             &[
                 "-h",
@@ -146,8 +173,11 @@ impl Drop for Postgres {
         let data = self.dir.join("data").display().to_string();
         let _ = run(
             self.as_postgres,
+            &self.dir,
             &bin("pg_ctl"),
             &["-D", &data, "-m", "immediate", "-w", "stop"],
         );
+        let _ = std::fs::copy(self.dir.join("postgres.log"), &self.log_copy);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
