@@ -82,6 +82,25 @@ enum Command {
     Gen(gen::GenArgs),
     /// Run everything locally on embedded defaults and show live top-N.
     Demo(demo::DemoArgs),
+    /// Work with configuration files without starting anything.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `adclick config ...`: lets an operator (or a Helm chart test) prove that a
+/// rendered `adclick.toml` is one every process will accept before rolling it out.
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate a config (file plus ADCLICK_<SECTION>__<KEY> overrides);
+    /// exit 0 when valid, 1 with the offending key otherwise.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, env = "ADCLICK_CONFIG")]
+        config: PathBuf,
+        /// Also print the effective configuration, defaults filled in.
+        #[arg(long)]
+        print: bool,
+    },
 }
 
 fn main() {
@@ -110,7 +129,7 @@ async fn run(cli: Cli) -> Result<()> {
             ops_addr,
         } => {
             let cfg = adclick_runtime::config::load(common.config.as_deref())?;
-            adclick_runtime::telemetry::init("coordinator");
+            let _telemetry = adclick_runtime::telemetry::init("coordinator", None);
             let listen = match listen {
                 Some(l) => l,
                 None => cfg.cluster.coordinator.parse().map_err(|e| {
@@ -132,8 +151,8 @@ async fn run(cli: Cli) -> Result<()> {
             coordinator,
         } => {
             let cfg = adclick_runtime::config::load(common.config.as_deref())?;
-            adclick_runtime::telemetry::init("node");
             anyhow::ensure!(!node_id.trim().is_empty(), "--node-id must not be empty");
+            let _telemetry = adclick_runtime::telemetry::init("node", Some(&node_id));
             let opts = adclick_node::NodeOptions {
                 node_id,
                 listen,
@@ -141,13 +160,14 @@ async fn run(cli: Cli) -> Result<()> {
                 ops: ops_addr,
                 coordinator: coordinator.unwrap_or(cfg.cluster.coordinator.clone()),
                 heartbeat_interval_ms: cfg.cluster.heartbeat_interval_ms,
+                drain_timeout_ms: cfg.cluster.drain_timeout_ms,
             };
             let shutdown = adclick_runtime::shutdown::on_signal();
             adclick_node::run(opts, shutdown).await
         }
         Command::Writer { common, ops_addr } => {
             let mut cfg = adclick_runtime::config::load(common.config.as_deref())?;
-            adclick_runtime::telemetry::init("writer");
+            let _telemetry = adclick_runtime::telemetry::init("writer", None);
             if let Some(a) = ops_addr {
                 cfg.writer.ops_addr = a.to_string();
             }
@@ -155,7 +175,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Query { common, listen } => {
             let mut cfg = adclick_runtime::config::load(common.config.as_deref())?;
-            adclick_runtime::telemetry::init("query");
+            let _telemetry = adclick_runtime::telemetry::init("query", None);
             if let Some(l) = listen {
                 cfg.query.listen = l.to_string();
             }
@@ -163,5 +183,15 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Gen(args) => gen::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Config(ConfigCommand::Check { config, print }) => {
+            let cfg = adclick_runtime::config::load(Some(&config))?;
+            if print {
+                print!("{}", adclick_runtime::config::to_toml(&cfg)?);
+                eprintln!("{}: valid", config.display());
+            } else {
+                println!("{}: valid", config.display());
+            }
+            Ok(())
+        }
     }
 }

@@ -31,26 +31,6 @@ fn generation(c: &Cluster) -> u64 {
         .unwrap_or(0)
 }
 
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if cond() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    anyhow::bail!("timed out waiting for {what}")
-}
-
-fn logs_contain(c: &Cluster, needle: &str) -> bool {
-    std::fs::read_dir(c.run_dir.join("logs"))
-        .map(|rd| {
-            rd.flatten()
-                .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)))
-        })
-        .unwrap_or(false)
-}
-
 #[test]
 fn kill_nodes_mid_stream_loses_nothing() -> Result<()> {
     let (dir, broker, config) = setup("eo-kill", "")?;

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use serving_support::{dump, get_json, wait_port, Dump};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
-use support::{finish_generate, metric_sum, setup, spawn_generate, Cluster};
+use support::{finish_generate, metric_sum, setup, spawn_generate, wait_until, Cluster};
 
 /// 24,000 events over 10 two-second windows, produced over ~20 s so the
 /// writer can be killed while the stream still flows.
@@ -42,17 +42,6 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T> {
         .enable_all()
         .build()?
         .block_on(f))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if cond() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    bail!("timed out after {timeout:?} waiting for {what}")
 }
 
 fn metric(addr: &str, name: &str) -> f64 {

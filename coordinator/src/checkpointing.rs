@@ -14,6 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 /// The coordinator's own metadata in the snapshot store.
 #[derive(Serialize, Deserialize, Default)]
@@ -84,7 +85,7 @@ impl Checkpointer {
         let timeout = Duration::from_millis(self.cfg.checkpoint.timeout_ms);
         enum Step {
             Complete(Inflight, Vec<String>, HashMap<String, String>),
-            Trigger(u64, u64, Vec<String>),
+            Trigger(u64, u64, Vec<String>, tracing::Span),
             Nothing,
         }
         let step = {
@@ -121,6 +122,7 @@ impl Checkpointer {
                     Step::Complete(f, nodes, addrs)
                 }
                 Some(f) if f.started.elapsed() > timeout => {
+                    f.span.record("outcome", "timed out");
                     tracing::warn!(
                         epoch = f.epoch,
                         acked = f.acked.len(),
@@ -142,17 +144,29 @@ impl Checkpointer {
                     if settled && due {
                         let epoch = s.next_epoch;
                         s.next_epoch += 1;
-                        s.trigger_requested = false;
                         s.last_trigger = Some(Instant::now());
+                        let span = tracing::info_span!(
+                            "checkpoint",
+                            epoch,
+                            generation = s.generation,
+                            trigger = if s.trigger_requested {
+                                "manual"
+                            } else {
+                                "interval"
+                            },
+                            outcome = tracing::field::Empty,
+                        );
+                        s.trigger_requested = false;
                         s.inflight = Some(Inflight {
                             epoch,
                             generation: s.generation,
                             started: Instant::now(),
                             acked: BTreeSet::new(),
                             bytes: 0,
+                            span: span.clone(),
                         });
                         let targets = nodes.iter().filter_map(|n| addrs.get(n).cloned()).collect();
-                        Step::Trigger(epoch, s.generation, targets)
+                        Step::Trigger(epoch, s.generation, targets, span)
                     } else {
                         Step::Nothing
                     }
@@ -160,10 +174,18 @@ impl Checkpointer {
             }
         };
         match step {
-            Step::Trigger(epoch, generation, targets) => {
-                self.persist(generation, epoch + 1).await?;
-                tracing::debug!(epoch, generation, "triggering checkpoint");
-                broadcast(&targets, generation, epoch, true).await;
+            Step::Trigger(epoch, generation, targets, span) => {
+                let trigger = tracing::info_span!(parent: &span, "inject_barriers", epoch);
+                async {
+                    self.persist(generation, epoch + 1).await?;
+                    tracing::debug!(epoch, generation, "triggering checkpoint");
+                    // The actors' snapshots are children of the checkpoint itself.
+                    let tp = adclick_runtime::telemetry::traceparent(&span);
+                    broadcast(&targets, generation, epoch, true, &tp).await;
+                    anyhow::Ok(())
+                }
+                .instrument(trigger)
+                .await?;
             }
             Step::Complete(f, nodes, addrs) => self.complete(state, f, nodes, addrs).await?,
             Step::Nothing => {}
@@ -188,7 +210,9 @@ impl Checkpointer {
         // The metadata file is written last: only now does checkpoint e exist.
         self.store
             .put_metadata(f.epoch, serde_json::to_vec(&meta)?)
+            .instrument(tracing::info_span!(parent: &f.span, "write_metadata", epoch = f.epoch))
             .await?;
+        f.span.record("outcome", "complete");
         let took = f.started.elapsed();
         metrics::histogram!("checkpoint_duration_ms").record(took.as_millis() as f64);
         metrics::gauge!("checkpoint_size_bytes").set(f.bytes as f64);
@@ -204,7 +228,12 @@ impl Checkpointer {
             s.last_complete = Some((f.epoch, Instant::now()));
         }
         let targets: Vec<String> = nodes.iter().filter_map(|n| addrs.get(n).cloned()).collect();
-        broadcast(&targets, f.generation, f.epoch, false).await;
+        let commit = tracing::info_span!(parent: &f.span, "complete_checkpoint", epoch = f.epoch);
+        let tp = adclick_runtime::telemetry::traceparent(&commit);
+        broadcast(&targets, f.generation, f.epoch, false, &tp)
+            .instrument(commit)
+            .await;
+        state.lock().await.commit_sent = f.epoch;
         let (all, complete) = self.store.epochs().await?;
         for e in checkpoints_to_delete(&complete, &all, self.cfg.checkpoint.retain) {
             if Some(&e) != all.last() {
@@ -217,10 +246,20 @@ impl Checkpointer {
 
 /// Sends InjectBarrier (or CompleteCheckpoint) to every node; a node that
 /// does not answer makes the checkpoint time out (or commits later).
-async fn broadcast(targets: &[String], generation: u64, epoch: u64, barrier: bool) {
+async fn broadcast(
+    targets: &[String],
+    generation: u64,
+    epoch: u64,
+    barrier: bool,
+    traceparent: &str,
+) {
     let calls = targets.iter().map(|addr| async move {
         let mut c = crate::registry::node_client(addr).await?;
-        let req = CheckpointRequest { generation, epoch };
+        let req = CheckpointRequest {
+            generation,
+            epoch,
+            traceparent: traceparent.to_string(),
+        };
         if barrier {
             c.inject_barrier(req).await?;
         } else {

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 /// How long a fresh deployment may take before its actors must report.
 const DEPLOY_GRACE: Duration = Duration::from_secs(10);
@@ -51,7 +52,15 @@ pub async fn run(
         };
         if let Some(reason) = decision {
             tracing::info!(%reason, "deploying");
-            if let Err(e) = deploy(&cfg, &state, &checkpointer).await {
+            let first = state.lock().await.placements.is_empty();
+            let span = tracing::info_span!(
+                "deploy",
+                kind = if first { "initial" } else { "recovery" },
+                %reason,
+                generation = tracing::field::Empty,
+                restore_epoch = tracing::field::Empty,
+            );
+            if let Err(e) = deploy(&cfg, &state, &checkpointer).instrument(span).await {
                 tracing::warn!("deploy failed: {e:#}");
                 metrics::counter!("deploy_failures_total").increment(1);
             }
@@ -74,6 +83,9 @@ fn decide(cfg: &Config, s: &ClusterState) -> Option<String> {
     }
     let in_grace = s.deployed_at.is_some_and(|t| t.elapsed() < DEPLOY_GRACE);
     for p in &s.placements {
+        if s.nodes.get(&p.node_id).is_some_and(|n| n.draining) {
+            return Some(format!("node {} draining", p.node_id));
+        }
         if !alive.contains(&p.node_id) {
             return Some(format!("node {} lost", p.node_id));
         }
@@ -108,6 +120,9 @@ async fn deploy(
     checkpointer: &Checkpointer,
 ) -> Result<()> {
     let restore_epoch = checkpointer.restore_point().await?;
+    let span = tracing::Span::current();
+    span.record("restore_epoch", restore_epoch);
+    let traceparent = adclick_runtime::telemetry::traceparent(&span);
     let bootstrap = cfg.kafka.bootstrap.clone();
     let topic = cfg.kafka.input_topic.clone();
     let partitions = tokio::task::spawn_blocking(move || {
@@ -135,6 +150,7 @@ async fn deploy(
             .collect();
         (s.generation, alive, addrs)
     };
+    span.record("generation", generation);
     let plan = build_plan(&PlanInput {
         nodes: nodes.iter().cloned().map(NodeId).collect(),
         partitions,
@@ -181,6 +197,7 @@ async fn deploy(
             num_aggregates: plan.num_aggregates,
             config_toml: config_toml.clone(),
             restore_epoch,
+            traceparent: traceparent.clone(),
         };
         let addr = addrs.get(node).cloned().unwrap_or_default();
         let node = node.clone();

@@ -2,6 +2,7 @@
 //! lost nodes by heartbeat and redeploys, and serves the admin API.
 
 pub mod checkpointing;
+pub mod drain;
 pub mod job;
 pub mod registry;
 pub mod service;
@@ -14,26 +15,39 @@ use adclick_runtime::shutdown::CancellationToken;
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
-/// Runs the coordinator until `shutdown` is cancelled.
+/// Runs the coordinator until `signal` is cancelled (SIGTERM, Ctrl-C), then
+/// takes a final checkpoint and stops.
 pub async fn run(
     cfg: Config,
     listen: SocketAddr,
     ops: SocketAddr,
-    shutdown: CancellationToken,
+    signal: CancellationToken,
 ) -> Result<()> {
+    let shutdown = CancellationToken::new();
     let ready = Readiness::default();
     adclick_runtime::ops::spawn(ops, ready.clone(), shutdown.clone())?;
     let state = Arc::new(Mutex::new(registry::ClusterState::default()));
     let checkpointer = Arc::new(checkpointing::Checkpointer::new(cfg.clone())?);
     checkpointer.load(&state).await?;
-    let svc = service::CoordinatorService::new(state.clone(), cfg.cluster.heartbeat_timeout_ms);
+    let svc = service::CoordinatorService::new(
+        state.clone(),
+        cfg.cluster.heartbeat_timeout_ms,
+        cfg.checkpoint.exactly_once,
+    );
     let job = tokio::spawn(job::run(
         cfg.clone(),
         state.clone(),
         checkpointer,
         ready,
+        shutdown.clone(),
+    ));
+    tokio::spawn(stop_after_final_checkpoint(
+        cfg.clone(),
+        state.clone(),
+        signal,
         shutdown.clone(),
     ));
     tracing::info!(%listen, "coordinator gRPC listening");
@@ -46,4 +60,43 @@ pub async fn run(
         .with_context(|| format!("coordinator gRPC server on {listen}"))?;
     job.abort();
     Ok(())
+}
+
+/// Waits for `signal`, then asks for one more checkpoint and waits (at most
+/// `checkpoint.timeout_ms`) until it is complete and its commit was sent, so
+/// a planned restart replays nothing; then cancels `stop`.
+async fn stop_after_final_checkpoint(
+    cfg: Config,
+    state: Arc<Mutex<registry::ClusterState>>,
+    signal: CancellationToken,
+    stop: CancellationToken,
+) {
+    signal.cancelled().await;
+    let before = {
+        let mut s = state.lock().await;
+        let deployed = !s.placements.is_empty() && cfg.checkpoint.exactly_once;
+        if deployed {
+            s.trigger_requested = true;
+        }
+        deployed.then_some(s.commit_sent)
+    };
+    if let Some(before) = before {
+        let until = Instant::now() + Duration::from_millis(cfg.checkpoint.timeout_ms);
+        loop {
+            let sent = state.lock().await.commit_sent;
+            if sent > before {
+                tracing::info!(epoch = sent, "final checkpoint complete and committed");
+                break;
+            }
+            if Instant::now() >= until {
+                tracing::warn!(
+                    last = before,
+                    "no final checkpoint within checkpoint.timeout_ms; stopping anyway"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stop.cancel();
 }

@@ -16,6 +16,9 @@ pub struct NodeInfo {
     pub generation: u64,
     /// Actor states from its last heartbeat.
     pub actors: Vec<ActorState>,
+    /// The node is shutting down (it asked to be drained): no actor is
+    /// placed on it until it registers again.
+    pub draining: bool,
 }
 
 /// Lifecycle of the job, shown by `adclickctl status`.
@@ -60,6 +63,9 @@ pub struct Inflight {
     pub acked: BTreeSet<String>,
     /// Total snapshot bytes.
     pub bytes: u64,
+    /// The checkpoint's root span: open until it completes or is aborted;
+    /// every actor's snapshot and every sink's commit is its child.
+    pub span: tracing::Span,
 }
 
 /// Mutable cluster state, behind one lock.
@@ -88,14 +94,19 @@ pub struct ClusterState {
     pub trigger_requested: bool,
     /// Checkpoints aborted (timeout or failure).
     pub failed_checkpoints: u64,
+    /// Newest checkpoint whose commit was sent to the sinks.
+    pub commit_sent: u64,
 }
 
 impl ClusterState {
-    /// Ids of nodes that heartbeated within `timeout_ms`, sorted.
+    /// Ids of nodes that heartbeated within `timeout_ms` and may host
+    /// actors (not draining), sorted.
     pub fn alive(&self, timeout_ms: u64) -> Vec<String> {
         self.nodes
             .iter()
-            .filter(|(_, n)| n.last_seen.elapsed().as_millis() < u128::from(timeout_ms))
+            .filter(|(_, n)| {
+                !n.draining && n.last_seen.elapsed().as_millis() < u128::from(timeout_ms)
+            })
             .map(|(id, _)| id.clone())
             .collect()
     }

@@ -9,20 +9,28 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// Serves `Coordinator` and `Admin`.
 #[derive(Clone)]
 pub struct CoordinatorService {
     state: Arc<Mutex<ClusterState>>,
     heartbeat_timeout_ms: u64,
+    /// The job takes checkpoints (exactly-once); a drain waits for one.
+    checkpoints: bool,
 }
 
 impl CoordinatorService {
     /// Services over the shared cluster state.
-    pub fn new(state: Arc<Mutex<ClusterState>>, heartbeat_timeout_ms: u64) -> Self {
+    pub fn new(
+        state: Arc<Mutex<ClusterState>>,
+        heartbeat_timeout_ms: u64,
+        checkpoints: bool,
+    ) -> Self {
         Self {
             state,
             heartbeat_timeout_ms,
+            checkpoints,
         }
     }
 }
@@ -38,6 +46,8 @@ impl Coordinator for CoordinatorService {
             return Err(Status::invalid_argument("node_id and addr are required"));
         }
         let mut s = self.state.lock().await;
+        // A node that comes back under the same name (a restarted pod) is a
+        // fresh node: not draining, and hosting nothing until a deploy.
         tracing::info!(node = %req.node_id, addr = %req.addr, "node registered");
         s.nodes.insert(
             req.node_id,
@@ -46,6 +56,7 @@ impl Coordinator for CoordinatorService {
                 last_seen: Instant::now(),
                 generation: 0,
                 actors: Vec::new(),
+                draining: false,
             },
         );
         Ok(Response::new(RegisterResponse {
@@ -90,6 +101,25 @@ impl Coordinator for CoordinatorService {
             ))),
         }
     }
+
+    async fn drain(
+        &self,
+        request: Request<DrainRequest>,
+    ) -> Result<Response<DrainResponse>, Status> {
+        let req = request.into_inner();
+        let timeout = std::time::Duration::from_millis(req.timeout_ms.clamp(1_000, 600_000));
+        let span = tracing::info_span!("drain", node = %req.node_id);
+        crate::drain::drain(
+            &self.state,
+            &req.node_id,
+            timeout,
+            self.heartbeat_timeout_ms,
+            self.checkpoints,
+        )
+        .instrument(span)
+        .await
+        .map(Response::new)
+    }
 }
 
 #[tonic::async_trait]
@@ -107,6 +137,7 @@ impl Admin for CoordinatorService {
                 addr: n.addr.clone(),
                 alive: n.last_seen.elapsed().as_millis() < u128::from(self.heartbeat_timeout_ms),
                 last_heartbeat_ms_ago: n.last_seen.elapsed().as_millis() as u64,
+                draining: n.draining,
             })
             .collect();
         let mut actors: Vec<ActorState> = s

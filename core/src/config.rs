@@ -83,6 +83,10 @@ pub struct ClusterConfig {
     pub heartbeat_interval_ms: u64,
     /// A node that misses heartbeats this long is considered lost.
     pub heartbeat_timeout_ms: u64,
+    /// How long a node that got SIGTERM waits for the coordinator to move
+    /// its actors away before it exits (keep it below the pod's
+    /// `terminationGracePeriodSeconds`).
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -93,6 +97,7 @@ impl Default for ClusterConfig {
             nodes: 3,
             heartbeat_interval_ms: 1_000,
             heartbeat_timeout_ms: 5_000,
+            drain_timeout_ms: 30_000,
         }
     }
 }
@@ -395,6 +400,12 @@ impl Config {
         }
         if self.cluster.nodes == 0 {
             return Err(err("cluster.nodes", "must be at least 1"));
+        }
+        if !(1_000..=600_000).contains(&self.cluster.drain_timeout_ms) {
+            return Err(err(
+                "cluster.drain_timeout_ms",
+                "must be between 1000 and 600000",
+            ));
         }
         if self.cluster.heartbeat_timeout_ms <= self.cluster.heartbeat_interval_ms {
             return Err(err(

@@ -1,7 +1,7 @@
 //! Deployment on a node: the coordinator's `Deploy` replaces every actor of
 //! the previous generation with the actors of the new one.
 
-use crate::actors::{self, ActorCtx, ActorStatus, Control, Inbound, Placement};
+use crate::actors::{self, ActorCtx, ActorStatus, CheckpointCmd, Control, Inbound, Placement};
 use crate::routing::{Route, RoutingTable};
 use adclick_core::ids::{ActorId, ActorKind};
 use adclick_proto::cluster::coordinator_client::CoordinatorClient;
@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 struct Running {
     generation: u64,
@@ -68,7 +69,7 @@ impl ActorManager {
             if kinds.contains(kind) {
                 // A full control queue means the actor is stuck; the
                 // checkpoint will time out rather than block this call.
-                let _ = tx.try_send(cmd);
+                let _ = tx.try_send(cmd.clone());
             }
         }
         Ok(())
@@ -257,8 +258,17 @@ impl Node for NodeControl {
         &self,
         request: Request<DeployRequest>,
     ) -> Result<Response<DeployResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!(
+            "deploy",
+            generation = req.generation,
+            restore_epoch = req.restore_epoch,
+            actors = req.actors.len()
+        );
+        adclick_runtime::telemetry::adopt(&span, &req.traceparent);
         self.manager
-            .deploy(request.into_inner())
+            .deploy(req)
+            .instrument(span)
             .await
             .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
         Ok(Response::new(DeployResponse {}))
@@ -278,7 +288,14 @@ impl Node for NodeControl {
     ) -> Result<Response<CheckpointResponse>, Status> {
         let r = request.into_inner();
         self.manager
-            .control(r.generation, Control::Barrier(r.epoch), &[ActorKind::Map])
+            .control(
+                r.generation,
+                Control::Barrier(CheckpointCmd {
+                    epoch: r.epoch,
+                    traceparent: r.traceparent,
+                }),
+                &[ActorKind::Map],
+            )
             .await
             .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
         Ok(Response::new(CheckpointResponse {}))
@@ -292,7 +309,10 @@ impl Node for NodeControl {
         self.manager
             .control(
                 r.generation,
-                Control::Complete(r.epoch),
+                Control::Complete(CheckpointCmd {
+                    epoch: r.epoch,
+                    traceparent: r.traceparent,
+                }),
                 &[ActorKind::Aggregate, ActorKind::Reduce],
             )
             .await

@@ -7,6 +7,7 @@ pub mod actors;
 pub mod control;
 pub mod convert;
 pub mod dataplane;
+mod drain;
 pub mod edge;
 pub mod heartbeat;
 pub mod kafka;
@@ -37,10 +38,14 @@ pub struct NodeOptions {
     pub coordinator: String,
     /// Heartbeat interval, ms.
     pub heartbeat_interval_ms: u64,
+    /// How long SIGTERM waits for the coordinator to move the actors away.
+    pub drain_timeout_ms: u64,
 }
 
-/// Runs a node until `shutdown` is cancelled.
-pub async fn run(opts: NodeOptions, shutdown: CancellationToken) -> Result<()> {
+/// Runs a node until `signal` is cancelled (SIGTERM, Ctrl-C); then it asks
+/// the coordinator to drain it, and stops when its actors have moved.
+pub async fn run(opts: NodeOptions, signal: CancellationToken) -> Result<()> {
+    let shutdown = CancellationToken::new();
     let ready = Readiness::default();
     adclick_runtime::ops::spawn(opts.ops, ready.clone(), shutdown.clone())?;
     let routing = Arc::new(routing::RoutingTable::default());
@@ -55,7 +60,14 @@ pub async fn run(opts: NodeOptions, shutdown: CancellationToken) -> Result<()> {
     let hb = tokio::spawn(heartbeat::run(
         opts.clone(),
         manager.clone(),
-        ready,
+        ready.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(drain::on_signal(
+        opts.clone(),
+        manager.clone(),
+        ready.clone(),
+        signal,
         shutdown.clone(),
     ));
     tracing::info!(node = %opts.node_id, listen = %opts.listen, "node gRPC listening");

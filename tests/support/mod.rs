@@ -303,3 +303,30 @@ pub fn generate(dir: &Path, bootstrap: &str, config: &Path, args: &[&str]) -> Re
 pub fn setup(name: &str, extra_config: &str) -> Result<(PathBuf, Broker, PathBuf)> {
     setup_with(name, &test_config(extra_config))
 }
+
+/// Polls `cond` every 200 ms until it holds, or fails naming `what`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// Whether any process log of the cluster contains `needle`.
+pub fn logs_contain(c: &Cluster, needle: &str) -> bool {
+    std::fs::read_dir(c.run_dir.join("logs"))
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)))
+        })
+        .unwrap_or(false)
+}
+
+/// One process's log (`coordinator`, `node-1`, ...); a restart overwrites it.
+pub fn process_log(c: &Cluster, name: &str) -> String {
+    std::fs::read_to_string(c.run_dir.join("logs").join(format!("{name}.log"))).unwrap_or_default()
+}

@@ -83,7 +83,7 @@ async fn run(cli: Cli) -> Result<()> {
     let nodes: Vec<serde_json::Value> = status
         .nodes
         .iter()
-        .map(|n| serde_json::json!({"node": n.node_id, "addr": n.addr, "alive": n.alive, "last_heartbeat_ms_ago": n.last_heartbeat_ms_ago}))
+        .map(|n| serde_json::json!({"node": n.node_id, "addr": n.addr, "alive": n.alive, "draining": n.draining, "last_heartbeat_ms_ago": n.last_heartbeat_ms_ago}))
         .collect();
     let actors: Vec<serde_json::Value> = status
         .placements

@@ -25,6 +25,7 @@ use prost::Message as _;
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 struct Aggregate {
     ctx: ActorCtx,
@@ -35,6 +36,8 @@ struct Aggregate {
     output: Output,
     aligner: BarrierAligner<Inbound>,
     align_started: Option<Instant>,
+    /// Trace of the checkpoint being aligned (the same on every input).
+    barrier_trace: String,
 }
 
 /// Runs an Aggregate actor until cancelled or its inputs close.
@@ -53,7 +56,10 @@ pub async fn run(
         tokio::select! {
             _ = agg.ctx.cancel.cancelled() => return Ok(()),
             c = control.recv() => match c {
-                Some(Control::Complete(e)) => agg.output.on_complete(e).await?,
+                Some(Control::Complete(cmd)) => {
+                    let span = agg.ctx.commit_span(&cmd);
+                    agg.output.on_complete(cmd.epoch).instrument(span).await?
+                }
                 Some(Control::Barrier(_)) => {}
                 None => return Ok(()),
             },
@@ -95,6 +101,7 @@ impl Aggregate {
             reduce,
             output,
             align_started: None,
+            barrier_trace: String::new(),
         })
     }
 
@@ -102,8 +109,11 @@ impl Aggregate {
         let Some(input) = ActorCtx::input_index(&msg.from).map(|i| i as usize) else {
             return Ok(());
         };
-        if let Body::Barrier(Barrier { epoch }) = msg.body {
+        if let Body::Barrier(Barrier { epoch, traceparent }) = msg.body {
             self.align_started.get_or_insert_with(Instant::now);
+            if !traceparent.is_empty() {
+                self.barrier_trace = traceparent;
+            }
             if let Some(e) = self.aligner.barrier(input, epoch) {
                 self.checkpoint(e).await?;
                 work.extend(self.aligner.release().into_iter().map(|(_, m)| m));
@@ -201,13 +211,23 @@ impl Aggregate {
             .align_started
             .take()
             .map_or(0, |t| t.elapsed().as_millis() as u64);
+        let traceparent = std::mem::take(&mut self.barrier_trace);
+        let span = self.ctx.snapshot_span(epoch, &traceparent);
         let pending = self.output.on_barrier(epoch)?;
-        let snap = aggregate_to_pb(self.state.snapshot(), self.ctx.cfg.job.key_groups, pending);
+        let snap = span.in_scope(|| {
+            aggregate_to_pb(self.state.snapshot(), self.ctx.cfg.job.key_groups, pending)
+        });
         let bytes = snap.encode_to_vec();
         let size = bytes.len();
-        self.ctx.snapshots.put(epoch, &self.actor, bytes).await?;
-        self.reduce.send(Body::Barrier(Barrier { epoch })).await?;
-        self.ctx.ack(epoch, size, alignment_ms).await
+        async {
+            self.ctx.snapshots.put(epoch, &self.actor, bytes).await?;
+            self.reduce
+                .send(Body::Barrier(Barrier { epoch, traceparent }))
+                .await?;
+            self.ctx.ack(epoch, size, alignment_ms).await
+        }
+        .instrument(span)
+        .await
     }
 }
 

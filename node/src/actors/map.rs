@@ -3,7 +3,7 @@
 //! each micro-batch and routes it by key group. It owns the per-partition
 //! watermarks (with idleness) and, at a barrier, the source offsets.
 
-use super::{ActorCtx, Control};
+use super::{ActorCtx, CheckpointCmd, Control};
 use crate::convert::partial_to_pb;
 use crate::edge::Edge;
 use crate::kafka::side::SideOutput;
@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// How often an idle Map repeats its idle declaration.
 const IDLE_REPEAT: Duration = Duration::from_millis(200);
@@ -111,7 +112,7 @@ pub async fn run(
                 _ = ctx.cancel.cancelled() => return Ok(()),
                 c = control.recv() => {
                     match c {
-                        Some(Control::Barrier(e)) => barrier = Some(e),
+                        Some(Control::Barrier(cmd)) => barrier = Some(cmd),
                         Some(Control::Complete(_)) => {}
                         None => return Ok(()),
                     }
@@ -206,9 +207,10 @@ pub async fn run(
                 ctx.report("running", Some(wm));
             }
         }
-        if let Some(epoch) = barrier {
+        if let Some(CheckpointCmd { epoch, traceparent }) = barrier {
             // Everything read before the barrier has been sent above; the
             // offsets are exactly the position after it.
+            let span = ctx.snapshot_span(epoch, &traceparent);
             let snap = MapSnapshot {
                 version: crate::snapshot_codec::VERSION,
                 offsets: offsets
@@ -222,11 +224,19 @@ pub async fn run(
             };
             let bytes = snap.encode_to_vec();
             let size = bytes.len();
-            ctx.snapshots.put(epoch, &actor, bytes).await?;
-            for out in &outputs {
-                out.send(Body::Barrier(Barrier { epoch })).await?;
+            async {
+                ctx.snapshots.put(epoch, &actor, bytes).await?;
+                for out in &outputs {
+                    out.send(Body::Barrier(Barrier {
+                        epoch,
+                        traceparent: traceparent.clone(),
+                    }))
+                    .await?;
+                }
+                ctx.ack(epoch, size, 0).await
             }
-            ctx.ack(epoch, size, 0).await?;
+            .instrument(span)
+            .await?;
         }
         for r in watermarks.report(now) {
             let p = r.partition.to_string();

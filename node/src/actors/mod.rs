@@ -31,12 +31,21 @@ pub struct Inbound {
 }
 
 /// Checkpoint commands from the coordinator, delivered beside the mailbox.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Control {
     /// Map actors: record offsets and emit this barrier.
-    Barrier(u64),
+    Barrier(CheckpointCmd),
     /// Sinks: the checkpoint is complete, commit its output.
-    Complete(u64),
+    Complete(CheckpointCmd),
+}
+
+/// One checkpoint step for one epoch, with the trace it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointCmd {
+    /// The checkpoint's epoch.
+    pub epoch: u64,
+    /// The coordinator's span for this step, as a W3C traceparent (may be empty).
+    pub traceparent: String,
 }
 
 /// Where every actor of the current deployment runs.
@@ -129,7 +138,37 @@ impl ActorCtx {
     }
 
     /// Tells the coordinator this actor's snapshot of `epoch` is written.
+    /// The span of this actor's part in checkpoint `epoch`: a child of the
+    /// coordinator's checkpoint span when `traceparent` names it.
+    pub fn snapshot_span(&self, epoch: u64, traceparent: &str) -> tracing::Span {
+        let span = tracing::info_span!(
+            "snapshot",
+            actor = %self.id,
+            epoch,
+            generation = self.generation,
+            bytes = tracing::field::Empty,
+            alignment_ms = tracing::field::Empty,
+        );
+        adclick_runtime::telemetry::adopt(&span, traceparent);
+        span
+    }
+
+    /// The span of this sink's commit of checkpoint `epoch`.
+    pub fn commit_span(&self, cmd: &CheckpointCmd) -> tracing::Span {
+        let span = tracing::info_span!(
+            "commit",
+            actor = %self.id,
+            epoch = cmd.epoch,
+            generation = self.generation,
+        );
+        adclick_runtime::telemetry::adopt(&span, &cmd.traceparent);
+        span
+    }
+
     pub async fn ack(&self, epoch: u64, bytes: usize, alignment_ms: u64) -> Result<()> {
+        let span = tracing::Span::current();
+        span.record("bytes", bytes as u64);
+        span.record("alignment_ms", alignment_ms);
         let req = AckCheckpointRequest {
             generation: self.generation,
             epoch,

@@ -17,6 +17,7 @@ use prost::Message as _;
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Runs the Reduce actor until cancelled or its inputs close.
 pub async fn run(
@@ -47,6 +48,7 @@ pub async fn run(
     let mut output = Output::open(&cfg, &actor, restored).await?;
     let mut aligner: BarrierAligner<Inbound> = BarrierAligner::new(ctx.num_aggregates as usize);
     let mut align_started: Option<Instant> = None;
+    let mut barrier_trace = String::new();
     let mut work: VecDeque<Inbound> = VecDeque::new();
     ctx.report("running", None);
     tracing::info!(actor = %actor, restored = ctx.restore_epoch, "reduce started");
@@ -57,7 +59,10 @@ pub async fn run(
                 _ = ctx.cancel.cancelled() => return Ok(()),
                 c = control.recv() => {
                     match c {
-                        Some(Control::Complete(e)) => output.on_complete(e).await?,
+                        Some(Control::Complete(cmd)) => {
+                            let span = ctx.commit_span(&cmd);
+                            output.on_complete(cmd.epoch).instrument(span).await?
+                        }
                         Some(Control::Barrier(_)) => {}
                         None => return Ok(()),
                     }
@@ -72,17 +77,25 @@ pub async fn run(
         let Some(input) = ActorCtx::input_index(&msg.from) else {
             continue;
         };
-        if let Body::Barrier(Barrier { epoch }) = msg.body {
+        if let Body::Barrier(Barrier { epoch, traceparent }) = msg.body {
             align_started.get_or_insert_with(Instant::now);
+            if !traceparent.is_empty() {
+                barrier_trace = traceparent;
+            }
             if let Some(e) = aligner.barrier(input as usize, epoch) {
                 let alignment_ms = align_started
                     .take()
                     .map_or(0, |t| t.elapsed().as_millis() as u64);
+                let span = ctx.snapshot_span(e, &std::mem::take(&mut barrier_trace));
                 let snap = reduce_to_pb(state.snapshot(), output.on_barrier(e)?);
                 let bytes = snap.encode_to_vec();
                 let size = bytes.len();
-                ctx.snapshots.put(e, &actor, bytes).await?;
-                ctx.ack(e, size, alignment_ms).await?;
+                async {
+                    ctx.snapshots.put(e, &actor, bytes).await?;
+                    ctx.ack(e, size, alignment_ms).await
+                }
+                .instrument(span)
+                .await?;
                 work.extend(aligner.release().into_iter().map(|(_, m)| m));
             }
             continue;

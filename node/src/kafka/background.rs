@@ -14,6 +14,7 @@ use anyhow::{anyhow, Context, Result};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// Waits for a stopped writer task and turns its end into an error.
 async fn stopped(task: Option<JoinHandle<Result<()>>>, what: &str) -> Result<()> {
@@ -64,7 +65,7 @@ impl BackgroundWriter {
 
 /// Commits completed checkpoints' output in epoch order, beside the actor.
 pub struct Committer {
-    tx: mpsc::Sender<(u64, Arc<Vec<OutputRecord>>)>,
+    tx: mpsc::Sender<(u64, Arc<Vec<OutputRecord>>, tracing::Span)>,
     committed: watch::Receiver<Option<u64>>,
     task: Option<JoinHandle<Result<()>>>,
 }
@@ -73,11 +74,11 @@ impl Committer {
     /// Starts the commit task. At most a few commits queue up; beyond that
     /// `commit` waits, which slows the actor down instead of growing memory.
     pub fn new(sink: CommitSink) -> Self {
-        let (tx, mut rx) = mpsc::channel::<(u64, Arc<Vec<OutputRecord>>)>(4);
+        let (tx, mut rx) = mpsc::channel::<(u64, Arc<Vec<OutputRecord>>, tracing::Span)>(4);
         let (done, committed) = watch::channel(None);
         let task = tokio::spawn(async move {
-            while let Some((epoch, records)) = rx.recv().await {
-                sink.commit(epoch, records).await?;
+            while let Some((epoch, records, span)) = rx.recv().await {
+                sink.commit(epoch, records).instrument(span).await?;
                 done.send_replace(Some(epoch));
             }
             Ok(())
@@ -90,8 +91,11 @@ impl Committer {
     }
 
     /// Queues the commit of `epoch` (its records cover every epoch up to it).
+    /// The commit runs inside the caller's current span, so a trace shows
+    /// when the records really reached the broker.
     pub async fn commit(&mut self, epoch: u64, records: Arc<Vec<OutputRecord>>) -> Result<()> {
-        if self.tx.send((epoch, records)).await.is_ok() {
+        let span = tracing::Span::current();
+        if self.tx.send((epoch, records, span)).await.is_ok() {
             return Ok(());
         }
         stopped(self.task.take(), "output committer").await
