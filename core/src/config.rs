@@ -304,8 +304,10 @@ pub struct CheckpointConfig {
     pub timeout_ms: u64,
     /// Complete checkpoints kept; older ones are deleted.
     pub retain: usize,
-    /// Snapshot store: a local directory, or an object-store URL
-    /// (`file:///path`, `memory://`).
+    /// Snapshot store: a local directory (shared by every process, e.g. a
+    /// ReadWriteMany volume), `file:///path`, `s3://bucket[/prefix]` for any
+    /// S3-compatible store (credentials and endpoint from `AWS_*`), or
+    /// `memory://` (one process only, for unit tests).
     pub store: String,
     /// Commit each checkpoint's output in a Kafka transaction (needs a
     /// broker that serves EndTxn, i.e. Apache Kafka). `false` writes it
@@ -395,8 +397,20 @@ impl Config {
         if self.checkpoint.retain == 0 {
             return Err(err("checkpoint.retain", "must be at least 1"));
         }
-        if self.checkpoint.store.trim().is_empty() {
+        let store = self.checkpoint.store.trim();
+        if store.is_empty() {
             return Err(err("checkpoint.store", "must not be empty"));
+        }
+        if let Some((scheme, rest)) = store.split_once("://") {
+            if !matches!(scheme, "file" | "s3" | "memory") {
+                return Err(err(
+                    "checkpoint.store",
+                    "must be a directory, file://DIR, s3://BUCKET[/PREFIX] or memory://",
+                ));
+            }
+            if scheme == "s3" && rest.split('/').next().is_none_or(str::is_empty) {
+                return Err(err("checkpoint.store", "an s3:// URL must name a bucket"));
+            }
         }
         if self.cluster.nodes == 0 {
             return Err(err("cluster.nodes", "must be at least 1"));
@@ -517,5 +531,20 @@ mod tests {
         let mut c = Config::default();
         c.query.listen = "localhost".into();
         assert_eq!(c.validate().unwrap_err().key, "query.listen");
+    }
+
+    #[test]
+    fn snapshot_store_urls_are_checked() {
+        for ok in ["run/snapshots", "file:///var/lib/adclick", "s3://bucket/prefix", "memory://"] {
+            let mut c = Config::default();
+            c.checkpoint.store = ok.into();
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+        for bad in ["gs://bucket", "s3://", "s3:///prefix"] {
+            let mut c = Config::default();
+            c.checkpoint.store = bad.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("checkpoint.store"), "{bad}: {e}");
+        }
     }
 }

@@ -8,9 +8,11 @@
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
+use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, PutPayload};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -26,10 +28,32 @@ pub struct SnapshotStore {
 }
 
 impl SnapshotStore {
-    /// Opens `location`: a directory path, `file:///dir` or `memory://`.
+    /// Opens `location`: a directory path, `file:///dir`, `memory://`
+    /// (one process only), or `s3://bucket[/prefix]` for any S3-compatible
+    /// store, configured by the usual `AWS_*` variables (`AWS_REGION`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT` for a
+    /// non-AWS endpoint, `AWS_ALLOW_HTTP=true` for plain HTTP).
     pub fn open(location: &str, job: &str) -> Result<Self> {
         let store: Arc<dyn ObjectStore> = if location.starts_with("memory://") {
             Arc::new(InMemory::new())
+        } else if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            anyhow::ensure!(
+                !bucket.is_empty(),
+                "snapshot store {location}: the URL names no bucket"
+            );
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .with_context(|| format!("opening snapshot store {location}"))?;
+            match prefix.trim_matches('/') {
+                "" => Arc::new(s3),
+                p => Arc::new(PrefixStore::new(s3, p)),
+            }
+        } else if location.contains("://") && !location.starts_with("file://") {
+            anyhow::bail!(
+                "unsupported snapshot store {location}: use a directory, file://DIR, s3://BUCKET/PREFIX or memory://"
+            );
         } else {
             let dir = location.strip_prefix("file://").unwrap_or(location);
             std::fs::create_dir_all(dir)

@@ -3,6 +3,7 @@
 //! stopped when dropped.
 
 pub mod postgres;
+pub mod s3;
 
 use anyhow::{bail, Context, Result};
 use std::net::{TcpListener, TcpStream};
