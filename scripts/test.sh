@@ -7,3 +7,6 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --locked --workspace --bins --features failpoints
 cargo test --locked --workspace --features failpoints -- --test-threads=1
+# The Helm chart and the container recipe: render, lint, validate, check every
+# rendered config with the binary, and run the rendered workloads locally.
+bash helm/tests/run.sh
