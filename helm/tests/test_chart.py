@@ -154,6 +154,7 @@ BAD_VALUES = [
     pytest.param({"config": {"job": {"window_sec": 60}}}, "config", "window_sec", id="unknown-config-key"),
     pytest.param({"config": {"cluster": {"nodes": 4}}}, "config", "nodes", id="chart-owned-config-key"),
     pytest.param({"snapshots": {"type": "url", "url": "memory://"}}, "snapshots", "url", id="memory-store"),
+    pytest.param({"snapshots": {"type": "url", "url": "gs://bucket/x"}}, "snapshots", "url", id="unsupported-store"),
     pytest.param({"listenHost": "localhost"}, "", "listenHost", id="listen-host-not-ip"),
 ]
 
@@ -192,8 +193,15 @@ def test_kafka_bootstrap_is_required_with_a_clear_message():
         ({"nodes": {"terminationGracePeriodSeconds": 20}}, "must be longer than cluster.drain_timeout_ms"),
         ({"database": {"url": "sqlite:///tmp/x.db"}}, "must be under database.persistence.mountPath"),
         ({"snapshots": {"type": "url"}}, "snapshots.url is required"),
+        ({"coordinator": {"terminationGracePeriodSeconds": 45}}, "must be longer than checkpoint.timeout_ms"),
     ],
-    ids=["aggregate-over-key-groups", "grace-below-drain", "sqlite-outside-volume", "url-store-without-url"],
+    ids=[
+        "aggregate-over-key-groups",
+        "grace-below-drain",
+        "sqlite-outside-volume",
+        "url-store-without-url",
+        "coordinator-grace-below-final-checkpoint",
+    ],
 )
 def test_templates_refuse_inconsistent_values(extra, needle):
     with pytest.raises(helm.HelmRenderError) as e:

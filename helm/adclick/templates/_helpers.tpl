@@ -175,6 +175,10 @@ tables (slices.filters).
 {{- if ge $drainMs (mul (int $v.nodes.terminationGracePeriodSeconds) 1000 | int) -}}
 {{- fail (printf "nodes.terminationGracePeriodSeconds (%ds) must be longer than cluster.drain_timeout_ms (%dms, default 30000), or Kubernetes kills a draining node before its actors moved" (int $v.nodes.terminationGracePeriodSeconds) $drainMs) -}}
 {{- end -}}
+{{- $ckptMs := int (default 60000 ($cfg.checkpoint | default dict).timeout_ms) -}}
+{{- if ge $ckptMs (mul (int $v.coordinator.terminationGracePeriodSeconds) 1000 | int) -}}
+{{- fail (printf "coordinator.terminationGracePeriodSeconds (%ds) must be longer than checkpoint.timeout_ms (%dms, default 60000), or Kubernetes kills the coordinator during its final checkpoint" (int $v.coordinator.terminationGracePeriodSeconds) $ckptMs) -}}
+{{- end -}}
 {{- $_ := set $cfg "kafka" (merge (dict "bootstrap" $bootstrap) ($cfg.kafka | default dict)) -}}
 {{- $_ := set $cfg "cluster" (merge (dict "coordinator" (include "adclick.coordinatorAddress" .) "nodes" (int $v.nodes.replicas)) ($cfg.cluster | default dict)) -}}
 {{- $_ := set $cfg "aggregate" (dict "replicas" (int $v.aggregate.replicas)) -}}
