@@ -85,7 +85,10 @@ async fn stop_after_final_checkpoint(
         loop {
             let sent = state.lock().await.commit_sent;
             if sent > before {
-                tracing::info!(epoch = sent, "final checkpoint complete; commit sent to the sinks");
+                tracing::info!(
+                    epoch = sent,
+                    "final checkpoint complete; commit sent to the sinks"
+                );
                 break;
             }
             if Instant::now() >= until {

@@ -535,7 +535,12 @@ mod tests {
 
     #[test]
     fn snapshot_store_urls_are_checked() {
-        for ok in ["run/snapshots", "file:///var/lib/adclick", "s3://bucket/prefix", "memory://"] {
+        for ok in [
+            "run/snapshots",
+            "file:///var/lib/adclick",
+            "s3://bucket/prefix",
+            "memory://",
+        ] {
             let mut c = Config::default();
             c.checkpoint.store = ok.into();
             assert!(c.validate().is_ok(), "{ok}");

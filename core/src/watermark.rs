@@ -102,15 +102,18 @@ impl SourceWatermarks {
                 .map(|c| c.max_event_ts.map(|t| t.saturating_sub(ooo)))
                 .try_fold(i64::MAX, |acc, w| w.map(|w| acc.min(w)))
         } else {
-            // Every partition is idle: advance at wall-clock speed from the
-            // last watermark, starting when the last partition went idle.
-            let base = self.last.or_else(|| {
-                self.partitions
-                    .values()
-                    .filter_map(|c| c.max_event_ts)
-                    .min()
-                    .map(|t| t - ooo)
-            });
+            // Every partition is idle: every event read so far is accounted
+            // for, so start from the furthest partition (a partition that
+            // went quiet first must not hold back one that went quiet
+            // later, as Flink's watermark valve does), then advance at
+            // wall-clock speed from when the last partition went idle.
+            let furthest = self
+                .partitions
+                .values()
+                .filter_map(|c| c.max_event_ts)
+                .max()
+                .map(|t| t.saturating_sub(ooo));
+            let base = self.last.max(furthest);
             let idle_since = self
                 .partitions
                 .values()
@@ -220,7 +223,12 @@ impl InputWatermarks {
             *idle = true;
         }
         if self.all_idle() && self.all_idle_since.is_none() {
-            self.all_idle_since = Some((now_ms, self.last));
+            // Start from the furthest input, not the last minimum: an input
+            // that went idle while a slower one still held the minimum back
+            // has nothing left in flight either (Flink's watermark valve
+            // does the same when its last channel goes idle).
+            let furthest = self.inputs.iter().flatten().copied().max();
+            self.all_idle_since = Some((now_ms, self.last.max(furthest)));
         }
         self.current_at(now_ms)
     }
@@ -364,6 +372,18 @@ mod tests {
         // ...and the next all-idle period starts from the highest watermark.
         assert_eq!(m.set_idle_at(1, 3_100), Some(1_400));
         assert_eq!(m.current_at(3_600), Some(1_900));
+    }
+
+    #[test]
+    fn an_input_that_goes_idle_first_does_not_hold_back_the_all_idle_clock() {
+        let mut m = InputWatermarks::new(2);
+        m.update(0, 100);
+        m.update(1, 9_000);
+        // Input 1 is far ahead but goes quiet first; input 0 holds the minimum.
+        assert_eq!(m.set_idle_at(1, 1_000), Some(100));
+        // Now input 0 is quiet too: time starts from input 1's watermark.
+        assert_eq!(m.set_idle_at(0, 1_200), Some(9_000));
+        assert_eq!(m.current_at(1_700), Some(9_500));
     }
 
     #[test]
