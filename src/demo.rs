@@ -156,6 +156,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         disorder_ms: 3_000,
         malformed_every: 0,
         duplicate_every: 0,
+        ctr: 0.02,
         rate: args.rate,
         truth: None,
         follow: true,

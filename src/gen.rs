@@ -50,6 +50,10 @@ pub struct GenArgs {
     /// One event in this many is sent twice (0 = none).
     #[arg(long, default_value_t = 211)]
     pub duplicate_every: u64,
+    /// Click-through rate: clicks per impression of the background ads
+    /// (real display ads see about 0.5-3 %).
+    #[arg(long, default_value_t = 0.02, value_parser = parse_ctr)]
+    pub ctr: f64,
     /// Records per second (0 = as fast as possible).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
@@ -109,10 +113,10 @@ fn generate(args: &GenArgs, start_ms: i64, window_ms: i64) -> Vec<Record> {
                 1 => base + window_ms - 1, // last millisecond of the window
                 _ => base + rng.random_range(0..window_ms),
             };
-            let t = if rng.random_bool(0.25) {
-                EventType::Impression
-            } else {
+            let t = if rng.random_bool(click_share(args.ctr)) {
                 EventType::Click
+            } else {
+                EventType::Impression
             };
             events.push(make(&mut rng, ad, ts, t));
         }
@@ -163,6 +167,25 @@ fn generate(args: &GenArgs, start_ms: i64, window_ms: i64) -> Vec<Record> {
     }
     out.extend(pending_dups.into_iter().map(Record::Duplicate));
     out
+}
+
+/// The share of events that are clicks when clicks / impressions = `ctr`.
+fn click_share(ctr: f64) -> f64 {
+    ctr / (1.0 + ctr)
+}
+
+/// `--ctr`: a rate in (0, 1].
+fn parse_ctr(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} is not a click-through rate in (0, 1] (0.02 = 2 %)"
+        ))
+    }
 }
 
 fn malformed(i: u64) -> String {
@@ -343,10 +366,10 @@ pub async fn follow(
                 ]),
                 country: COUNTRIES[rng.random_range(0..COUNTRIES.len())].to_string(),
                 event_id: Some(format!("live{}-{n}", args.seed)),
-                event_type: if rng.random_bool(0.25) {
-                    EventType::Impression
-                } else {
+                event_type: if rng.random_bool(click_share(args.ctr)) {
                     EventType::Click
+                } else {
+                    EventType::Impression
                 },
             };
             let payload = to_json(&e, n.is_multiple_of(2));

@@ -4,6 +4,8 @@
 mod demo;
 mod gen;
 mod launch;
+mod reconcile;
+mod ship;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -80,8 +82,13 @@ enum Command {
     },
     /// Produce a seeded, reproducible stream and its exact expected aggregates.
     Gen(gen::GenArgs),
+    /// Tail click log files and produce their lines to the input topic (the log watcher).
+    Ship(ship::ShipArgs),
     /// Run everything locally on embedded defaults and show live top-N.
     Demo(demo::DemoArgs),
+    /// Recount a closed range from the input topic and compare it with the
+    /// database (billing check); exit 0 match, 1 differences, 2 usage, 3 failure.
+    Reconcile(reconcile::ReconcileArgs),
     /// Work with configuration files without starting anything.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -182,7 +189,9 @@ async fn run(cli: Cli) -> Result<()> {
             adclick_serving::query::run(cfg, adclick_runtime::shutdown::on_signal()).await
         }
         Command::Gen(args) => gen::run(args).await,
+        Command::Ship(args) => ship::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Reconcile(args) => reconcile::run(args).await,
         Command::Config(ConfigCommand::Check { config, print }) => {
             let cfg = adclick_runtime::config::load(Some(&config))?;
             if print {

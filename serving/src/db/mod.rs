@@ -125,6 +125,36 @@ pub struct MinuteRow {
     pub impressions: i64,
 }
 
+/// Summary of the last `adclick reconcile` run (the billing check), kept so
+/// the query service can export it on `/metrics`: a recount that found
+/// differences must be visible to alerting, not only in a terminal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileRun {
+    /// Wall clock when the run finished, epoch ms.
+    pub run_at_ms: i64,
+    /// First window start of the range, epoch ms.
+    pub range_from: i64,
+    /// End (exclusive) of the range, epoch ms.
+    pub range_to: i64,
+    /// Cells compared.
+    pub cells: i64,
+    /// Cells equal in both.
+    pub matched: i64,
+    /// Cells in both with different values.
+    pub mismatched: i64,
+    /// Recounted cells without a row.
+    pub missing_in_db: i64,
+    /// Rows the recount does not have.
+    pub missing_in_recount: i64,
+}
+
+impl ReconcileRun {
+    /// Cells that do not match, of any kind (`reconcile_mismatched_cells`).
+    pub fn unmatched(&self) -> i64 {
+        self.mismatched + self.missing_in_db + self.missing_in_recount
+    }
+}
+
 /// The operations the writer and the query service need. Time ranges are
 /// half-open `[from, to)` over window starts, in epoch ms.
 #[async_trait]
@@ -179,6 +209,14 @@ pub trait Store: Send + Sync {
     ) -> Result<HashMap<String, i64>, DbError>;
     /// End of the latest window written (data freshness), if any.
     async fn latest_window_end(&self) -> Result<Option<i64>, DbError>;
+    /// Every count row of every slice whose window starts in `[from, to)`,
+    /// for reconciliation. A batch read: it scans the table, which is fine
+    /// for a billing check and keeps the writer's indexes as they are.
+    async fn counts_in_range(&self, from: i64, to: i64) -> Result<Vec<CountRow>, DbError>;
+    /// Replaces the stored summary of the last reconciliation run.
+    async fn record_reconcile(&self, run: &ReconcileRun) -> Result<(), DbError>;
+    /// The stored summary of the last reconciliation run, if any.
+    async fn last_reconcile(&self) -> Result<Option<ReconcileRun>, DbError>;
 }
 
 /// Opens the configured backend and applies pending migrations.

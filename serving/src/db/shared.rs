@@ -214,6 +214,75 @@ macro_rules! impl_store {
                     .map_err($crate::db::op("latest window end"))?;
                 Ok(row.map(|r| r.0))
             }
+
+            async fn counts_in_range(
+                &self,
+                from: i64,
+                to: i64,
+            ) -> Result<Vec<$crate::db::CountRow>, $crate::db::DbError> {
+                type Row = (String, String, i64, i64, i64, i64, i64);
+                let rows: Vec<Row> = sqlx::query_as($crate::db::sql::COUNTS_IN_RANGE)
+                    .bind(from)
+                    .bind(to)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::db::op("counts in range"))?;
+                Ok(rows
+                    .into_iter()
+                    .map(
+                        |(slice, ad_id, window_start, clicks, impressions, epoch, revision)| {
+                            $crate::db::CountRow {
+                                slice,
+                                ad_id,
+                                window_start,
+                                clicks,
+                                impressions,
+                                epoch,
+                                revision,
+                            }
+                        },
+                    )
+                    .collect())
+            }
+
+            async fn record_reconcile(
+                &self,
+                run: &$crate::db::ReconcileRun,
+            ) -> Result<(), $crate::db::DbError> {
+                sqlx::query($crate::db::sql::UPSERT_RECONCILE)
+                    .bind(run.run_at_ms)
+                    .bind(run.range_from)
+                    .bind(run.range_to)
+                    .bind(run.cells)
+                    .bind(run.matched)
+                    .bind(run.mismatched)
+                    .bind(run.missing_in_db)
+                    .bind(run.missing_in_recount)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::db::op("record reconcile run"))?;
+                Ok(())
+            }
+
+            async fn last_reconcile(
+                &self,
+            ) -> Result<Option<$crate::db::ReconcileRun>, $crate::db::DbError> {
+                type Row = (i64, i64, i64, i64, i64, i64, i64, i64);
+                let row: Option<Row> = sqlx::query_as($crate::db::sql::LAST_RECONCILE)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::db::op("last reconcile run"))?;
+                Ok(row.map(|r| $crate::db::ReconcileRun {
+                    run_at_ms: r.0,
+                    range_from: r.1,
+                    range_to: r.2,
+                    cells: r.3,
+                    matched: r.4,
+                    mismatched: r.5,
+                    missing_in_db: r.6,
+                    missing_in_recount: r.7,
+                }))
+            }
         }
     };
 }

@@ -70,3 +70,21 @@ pub fn impressions_of(n: usize) -> String {
 
 /// Freshness mark.
 pub const LATEST: &str = "SELECT value FROM meta WHERE key = 'latest_window_end'";
+
+/// Every count row in a span of window starts (reconciliation).
+pub const COUNTS_IN_RANGE: &str =
+    "SELECT slice, ad_id, window_start, clicks, impressions, epoch, revision FROM counts \
+     WHERE window_start >= $1 AND window_start < $2";
+
+/// Stores the summary of the last reconciliation run (one row, id 1).
+pub const UPSERT_RECONCILE: &str = "INSERT INTO reconcile_last_run \
+     (id, run_at_ms, range_from, range_to, cells, matched, mismatched, missing_in_db, missing_in_recount) \
+     VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8) \
+     ON CONFLICT (id) DO UPDATE SET run_at_ms = excluded.run_at_ms, range_from = excluded.range_from, \
+     range_to = excluded.range_to, cells = excluded.cells, matched = excluded.matched, \
+     mismatched = excluded.mismatched, missing_in_db = excluded.missing_in_db, \
+     missing_in_recount = excluded.missing_in_recount";
+
+/// The summary of the last reconciliation run.
+pub const LAST_RECONCILE: &str = "SELECT run_at_ms, range_from, range_to, cells, matched, \
+     mismatched, missing_in_db, missing_in_recount FROM reconcile_last_run WHERE id = 1";

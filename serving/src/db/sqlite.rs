@@ -140,4 +140,46 @@ mod tests {
             "aggregated_count plan:\n{p}"
         );
     }
+
+    /// Reconciliation reads every slice of a span of windows, and keeps the
+    /// summary of exactly one (the last) run.
+    #[tokio::test]
+    async fn counts_in_range_and_last_reconcile_run() {
+        use crate::db::{Batch, CountRow, ReconcileRun, Store};
+        let s = store().await;
+        let row = |slice: &str, ws: i64| CountRow {
+            slice: slice.into(),
+            ad_id: "ad1".into(),
+            window_start: ws,
+            clicks: 2,
+            impressions: 3,
+            epoch: 1,
+            revision: 0,
+        };
+        let batch = Batch {
+            topic: "t".into(),
+            counts: vec![row("*", 0), row("us", 60_000), row("*", 120_000)],
+            ..Default::default()
+        };
+        s.apply(&batch).await.expect("apply");
+        let mut got = s.counts_in_range(0, 120_000).await.expect("range");
+        got.sort_by_key(|r| r.window_start);
+        assert_eq!(got, vec![row("*", 0), row("us", 60_000)]);
+        assert_eq!(s.last_reconcile().await.expect("read"), None);
+        let mut run = ReconcileRun {
+            run_at_ms: 5,
+            range_from: 0,
+            range_to: 120_000,
+            cells: 4,
+            matched: 3,
+            mismatched: 1,
+            ..Default::default()
+        };
+        s.record_reconcile(&run).await.expect("record");
+        run.run_at_ms = 6;
+        run.missing_in_db = 2;
+        s.record_reconcile(&run).await.expect("record again");
+        let last = s.last_reconcile().await.expect("read").expect("a run");
+        assert_eq!((last.clone(), last.unmatched()), (run, 3));
+    }
 }

@@ -117,11 +117,30 @@ async fn readyz(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
+    export_reconcile(s.store.as_ref()).await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
     )
         .into_response()
+}
+
+/// Sets `reconcile_mismatched_cells` and `reconcile_last_run_timestamp_seconds`
+/// from the last `adclick reconcile` run stored in the database. The run is a
+/// separate short-lived process, so the database is what carries its result
+/// to the long-running service that Prometheus scrapes. Read at scrape time,
+/// so every query replica reports the same last run.
+async fn export_reconcile(store: &dyn Store) {
+    match tokio::time::timeout(Duration::from_secs(2), store.last_reconcile()).await {
+        Ok(Ok(Some(run))) => {
+            metrics::gauge!("reconcile_mismatched_cells").set(run.unmatched() as f64);
+            metrics::gauge!("reconcile_last_run_timestamp_seconds")
+                .set(run.run_at_ms as f64 / 1000.0);
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::warn!("metrics: reading the last reconcile run: {e}"),
+        Err(_) => tracing::warn!("metrics: reading the last reconcile run timed out"),
+    }
 }
 
 /// Records `http_request_duration_seconds{route,status}` for every request,
