@@ -159,6 +159,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         ctr: 0.02,
         rate: args.rate,
         truth: None,
+        log_dir: None,
+        log_rotate_lines: 10_000,
         follow: true,
     };
     let gen_cfg = cfg.clone();

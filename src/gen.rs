@@ -60,6 +60,15 @@ pub struct GenArgs {
     /// Write the expected aggregates (JSON) here.
     #[arg(long)]
     pub truth: Option<PathBuf>,
+    /// Write the stream as rotating log files in DIR (clicks.log, rotated
+    /// by rename to clicks.log.1, .2, ...) for `adclick ship`, instead of
+    /// producing it: clicks alternate between the chapter's raw form and
+    /// JSON, with event times in whole seconds (the raw form has no more).
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Lines per log file before it is rotated (with --log-dir).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub log_rotate_lines: u64,
     /// Produce live events (event time = now) at --rate until Ctrl-C, instead
     /// of a finite seeded stream.
     #[arg(long)]
@@ -112,6 +121,12 @@ fn generate(args: &GenArgs, start_ms: i64, window_ms: i64) -> Vec<Record> {
                 0 => base,                 // exactly on the boundary
                 1 => base + window_ms - 1, // last millisecond of the window
                 _ => base + rng.random_range(0..window_ms),
+            };
+            // Log files carry whole seconds (the raw line form has no more).
+            let ts = if args.log_dir.is_some() {
+                ts - ts.rem_euclid(1000)
+            } else {
+                ts
             };
             let t = if rng.random_bool(click_share(args.ctr)) {
                 EventType::Click
@@ -167,6 +182,43 @@ fn generate(args: &GenArgs, start_ms: i64, window_ms: i64) -> Vec<Record> {
     }
     out.extend(pending_dups.into_iter().map(Record::Duplicate));
     out
+}
+
+/// The stream as log lines: every other click in the raw form (which has no
+/// event id: `ship` derives one), everything else as JSON. An event that is
+/// sent twice stays JSON both times, so both copies carry the same id.
+fn log_lines(records: &[Record]) -> Vec<String> {
+    let resent: std::collections::HashSet<&str> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Duplicate(e) => e.event_id.as_deref(),
+            _ => None,
+        })
+        .collect();
+    let mut clicks = 0u64;
+    records
+        .iter()
+        .map(|r| match r {
+            Record::Event(e)
+                if e.event_type == EventType::Click
+                    && !resent.contains(e.event_id.as_deref().unwrap_or("")) =>
+            {
+                clicks += 1;
+                let raw = clicks.is_multiple_of(2).then(|| {
+                    adclick_core::rawlog::raw_line(
+                        &e.ad_id,
+                        e.ts_ms,
+                        &e.user_id,
+                        &e.ip.to_string(),
+                        &e.country,
+                    )
+                });
+                raw.flatten().unwrap_or_else(|| to_json(e, false))
+            }
+            Record::Event(e) | Record::Duplicate(e) => to_json(e, false),
+            Record::Malformed(s) => s.clone(),
+        })
+        .collect()
 }
 
 /// The share of events that are clicks when clicks / impressions = `ctr`.
@@ -267,6 +319,9 @@ pub async fn run(args: GenArgs) -> Result<()> {
         };
         std::fs::write(path, serde_json::to_vec(&truth)?)
             .with_context(|| format!("writing truth to {}", path.display()))?;
+    }
+    if let Some(dir) = &args.log_dir {
+        return crate::gen_logs::write(dir, &log_lines(&records), args.log_rotate_lines, args.rate);
     }
     adclick_runtime::kafka::ensure_topics(&cfg.kafka).await?;
     let partitions =

@@ -3,6 +3,7 @@
 
 mod demo;
 mod gen;
+mod gen_logs;
 mod launch;
 mod reconcile;
 mod ship;

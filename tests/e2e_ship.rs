@@ -272,3 +272,59 @@ fn truncated_files_are_read_again_and_garbage_goes_to_the_dlq_by_line() -> Resul
     drop(cluster);
     Ok(())
 }
+
+#[test]
+fn generated_log_files_through_ship_match_the_truth() -> Result<()> {
+    let (dir, broker, config) = setup("e2e-ship-gen", "")?;
+    let logs = dir.join("logs");
+    let logs_arg = logs.display().to_string();
+    let truth = generate(
+        &dir,
+        &broker.bootstrap,
+        &config,
+        &[
+            "--seed",
+            "13",
+            "--events",
+            "6000",
+            "--minutes",
+            "3",
+            "--malformed-every",
+            "97",
+            "--ctr",
+            "0.5",
+            "--log-dir",
+            &logs_arg,
+            "--log-rotate-lines",
+            "2500",
+        ],
+    )?;
+    assert!(
+        logs.join("clicks.log.2").is_file(),
+        "the generator rotated its log"
+    );
+    let mut raw = 0;
+    for f in ["clicks.log", "clicks.log.1", "clicks.log.2"] {
+        raw += std::fs::read_to_string(logs.join(f))?
+            .lines()
+            .filter(|l| l.starts_with("[AdClickEvent]"))
+            .count();
+    }
+    assert!(raw > 100, "the logs hold raw-form lines ({raw})");
+    let cluster = Cluster::start(&dir, &broker.bootstrap, &config, NODES, false)?;
+    let pattern = format!("{logs_arg}/clicks.log*");
+    let _ship = Ship::start(&dir, &broker.bootstrap, &config, &pattern, 0)?;
+    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let folded = wait_for_truth(&reader, &truth, Duration::from_secs(180))?;
+    assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
+    // Malformed lines are dead letters, from ship (neither form) or from the
+    // Map (JSON that is not a valid event), each exactly once.
+    let dlq = TopicReader::new(&broker.bootstrap, "ad-clicks-dlq")?.drain(Duration::from_secs(3));
+    assert_eq!(dlq.len() as u64, truth.malformed, "dead letters");
+    assert_eq!(
+        cluster.node_counter(NODES, "duplicate_events_total") as u64,
+        truth.duplicates,
+        "re-sent copies dropped"
+    );
+    Ok(())
+}
