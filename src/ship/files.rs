@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-/// Longest line kept whole; longer ones go to the DLQ cut to this.
-pub const MAX_LINE: usize = 1 << 20;
+/// Longest line shipped as an event; longer ones go to the DLQ. Well below
+/// the 1 MB a Kafka producer and broker accept by default, so a long line
+/// can never be refused (and retried) forever.
+pub const MAX_LINE: usize = 512 << 10;
 /// Most bytes read from one file per poll, so one big file cannot starve the others.
 const READ_CHUNK: usize = 4 << 20;
 /// Polls without growth after which a file that no glob matches any more
@@ -198,10 +200,19 @@ impl Files {
         metrics::gauge!("ship_oldest_unshipped_age_seconds").set(oldest);
     }
 
-    /// Forgets every open file (after a failed produce: the next poll
-    /// reopens them at their acknowledged offsets).
-    pub fn reset(&mut self) {
-        self.tracked.clear();
+    /// Goes back to the acknowledged offsets after a failed produce, so the
+    /// lines are read and sent again; the backlog gauges keep counting.
+    pub fn rewind(&mut self) {
+        let mut broken = Vec::new();
+        for (k, t) in self.tracked.iter_mut() {
+            if let Err(e) = t.rewind() {
+                tracing::warn!(path = %t.path.display(), "cannot rewind, reopening: {e:#}");
+                broken.push(*k);
+            }
+        }
+        for k in broken {
+            self.tracked.remove(&k);
+        }
     }
 
     /// The acknowledged progress of every open file, for the state file.
@@ -256,6 +267,13 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> Result<usize> {
 }
 
 impl Tracked {
+    fn rewind(&mut self) -> Result<()> {
+        self.file.seek(SeekFrom::Start(self.acked.0))?;
+        self.read_pos = self.acked.0;
+        self.splitter = LineSplitter::new(self.acked.0, self.acked.1, MAX_LINE);
+        Ok(())
+    }
+
     /// Whether the file still starts with the line it was fingerprinted by:
     /// a file truncated and rewritten past its old size between two polls
     /// is not shorter, but it is a new file.

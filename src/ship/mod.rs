@@ -86,7 +86,7 @@ pub async fn run(args: ShipArgs) -> Result<()> {
                     // Nothing is recorded: the lines are read and sent again.
                     tracing::warn!("produce failed, retrying from the acknowledged offsets: {e:#}");
                     metrics::counter!("ship_produce_failures_total").increment(1);
-                    files.reset();
+                    files.rewind();
                 }
             }
         }
@@ -140,7 +140,14 @@ async fn produce(producer: &FutureProducer, cfg: &Config, lines: &[ReadLine]) ->
                         value: Some(v.as_bytes()),
                     })
                 });
-                let (payload, _) = adclick_node::kafka::side::bounded(&l.line.bytes);
+                let (payload, cut) = adclick_node::kafka::side::bounded(&l.line.bytes);
+                let headers = match &cut {
+                    Some(size) => headers.insert(Header {
+                        key: adclick_node::kafka::side::ORIGINAL_SIZE,
+                        value: Some(size.as_bytes()),
+                    }),
+                    None => headers,
+                };
                 let record = FutureRecord::<(), [u8]>::to(&cfg.kafka.dlq_topic)
                     .payload(payload)
                     .headers(headers);
