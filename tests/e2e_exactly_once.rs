@@ -24,13 +24,6 @@ const STREAM: &[&str] = &[
     "1200",
 ];
 
-fn generation(c: &Cluster) -> u64 {
-    c.status_json()
-        .ok()
-        .and_then(|s| s["generation"].as_u64())
-        .unwrap_or(0)
-}
-
 #[test]
 fn kill_nodes_mid_stream_loses_nothing() -> Result<()> {
     let (dir, broker, config) = setup("eo-kill", "")?;

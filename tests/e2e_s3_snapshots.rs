@@ -24,13 +24,6 @@ const STREAM: &[&str] = &[
     "1500",
 ];
 
-fn generation(c: &Cluster) -> u64 {
-    c.status_json()
-        .ok()
-        .and_then(|s| s["generation"].as_u64())
-        .unwrap_or(0)
-}
-
 #[test]
 fn checkpoints_in_s3_survive_a_node_kill() -> Result<()> {
     let (dir, broker, config) = setup("e2e-s3", "")?;

@@ -73,6 +73,9 @@ async fn schemathesis_finds_no_5xx_and_no_schema_violation() -> Result<()> {
         ])
         .args(["--max-examples", "150", "--seed", "1", "--no-color"])
         .env("SCHEMATHESIS_HOOKS", "")
+        // Its caches (.schemathesis/, .hypothesis/) go to the test's
+        // directory, not the working tree.
+        .current_dir(&dir)
         .output()
         .context("running schemathesis")?;
     let report = format!(

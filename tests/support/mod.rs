@@ -330,3 +330,11 @@ pub fn logs_contain(c: &Cluster, needle: &str) -> bool {
 pub fn process_log(c: &Cluster, name: &str) -> String {
     std::fs::read_to_string(c.run_dir.join("logs").join(format!("{name}.log"))).unwrap_or_default()
 }
+
+/// The generation the coordinator runs (0 when it does not answer).
+pub fn generation(c: &Cluster) -> u64 {
+    c.status_json()
+        .ok()
+        .and_then(|s| s["generation"].as_u64())
+        .unwrap_or(0)
+}
