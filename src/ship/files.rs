@@ -19,7 +19,11 @@ use std::time::{Instant, SystemTime};
 /// can never be refused (and retried) forever.
 pub const MAX_LINE: usize = 512 << 10;
 /// Most bytes read from one file per poll, so one big file cannot starve the others.
-const READ_CHUNK: usize = 4 << 20;
+const READ_CHUNK: usize = 1 << 20;
+/// Lines after which a poll reads no further file: a poll is one batch of
+/// produces and must fit the producer's queue (100k messages), or every
+/// attempt would fail with QueueFull and be retried forever.
+pub const MAX_LINES_PER_POLL: usize = 50_000;
 /// Polls without growth after which a file that no glob matches any more
 /// (renamed away and finished) is closed.
 const RETIRE_AFTER_IDLE_POLLS: u32 = 25;
@@ -124,6 +128,9 @@ impl Files {
         let mut out = Vec::new();
         let mut shrunk = Vec::new();
         for (_, _, key) in order {
+            if out.len() >= MAX_LINES_PER_POLL {
+                break;
+            }
             let Some(t) = self.tracked.get_mut(&key) else {
                 continue;
             };
