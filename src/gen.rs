@@ -335,15 +335,23 @@ pub async fn run(args: GenArgs) -> Result<()> {
         .context("creating producer")?;
     let started = Instant::now();
     let mut pending = Vec::new();
+    // Records are stamped with their event time, as if produced when the
+    // click happened: the broker's offsets-for-times then finds them, and a
+    // replay of the generated range is not refused as older than the topic.
+    let mut timestamp = start_ms;
     for (i, r) in records.iter().enumerate() {
         let payload = match r {
-            Record::Event(e) | Record::Duplicate(e) => to_json(e, i % 2 == 0),
+            Record::Event(e) | Record::Duplicate(e) => {
+                timestamp = e.ts_ms;
+                to_json(e, i % 2 == 0)
+            }
             Record::Malformed(s) => s.clone(),
         };
         let partition = (i as i64 % i64::from(partitions)) as i32;
         let fut = producer.send_result(
             FutureRecord::<(), String>::to(&cfg.kafka.input_topic)
                 .partition(partition)
+                .timestamp(timestamp)
                 .payload(&payload),
         );
         match fut {

@@ -6,6 +6,7 @@ mod gen;
 mod gen_logs;
 mod launch;
 mod reconcile;
+mod repair;
 mod ship;
 
 use anyhow::Result;
@@ -148,7 +149,7 @@ async fn run(cli: Cli) -> Result<()> {
                 })?,
             };
             let shutdown = adclick_runtime::shutdown::on_signal();
-            adclick_coordinator::run(cfg, listen, ops_addr, shutdown).await
+            adclick_coordinator::run(cfg, common.config.clone(), listen, ops_addr, shutdown).await
         }
         Command::Node {
             common,

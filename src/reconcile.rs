@@ -49,6 +49,15 @@ pub struct ReconcileArgs {
     /// Also write the full report (every difference) as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// When cells differ, replay the windows that hold them (through the
+    /// coordinator, as `adclickctl replay` does), wait until the writer has
+    /// stored the replay, and reconcile again; the exit code is that of the
+    /// second run.
+    #[arg(long)]
+    pub repair: bool,
+    /// Coordinator gRPC address for --repair (default: cluster.coordinator).
+    #[arg(long, env = "ADCLICK_COORDINATOR")]
+    pub coordinator: Option<String>,
 }
 
 /// Why a run did not produce a report.
@@ -91,7 +100,7 @@ pub async fn run(args: ReconcileArgs) -> Result<()> {
 async fn reconcile(args: &ReconcileArgs) -> Result<bool, Failure> {
     let cfg = adclick_runtime::config::load(args.config.as_deref())
         .map_err(|e| Failure::Usage(format!("{e:#}")))?;
-    let slicer = Slicer::new(&cfg.slices).map_err(|e| Failure::Usage(e.to_string()))?;
+    Slicer::new(&cfg.slices).map_err(|e| Failure::Usage(e.to_string()))?;
     let window_ms = cfg.job.window_ms();
     let (from, to) =
         parse_range(&args.from, &args.to, window_ms).map_err(|e| Failure::Usage(e.to_string()))?;
@@ -104,7 +113,34 @@ async fn reconcile(args: &ReconcileArgs) -> Result<bool, Failure> {
         .context("reading the latest closed window")?;
     check_closed(to, latest, adclick_runtime::now_ms())
         .map_err(|e| Failure::Usage(e.to_string()))?;
+    let report = reconcile_once(args, &cfg, store.as_ref(), from, to).await?;
+    if report.ok || !args.repair {
+        return Ok(report.ok);
+    }
+    let Some((lo, hi)) = crate::repair::range_of(&report.differences, window_ms) else {
+        return Ok(false);
+    };
+    let coordinator = args
+        .coordinator
+        .clone()
+        .unwrap_or_else(|| cfg.cluster.coordinator.clone());
+    crate::repair::replay_and_wait(&coordinator, store.as_ref(), lo, hi).await?;
+    eprintln!("adclick reconcile: reconciling again after the repair");
+    let again = reconcile_once(args, &cfg, store.as_ref(), from, to).await?;
+    Ok(again.ok)
+}
 
+/// One recount and comparison of `[from, to)`: prints the report, writes
+/// the JSON file and records the summary.
+async fn reconcile_once(
+    args: &ReconcileArgs,
+    cfg: &Config,
+    store: &dyn Store,
+    from: i64,
+    to: i64,
+) -> Result<Report, Failure> {
+    let slicer = Slicer::new(&cfg.slices).map_err(|e| Failure::Usage(e.to_string()))?;
+    let window_ms = cfg.job.window_ms();
     let started = Instant::now();
     let settings = RecountSettings {
         window_ms,
@@ -123,7 +159,7 @@ async fn reconcile(args: &ReconcileArgs) -> Result<bool, Failure> {
     let read_secs = started.elapsed().as_secs_f64();
     // The database is read after the topics: every row the job wrote for
     // the records recounted is there by now (the range is closed).
-    let db_cells = db_cells(store.as_ref(), from, to).await?;
+    let db_cells = db_cells(store, from, to).await?;
     let comparison = compare(&recount, &db_cells);
     let report = Report::new(&settings, adclick_runtime::now_ms(), stats, comparison);
     print!("{}", report.render());
@@ -138,8 +174,8 @@ async fn reconcile(args: &ReconcileArgs) -> Result<bool, Failure> {
         std::fs::write(path, json)
             .with_context(|| format!("writing the JSON report to {}", path.display()))?;
     }
-    record(store.as_ref(), &report).await?;
-    Ok(report.ok)
+    record(store, &report).await?;
+    Ok(report)
 }
 
 /// The database's rows of the range, keyed like the recount.

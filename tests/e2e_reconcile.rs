@@ -8,6 +8,8 @@
 //!    0, and its JSON report says so (the late events were subtracted);
 //! 2. after one row is changed by hand, it finds exactly that row, with its
 //!    key and both values, and exits 1;
+//!    With `--repair` it then replays that window through the coordinator,
+//!    waits for the writer to store the replay, reconciles again and exits 0;
 //! 3. bad ranges (from > to, from = to, in the future, after the latest
 //!    closed window, unaligned) fail with a message naming the argument and
 //!    exit 2;
@@ -120,10 +122,19 @@ fn reconcile(
     to: &str,
     json: Option<&Path>,
 ) -> Result<Run> {
+    reconcile_with(config, bootstrap, &["--from", from, "--to", to], json)
+}
+
+fn reconcile_with(
+    config: &Path,
+    bootstrap: &str,
+    args: &[&str],
+    json: Option<&Path>,
+) -> Result<Run> {
     let mut cmd = Command::new(support::bin());
     cmd.args(["reconcile", "--config"])
         .arg(config)
-        .args(["--from", from, "--to", to])
+        .args(args)
         .env("ADCLICK_KAFKA__BOOTSTRAP", bootstrap);
     if let Some(j) = json {
         cmd.arg("--json").arg(j);
@@ -339,7 +350,70 @@ fn reconcile_matches_then_finds_the_one_edited_row() -> Result<()> {
     );
     assert_eq!(d["abs_diff"].as_u64(), Some(7));
     assert_eq!(rep["worst"][0], *d);
-    let run_at = rep["run_at_ms"].as_i64().context("run_at_ms")?;
+
+    // (2b) --repair replays the window of that row through the coordinator,
+    // waits for the writer, reconciles again and exits 0.
+    let json3 = dir.join("report-3.json");
+    let coordinator = cluster.coordinator.clone();
+    let r = reconcile_with(
+        &config,
+        &bootstrap,
+        &[
+            "--from",
+            &T0.to_string(),
+            "--to",
+            &to,
+            "--repair",
+            "--coordinator",
+            &coordinator,
+        ],
+        Some(&json3),
+    )?;
+    assert_eq!(
+        r.code,
+        Some(0),
+        "reconcile --repair:\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains("RESULT: MISMATCH, 1 cells differ"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("RESULT: OK"), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("repairing [2021-03-03T00:00:06.000Z, 2021-03-03T00:00:08.000Z)"),
+        "{}",
+        r.stderr
+    );
+    let rep = read_json(&json3)?;
+    assert_eq!(rep["ok"], true, "{rep:#}");
+    assert_eq!(rep["summary"]["matched"].as_u64(), Some(want.len() as u64));
+    wait_for_counts(&url, &want, Duration::from_secs(30))?;
+    let replays = cluster.ctl(&["replays"])?;
+    assert_eq!(replays[0]["state"], "succeeded", "{replays:#}");
+    // The edited row is back; what follows checks the last run's metrics
+    // after one more edit.
+    let r = reconcile(&config, &bootstrap, &T0.to_string(), &to, None)?;
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+    block_on(async {
+        let pool = sqlx::SqlitePool::connect(&url).await?;
+        sqlx::query("UPDATE counts SET clicks = clicks + 7 WHERE slice = $1 AND ad_id = $2 AND window_start = $3")
+            .bind(slice)
+            .bind(ad)
+            .bind(ws)
+            .execute(&pool)
+            .await?;
+        pool.close().await;
+        Ok::<_, anyhow::Error>(())
+    })??;
+    let r = reconcile(&config, &bootstrap, &T0.to_string(), &to, Some(&json2))?;
+    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
+    let run_at = read_json(&json2)?["run_at_ms"]
+        .as_i64()
+        .context("run_at_ms")?;
 
     // (3) Bad ranges are usage errors naming the argument; none is recorded.
     let now = adclick_runtime::now_ms();

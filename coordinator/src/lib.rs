@@ -5,6 +5,7 @@ pub mod checkpointing;
 pub mod drain;
 pub mod job;
 pub mod registry;
+pub mod replay;
 pub mod service;
 
 use adclick_core::config::Config;
@@ -19,9 +20,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 /// Runs the coordinator until `signal` is cancelled (SIGTERM, Ctrl-C), then
-/// takes a final checkpoint and stops.
+/// takes a final checkpoint and stops. `config_path` is re-read when a
+/// replay starts, so a replay runs with the configuration as it is then.
 pub async fn run(
     cfg: Config,
+    config_path: Option<std::path::PathBuf>,
     listen: SocketAddr,
     ops: SocketAddr,
     signal: CancellationToken,
@@ -32,10 +35,12 @@ pub async fn run(
     let state = Arc::new(Mutex::new(registry::ClusterState::default()));
     let checkpointer = Arc::new(checkpointing::Checkpointer::new(cfg.clone())?);
     checkpointer.load(&state).await?;
+    let replays = replay::Replays::load(cfg.clone(), config_path, state.clone()).await?;
     let svc = service::CoordinatorService::new(
         state.clone(),
         cfg.cluster.heartbeat_timeout_ms,
         cfg.checkpoint.exactly_once,
+        replays,
     );
     let job = tokio::spawn(job::run(
         cfg.clone(),

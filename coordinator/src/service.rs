@@ -18,6 +18,7 @@ pub struct CoordinatorService {
     heartbeat_timeout_ms: u64,
     /// The job takes checkpoints (exactly-once); a drain waits for one.
     checkpoints: bool,
+    replays: Arc<crate::replay::Replays>,
 }
 
 impl CoordinatorService {
@@ -26,11 +27,13 @@ impl CoordinatorService {
         state: Arc<Mutex<ClusterState>>,
         heartbeat_timeout_ms: u64,
         checkpoints: bool,
+        replays: Arc<crate::replay::Replays>,
     ) -> Self {
         Self {
             state,
             heartbeat_timeout_ms,
             checkpoints,
+            replays,
         }
     }
 }
@@ -176,5 +179,27 @@ impl Admin for CoordinatorService {
         s.trigger_requested = true;
         let epoch = s.inflight.as_ref().map_or(s.next_epoch, |f| f.epoch + 1);
         Ok(Response::new(TriggerCheckpointResponse { epoch }))
+    }
+
+    async fn start_replay(
+        &self,
+        request: Request<StartReplayRequest>,
+    ) -> Result<Response<ReplayInfo>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!("replay", from = req.from_ms, to = req.to_ms);
+        self.replays
+            .start(req.from_ms, req.to_ms)
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_replays(
+        &self,
+        _request: Request<ListReplaysRequest>,
+    ) -> Result<Response<ListReplaysResponse>, Status> {
+        Ok(Response::new(ListReplaysResponse {
+            replays: self.replays.list(),
+        }))
     }
 }

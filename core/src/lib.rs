@@ -14,6 +14,7 @@ pub mod plan;
 pub mod rawlog;
 pub mod reconcile;
 pub mod reduce;
+pub mod replay;
 pub mod ring;
 pub mod slice;
 pub mod tail;

@@ -77,6 +77,28 @@ pub struct SideRecord {
     pub seq: u64,
 }
 
+/// The last record of a replay (`adclickctl replay`), written to every
+/// partition of the aggregates topic once all its records were acknowledged.
+/// A consumer that has seen it on all `partitions` has every value of the
+/// replay, so rows of windows in `[from, to)` (top-N lists ending in
+/// `(from, to]`) with an older epoch are the ones the fresh computation did
+/// not produce, and it deletes them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayDoneRecord {
+    /// The replay, as `adclickctl replays` lists it.
+    pub replay_id: String,
+    /// First window start of the range.
+    pub from: i64,
+    /// End (exclusive) of the range.
+    pub to: i64,
+    /// The replay's epoch (see `core::replay::replay_epoch`).
+    pub epoch: u64,
+    /// Partitions of the aggregates topic, each of which carries one copy.
+    pub partitions: u32,
+    /// The replay's producer name.
+    pub producer: String,
+}
+
 /// One message an actor emits: a row of the aggregates topic, or a side record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -87,6 +109,8 @@ pub enum OutputRecord {
     TopN(TopNRecord),
     /// A record for the late or dead-letter topic.
     Side(SideRecord),
+    /// The end of a replay (never produced by an actor).
+    ReplayDone(ReplayDoneRecord),
 }
 
 impl OutputRecord {
@@ -105,6 +129,7 @@ impl OutputRecord {
                 };
                 format!("{topic}/{}/{}/{}", s.producer, s.epoch, s.seq)
             }
+            OutputRecord::ReplayDone(r) => format!("replay_done/{}", r.epoch),
         }
     }
 
@@ -118,6 +143,7 @@ impl OutputRecord {
                 s.epoch = epoch;
                 s.seq = seq;
             }
+            OutputRecord::ReplayDone(_) => {}
         }
     }
 
@@ -127,6 +153,7 @@ impl OutputRecord {
             OutputRecord::Count(c) => (c.epoch, c.revision),
             OutputRecord::TopN(t) => (t.epoch, t.revision),
             OutputRecord::Side(s) => (s.epoch, 0),
+            OutputRecord::ReplayDone(r) => (r.epoch, 0),
         }
     }
 }

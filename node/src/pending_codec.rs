@@ -15,8 +15,8 @@ pub fn pending_to_pb(epoch: u64, producer: &str, records: &[OutputRecord]) -> pb
     use pb::pending_record::Kind;
     let typed = records
         .iter()
-        .map(|r| pb::PendingRecord {
-            kind: Some(match r {
+        .filter_map(|r| {
+            let kind = match r {
                 OutputRecord::Count(c) => Kind::Count(pb::PendingCount {
                     ad_id: c.ad_id.clone(),
                     window_start: c.window_start,
@@ -44,7 +44,10 @@ pub fn pending_to_pb(epoch: u64, producer: &str, records: &[OutputRecord]) -> pb
                     header_values: s.headers.iter().map(|h| h.1.clone()).collect(),
                     seq: s.seq,
                 }),
-            }),
+                // Actors never emit a replay's end marker; nothing to keep.
+                OutputRecord::ReplayDone(_) => return None,
+            };
+            Some(pb::PendingRecord { kind: Some(kind) })
         })
         .collect();
     pb::PendingEpoch {

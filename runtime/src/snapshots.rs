@@ -4,7 +4,9 @@
 //! - `checkpoints/<job>/<epoch>/<actor>`: one actor's snapshot;
 //! - `checkpoints/<job>/<epoch>/_metadata`: written last by the
 //!   coordinator; a checkpoint without it does not exist;
-//! - `coordinator/<job>/state.json`: the coordinator's own metadata.
+//! - `coordinator/<job>/state.json`: the coordinator's own metadata;
+//! - `coordinator/<job>/replays/<id>.json`: one replay's record, so
+//!   `adclickctl replays` lists finished replays after a restart.
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
@@ -161,6 +163,32 @@ impl SnapshotStore {
             )
             .await?;
         Ok(())
+    }
+
+    fn replay_path(&self, id: &str) -> Path {
+        Path::from(format!("coordinator/{}/replays/{id}.json", self.job))
+    }
+
+    /// Writes (or replaces) one replay's record.
+    pub async fn put_replay(&self, id: &str, json: Vec<u8>) -> Result<()> {
+        self.store
+            .put(&self.replay_path(id), PutPayload::from(json))
+            .await
+            .with_context(|| format!("writing replay record {id}"))?;
+        Ok(())
+    }
+
+    /// Every stored replay record.
+    pub async fn replays(&self) -> Result<Vec<Vec<u8>>> {
+        let prefix = Path::from(format!("coordinator/{}/replays", self.job));
+        let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        let mut out = Vec::with_capacity(objects.len());
+        for o in objects {
+            if let Some(b) = get_opt(&*self.store, &o.location).await? {
+                out.push(b);
+            }
+        }
+        Ok(out)
     }
 }
 

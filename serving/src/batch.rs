@@ -3,7 +3,7 @@
 //! and remembers the next offset per partition. Pure, so it is unit-tested
 //! without a broker or a database.
 
-use crate::db::{Batch, CountRow, TopNRow};
+use crate::db::{Batch, CountRow, ReplayMark, TopNRow};
 use adclick_core::output::OutputRecord;
 use std::collections::HashMap;
 
@@ -27,6 +27,7 @@ pub struct BatchBuilder {
     top_n: HashMap<(String, i64, i64), TopNRow>,
     offsets: HashMap<i32, i64>,
     latest: Option<i64>,
+    replay_marks: Vec<ReplayMark>,
     records: usize,
     superseded: u64,
 }
@@ -79,6 +80,16 @@ impl BatchBuilder {
         let bytes = payload.ok_or_else(|| BadRecord::Parse("empty payload".into()))?;
         let rec: OutputRecord =
             serde_json::from_slice(bytes).map_err(|e| BadRecord::Parse(e.to_string()))?;
+        if let OutputRecord::ReplayDone(r) = &rec {
+            self.replay_marks.push(ReplayMark {
+                partition,
+                epoch: int(r.epoch, "epoch")?,
+                replay_id: r.replay_id.clone(),
+                from: r.from,
+                to: r.to,
+                partitions: i64::from(r.partitions),
+            });
+        }
         self.add(rec)
     }
 
@@ -140,6 +151,8 @@ impl BatchBuilder {
             // Side records go to the late and dead-letter topics, never to
             // this one; there is nothing to store for them.
             OutputRecord::Side(_) => {}
+            // Handled in `push`, which knows the partition.
+            OutputRecord::ReplayDone(_) => {}
         }
         Ok(())
     }
@@ -154,6 +167,7 @@ impl BatchBuilder {
             top_n: self.top_n.into_values().collect(),
             offsets,
             latest_window_end: self.latest,
+            replay_marks: self.replay_marks,
         }
     }
 }

@@ -183,6 +183,17 @@ async fn apply_with_retry(
                 metrics::counter!("writer_rows_written_total", "kind" => "top_n")
                     .increment(applied.top_n_written);
                 metrics::counter!("writer_stale_skipped_total").increment(stale);
+                if applied.replays_completed > 0 {
+                    metrics::counter!("writer_replays_completed_total")
+                        .increment(applied.replays_completed);
+                    metrics::counter!("writer_rows_superseded_total")
+                        .increment(applied.rows_superseded);
+                    tracing::info!(
+                        replays = applied.replays_completed,
+                        deleted = applied.rows_superseded,
+                        "replay complete in the database; rows it did not produce deleted"
+                    );
+                }
                 tracing::debug!(
                     written = applied.counts_written + applied.top_n_written,
                     stale,

@@ -216,7 +216,7 @@ fn records_for(rng: &mut ChaCha8Rng, counts: &CountTruth, top: &TopTruth) -> Vec
     idx.sort_by_key(|i| match &out[*i] {
         OutputRecord::Count(c) => (c.window_end, 0),
         OutputRecord::TopN(t) => (t.window_end, 1),
-        OutputRecord::Side(_) => (i64::MAX, 2),
+        OutputRecord::Side(_) | OutputRecord::ReplayDone(_) => (i64::MAX, 2),
     });
     idx.into_iter().map(|i| out[i].clone()).collect()
 }

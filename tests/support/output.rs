@@ -66,6 +66,8 @@ impl Folded {
             OutputRecord::Side(s) => self
                 .conflicts
                 .push(format!("side record on the aggregates topic: {s:?}")),
+            // A replay's end marker carries no value.
+            OutputRecord::ReplayDone(_) => {}
         }
     }
 

@@ -92,6 +92,43 @@ pub struct Batch {
     pub offsets: Vec<(i32, i64)>,
     /// Largest window end in the batch (data freshness).
     pub latest_window_end: Option<i64>,
+    /// Replay end markers seen in the batch, one per (replay, partition).
+    pub replay_marks: Vec<ReplayMark>,
+}
+
+/// One partition's copy of a replay's end marker
+/// (`adclick_core::output::ReplayDoneRecord`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayMark {
+    /// Partition of the aggregates topic it was read from.
+    pub partition: i32,
+    /// The replay's epoch.
+    pub epoch: i64,
+    /// The replay's id.
+    pub replay_id: String,
+    /// First window start of the range.
+    pub from: i64,
+    /// End (exclusive) of the range.
+    pub to: i64,
+    /// Partitions that each carry a copy.
+    pub partitions: i64,
+}
+
+/// A replay whose results are complete in the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedReplay {
+    /// The replay's id.
+    pub replay_id: String,
+    /// First window start of the range.
+    pub range_from: i64,
+    /// End (exclusive) of the range.
+    pub range_to: i64,
+    /// When the writer completed it, epoch ms.
+    pub applied_at_ms: i64,
+    /// Count rows of the range the replay did not produce, deleted.
+    pub counts_deleted: i64,
+    /// Top-N rows of the range the replay did not produce, deleted.
+    pub top_n_deleted: i64,
 }
 
 /// What a batch changed.
@@ -101,6 +138,10 @@ pub struct Applied {
     pub counts_written: u64,
     /// Top-N rows inserted or replaced.
     pub top_n_written: u64,
+    /// Replays whose last end marker arrived in this batch.
+    pub replays_completed: u64,
+    /// Rows those replays superseded and deleted.
+    pub rows_superseded: u64,
 }
 
 /// An ad's totals over a span of minutes.
@@ -217,6 +258,8 @@ pub trait Store: Send + Sync {
     async fn record_reconcile(&self, run: &ReconcileRun) -> Result<(), DbError>;
     /// The stored summary of the last reconciliation run, if any.
     async fn last_reconcile(&self) -> Result<Option<ReconcileRun>, DbError>;
+    /// The replay of `epoch`, once its results are complete here.
+    async fn applied_replay(&self, epoch: i64) -> Result<Option<AppliedReplay>, DbError>;
 }
 
 /// Opens the configured backend and applies pending migrations.

@@ -92,6 +92,61 @@ macro_rules! impl_store {
                         .await
                         .map_err(op("store freshness"))?;
                 }
+                for mark in &batch.replay_marks {
+                    sqlx::query(sql::INSERT_REPLAY_MARK)
+                        .bind(mark.epoch)
+                        .bind(mark.partition)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(op("store replay mark"))?;
+                    let (seen,): (i64,) = sqlx::query_as(sql::COUNT_REPLAY_MARKS)
+                        .bind(mark.epoch)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(op("count replay marks"))?;
+                    let done: Option<(String, i64, i64, i64, i64, i64)> =
+                        sqlx::query_as(sql::APPLIED_REPLAY)
+                            .bind(mark.epoch)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(op("read applied replay"))?;
+                    if seen < mark.partitions || done.is_some() {
+                        continue;
+                    }
+                    // Every partition delivered the marker, so every value of
+                    // the replay is stored: older rows of the range are what
+                    // the fresh computation did not produce.
+                    let counts = sqlx::query(sql::DELETE_SUPERSEDED_COUNTS)
+                        .bind(mark.from)
+                        .bind(mark.to)
+                        .bind(mark.epoch)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(op("delete superseded counts"))?
+                        .rows_affected();
+                    let top = sqlx::query(sql::DELETE_SUPERSEDED_TOP)
+                        .bind(mark.from)
+                        .bind(mark.to)
+                        .bind(mark.epoch)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(op("delete superseded top_n"))?
+                        .rows_affected();
+                    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                    sqlx::query(sql::INSERT_REPLAY_APPLIED)
+                        .bind(mark.epoch)
+                        .bind(mark.replay_id.as_str())
+                        .bind(mark.from)
+                        .bind(mark.to)
+                        .bind(adclick_runtime::now_ms())
+                        .bind(n(counts))
+                        .bind(n(top))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(op("record applied replay"))?;
+                    out.replays_completed += 1;
+                    out.rows_superseded += counts + top;
+                }
                 tx.commit().await.map_err(op("commit batch"))?;
                 Ok(out)
             }
@@ -281,6 +336,26 @@ macro_rules! impl_store {
                     mismatched: r.5,
                     missing_in_db: r.6,
                     missing_in_recount: r.7,
+                }))
+            }
+
+            async fn applied_replay(
+                &self,
+                epoch: i64,
+            ) -> Result<Option<$crate::db::AppliedReplay>, $crate::db::DbError> {
+                type Row = (String, i64, i64, i64, i64, i64);
+                let row: Option<Row> = sqlx::query_as($crate::db::sql::APPLIED_REPLAY)
+                    .bind(epoch)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::db::op("applied replay"))?;
+                Ok(row.map(|r| $crate::db::AppliedReplay {
+                    replay_id: r.0,
+                    range_from: r.1,
+                    range_to: r.2,
+                    applied_at_ms: r.3,
+                    counts_deleted: r.4,
+                    top_n_deleted: r.5,
                 }))
             }
         }

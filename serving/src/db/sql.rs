@@ -88,3 +88,27 @@ pub const UPSERT_RECONCILE: &str = "INSERT INTO reconcile_last_run \
 /// The summary of the last reconciliation run.
 pub const LAST_RECONCILE: &str = "SELECT run_at_ms, range_from, range_to, cells, matched, \
      mismatched, missing_in_db, missing_in_recount FROM reconcile_last_run WHERE id = 1";
+
+/// Notes one partition's copy of a replay's end marker.
+pub const INSERT_REPLAY_MARK: &str = "INSERT INTO replay_marks (epoch, partition) VALUES ($1, $2) \
+     ON CONFLICT (epoch, partition) DO NOTHING";
+
+/// Partitions that delivered a replay's end marker.
+pub const COUNT_REPLAY_MARKS: &str = "SELECT COUNT(*) FROM replay_marks WHERE epoch = $1";
+
+/// Count rows of a replayed range that the replay did not write.
+pub const DELETE_SUPERSEDED_COUNTS: &str =
+    "DELETE FROM counts WHERE window_start >= $1 AND window_start < $2 AND epoch < $3";
+
+/// Top-N rows ending in a replayed range that the replay did not write.
+pub const DELETE_SUPERSEDED_TOP: &str =
+    "DELETE FROM top_n WHERE window_end > $1 AND window_end <= $2 AND epoch < $3";
+
+/// Records a completed replay (once).
+pub const INSERT_REPLAY_APPLIED: &str = "INSERT INTO replays_applied \
+     (epoch, replay_id, range_from, range_to, applied_at_ms, counts_deleted, top_n_deleted) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (epoch) DO NOTHING";
+
+/// One completed replay.
+pub const APPLIED_REPLAY: &str = "SELECT replay_id, range_from, range_to, applied_at_ms, \
+     counts_deleted, top_n_deleted FROM replays_applied WHERE epoch = $1";

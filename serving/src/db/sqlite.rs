@@ -182,4 +182,62 @@ mod tests {
         let last = s.last_reconcile().await.expect("read").expect("a run");
         assert_eq!((last.clone(), last.unmatched()), (run, 3));
     }
+
+    /// A replay's rows win by epoch; once its end marker arrived from every
+    /// partition, older rows of its range are deleted, once, and nothing
+    /// outside the range is touched.
+    #[tokio::test]
+    async fn replay_marks_delete_what_the_replay_did_not_produce() {
+        use crate::db::{Batch, CountRow, ReplayMark, Store};
+        let s = store().await;
+        let row = |ad: &str, ws: i64, clicks: i64, epoch: i64| CountRow {
+            slice: "*".into(),
+            ad_id: ad.into(),
+            window_start: ws,
+            clicks,
+            impressions: 0,
+            epoch,
+            revision: 0,
+        };
+        let live = Batch {
+            topic: "t".into(),
+            counts: vec![row("a", 0, 1, 3), row("b", 0, 1, 3), row("a", 60_000, 1, 3)],
+            ..Default::default()
+        };
+        s.apply(&live).await.expect("live rows");
+        let e = 1_i64 << 44;
+        let mark = |partition| ReplayMark {
+            partition,
+            epoch: e,
+            replay_id: "r1".into(),
+            from: 0,
+            to: 60_000,
+            partitions: 2,
+        };
+        let replay = Batch {
+            topic: "t".into(),
+            counts: vec![row("a", 0, 5, e)],
+            replay_marks: vec![mark(0)],
+            ..Default::default()
+        };
+        let applied = s.apply(&replay).await.expect("replay rows");
+        assert_eq!(applied.replays_completed, 0, "one partition of two");
+        assert_eq!(s.counts_in_range(0, 60_000).await.expect("read").len(), 2);
+        assert!(s.applied_replay(e).await.expect("read").is_none());
+        let last = Batch {
+            topic: "t".into(),
+            replay_marks: vec![mark(1), mark(1)],
+            ..Default::default()
+        };
+        let applied = s.apply(&last).await.expect("last marker");
+        assert_eq!((applied.replays_completed, applied.rows_superseded), (1, 1));
+        let got = s.counts_in_range(0, 120_000).await.expect("read");
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got.contains(&row("a", 0, 5, e)) && got.contains(&row("a", 60_000, 1, 3)));
+        let done = s.applied_replay(e).await.expect("read").expect("applied");
+        assert_eq!((done.replay_id.as_str(), done.counts_deleted), ("r1", 1));
+        // A marker read again (writer restart) changes nothing.
+        let again = s.apply(&last).await.expect("again");
+        assert_eq!(again.replays_completed, 0);
+    }
 }

@@ -1,4 +1,10 @@
 //! `adclickctl`: the admin CLI. Talks to the coordinator's admin gRPC API.
+//!
+//! Exit codes: 0 success, 1 the operation failed (or the coordinator
+//! refused it), 2 usage error (bad arguments, or arguments the coordinator
+//! found invalid).
+
+mod replay;
 
 use adclick_proto::cluster::admin_client::AdminClient;
 use adclick_proto::cluster::{StatusRequest, TriggerCheckpointRequest};
@@ -24,7 +30,7 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Format {
+pub(crate) enum Format {
     Table,
     Json,
 }
@@ -39,21 +45,86 @@ enum Cmd {
     Actors,
     /// Trigger a checkpoint now.
     Checkpoint,
+    /// Recompute the windows of [--from, --to) from the input topic's
+    /// retained history with the coordinator's current configuration file,
+    /// beside the live job; the results supersede earlier values in the
+    /// aggregates topic and the database. Waits until it is done.
+    Replay(replay::ReplayArgs),
+    /// Running and finished replays, newest first.
+    Replays,
+}
+
+/// Why a command did not succeed, and so its exit code.
+pub(crate) enum Failure {
+    /// Exit 2.
+    Usage(String),
+    /// Exit 1.
+    Failed(String),
+}
+
+impl Failure {
+    /// A refusal of the coordinator: invalid arguments are usage errors.
+    pub(crate) fn from_status(s: tonic::Status) -> Self {
+        let hint = if s.code() == tonic::Code::Unavailable {
+            " (is the coordinator running?)"
+        } else {
+            ""
+        };
+        match s.code() {
+            tonic::Code::InvalidArgument => Failure::Usage(s.message().to_string()),
+            _ => Failure::Failed(format!("{}{hint}", s.message())),
+        }
+    }
+}
+
+/// Prints `doc` in the chosen format.
+pub(crate) fn print(fmt: Format, doc: &serde_json::Value) {
+    match fmt {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(doc).unwrap_or_else(|_| doc.to_string())
+        ),
+        Format::Table => print_table(doc),
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
-        eprintln!("adclickctl: {e:#}");
-        std::process::exit(1);
-    }
+    let code = match run(cli).await {
+        Ok(()) => 0,
+        Err(Failure::Usage(m)) => {
+            eprintln!("adclickctl: {m}");
+            2
+        }
+        Err(Failure::Failed(m)) => {
+            eprintln!("adclickctl: {m}");
+            1
+        }
+    };
+    std::process::exit(code);
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<(), Failure> {
     let mut client = AdminClient::connect(format!("http://{}", cli.coordinator))
         .await
-        .with_context(|| format!("cannot reach coordinator at {}", cli.coordinator))?;
+        .map_err(|e| {
+            Failure::Failed(format!(
+                "cannot reach coordinator at {}: {e}",
+                cli.coordinator
+            ))
+        })?;
+    match &cli.command {
+        Cmd::Replay(args) => return replay::start(&mut client, args, cli.output).await,
+        Cmd::Replays => return replay::list(&mut client, cli.output).await,
+        _ => {}
+    }
+    run_status(cli, client)
+        .await
+        .map_err(|e| Failure::Failed(format!("{e:#}")))
+}
+
+async fn run_status(cli: Cli, mut client: AdminClient<tonic::transport::Channel>) -> Result<()> {
     if let Cmd::Checkpoint = cli.command {
         let r = client
             .trigger_checkpoint(TriggerCheckpointRequest {})
@@ -110,12 +181,9 @@ async fn run(cli: Cli) -> Result<()> {
         }),
         Cmd::Nodes => serde_json::Value::Array(nodes),
         Cmd::Actors => serde_json::Value::Array(actors),
-        Cmd::Checkpoint => serde_json::Value::Null,
+        Cmd::Checkpoint | Cmd::Replay(_) | Cmd::Replays => serde_json::Value::Null,
     };
-    match cli.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
-        Format::Table => print_table(&doc),
-    }
+    print(cli.output, &doc);
     Ok(())
 }
 
