@@ -224,6 +224,7 @@ fn replay_with_a_new_filter_fills_it_and_changes_nothing_else() -> Result<()> {
 
     // (3) Add the filter to the coordinator's configuration and replay.
     std::fs::copy(&with_filter, &config)?;
+    let generation = support::generation(&cluster);
     let mut replay = None;
     wait_until(
         "the range to be final in the live job",
@@ -313,6 +314,13 @@ fn replay_with_a_new_filter_fills_it_and_changes_nothing_else() -> Result<()> {
         "other top-N lists changed (after vs before): {changed:#?}"
     );
 
+    // The live job ran on undisturbed: no redeploy, its own configuration.
+    assert_eq!(
+        support::generation(&cluster),
+        generation,
+        "the replay redeployed the job"
+    );
+
     // (4) The replay is listed, and the writer completed it.
     let list: serde_json::Value = serde_json::from_str(&ctl(&cluster, &["replays"])?.stdout)?;
     let rows = list.as_array().context("replays is a list")?;
@@ -331,4 +339,75 @@ fn replay_with_a_new_filter_fills_it_and_changes_nothing_else() -> Result<()> {
     )?;
     drop(cluster);
     Ok(())
+}
+
+/// The writer's replay bookkeeping on PostgreSQL (SQLite has the same check
+/// in `serving::db::sqlite::tests`): rows of the range with an older epoch
+/// are deleted only when the last partition's end marker arrives.
+#[test]
+fn replay_marks_on_postgres() -> Result<()> {
+    use adclick_serving::db::{Batch, CountRow, ReplayMark};
+    let pg = adclick_testkit::postgres::Postgres::start("replay")?;
+    let cfg = adclick_core::config::DatabaseConfig {
+        url: pg.url.clone(),
+        ..Default::default()
+    };
+    block_on(async {
+        let store = adclick_serving::db::connect(&cfg).await?;
+        let row = |ad: &str, ws: i64, clicks: i64, epoch: i64| CountRow {
+            slice: "*".into(),
+            ad_id: ad.into(),
+            window_start: ws,
+            clicks,
+            impressions: 1,
+            epoch,
+            revision: 0,
+        };
+        let e = adclick_core::replay::replay_epoch(1_700_000_000_000) as i64;
+        let mark = |partition| ReplayMark {
+            partition,
+            epoch: e,
+            replay_id: "r".into(),
+            from: T0,
+            to: T0 + W,
+            partitions: 2,
+        };
+        let batches = [
+            Batch {
+                topic: "t".into(),
+                counts: vec![
+                    row("a", T0, 1, 4),
+                    row("b", T0, 1, 4),
+                    row("a", T0 + W, 1, 4),
+                ],
+                ..Default::default()
+            },
+            Batch {
+                topic: "t".into(),
+                counts: vec![row("a", T0, 9, e), row("a", T0 + W, 1, 3)],
+                replay_marks: vec![mark(1)],
+                ..Default::default()
+            },
+        ];
+        for b in &batches {
+            store.apply(b).await?;
+        }
+        assert_eq!(store.counts_in_range(T0, T0 + W).await?.len(), 2);
+        let last = Batch {
+            topic: "t".into(),
+            replay_marks: vec![mark(0)],
+            ..Default::default()
+        };
+        let applied = store.apply(&last).await?;
+        assert_eq!((applied.replays_completed, applied.rows_superseded), (1, 1));
+        let mut got = store.counts_in_range(T0, T0 + 2 * W).await?;
+        got.sort_by_key(|r| r.window_start);
+        assert_eq!(got, vec![row("a", T0, 9, e), row("a", T0 + W, 1, 4)]);
+        let done = store.applied_replay(e).await?.context("recorded")?;
+        assert_eq!(
+            (done.range_from, done.range_to, done.counts_deleted),
+            (T0, T0 + W, 1)
+        );
+        Ok::<_, anyhow::Error>(())
+    })?
 }

@@ -213,12 +213,28 @@ fn cell(v: &serde_json::Value) -> String {
     }
 }
 
+/// Prints `rows` with the table's columns in the order given (JSON keeps
+/// every field).
+pub(crate) fn print_columns(fmt: Format, rows: &[serde_json::Value], cols: &[&str]) {
+    match fmt {
+        Format::Json => print(fmt, &serde_json::Value::Array(rows.to_vec())),
+        Format::Table => print_rows_in(rows, cols.iter().map(|c| c.to_string()).collect()),
+    }
+}
+
 fn print_rows(rows: &[serde_json::Value]) {
     let Some(serde_json::Value::Object(first)) = rows.first() else {
         println!("(none)");
         return;
     };
-    let cols: Vec<&String> = first.keys().collect();
+    print_rows_in(rows, first.keys().cloned().collect());
+}
+
+fn print_rows_in(rows: &[serde_json::Value], cols: Vec<String>) {
+    if rows.is_empty() {
+        println!("(none)");
+        return;
+    }
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| cols.iter().map(|c| cell(&r[c.as_str()])).collect())

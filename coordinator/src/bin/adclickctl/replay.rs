@@ -27,6 +27,22 @@ pub struct ReplayArgs {
     timeout: u64,
 }
 
+/// Columns of `adclickctl replays` as a table.
+const COLUMNS: [&str; 12] = [
+    "id",
+    "state",
+    "from",
+    "to",
+    "progress_percent",
+    "records_read",
+    "counts_written",
+    "top_n_written",
+    "started",
+    "duration_s",
+    "filters",
+    "reason",
+];
+
 /// The JSON form of a replay, also the source of the table.
 pub fn doc(i: &ReplayInfo) -> serde_json::Value {
     let progress = if i.state == "succeeded" {
@@ -74,7 +90,7 @@ pub async fn list(client: &mut AdminClient<Channel>, fmt: Format) -> Result<(), 
         .into_inner()
         .replays;
     let rows: Vec<serde_json::Value> = all.iter().map(doc).collect();
-    crate::print(fmt, &serde_json::Value::Array(rows));
+    crate::print_columns(fmt, &rows, &COLUMNS);
     Ok(())
 }
 
