@@ -91,7 +91,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     };
     cfg.query.listen = format!("127.0.0.1:{http}");
     cfg.writer.ops_addr = format!("127.0.0.1:{}", free_port()?);
+    // The admin API wants a bearer token; the demo makes one up.
+    let token_file = dir.join("admin.token");
+    write_token(&token_file)?;
+    cfg.admin.token_file = token_file.display().to_string();
     cfg.validate()?;
+    let ctl = format!(
+        "adclickctl --coordinator {} --token-file {} status",
+        cfg.cluster.coordinator,
+        token_file.display()
+    );
     let config_path = dir.join("adclick.toml");
     std::fs::write(&config_path, adclick_runtime::config::to_toml(&cfg)?)?;
     let conf = config_path.display().to_string();
@@ -177,7 +186,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             _ = tick.tick() => {}
         }
         let exited = children.exited();
-        render(&board, &dashboard, &dir, args.rate, &exited);
+        render(&board, &dashboard, &ctl, &dir, args.rate, &exited);
     }
     eprintln!("\nstopping demo processes...");
     generator.abort();
@@ -226,9 +235,29 @@ async fn read_top(
     }
 }
 
+/// A random admin token in a file only the owner can read.
+fn write_token(path: &std::path::Path) -> Result<()> {
+    use rand::Rng;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token: String = (0..32)
+        .map(|_| format!("{:x}", rand::rng().random_range(0..16u8)))
+        .collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing the admin token to {}", path.display()))?;
+    f.write_all(token.as_bytes())?;
+    Ok(())
+}
+
 fn render(
     board: &Arc<Mutex<BTreeMap<(u32, String), TopNRecord>>>,
     dashboard: &str,
+    ctl: &str,
     dir: &std::path::Path,
     rate: u64,
     exited: &[String],
@@ -238,6 +267,7 @@ fn render(
         "adclick demo — {rate} events/s — dashboard {dashboard} — logs {}\n",
         dir.display()
     ));
+    out.push_str(&format!("admin CLI: {ctl}\n"));
     out.push_str("Ctrl-C stops every process.\n\n");
     if !exited.is_empty() {
         out.push_str(&format!(

@@ -58,6 +58,10 @@ pub struct ReconcileArgs {
     /// Coordinator gRPC address for --repair (default: cluster.coordinator).
     #[arg(long, env = "ADCLICK_COORDINATOR")]
     pub coordinator: Option<String>,
+    /// The admin API's bearer token for --repair (default: admin.token_file,
+    /// then ADCLICK_ADMIN_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Why a run did not produce a report.
@@ -124,7 +128,13 @@ async fn reconcile(args: &ReconcileArgs) -> Result<bool, Failure> {
         .coordinator
         .clone()
         .unwrap_or_else(|| cfg.cluster.coordinator.clone());
-    crate::repair::replay_and_wait(&coordinator, store.as_ref(), lo, hi).await?;
+    let token_file = args
+        .token_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&cfg.admin.token_file));
+    let token = adclick_runtime::admin_auth::client_token(Some(&token_file))
+        .map_err(|e| Failure::Usage(format!("{e:#}")))?;
+    crate::repair::replay_and_wait(&coordinator, token.as_deref(), store.as_ref(), lo, hi).await?;
     eprintln!("adclick reconcile: reconciling again after the repair");
     let again = reconcile_once(args, &cfg, store.as_ref(), from, to).await?;
     Ok(again.ok)

@@ -21,15 +21,21 @@ pub fn range_of(diffs: &[Difference], window_ms: i64) -> Option<(i64, i64)> {
 }
 
 /// Runs the replay of `[from, to)` and waits until the database holds it.
+/// `token` is the admin API's bearer token, if it needs one.
 pub async fn replay_and_wait(
     coordinator: &str,
+    token: Option<&str>,
     store: &dyn Store,
     from: i64,
     to: i64,
 ) -> Result<()> {
-    let mut client = AdminClient::connect(format!("http://{coordinator}"))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{coordinator}"))
+        .with_context(|| format!("--coordinator {coordinator:?}"))?
+        .connect()
         .await
         .with_context(|| format!("--repair: cannot reach the coordinator at {coordinator}"))?;
+    let bearer = adclick_runtime::admin_auth::BearerToken::new(token)?;
+    let mut client = AdminClient::with_interceptor(channel, bearer);
     let started = client
         .start_replay(StartReplayRequest {
             from_ms: from,

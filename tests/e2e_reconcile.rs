@@ -355,6 +355,7 @@ fn reconcile_matches_then_finds_the_one_edited_row() -> Result<()> {
     // waits for the writer, reconciles again and exits 0.
     let json3 = dir.join("report-3.json");
     let coordinator = cluster.coordinator.clone();
+    let token = cluster.token_file().display().to_string();
     let r = reconcile_with(
         &config,
         &bootstrap,
@@ -366,6 +367,8 @@ fn reconcile_matches_then_finds_the_one_edited_row() -> Result<()> {
             "--repair",
             "--coordinator",
             &coordinator,
+            "--token-file",
+            &token,
         ],
         Some(&json3),
     )?;

@@ -13,6 +13,9 @@
 //!    top-N lists exactly, and every other row is unchanged;
 //! 4. `adclickctl replays` lists the finished replay, with the filter it ran
 //!    with, and the writer counts the completed replay on `/metrics`.
+//!
+//! Admin calls without the token `cluster.sh` generated, or with a wrong
+//! one, are refused (exit 1) with a message that says how to pass it.
 
 mod serving_support;
 mod support;
@@ -123,6 +126,7 @@ struct Ctl {
 fn ctl(c: &Cluster, args: &[&str]) -> Result<Ctl> {
     let out = Command::new(ctl_bin())
         .args(["--coordinator", &c.coordinator, "-o", "json"])
+        .args(c.token_args())
         .args(args)
         .output()
         .context("running adclickctl")?;
@@ -164,7 +168,59 @@ fn replay_with_a_new_filter_fills_it_and_changes_nothing_else() -> Result<()> {
     wait_for_counts(&url, &without, Duration::from_secs(120))?;
     let (_, tops_before) = db_state(&url)?;
 
-    // (2) Refusals, each with its message and exit code.
+    // (2) Refusals, each with its message and exit code. First the admin
+    // token cluster.sh generated: without it, or with a wrong one, every
+    // admin call is refused, read-only or not.
+    let bare = |args: &[&str], token: Option<&str>| -> Result<Ctl> {
+        let mut cmd = Command::new(ctl_bin());
+        cmd.args(["--coordinator", &cluster.coordinator])
+            .args(args)
+            .env_remove("ADCLICK_ADMIN_TOKEN")
+            .env_remove("ADCLICK_ADMIN_TOKEN_FILE");
+        if let Some(t) = token {
+            cmd.env("ADCLICK_ADMIN_TOKEN", t);
+        }
+        let out = cmd.output()?;
+        Ok(Ctl {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    };
+    let replay_args = [
+        "replay",
+        "--from",
+        "2021-03-03T00:00:00Z",
+        "--to",
+        "2021-03-03T00:00:02Z",
+    ];
+    for args in [&["status"][..], &replay_args[..]] {
+        let r = bare(args, None)?;
+        assert_eq!(
+            r.code,
+            Some(1),
+            "{args:?} without a token: {}{}",
+            r.stdout,
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains("needs a bearer token") && r.stderr.contains("--token-file"),
+            "{}",
+            r.stderr
+        );
+        let r = bare(args, Some("not-the-token"))?;
+        assert_eq!(r.code, Some(1), "{args:?} with a wrong token: {}", r.stderr);
+        assert!(r.stderr.contains("wrong admin token"), "{}", r.stderr);
+    }
+    let token = std::fs::read_to_string(cluster.token_file())?;
+    let r = bare(&["status"], Some(token.trim()))?;
+    assert_eq!(
+        r.code,
+        Some(0),
+        "the token from ADCLICK_ADMIN_TOKEN: {}",
+        r.stderr
+    );
+
     let (from, to) = (T0.to_string(), (T0 + WINDOWS * W).to_string());
     let now = adclick_runtime::now_ms();
     let future = (now - now % W + 100 * W).to_string();

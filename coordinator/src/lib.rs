@@ -35,6 +35,16 @@ pub async fn run(
     let state = Arc::new(Mutex::new(registry::ClusterState::default()));
     let checkpointer = Arc::new(checkpointing::Checkpointer::new(cfg.clone())?);
     checkpointer.load(&state).await?;
+    let token =
+        adclick_runtime::admin_auth::load_token(Some(std::path::Path::new(&cfg.admin.token_file)))?;
+    let auth = adclick_runtime::admin_auth::RequireToken::new(token);
+    if auth.enabled() {
+        tracing::info!("the admin API requires a bearer token");
+    } else {
+        tracing::warn!(
+            "no admin token configured (admin.token_file, ADCLICK_ADMIN_TOKEN): the admin API is open"
+        );
+    }
     let replays = replay::Replays::load(cfg.clone(), config_path, state.clone()).await?;
     let svc = service::CoordinatorService::new(
         state.clone(),
@@ -59,7 +69,7 @@ pub async fn run(
     let sd = shutdown.clone();
     tonic::transport::Server::builder()
         .add_service(CoordinatorServer::new(svc.clone()))
-        .add_service(AdminServer::new(svc))
+        .add_service(AdminServer::with_interceptor(svc, auth))
         .serve_with_shutdown(listen, async move { sd.cancelled().await })
         .await
         .with_context(|| format!("coordinator gRPC server on {listen}"))?;

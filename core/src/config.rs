@@ -30,6 +30,18 @@ pub struct Config {
     pub writer: WriterConfig,
     /// The query API and dashboard (`adclick query`).
     pub query: QueryConfig,
+    /// The coordinator's admin API (`adclickctl`).
+    pub admin: AdminConfig,
+}
+
+/// The coordinator's admin API.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// File holding the bearer token every admin call must carry (the
+    /// `ADCLICK_ADMIN_TOKEN` variable, when set, wins). Empty: no token, the
+    /// admin API is open to anyone who reaches the coordinator's port.
+    pub token_file: String,
 }
 
 /// Broker and topics.

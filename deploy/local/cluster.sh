@@ -18,6 +18,8 @@
 #                            node i ops = BASE+40+i
 #   ADCLICK_SERVING          set to 0 to skip the writer and query processes
 #   ADCLICK_CHECKPOINT__STORE snapshot store (default $ADCLICK_RUN_DIR/snapshots)
+#   ADCLICK_ADMIN_TOKEN      the admin API's bearer token (default: a random one
+#                            generated into $ADCLICK_RUN_DIR/admin.token)
 # It only ever stops the processes whose pid files it wrote.
 set -euo pipefail
 
@@ -42,6 +44,16 @@ env_args() {
   if [[ -n "${ADCLICK_CONFIG:-}" ]]; then export ADCLICK_CONFIG; fi
   # Each run directory has its own snapshot store unless one is given.
   export ADCLICK_CHECKPOINT__STORE="${ADCLICK_CHECKPOINT__STORE:-$RUN_DIR/snapshots}"
+  # The admin API's bearer token: ADCLICK_ADMIN_TOKEN when it is set (the
+  # coordinator inherits it), otherwise a random one generated once into
+  # $RUN_DIR/admin.token (mode 600) and kept across restarts.
+  if [[ -z "${ADCLICK_ADMIN_TOKEN:-}" ]]; then
+    TOKEN_FILE="$RUN_DIR/admin.token"
+    if [[ ! -s "$TOKEN_FILE" ]]; then
+      (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TOKEN_FILE")
+    fi
+    export ADCLICK_ADMIN__TOKEN_FILE="$TOKEN_FILE"
+  fi
 }
 
 launch() { # name, args...
@@ -102,7 +114,13 @@ start() {
     start_named query
     echo "query API and dashboard: http://127.0.0.1:$((BASE + 3))/"
   fi
-  echo "coordinator: 127.0.0.1:$BASE  (adclickctl --coordinator 127.0.0.1:$BASE status)"
+  if [[ -n "${TOKEN_FILE:-}" ]]; then
+    echo "admin token: $TOKEN_FILE (generated; set ADCLICK_ADMIN_TOKEN to choose one)"
+    echo "coordinator: 127.0.0.1:$BASE  (adclickctl --coordinator 127.0.0.1:$BASE --token-file $TOKEN_FILE status)"
+  else
+    echo "admin token: from ADCLICK_ADMIN_TOKEN"
+    echo "coordinator: 127.0.0.1:$BASE  (ADCLICK_ADMIN_TOKEN=... adclickctl --coordinator 127.0.0.1:$BASE status)"
+  fi
   echo "logs: $LOGS"
 }
 

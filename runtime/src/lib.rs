@@ -1,8 +1,10 @@
 //! I/O shared by every adclick process. Each module has one job:
 //! `config` loads and validates, `telemetry` sets up tracing, `ops` serves
 //! `/metrics`, `/healthz` and `/readyz`, `kafka` builds clients and topics,
-//! `shutdown` carries Ctrl-C to every task.
+//! `shutdown` carries Ctrl-C to every task, `admin_auth` guards the admin
+//! API with a bearer token.
 
+pub mod admin_auth;
 pub mod config;
 pub mod kafka;
 pub mod ops;

@@ -186,6 +186,7 @@ impl Cluster {
         );
         let out = Command::new(ctl_bin())
             .args(["--coordinator", &self.coordinator, "-o", "json"])
+            .args(self.token_args())
             .args(args)
             .output()?;
         anyhow::ensure!(
@@ -194,6 +195,19 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The admin token file `cluster.sh` generated.
+    pub fn token_file(&self) -> PathBuf {
+        self.run_dir.join("admin.token")
+    }
+
+    /// `--token-file FILE` for adclickctl and `reconcile --repair`.
+    pub fn token_args(&self) -> Vec<String> {
+        vec![
+            "--token-file".into(),
+            self.token_file().display().to_string(),
+        ]
     }
 
     /// Pid of a process started by the script (`coordinator`, `node-1`, ...).

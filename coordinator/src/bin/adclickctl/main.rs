@@ -8,7 +8,6 @@ mod replay;
 
 use adclick_proto::cluster::admin_client::AdminClient;
 use adclick_proto::cluster::{StatusRequest, TriggerCheckpointRequest};
-use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -22,6 +21,10 @@ struct Cli {
         global = true
     )]
     coordinator: String,
+    /// File holding the admin API's bearer token (default: the token in
+    /// ADCLICK_ADMIN_TOKEN, if set).
+    #[arg(long, env = "ADCLICK_ADMIN_TOKEN_FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table, global = true)]
     output: Format,
@@ -105,8 +108,22 @@ async fn main() {
     std::process::exit(code);
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let mut client = AdminClient::connect(format!("http://{}", cli.coordinator))
+/// The admin client, with the bearer token on every call.
+pub(crate) type Client = AdminClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        adclick_runtime::admin_auth::BearerToken,
+    >,
+>;
+
+async fn connect(cli: &Cli) -> Result<Client, Failure> {
+    let token = adclick_runtime::admin_auth::client_token(cli.token_file.as_deref())
+        .map_err(|e| Failure::Usage(format!("{e:#}")))?;
+    let bearer = adclick_runtime::admin_auth::BearerToken::new(token.as_deref())
+        .map_err(|e| Failure::Usage(format!("{e:#}")))?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cli.coordinator))
+        .map_err(|e| Failure::Usage(format!("--coordinator {:?}: {e}", cli.coordinator)))?
+        .connect()
         .await
         .map_err(|e| {
             Failure::Failed(format!(
@@ -114,22 +131,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 cli.coordinator
             ))
         })?;
+    Ok(AdminClient::with_interceptor(channel, bearer))
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let mut client = connect(&cli).await?;
     match &cli.command {
         Cmd::Replay(args) => return replay::start(&mut client, args, cli.output).await,
         Cmd::Replays => return replay::list(&mut client, cli.output).await,
         _ => {}
     }
-    run_status(cli, client)
-        .await
-        .map_err(|e| Failure::Failed(format!("{e:#}")))
+    run_status(cli, client).await
 }
 
-async fn run_status(cli: Cli, mut client: AdminClient<tonic::transport::Channel>) -> Result<()> {
+async fn run_status(cli: Cli, mut client: Client) -> Result<(), Failure> {
     if let Cmd::Checkpoint = cli.command {
         let r = client
             .trigger_checkpoint(TriggerCheckpointRequest {})
             .await
-            .context("trigger checkpoint")?
+            .map_err(Failure::from_status)?
             .into_inner();
         let doc = serde_json::json!({"triggered_epoch": r.epoch});
         match cli.output {
@@ -141,7 +161,7 @@ async fn run_status(cli: Cli, mut client: AdminClient<tonic::transport::Channel>
     let status = client
         .status(StatusRequest {})
         .await
-        .context("status call")?
+        .map_err(Failure::from_status)?
         .into_inner();
     let placement_of = |actor: &str| {
         status

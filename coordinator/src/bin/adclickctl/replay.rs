@@ -1,11 +1,9 @@
 //! `adclickctl replay` and `adclickctl replays`.
 
 use adclick_core::reconcile::{fmt_ms, parse_instant};
-use adclick_proto::cluster::admin_client::AdminClient;
 use adclick_proto::cluster::{ListReplaysRequest, ReplayInfo, StartReplayRequest};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 use crate::{Failure, Format};
 
@@ -82,7 +80,7 @@ fn duration_s(i: &ReplayInfo) -> f64 {
 }
 
 /// `adclickctl replays`.
-pub async fn list(client: &mut AdminClient<Channel>, fmt: Format) -> Result<(), Failure> {
+pub async fn list(client: &mut crate::Client, fmt: Format) -> Result<(), Failure> {
     let all = client
         .list_replays(ListReplaysRequest {})
         .await
@@ -97,7 +95,7 @@ pub async fn list(client: &mut AdminClient<Channel>, fmt: Format) -> Result<(), 
 /// `adclickctl replay`: starts it and, unless `--no-wait`, follows it to
 /// its end; fails when the replay fails.
 pub async fn start(
-    client: &mut AdminClient<Channel>,
+    client: &mut crate::Client,
     args: &ReplayArgs,
     fmt: Format,
 ) -> Result<(), Failure> {
