@@ -4,7 +4,7 @@
 //! restarted coordinator carries on where the old one stopped.
 
 use crate::registry::{ClusterState, Inflight, JobState};
-use adclick_core::checkpoint::checkpoints_to_delete;
+use adclick_core::checkpoint::{checkpoints_to_delete, restore_choice, CheckpointFiles};
 use adclick_core::config::Config;
 use adclick_proto::cluster::CheckpointRequest;
 use adclick_runtime::snapshots::SnapshotStore;
@@ -15,6 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tracing::Instrument;
+
+/// What a checkpoint's `_metadata` says (only the fields restore needs).
+#[derive(Deserialize)]
+struct CheckpointMeta {
+    actors: std::collections::BTreeSet<String>,
+}
 
 /// The coordinator's own metadata in the snapshot store.
 #[derive(Serialize, Deserialize, Default)]
@@ -67,12 +73,48 @@ impl Checkpointer {
             .await
     }
 
-    /// The checkpoint a redeploy restores from (0 = none).
+    /// The checkpoint a redeploy restores from (0 = none): the newest
+    /// complete one that is whole (`adclick_core::checkpoint::restore_choice`).
     pub async fn restore_point(&self) -> Result<u64> {
         if !self.cfg.checkpoint.exactly_once {
             return Ok(0);
         }
-        Ok(self.store.epochs().await?.1.last().copied().unwrap_or(0))
+        let (_, complete) = self.store.epochs().await?;
+        let mut files = Vec::new();
+        // Newest first, and only as far back as the first whole one.
+        for epoch in complete.iter().rev().copied() {
+            let listed = self
+                .store
+                .get(epoch, adclick_runtime::snapshots::METADATA)
+                .await?
+                .and_then(|b| serde_json::from_slice::<CheckpointMeta>(&b).ok())
+                .map(|m| m.actors);
+            let present = self.store.actors(epoch).await?.into_iter().collect();
+            let c = CheckpointFiles {
+                epoch,
+                listed,
+                present,
+            };
+            let whole = restore_choice(std::slice::from_ref(&c)).0.is_some();
+            files.push(c);
+            if whole {
+                break;
+            }
+        }
+        let (choice, skipped) = restore_choice(&files);
+        for (epoch, why) in skipped {
+            tracing::error!(
+                epoch,
+                "checkpoint cannot be restored, using an older one: {why}"
+            );
+            metrics::counter!("checkpoint_restore_skipped_total").increment(1);
+        }
+        if choice.is_none() && !complete.is_empty() {
+            tracing::error!(
+                "no complete checkpoint is whole; the job starts over from job.start_from"
+            );
+        }
+        Ok(choice.unwrap_or(0))
     }
 
     /// One step: abort a late checkpoint, complete an acked one, or

@@ -88,6 +88,52 @@ pub fn checkpoints_to_delete(
         .collect()
 }
 
+/// What the snapshot store holds of one complete checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointFiles {
+    /// The epoch.
+    pub epoch: u64,
+    /// Actors its metadata lists (those that acked); `None` when the
+    /// metadata cannot be read.
+    pub listed: Option<BTreeSet<String>>,
+    /// Actor snapshots present in the store.
+    pub present: BTreeSet<String>,
+}
+
+/// The checkpoint to restore: the newest complete one whose metadata reads
+/// and whose every listed actor snapshot exists. Restoring a checkpoint with
+/// a snapshot missing would start that actor empty and lose its counts, so
+/// such a checkpoint is skipped, with the reason, for the previous one.
+/// `None` when no complete checkpoint is whole.
+pub fn restore_choice(complete: &[CheckpointFiles]) -> (Option<u64>, Vec<(u64, String)>) {
+    let mut newest_first: Vec<&CheckpointFiles> = complete.iter().collect();
+    newest_first.sort_by_key(|c| std::cmp::Reverse(c.epoch));
+    let mut skipped = Vec::new();
+    for c in newest_first {
+        let Some(listed) = &c.listed else {
+            skipped.push((c.epoch, "its metadata cannot be read".to_string()));
+            continue;
+        };
+        if listed.is_empty() {
+            skipped.push((c.epoch, "its metadata lists no actor".to_string()));
+            continue;
+        }
+        let missing: Vec<&str> = listed
+            .iter()
+            .filter(|a| !c.present.contains(*a))
+            .map(String::as_str)
+            .collect();
+        if missing.is_empty() {
+            return (Some(c.epoch), skipped);
+        }
+        skipped.push((
+            c.epoch,
+            format!("snapshots missing for {}", missing.join(", ")),
+        ));
+    }
+    (None, skipped)
+}
+
 /// Barrier alignment for an actor with several inputs. An input that
 /// delivered barrier `e` is blocked (its messages are buffered) until every
 /// input has delivered it.
@@ -159,6 +205,33 @@ impl<T> BarrierAligner<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_with_a_missing_snapshot_is_skipped_for_the_previous_one() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let whole = |e| CheckpointFiles {
+            epoch: e,
+            listed: Some(set(&["map-0", "aggregate-0", "reduce-0"])),
+            present: set(&["map-0", "aggregate-0", "reduce-0"]),
+        };
+        let mut broken = whole(9);
+        broken.present.remove("aggregate-0");
+        let unreadable = CheckpointFiles {
+            listed: None,
+            ..whole(10)
+        };
+        let (choice, skipped) = restore_choice(&[whole(7), whole(8), broken, unreadable]);
+        assert_eq!(choice, Some(8));
+        assert_eq!(skipped.len(), 2);
+        assert_eq!(skipped[0].0, 10);
+        assert!(skipped[1].1.contains("aggregate-0"), "{skipped:?}");
+        assert_eq!(restore_choice(&[whole(3)]).0, Some(3));
+        let (none, why) = restore_choice(&[CheckpointFiles {
+            listed: Some(BTreeSet::new()),
+            ..whole(4)
+        }]);
+        assert_eq!((none, why.len()), (None, 1));
+    }
     use crate::output::CountRecord;
 
     fn rec(ad: &str) -> OutputRecord {

@@ -245,13 +245,39 @@ async fn restore(
     let owners = ctx.key_group_owner.clone();
     let mut parts = Vec::new();
     let mut pending = Vec::new();
-    for name in ctx.snapshots.actors(epoch).await? {
+    // Every Aggregate the checkpoint's metadata lists must be there: a key
+    // group restored from a missing snapshot would start empty.
+    let meta = ctx
+        .snapshots
+        .get(epoch, adclick_runtime::snapshots::METADATA)
+        .await?
+        .with_context(|| format!("checkpoint {epoch} has no metadata"))?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&meta).with_context(|| format!("checkpoint {epoch} metadata"))?;
+    let listed: Vec<String> = meta["actors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let present = ctx.snapshots.actors(epoch).await?;
+    for name in listed.iter().filter(|n| n.starts_with("aggregate-")) {
+        anyhow::ensure!(
+            present.contains(name),
+            "checkpoint {epoch} has no snapshot of {name}"
+        );
+    }
+    for name in present {
         if !name.starts_with("aggregate-") {
             continue;
         }
-        let Some(bytes) = ctx.snapshots.get(epoch, &name).await? else {
-            continue;
-        };
+        let bytes = ctx
+            .snapshots
+            .get(epoch, &name)
+            .await?
+            .with_context(|| format!("checkpoint {epoch}: snapshot of {name} disappeared"))?;
         let snap = PbSnapshot::decode(bytes.as_slice())
             .with_context(|| format!("decoding snapshot {epoch}/{name}"))?;
         crate::snapshot_codec::check_version(snap.version, &name)?;

@@ -54,9 +54,19 @@ pub async fn run(
     // recovered source neither skips nor repeats records.
     let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
     if ctx.restore_epoch > 0 {
-        let bytes = ctx.snapshots.get(ctx.restore_epoch, &actor).await?;
-        let snap = MapSnapshot::decode(bytes.unwrap_or_default().as_slice())
-            .context("decoding map snapshot")?;
+        // A missing snapshot must fail the restore: reading from the start
+        // (or nowhere) would count the partitions' records again or lose them.
+        let bytes = ctx
+            .snapshots
+            .get(ctx.restore_epoch, &actor)
+            .await?
+            .with_context(|| {
+                format!(
+                    "checkpoint {} has no snapshot of {actor}",
+                    ctx.restore_epoch
+                )
+            })?;
+        let snap = MapSnapshot::decode(bytes.as_slice()).context("decoding map snapshot")?;
         crate::snapshot_codec::check_version(snap.version, "map snapshot")?;
         offsets.extend(snap.offsets.iter().map(|o| (o.partition, o.offset)));
         watermarks.restore(snap.watermark);

@@ -1,0 +1,91 @@
+//! Restoring from a damaged checkpoint, on the real broker (tansu) with a
+//! coordinator and 3 nodes started by `deploy/local/cluster.sh`: while a
+//! seeded stream flows, every process is killed (SIGKILL) and one Aggregate
+//! snapshot of the newest complete checkpoint is deleted. Restarted, the
+//! coordinator must not restore that checkpoint (its Aggregate would start
+//! empty and lose counts): it logs why and restores the previous complete
+//! one, and every final (ad, window, slice) and top-N list equals the truth.
+
+mod support;
+
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::*;
+
+const STREAM: &[&str] = &[
+    "--seed",
+    "23",
+    "--events",
+    "24000",
+    "--minutes",
+    "10",
+    "--disorder-ms",
+    "1500",
+    "--rate",
+    "1200",
+];
+
+/// Complete checkpoints (with `_metadata`), oldest first.
+fn complete_checkpoints(store: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let job = store.join("checkpoints").join("adclick");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&job).with_context(|| format!("{}", job.display()))? {
+        let e = e?;
+        let Ok(epoch) = e.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        if e.path().join("_metadata").is_file() {
+            out.push((epoch, e.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[test]
+fn a_checkpoint_missing_a_snapshot_is_skipped_for_the_previous_one() -> Result<()> {
+    let (dir, broker, config) = setup("restore-damaged", "")?;
+    let cluster = Cluster::start(&dir, &broker.bootstrap, &config, 3, false)?;
+    wait_until("first deployment", Duration::from_secs(60), || {
+        generation(&cluster) >= 1
+    })?;
+    let (gen, truth_path) = spawn_generate(&dir, &broker.bootstrap, &config, STREAM)?;
+    let store = cluster.run_dir.join("snapshots");
+    wait_until("two complete checkpoints", Duration::from_secs(60), || {
+        complete_checkpoints(&store).is_ok_and(|c| c.len() >= 2)
+    })?;
+    for p in ["coordinator", "node-0", "node-1", "node-2"] {
+        cluster.signal(p, "KILL")?;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let complete = complete_checkpoints(&store)?;
+    let [.., (previous, _), (newest, newest_dir)] = complete.as_slice() else {
+        anyhow::bail!("fewer than two complete checkpoints: {complete:?}");
+    };
+    let victim = newest_dir.join("aggregate-1");
+    std::fs::remove_file(&victim).with_context(|| format!("{}", victim.display()))?;
+
+    for p in ["coordinator", "node-0", "node-1", "node-2"] {
+        cluster.start_one(p, &[])?;
+    }
+    wait_until("the restarted job to run", Duration::from_secs(60), || {
+        cluster
+            .status_json()
+            .is_ok_and(|s| s["generation"].as_u64() > Some(1) && s["state"] == "running")
+    })?;
+    let log = process_log(&cluster, "coordinator");
+    assert!(
+        log.contains("checkpoint cannot be restored") && log.contains("aggregate-1"),
+        "the coordinator says why checkpoint {newest} is skipped:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("restore_epoch={previous}")),
+        "the coordinator restores checkpoint {previous}:\n{log}"
+    );
+    let truth = finish_generate(gen, &truth_path)?;
+    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let folded = wait_for_truth(&reader, &truth, Duration::from_secs(240))?;
+    assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
+    Ok(())
+}
