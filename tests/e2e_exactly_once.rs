@@ -230,6 +230,33 @@ fn empty_epochs_and_manual_checkpoints_keep_the_job_healthy() -> Result<()> {
     let status = cluster.status_json()?;
     assert_eq!(status["state"], "running", "{status}");
     assert_eq!(status["failed_checkpoints"], 0, "{status}");
+    // The history lists them, newest first: the manual one among periodic
+    // ones, each completed one acked by every actor.
+    let history = cluster.ctl(&["checkpoints", "--limit", "50"])?;
+    let rows = history.as_array().cloned().unwrap_or_default();
+    let manual = rows
+        .iter()
+        .find(|c| c["epoch"].as_u64() == Some(triggered))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(manual["trigger"], "manual", "{history:#}");
+    assert_eq!(manual["state"], "completed", "{history:#}");
+    assert!(manual["duration_ms"].is_u64(), "{manual}");
+    assert!(
+        rows.iter()
+            .any(|c| c["trigger"] == "interval" && c["state"] == "completed"),
+        "{history:#}"
+    );
+    let epochs: Vec<u64> = rows.iter().filter_map(|c| c["epoch"].as_u64()).collect();
+    assert!(
+        epochs.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {epochs:?}"
+    );
+    for c in rows.iter().filter(|c| c["state"] == "completed") {
+        let acks = c["acks"].as_str().unwrap_or_default();
+        let (got, want) = acks.split_once('/').unwrap_or_default();
+        assert_eq!(got, want, "a completed checkpoint has every ack: {c}");
+    }
     // And nothing new (no duplicate, no stray record) was written.
     let extra = reader.drain(Duration::from_secs(2));
     assert!(
@@ -265,6 +292,36 @@ fn stalled_checkpoints_report_degraded_and_recover() -> Result<()> {
             .status_json()
             .is_ok_and(|s| s["state"] == "degraded")
     })?;
+    // The checkpoint history shows the one the paused nodes never acked,
+    // aborted by checkpoint.timeout_ms, with how many acks it had.
+    let mut aborted = serde_json::Value::Null;
+    wait_until(
+        "a checkpoint aborted by its timeout",
+        Duration::from_secs(30),
+        || {
+            let Ok(list) = cluster.ctl(&["checkpoints"]) else {
+                return false;
+            };
+            let found = list.as_array().and_then(|l| {
+                l.iter()
+                    .find(|c| {
+                        c["state"] == "aborted"
+                            && c["reason"]
+                                .as_str()
+                                .is_some_and(|r| r.contains("timed out"))
+                    })
+                    .cloned()
+            });
+            found.map(|c| aborted = c).is_some()
+        },
+    )?;
+    let acks = aborted["acks"].as_str().unwrap_or_default().to_owned();
+    let (got, want) = acks.split_once('/').unwrap_or_default();
+    assert!(
+        got.parse::<u32>().ok() < want.parse::<u32>().ok(),
+        "an aborted checkpoint lacks acks: {aborted}"
+    );
+    assert!(aborted["duration_ms"].as_u64() >= Some(10_000), "{aborted}");
     for n in ["node-0", "node-1", "node-2"] {
         cluster.signal(n, "CONT")?;
     }

@@ -3,6 +3,7 @@
 //! out, deletes old checkpoints and persists its own metadata so a
 //! restarted coordinator carries on where the old one stopped.
 
+use crate::history::{CheckpointRecord, Outcome};
 use crate::registry::{ClusterState, Inflight, JobState};
 use adclick_core::checkpoint::{checkpoints_to_delete, restore_choice, CheckpointFiles};
 use adclick_core::config::Config;
@@ -27,6 +28,10 @@ struct CheckpointMeta {
 struct CoordinatorState {
     generation: u64,
     next_epoch: u64,
+    /// `job.key_groups` of the job (absent in state written before it was
+    /// stored).
+    #[serde(default)]
+    key_groups: Option<u32>,
 }
 
 /// Drives checkpoints for the job.
@@ -48,6 +53,8 @@ impl Checkpointer {
             Some(b) => serde_json::from_slice(&b).context("decoding coordinator state")?,
             None => CoordinatorState::default(),
         };
+        adclick_core::keygroup::check_key_groups(saved.key_groups, self.cfg.job.key_groups)
+            .map_err(|e| anyhow::anyhow!(e))?;
         let (all, complete) = self.store.epochs().await?;
         let mut s = state.lock().await;
         s.generation = s.generation.max(saved.generation);
@@ -69,6 +76,7 @@ impl Checkpointer {
             .put_coordinator_state(serde_json::to_vec(&CoordinatorState {
                 generation,
                 next_epoch,
+                key_groups: Some(self.cfg.job.key_groups),
             })?)
             .await
     }
@@ -165,6 +173,17 @@ impl Checkpointer {
                 }
                 Some(f) if f.started.elapsed() > timeout => {
                     f.span.record("outcome", "timed out");
+                    let reason = format!(
+                        "timed out after {} ms with {} of {expected} acks",
+                        timeout.as_millis(),
+                        f.acked.len()
+                    );
+                    s.history.finish(
+                        f.epoch,
+                        Outcome::Aborted,
+                        f.started.elapsed().as_millis() as u64,
+                        &reason,
+                    );
                     tracing::warn!(
                         epoch = f.epoch,
                         acked = f.acked.len(),
@@ -184,6 +203,11 @@ impl Checkpointer {
                     let due = s.trigger_requested
                         || s.last_trigger.is_none_or(|t| t.elapsed() >= interval);
                     if settled && due {
+                        let trigger_kind = match s.trigger_kind {
+                            k if s.trigger_requested && !k.is_empty() => k,
+                            _ if s.trigger_requested => "manual",
+                            _ => "interval",
+                        };
                         let epoch = s.next_epoch;
                         s.next_epoch += 1;
                         s.last_trigger = Some(Instant::now());
@@ -191,21 +215,35 @@ impl Checkpointer {
                             "checkpoint",
                             epoch,
                             generation = s.generation,
-                            trigger = if s.trigger_requested {
-                                "manual"
-                            } else {
-                                "interval"
-                            },
+                            trigger = trigger_kind,
                             outcome = tracing::field::Empty,
                         );
                         s.trigger_requested = false;
+                        s.trigger_kind = "";
+                        let started_ms = adclick_runtime::now_ms();
                         s.inflight = Some(Inflight {
                             epoch,
                             generation: s.generation,
                             started: Instant::now(),
                             acked: BTreeSet::new(),
                             bytes: 0,
+                            trigger: trigger_kind,
+                            started_ms,
                             span: span.clone(),
+                        });
+                        let generation = s.generation;
+                        s.history.started(CheckpointRecord {
+                            epoch,
+                            generation,
+                            trigger: trigger_kind,
+                            started_ms,
+                            duration_ms: None,
+                            alignment_ms: 0,
+                            bytes: 0,
+                            acked: 0,
+                            expected,
+                            outcome: Outcome::InProgress,
+                            reason: String::new(),
                         });
                         let targets = nodes.iter().filter_map(|n| addrs.get(n).cloned()).collect();
                         Step::Trigger(epoch, s.generation, targets, span)
@@ -247,6 +285,8 @@ impl Checkpointer {
             "generation": f.generation,
             "actors": f.acked,
             "bytes": f.bytes,
+            "trigger": f.trigger,
+            "started_at_ms": f.started_ms,
             "completed_at_ms": adclick_runtime::now_ms(),
         });
         // The metadata file is written last: only now does checkpoint e exist.
@@ -268,6 +308,8 @@ impl Checkpointer {
         {
             let mut s = state.lock().await;
             s.last_complete = Some((f.epoch, Instant::now()));
+            s.history
+                .finish(f.epoch, Outcome::Completed, took.as_millis() as u64, "");
         }
         let targets: Vec<String> = nodes.iter().filter_map(|n| addrs.get(n).cloned()).collect();
         let commit = tracing::info_span!(parent: &f.span, "complete_checkpoint", epoch = f.epoch);
@@ -313,5 +355,37 @@ async fn broadcast(
         if let Err(e) = r {
             tracing::warn!(epoch, barrier, "checkpoint RPC failed: {e:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restart with another `job.key_groups` is refused, naming both.
+    #[tokio::test]
+    async fn a_restart_with_other_key_groups_is_refused() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("adclick-kg-{}", std::process::id()));
+        let mut cfg = Config::default();
+        cfg.checkpoint.store = dir.display().to_string();
+        let first = Checkpointer::new(cfg.clone())?;
+        let state = Arc::new(Mutex::new(ClusterState::default()));
+        first.load(&state).await?;
+        first.persist(1, 5).await?;
+        // The same value: carries on from the stored generation and epoch.
+        let again = Checkpointer::new(cfg.clone())?;
+        let state = Arc::new(Mutex::new(ClusterState::default()));
+        again.load(&state).await?;
+        assert_eq!(state.lock().await.next_epoch, 5);
+        cfg.job.key_groups = 8192;
+        let changed = Checkpointer::new(cfg)?;
+        let err = changed
+            .load(&Arc::new(Mutex::new(ClusterState::default())))
+            .await
+            .expect_err("a changed key_groups must be refused");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("8192") && msg.contains("4096"), "{msg}");
+        let _ = std::fs::remove_dir_all(dir);
+        Ok(())
     }
 }

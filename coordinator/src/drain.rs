@@ -61,7 +61,7 @@ pub async fn drain(
         }
         let hosts = s.placements.iter().any(|p| p.node_id == node);
         if hosts && checkpoints {
-            s.trigger_requested = true;
+            s.request_checkpoint("drain");
         }
         (hosts, last_complete(&s))
     };

@@ -47,7 +47,15 @@ pub async fn run(
         }
         ready.set(true);
         let decision = {
-            let s = state.lock().await;
+            let mut s = state.lock().await;
+            if cfg.cluster.rebalance_on_join {
+                crate::rebalance::on_join(
+                    &mut s,
+                    cfg.cluster.heartbeat_timeout_ms,
+                    cfg.checkpoint.exactly_once,
+                    DEPLOY_GRACE,
+                );
+            }
             decide(&cfg, &s)
         };
         if let Some(reason) = decision {
@@ -80,6 +88,12 @@ fn decide(cfg: &Config, s: &ClusterState) -> Option<String> {
     }
     if alive.is_empty() {
         return None;
+    }
+    if let Some(p) = &s.rebalance {
+        let patience = Duration::from_millis(cfg.checkpoint.timeout_ms.saturating_mul(2));
+        if crate::rebalance::due(p, s.last_complete.map(|(e, _)| e), patience) {
+            return Some(format!("rebalance: {}", p.reason));
+        }
     }
     let in_grace = s.deployed_at.is_some_and(|t| t.elapsed() < DEPLOY_GRACE);
     for p in &s.placements {
@@ -142,7 +156,8 @@ async fn deploy(
             JobState::Recovering
         };
         // A checkpoint of the old generation can never complete now.
-        s.inflight = None;
+        let reason = format!("dropped by the deployment of generation {}", s.generation);
+        s.abort_inflight(&reason);
         let addrs: HashMap<String, String> = s
             .nodes
             .iter()
@@ -216,6 +231,8 @@ async fn deploy(
     let mut s = state.lock().await;
     s.placements = placements;
     s.deployed_at = Some(Instant::now());
+    // Whatever asked for it, this deployment spreads over every live node.
+    s.rebalance = None;
     for r in results {
         r?;
     }

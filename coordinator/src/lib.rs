@@ -3,7 +3,9 @@
 
 pub mod checkpointing;
 pub mod drain;
+pub mod history;
 pub mod job;
+pub mod rebalance;
 pub mod registry;
 pub mod replay;
 pub mod service;
@@ -91,7 +93,7 @@ async fn stop_after_final_checkpoint(
         let mut s = state.lock().await;
         let deployed = !s.placements.is_empty() && cfg.checkpoint.exactly_once;
         if deployed {
-            s.trigger_requested = true;
+            s.request_checkpoint("shutdown");
         }
         deployed.then_some(s.commit_sent)
     };

@@ -63,6 +63,10 @@ pub struct Inflight {
     pub acked: BTreeSet<String>,
     /// Total snapshot bytes.
     pub bytes: u64,
+    /// Why it was taken (see `history::CheckpointRecord::trigger`).
+    pub trigger: &'static str,
+    /// Wall clock at the trigger, epoch ms.
+    pub started_ms: i64,
     /// The checkpoint's root span: open until it completes or is aborted;
     /// every actor's snapshot and every sink's commit is its child.
     pub span: tracing::Span,
@@ -92,6 +96,12 @@ pub struct ClusterState {
     pub last_trigger: Option<Instant>,
     /// An operator asked for a checkpoint now.
     pub trigger_requested: bool,
+    /// Who asked (`manual`, `drain`, `shutdown`), for the history.
+    pub trigger_kind: &'static str,
+    /// Recent checkpoints (`adclickctl checkpoints`).
+    pub history: crate::history::History,
+    /// A rebalance waiting for its checkpoint.
+    pub rebalance: Option<crate::rebalance::Pending>,
     /// Checkpoints aborted (timeout or failure).
     pub failed_checkpoints: u64,
     /// Newest checkpoint whose commit was sent to the sinks.
@@ -125,4 +135,21 @@ pub async fn node_client(
     Ok(adclick_proto::cluster::node_client::NodeClient::new(
         channel,
     ))
+}
+
+impl ClusterState {
+    /// Drops the checkpoint in flight (a redeploy), recording why.
+    pub fn abort_inflight(&mut self, reason: &str) {
+        if let Some(f) = self.inflight.take() {
+            let ms = f.started.elapsed().as_millis() as u64;
+            self.history
+                .finish(f.epoch, crate::history::Outcome::Aborted, ms, reason);
+        }
+    }
+
+    /// Asks for a checkpoint now, saying who asked.
+    pub fn request_checkpoint(&mut self, kind: &'static str) {
+        self.trigger_requested = true;
+        self.trigger_kind = kind;
+    }
 }

@@ -91,11 +91,18 @@ impl Coordinator for CoordinatorService {
         request: Request<AckCheckpointRequest>,
     ) -> Result<Response<AckCheckpointResponse>, Status> {
         let req = request.into_inner();
-        let mut s = self.state.lock().await;
+        let mut guard = self.state.lock().await;
+        let s = &mut *guard;
         match s.inflight.as_mut() {
             Some(f) if f.epoch == req.epoch && f.generation == req.generation => {
                 f.acked.insert(req.actor_id);
                 f.bytes += req.bytes;
+                let (acked, bytes) = (f.acked.len(), f.bytes);
+                s.history.update(req.epoch, |r| {
+                    r.acked = acked;
+                    r.bytes = bytes;
+                    r.alignment_ms = r.alignment_ms.max(req.alignment_ms);
+                });
                 Ok(Response::new(AckCheckpointResponse {}))
             }
             _ => Err(Status::failed_precondition(format!(
@@ -176,7 +183,7 @@ impl Admin for CoordinatorService {
         if s.placements.is_empty() {
             return Err(Status::failed_precondition("the job is not deployed yet"));
         }
-        s.trigger_requested = true;
+        s.request_checkpoint("manual");
         let epoch = s.inflight.as_ref().map_or(s.next_epoch, |f| f.epoch + 1);
         Ok(Response::new(TriggerCheckpointResponse { epoch }))
     }
@@ -200,6 +207,69 @@ impl Admin for CoordinatorService {
     ) -> Result<Response<ListReplaysResponse>, Status> {
         Ok(Response::new(ListReplaysResponse {
             replays: self.replays.list(),
+        }))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        request: Request<ListCheckpointsRequest>,
+    ) -> Result<Response<ListCheckpointsResponse>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 20,
+            n => n as usize,
+        };
+        let s = self.state.lock().await;
+        let checkpoints = s
+            .history
+            .newest(limit)
+            .into_iter()
+            .map(|r| CheckpointInfo {
+                epoch: r.epoch,
+                generation: r.generation,
+                state: r.outcome.as_str().to_owned(),
+                trigger: r.trigger.to_owned(),
+                started_ms: r.started_ms,
+                duration_ms: r.duration_ms,
+                alignment_ms: r.alignment_ms,
+                bytes: r.bytes,
+                acked: u32::try_from(r.acked).unwrap_or(u32::MAX),
+                expected: u32::try_from(r.expected).unwrap_or(u32::MAX),
+                reason: r.reason,
+            })
+            .collect();
+        Ok(Response::new(ListCheckpointsResponse { checkpoints }))
+    }
+
+    async fn rebalance(
+        &self,
+        _request: Request<RebalanceRequest>,
+    ) -> Result<Response<RebalanceResponse>, Status> {
+        let mut s = self.state.lock().await;
+        if s.placements.is_empty() {
+            return Err(Status::failed_precondition("the job is not deployed yet"));
+        }
+        let generation = s.generation;
+        if let Some(p) = &s.rebalance {
+            return Ok(Response::new(RebalanceResponse {
+                generation,
+                started: true,
+                message: format!("a rebalance is already pending ({})", p.reason),
+            }));
+        }
+        let idle = crate::rebalance::idle_nodes(&s, self.heartbeat_timeout_ms);
+        if idle.is_empty() {
+            return Ok(Response::new(RebalanceResponse {
+                generation,
+                started: false,
+                message: "every live node already hosts actors; nothing to do".into(),
+            }));
+        }
+        let message = format!("spreading the job over idle node(s) {}", idle.join(", "));
+        crate::rebalance::request(&mut s, "adclickctl rebalance".into(), self.checkpoints);
+        Ok(Response::new(RebalanceResponse {
+            generation,
+            started: true,
+            message,
         }))
     }
 }

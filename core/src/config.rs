@@ -99,6 +99,10 @@ pub struct ClusterConfig {
     /// its actors away before it exits (keep it below the pod's
     /// `terminationGracePeriodSeconds`).
     pub drain_timeout_ms: u64,
+    /// When a node joins (or comes back) and hosts nothing, spread the
+    /// actors over every live node at once, after a checkpoint, as
+    /// `adclickctl rebalance` does. Off: new nodes stay idle until then.
+    pub rebalance_on_join: bool,
 }
 
 impl Default for ClusterConfig {
@@ -110,6 +114,7 @@ impl Default for ClusterConfig {
             heartbeat_interval_ms: 1_000,
             heartbeat_timeout_ms: 5_000,
             drain_timeout_ms: 30_000,
+            rebalance_on_join: false,
         }
     }
 }

@@ -55,6 +55,23 @@ enum Cmd {
     Replay(replay::ReplayArgs),
     /// Running and finished replays, newest first.
     Replays,
+    /// The recent checkpoints, newest first: epoch, state (completed,
+    /// aborted, in progress), trigger, duration, alignment time, size.
+    Checkpoints {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Spread the actors over every live node (after nodes joined): takes a
+    /// checkpoint, then redeploys from it. Waits until the new generation runs.
+    Rebalance {
+        /// Return once it is requested.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
 }
 
 /// Why a command did not succeed, and so its exit code.
@@ -139,9 +156,108 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Cmd::Replay(args) => return replay::start(&mut client, args, cli.output).await,
         Cmd::Replays => return replay::list(&mut client, cli.output).await,
+        Cmd::Checkpoints { limit } => return checkpoints(&mut client, *limit, cli.output).await,
+        Cmd::Rebalance { no_wait, timeout } => {
+            return rebalance(&mut client, *no_wait, *timeout, cli.output).await
+        }
         _ => {}
     }
     run_status(cli, client).await
+}
+
+/// `adclickctl rebalance`: asks, then follows the status until a newer
+/// generation runs.
+async fn rebalance(
+    client: &mut Client,
+    no_wait: bool,
+    timeout: u64,
+    fmt: Format,
+) -> Result<(), Failure> {
+    let r = client
+        .rebalance(adclick_proto::cluster::RebalanceRequest {})
+        .await
+        .map_err(Failure::from_status)?
+        .into_inner();
+    eprintln!("{}", r.message);
+    let mut doc = serde_json::json!({
+        "started": r.started,
+        "message": r.message,
+        "generation_before": r.generation,
+    });
+    if !r.started || no_wait {
+        print(fmt, &doc);
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    loop {
+        let st = client
+            .status(StatusRequest {})
+            .await
+            .map_err(Failure::from_status)?
+            .into_inner();
+        if st.generation > r.generation && st.state == "running" {
+            let nodes: std::collections::BTreeSet<&str> =
+                st.placements.iter().map(|p| p.node_id.as_str()).collect();
+            eprintln!(
+                "generation {} runs on {} node(s): {}",
+                st.generation,
+                nodes.len(),
+                nodes.iter().copied().collect::<Vec<_>>().join(", ")
+            );
+            doc["generation"] = st.generation.into();
+            doc["nodes"] = nodes.into_iter().collect::<Vec<_>>().into();
+            print(fmt, &doc);
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Failure::Failed(format!(
+                "no new generation after {timeout} s (still generation {}, {}); see `adclickctl status`",
+                st.generation, st.state
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// `adclickctl checkpoints`.
+async fn checkpoints(client: &mut Client, limit: u32, fmt: Format) -> Result<(), Failure> {
+    let list = client
+        .list_checkpoints(adclick_proto::cluster::ListCheckpointsRequest { limit })
+        .await
+        .map_err(Failure::from_status)?
+        .into_inner()
+        .checkpoints;
+    let rows: Vec<serde_json::Value> = list
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "epoch": c.epoch,
+                "state": c.state,
+                "trigger": c.trigger,
+                "started": adclick_core::reconcile::fmt_ms(c.started_ms),
+                "duration_ms": c.duration_ms,
+                "alignment_ms": c.alignment_ms,
+                "bytes": c.bytes,
+                "acks": format!("{}/{}", c.acked, c.expected),
+                "generation": c.generation,
+                "reason": c.reason,
+            })
+        })
+        .collect();
+    let cols = [
+        "epoch",
+        "state",
+        "trigger",
+        "started",
+        "duration_ms",
+        "alignment_ms",
+        "bytes",
+        "acks",
+        "generation",
+        "reason",
+    ];
+    print_columns(fmt, &rows, &cols);
+    Ok(())
 }
 
 async fn run_status(cli: Cli, mut client: Client) -> Result<(), Failure> {
@@ -201,7 +317,11 @@ async fn run_status(cli: Cli, mut client: Client) -> Result<(), Failure> {
         }),
         Cmd::Nodes => serde_json::Value::Array(nodes),
         Cmd::Actors => serde_json::Value::Array(actors),
-        Cmd::Checkpoint | Cmd::Replay(_) | Cmd::Replays => serde_json::Value::Null,
+        Cmd::Checkpoint
+        | Cmd::Replay(_)
+        | Cmd::Replays
+        | Cmd::Checkpoints { .. }
+        | Cmd::Rebalance { .. } => serde_json::Value::Null,
     };
     print(cli.output, &doc);
     Ok(())
