@@ -7,7 +7,10 @@
 //!   `ADCLICK_NODES`); `adclickctl rebalance` takes a checkpoint and
 //!   redeploys over all 5;
 //! - with `cluster.rebalance_on_join`, a node killed (-9) and started again
-//!   after its actors moved away gets work again by itself.
+//!   after its actors moved away gets work again by itself;
+//! - `adclickctl drain` moves a node's actors away and cordons it (its
+//!   process stays up and idle, across a coordinator restart), refuses the
+//!   last schedulable node, and `uncordon` plus `rebalance` bring it back.
 
 mod support;
 
@@ -129,6 +132,113 @@ fn a_restarted_node_gets_work_again_with_rebalance_on_join() -> Result<()> {
     )?;
     let log = process_log(&cluster, "coordinator");
     assert!(log.contains("node(s) node-1 joined"), "{log}");
+    let truth = finish_generate(gen, &truth_path)?;
+    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let folded = wait_for_truth(&reader, &truth, Duration::from_secs(240))?;
+    assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
+    Ok(())
+}
+
+#[test]
+fn drained_nodes_stay_up_and_idle_until_uncordoned() -> Result<()> {
+    let (dir, broker, config) = setup("rebalance-drain", "")?;
+    let cluster = Cluster::start(&dir, &broker.bootstrap, &config, 3, false)?;
+    wait_until("first deployment", Duration::from_secs(60), || {
+        generation(&cluster) >= 1
+    })?;
+    let (gen, truth_path) = spawn_generate(&dir, &broker.bootstrap, &config, STREAM)?;
+    std::thread::sleep(Duration::from_secs(3));
+    for node in ["node-2", "node-1"] {
+        let r = cluster.ctl(&["drain", node])?;
+        assert_eq!(r["moved"], true, "{r}");
+        assert!(
+            !hosting(&cluster).contains(node),
+            "{node} still hosts actors"
+        );
+    }
+    assert_eq!(hosting(&cluster), BTreeSet::from(["node-0".to_string()]));
+    // The drained processes stay up, alive and cordoned.
+    let nodes = cluster.ctl(&["nodes"])?;
+    for n in nodes.as_array().cloned().unwrap_or_default() {
+        let cordoned = n["node"] != "node-0";
+        assert_eq!(n["cordoned"], cordoned, "{n}");
+        assert_eq!(n["alive"], true, "{n}");
+    }
+    assert!(cluster.alive("node-1") && cluster.alive("node-2"));
+    // Refused: the last schedulable node, an unknown one, uncordoning one
+    // that is not cordoned.
+    let (code, _, err) = cluster.ctl_raw(&["drain", "node-0"])?;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("last schedulable node"), "{err}");
+    let (code, _, err) = cluster.ctl_raw(&["drain", "node-9"])?;
+    assert!(code == Some(1) && err.contains("not registered"), "{err}");
+    let (code, _, err) = cluster.ctl_raw(&["uncordon", "node-0"])?;
+    assert!(code == Some(1) && err.contains("not cordoned"), "{err}");
+    let (code, _, err) = cluster.ctl_raw(&["drain"])?;
+    assert_eq!(code, Some(2), "a missing argument is a usage error: {err}");
+    // The status says what state the job is in, since when and why.
+    let status = cluster.status_json()?;
+    assert_eq!(status["state"], "running", "{status}");
+    assert!(status["state_since"].is_string(), "{status}");
+    assert!(
+        status["state_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("deployed")),
+        "{status}"
+    );
+    assert_eq!(
+        status["aggregate_replicas"], "3 configured, 3 deployed",
+        "{status}"
+    );
+    // The other output formats: YAML, and tables in their column order.
+    let run = |format: &str, args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(ctl_bin())
+            .args(["--coordinator", &cluster.coordinator, "-o", format])
+            .args(cluster.token_args())
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let yaml = run("yaml", &["status"])?;
+    assert!(
+        yaml.contains("state: running") && yaml.contains("generation: "),
+        "{yaml}"
+    );
+    let table = run("table", &["checkpoints", "--limit", "3"])?;
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|h| h.starts_with("EPOCH") && h.contains("ACKS")),
+        "{table}"
+    );
+
+    // The cordons survive a coordinator restart.
+    let before = generation(&cluster);
+    cluster.signal("coordinator", "KILL")?;
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.start_one("coordinator", &[])?;
+    wait_until(
+        "the restarted coordinator to deploy",
+        Duration::from_secs(60),
+        || {
+            cluster
+                .status_json()
+                .is_ok_and(|s| s["generation"].as_u64() > Some(before) && s["state"] == "running")
+        },
+    )?;
+    assert_eq!(hosting(&cluster), BTreeSet::from(["node-0".to_string()]));
+
+    for node in ["node-1", "node-2"] {
+        cluster.ctl(&["uncordon", node])?;
+    }
+    let r = cluster.ctl(&["rebalance"])?;
+    assert_eq!(r["nodes"].as_array().map(Vec::len), Some(3), "{r}");
     let truth = finish_generate(gen, &truth_path)?;
     let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
     let folded = wait_for_truth(&reader, &truth, Duration::from_secs(240))?;

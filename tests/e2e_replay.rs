@@ -384,6 +384,25 @@ fn replay_with_a_new_filter_fills_it_and_changes_nothing_else() -> Result<()> {
     assert_eq!(rows[0]["id"], doc["id"]);
     assert_eq!(rows[0]["state"], "succeeded");
     assert_eq!(rows[0]["progress_percent"].as_f64(), Some(100.0));
+    // The table shows the main columns; the wide one every field.
+    let table = |format: &str| -> Result<String> {
+        let out = Command::new(ctl_bin())
+            .args(["--coordinator", &cluster.coordinator, "-o", format])
+            .args(cluster.token_args())
+            .arg("replays")
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (narrow, wide) = (table("table")?, table("wide")?);
+    let header = |t: &str| t.lines().next().unwrap_or_default().to_owned();
+    assert!(
+        header(&narrow).starts_with("ID") && !header(&narrow).contains("DUPLICATES"),
+        "{narrow}"
+    );
+    assert!(
+        header(&wide).starts_with("ID") && header(&wide).contains("DUPLICATES"),
+        "{wide}"
+    );
     let writer_ops = format!("127.0.0.1:{}", cluster.base_port + 2);
     wait_until(
         "the writer's replay counter",

@@ -1,10 +1,17 @@
-//! Restoring from a damaged checkpoint, on the real broker (tansu) with a
-//! coordinator and 3 nodes started by `deploy/local/cluster.sh`: while a
-//! seeded stream flows, every process is killed (SIGKILL) and one Aggregate
-//! snapshot of the newest complete checkpoint is deleted. Restarted, the
-//! coordinator must not restore that checkpoint (its Aggregate would start
-//! empty and lose counts): it logs why and restores the previous complete
-//! one, and every final (ad, window, slice) and top-N list equals the truth.
+//! Restoring and deploying when things go wrong, on the real broker (tansu)
+//! with a coordinator and 3 nodes started by `deploy/local/cluster.sh`:
+//!
+//! - while a seeded stream flows, every process is killed (SIGKILL) and one
+//!   Aggregate snapshot of the newest complete checkpoint is deleted.
+//!   Restarted, the coordinator must not restore that checkpoint (its
+//!   Aggregate would start empty and lose counts): it logs why and restores
+//!   the previous complete one;
+//! - deployments that nodes apply but answer with an error (a fail point)
+//!   are retried with backoff, the job is `failed` with the reason once
+//!   `cluster.deploy_retries` is reached, and `adclickctl rebalance` deploys
+//!   it again; a single such error is retried until the job runs.
+//!
+//! Every final (ad, window, slice) and top-N list equals the truth.
 
 mod support;
 
@@ -86,6 +93,80 @@ fn a_checkpoint_missing_a_snapshot_is_skipped_for_the_previous_one() -> Result<(
     let truth = finish_generate(gen, &truth_path)?;
     let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
     let folded = wait_for_truth(&reader, &truth, Duration::from_secs(240))?;
+    assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
+    Ok(())
+}
+
+#[test]
+fn deploys_answered_with_errors_are_retried_then_the_job_fails_until_asked() -> Result<()> {
+    let (dir, broker, config) = setup("deploy-retry", "")?;
+    let truth = generate(
+        &dir,
+        &broker.bootstrap,
+        &config,
+        &["--seed", "31", "--events", "4000", "--minutes", "4"],
+    )?;
+    let cluster = Cluster::start_with_env(
+        &dir,
+        &broker.bootstrap,
+        &config,
+        3,
+        &[
+            ("ADCLICK_FAILPOINT", "deploy_error_always"),
+            ("ADCLICK_CLUSTER__DEPLOY_RETRIES", "3"),
+        ],
+    )?;
+    wait_until("the job to fail", Duration::from_secs(60), || {
+        cluster.status_json().is_ok_and(|s| s["state"] == "failed")
+    })?;
+    let status = cluster.status_json()?;
+    let reason = status["state_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("3 deployments failed") && reason.contains("fail point"),
+        "{status}"
+    );
+    assert_eq!(
+        status["last_checkpoint"], 0,
+        "no checkpoint while failed: {status}"
+    );
+    let log = process_log(&cluster, "coordinator");
+    assert!(
+        log.contains("retrying the failed deployment (attempt 2)"),
+        "{log}"
+    );
+
+    // The nodes come back with a single lost answer each; the operator asks
+    // again; the retry after that error runs the job.
+    for n in ["node-0", "node-1", "node-2"] {
+        cluster.signal(n, "KILL")?;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for n in ["node-0", "node-1", "node-2"] {
+        cluster.start_one(n, &[("ADCLICK_FAILPOINT", "deploy_error_after_apply")])?;
+    }
+    wait_until(
+        "the nodes to register again",
+        Duration::from_secs(30),
+        || {
+            cluster.ctl(&["nodes"]).is_ok_and(|n| {
+                n.as_array()
+                    .is_some_and(|l| l.iter().filter(|x| x["alive"] == true).count() == 3)
+            })
+        },
+    )?;
+    let r = cluster.ctl(&["rebalance", "--no-wait"])?;
+    assert_eq!(r["started"], true, "{r}");
+    wait_until(
+        "the job to run and checkpoint",
+        Duration::from_secs(90),
+        || {
+            cluster
+                .status_json()
+                .is_ok_and(|s| s["state"] == "running" && s["last_checkpoint"].as_u64() >= Some(2))
+        },
+    )?;
+    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let folded = wait_for_truth(&reader, &truth, Duration::from_secs(180))?;
     assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
     Ok(())
 }

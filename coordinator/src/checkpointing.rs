@@ -160,11 +160,15 @@ impl Checkpointer {
                 .map(|(_, t)| t)
                 .or(s.deployed_at)
                 .map_or(Duration::ZERO, |t| t.elapsed());
-            s.job_state = if since_ok > 3 * interval {
-                JobState::Degraded
+            if since_ok > 3 * interval {
+                let why = format!(
+                    "no checkpoint completed for {} s (3 intervals)",
+                    since_ok.as_secs()
+                );
+                s.set_state(JobState::Degraded, why);
             } else {
-                JobState::Running
-            };
+                s.set_state(JobState::Running, "checkpoints complete again");
+            }
             let expected = s.placements.len();
             match s.inflight.clone() {
                 Some(f) if f.acked.len() >= expected => {

@@ -44,11 +44,21 @@ fn last_complete(s: &ClusterState) -> u64 {
     s.last_complete.map_or(0, |(e, _)| e)
 }
 
+/// How a drained node is kept free of actors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// It is going away (SIGTERM): until it registers again.
+    Draining,
+    /// An operator cordoned it (`adclickctl drain`): until `uncordon`.
+    Cordon,
+}
+
 /// Drains `node` within `timeout`. `checkpoints` is false when the job runs
 /// without checkpoints (at-least-once), so there is none to wait for.
 pub async fn drain(
     state: &Arc<Mutex<ClusterState>>,
     node: &str,
+    mark: Mark,
     timeout: Duration,
     heartbeat_timeout_ms: u64,
     checkpoints: bool,
@@ -81,8 +91,18 @@ pub async fn drain(
             tracing::warn!(node, "no checkpoint completed for the drain; moving anyway");
         }
     }
-    if let Some(n) = state.lock().await.nodes.get_mut(node) {
-        n.draining = true;
+    {
+        let mut s = state.lock().await;
+        match mark {
+            Mark::Draining => {
+                if let Some(n) = s.nodes.get_mut(node) {
+                    n.draining = true;
+                }
+            }
+            Mark::Cordon => {
+                s.cordoned.insert(node.to_owned());
+            }
+        }
     }
     loop {
         let (progress, generation, checkpoint) = {

@@ -48,6 +48,18 @@ pub async fn run(
         ready.set(true);
         let decision = {
             let mut s = state.lock().await;
+            let give_up = s.deploy_failure.as_ref().is_some_and(|f| {
+                crate::retry::next(f, cfg.cluster.deploy_retries) == crate::retry::Next::GiveUp
+            });
+            if give_up && s.job_state != JobState::Failed {
+                let why = format!(
+                    "{} deployments failed in a row (cluster.deploy_retries); last: {}",
+                    cfg.cluster.deploy_retries,
+                    s.deploy_failure.as_ref().map_or("", |f| f.error.as_str())
+                );
+                tracing::error!("job failed: {why}");
+                s.set_state(JobState::Failed, why);
+            }
             if cfg.cluster.rebalance_on_join {
                 crate::rebalance::on_join(
                     &mut s,
@@ -68,9 +80,33 @@ pub async fn run(
                 generation = tracing::field::Empty,
                 restore_epoch = tracing::field::Empty,
             );
-            if let Err(e) = deploy(&cfg, &state, &checkpointer).instrument(span).await {
-                tracing::warn!("deploy failed: {e:#}");
-                metrics::counter!("deploy_failures_total").increment(1);
+            let result = deploy(&cfg, &state, &checkpointer, &reason)
+                .instrument(span)
+                .await;
+            let mut s = state.lock().await;
+            match result {
+                Ok(()) => s.deploy_failure = None,
+                Err(e) => {
+                    metrics::counter!("deploy_failures_total").increment(1);
+                    let attempts = s.deploy_failure.as_ref().map_or(0, |f| f.attempts) + 1;
+                    let wait = crate::retry::backoff(
+                        attempts,
+                        Duration::from_millis(500),
+                        Duration::from_secs(30),
+                        rand::random::<f64>(),
+                    );
+                    let error = format!("{e:#}");
+                    tracing::warn!(attempts, ?wait, "deploy failed: {error}");
+                    s.state_reason = format!(
+                        "deployment failed (attempt {attempts}), retrying in {wait:?}: {error}"
+                    );
+                    s.deploy_failure = Some(crate::retry::DeployFailure {
+                        attempts,
+                        at: Instant::now(),
+                        error,
+                        wait,
+                    });
+                }
             }
         } else if let Err(e) = checkpointer.tick(&state).await {
             tracing::warn!("checkpoint step failed: {e:#}");
@@ -82,23 +118,45 @@ pub async fn run(
 /// Why the job must be (re)deployed now, if it must.
 fn decide(cfg: &Config, s: &ClusterState) -> Option<String> {
     let alive = s.alive(cfg.cluster.heartbeat_timeout_ms);
-    if s.generation == 0 || s.placements.is_empty() {
-        return (alive.len() >= cfg.cluster.nodes as usize)
-            .then(|| format!("{} nodes registered", alive.len()));
-    }
     if alive.is_empty() {
         return None;
     }
+    let patience = Duration::from_millis(cfg.checkpoint.timeout_ms.saturating_mul(2));
     if let Some(p) = &s.rebalance {
-        let patience = Duration::from_millis(cfg.checkpoint.timeout_ms.saturating_mul(2));
-        if crate::rebalance::due(p, s.last_complete.map(|(e, _)| e), patience) {
+        let failed = s.job_state == JobState::Failed;
+        if failed || crate::rebalance::due(p, s.last_complete.map(|(e, _)| e), patience) {
             return Some(format!("rebalance: {}", p.reason));
         }
+    }
+    if s.job_state == JobState::Failed {
+        return None;
+    }
+    // A deployment that failed (possibly after some nodes applied it) is
+    // retried with backoff; the checks below would find nothing wrong.
+    if let Some(f) = &s.deploy_failure {
+        return match crate::retry::next(f, cfg.cluster.deploy_retries) {
+            crate::retry::Next::Retry => Some(format!(
+                "retrying the failed deployment (attempt {}): {}",
+                f.attempts + 1,
+                f.error
+            )),
+            _ => None,
+        };
+    }
+    if s.generation == 0 || s.placements.is_empty() {
+        // Cordoned nodes count as registered (they are there, just not
+        // schedulable), so a restarted coordinator with cordons still deploys.
+        let registered = s.registered(cfg.cluster.heartbeat_timeout_ms);
+        return (registered >= cfg.cluster.nodes as usize)
+            .then(|| format!("{registered} nodes registered"));
     }
     let in_grace = s.deployed_at.is_some_and(|t| t.elapsed() < DEPLOY_GRACE);
     for p in &s.placements {
         if s.nodes.get(&p.node_id).is_some_and(|n| n.draining) {
             return Some(format!("node {} draining", p.node_id));
+        }
+        if s.cordoned.contains(&p.node_id) {
+            return Some(format!("node {} cordoned", p.node_id));
         }
         if !alive.contains(&p.node_id) {
             return Some(format!("node {} lost", p.node_id));
@@ -132,6 +190,7 @@ async fn deploy(
     cfg: &Config,
     state: &Arc<Mutex<ClusterState>>,
     checkpointer: &Checkpointer,
+    reason: &str,
 ) -> Result<()> {
     let restore_epoch = checkpointer.restore_point().await?;
     let span = tracing::Span::current();
@@ -150,11 +209,12 @@ async fn deploy(
         anyhow::ensure!(!alive.is_empty(), "no live nodes");
         let reported = s.nodes.values().map(|n| n.generation).max().unwrap_or(0);
         s.generation = s.generation.max(reported) + 1;
-        s.job_state = if s.placements.is_empty() {
+        let next = if s.placements.is_empty() {
             JobState::Deploying
         } else {
             JobState::Recovering
         };
+        s.set_state(next, reason);
         // A checkpoint of the old generation can never complete now.
         let reason = format!("dropped by the deployment of generation {}", s.generation);
         s.abort_inflight(&reason);
@@ -236,7 +296,13 @@ async fn deploy(
     for r in results {
         r?;
     }
-    s.job_state = JobState::Running;
+    s.set_state(
+        JobState::Running,
+        format!(
+            "generation {generation} deployed on {} node(s)",
+            nodes.len()
+        ),
+    );
     metrics::gauge!("generation").set(generation as f64);
     tracing::info!(
         generation,

@@ -8,6 +8,7 @@ pub mod job;
 pub mod rebalance;
 pub mod registry;
 pub mod replay;
+pub mod retry;
 pub mod service;
 
 use adclick_core::config::Config;
@@ -34,7 +35,14 @@ pub async fn run(
     let shutdown = CancellationToken::new();
     let ready = Readiness::default();
     adclick_runtime::ops::spawn(ops, ready.clone(), shutdown.clone())?;
-    let state = Arc::new(Mutex::new(registry::ClusterState::default()));
+    let state = Arc::new(Mutex::new(registry::ClusterState {
+        aggregates_configured: cfg.aggregate.replicas,
+        ..Default::default()
+    }));
+    state.lock().await.set_state(
+        registry::JobState::WaitingForNodes,
+        format!("waiting for {} node(s) to register", cfg.cluster.nodes),
+    );
     let checkpointer = Arc::new(checkpointing::Checkpointer::new(cfg.clone())?);
     checkpointer.load(&state).await?;
     let token =
@@ -48,11 +56,22 @@ pub async fn run(
         );
     }
     let replays = replay::Replays::load(cfg.clone(), config_path, state.clone()).await?;
+    let store = adclick_runtime::snapshots::SnapshotStore::open(
+        &cfg.checkpoint.store,
+        &cfg.cluster.job_name,
+    )?;
+    if let Some(bytes) = store.coordinator_object(service::CORDONED).await? {
+        let cordoned: Vec<String> =
+            serde_json::from_slice(&bytes).context("decoding the cordon list")?;
+        tracing::info!(?cordoned, "cordoned nodes");
+        state.lock().await.cordoned.extend(cordoned);
+    }
     let svc = service::CoordinatorService::new(
         state.clone(),
         cfg.cluster.heartbeat_timeout_ms,
         cfg.checkpoint.exactly_once,
         replays,
+        store,
     );
     let job = tokio::spawn(job::run(
         cfg.clone(),

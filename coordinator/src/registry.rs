@@ -35,6 +35,10 @@ pub enum JobState {
     Recovering,
     /// Running, but no checkpoint succeeded for more than 3 intervals.
     Degraded,
+    /// Deployments failed `cluster.deploy_retries` times in a row; nothing
+    /// is retried until an operator asks (`adclickctl rebalance`) or the
+    /// coordinator restarts.
+    Failed,
 }
 
 impl JobState {
@@ -46,6 +50,7 @@ impl JobState {
             JobState::Running => "running",
             JobState::Recovering => "recovering",
             JobState::Degraded => "degraded",
+            JobState::Failed => "failed",
         }
     }
 }
@@ -102,6 +107,17 @@ pub struct ClusterState {
     pub history: crate::history::History,
     /// A rebalance waiting for its checkpoint.
     pub rebalance: Option<crate::rebalance::Pending>,
+    /// Since when the job is in `job_state` (monotonic, wall clock ms).
+    pub state_since: Option<(Instant, i64)>,
+    /// Why it entered `job_state`.
+    pub state_reason: String,
+    /// `aggregate.replicas` of the configuration.
+    pub aggregates_configured: u32,
+    /// The last failed deployment, while retrying.
+    pub deploy_failure: Option<crate::retry::DeployFailure>,
+    /// Nodes an operator cordoned (`adclickctl drain`): they get no actors,
+    /// also after they register again, until `adclickctl uncordon`.
+    pub cordoned: BTreeSet<String>,
     /// Checkpoints aborted (timeout or failure).
     pub failed_checkpoints: u64,
     /// Newest checkpoint whose commit was sent to the sinks.
@@ -109,13 +125,23 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// Nodes that heartbeated within `timeout_ms`, schedulable or not.
+    pub fn registered(&self, timeout_ms: u64) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| n.last_seen.elapsed().as_millis() < u128::from(timeout_ms))
+            .count()
+    }
+
     /// Ids of nodes that heartbeated within `timeout_ms` and may host
-    /// actors (not draining), sorted.
+    /// actors (not draining, not cordoned), sorted.
     pub fn alive(&self, timeout_ms: u64) -> Vec<String> {
         self.nodes
             .iter()
-            .filter(|(_, n)| {
-                !n.draining && n.last_seen.elapsed().as_millis() < u128::from(timeout_ms)
+            .filter(|(id, n)| {
+                !n.draining
+                    && !self.cordoned.contains(*id)
+                    && n.last_seen.elapsed().as_millis() < u128::from(timeout_ms)
             })
             .map(|(id, _)| id.clone())
             .collect()
@@ -144,6 +170,17 @@ impl ClusterState {
             let ms = f.started.elapsed().as_millis() as u64;
             self.history
                 .finish(f.epoch, crate::history::Outcome::Aborted, ms, reason);
+        }
+    }
+
+    /// Moves the job to `state`, saying why; "since" changes only when the
+    /// state does.
+    pub fn set_state(&mut self, state: JobState, reason: impl Into<String>) {
+        if self.job_state != state || self.state_since.is_none() {
+            self.job_state = state;
+            self.state_since = Some((Instant::now(), adclick_runtime::now_ms()));
+            self.state_reason = reason.into();
+            tracing::info!(state = state.as_str(), reason = %self.state_reason, "job state");
         }
     }
 

@@ -19,6 +19,8 @@ pub struct CoordinatorService {
     /// The job takes checkpoints (exactly-once); a drain waits for one.
     checkpoints: bool,
     replays: Arc<crate::replay::Replays>,
+    /// Where the cordon list is kept across coordinator restarts.
+    store: adclick_runtime::snapshots::SnapshotStore,
 }
 
 impl CoordinatorService {
@@ -28,12 +30,14 @@ impl CoordinatorService {
         heartbeat_timeout_ms: u64,
         checkpoints: bool,
         replays: Arc<crate::replay::Replays>,
+        store: adclick_runtime::snapshots::SnapshotStore,
     ) -> Self {
         Self {
             state,
             heartbeat_timeout_ms,
             checkpoints,
             replays,
+            store,
         }
     }
 }
@@ -122,6 +126,7 @@ impl Coordinator for CoordinatorService {
         crate::drain::drain(
             &self.state,
             &req.node_id,
+            crate::drain::Mark::Draining,
             timeout,
             self.heartbeat_timeout_ms,
             self.checkpoints,
@@ -148,6 +153,7 @@ impl Admin for CoordinatorService {
                 alive: n.last_seen.elapsed().as_millis() < u128::from(self.heartbeat_timeout_ms),
                 last_heartbeat_ms_ago: n.last_seen.elapsed().as_millis() as u64,
                 draining: n.draining,
+                cordoned: s.cordoned.contains(id),
             })
             .collect();
         let mut actors: Vec<ActorState> = s
@@ -172,6 +178,14 @@ impl Admin for CoordinatorService {
                 .last_complete
                 .map_or(0, |(_, t)| t.elapsed().as_millis() as u64),
             failed_checkpoints: s.failed_checkpoints,
+            state_since_ms: s.state_since.map_or(0, |(_, wall)| wall),
+            state_reason: s.state_reason.clone(),
+            aggregates_configured: s.aggregates_configured,
+            aggregates_current: s
+                .placements
+                .iter()
+                .filter(|p| p.actor_id.starts_with("aggregate-"))
+                .count() as u32,
         }))
     }
 
@@ -245,10 +259,20 @@ impl Admin for CoordinatorService {
         _request: Request<RebalanceRequest>,
     ) -> Result<Response<RebalanceResponse>, Status> {
         let mut s = self.state.lock().await;
+        let generation = s.generation;
+        if s.job_state == crate::registry::JobState::Failed {
+            // A fresh retry budget for the operator's attempt.
+            s.deploy_failure = None;
+            crate::rebalance::request(&mut s, "adclickctl rebalance of a failed job".into(), false);
+            return Ok(Response::new(RebalanceResponse {
+                generation,
+                started: true,
+                message: "the job failed; deploying it again".into(),
+            }));
+        }
         if s.placements.is_empty() {
             return Err(Status::failed_precondition("the job is not deployed yet"));
         }
-        let generation = s.generation;
         if let Some(p) = &s.rebalance {
             return Ok(Response::new(RebalanceResponse {
                 generation,
@@ -271,5 +295,86 @@ impl Admin for CoordinatorService {
             started: true,
             message,
         }))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<DrainRequest>,
+    ) -> Result<Response<DrainResponse>, Status> {
+        let req = request.into_inner();
+        let node = req.node_id.clone();
+        {
+            let s = self.state.lock().await;
+            if !s.nodes.contains_key(&node) {
+                let known: Vec<&str> = s.nodes.keys().map(String::as_str).collect();
+                return Err(Status::not_found(format!(
+                    "node {node} is not registered (known: {})",
+                    known.join(", ")
+                )));
+            }
+            if s.cordoned.contains(&node) {
+                return Ok(Response::new(DrainResponse {
+                    moved: true,
+                    checkpoint: s.last_complete.map_or(0, |(e, _)| e),
+                    generation: s.generation,
+                    message: format!("{node} is already cordoned"),
+                }));
+            }
+            let schedulable = s.alive(self.heartbeat_timeout_ms);
+            if schedulable.iter().all(|n| *n == node) {
+                return Err(Status::failed_precondition(format!(
+                    "{node} is the last schedulable node; start another node before draining it"
+                )));
+            }
+        }
+        let timeout = std::time::Duration::from_millis(req.timeout_ms.clamp(1_000, 600_000));
+        let span = tracing::info_span!("drain", node = %node, cordon = true);
+        let r = crate::drain::drain(
+            &self.state,
+            &node,
+            crate::drain::Mark::Cordon,
+            timeout,
+            self.heartbeat_timeout_ms,
+            self.checkpoints,
+        )
+        .instrument(span)
+        .await?;
+        self.save_cordons().await?;
+        Ok(Response::new(r))
+    }
+
+    async fn uncordon_node(
+        &self,
+        request: Request<UncordonRequest>,
+    ) -> Result<Response<UncordonResponse>, Status> {
+        let node = request.into_inner().node_id;
+        let removed = self.state.lock().await.cordoned.remove(&node);
+        if !removed {
+            return Err(Status::failed_precondition(format!(
+                "{node} is not cordoned"
+            )));
+        }
+        self.save_cordons().await?;
+        tracing::info!(node = %node, "uncordoned");
+        Ok(Response::new(UncordonResponse {
+            message: format!(
+                "{node} can take actors again: run `adclickctl rebalance` (or set \
+                 cluster.rebalance_on_join) to move work onto it"
+            ),
+        }))
+    }
+}
+
+/// Name of the cordon list in the snapshot store.
+pub const CORDONED: &str = "cordoned.json";
+
+impl CoordinatorService {
+    async fn save_cordons(&self) -> Result<(), Status> {
+        let list: Vec<String> = self.state.lock().await.cordoned.iter().cloned().collect();
+        let bytes = serde_json::to_vec(&list).map_err(|e| Status::internal(e.to_string()))?;
+        self.store
+            .put_coordinator_object(CORDONED, bytes)
+            .await
+            .map_err(|e| Status::unavailable(format!("storing the cordon list: {e:#}")))
     }
 }

@@ -103,6 +103,9 @@ pub struct ClusterConfig {
     /// actors over every live node at once, after a checkpoint, as
     /// `adclickctl rebalance` does. Off: new nodes stay idle until then.
     pub rebalance_on_join: bool,
+    /// Failed deployments in a row before the job is `failed` (retries back
+    /// off exponentially with jitter, from 500 ms up to 30 s).
+    pub deploy_retries: u32,
 }
 
 impl Default for ClusterConfig {
@@ -115,6 +118,7 @@ impl Default for ClusterConfig {
             heartbeat_timeout_ms: 5_000,
             drain_timeout_ms: 30_000,
             rebalance_on_join: false,
+            deploy_retries: 10,
         }
     }
 }
@@ -366,6 +370,9 @@ impl Config {
     /// Checks every rule and returns the first violation.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let j = &self.job;
+        if self.cluster.deploy_retries == 0 {
+            return Err(err("cluster.deploy_retries", "must be at least 1"));
+        }
         if j.window_secs == 0 || j.window_secs > 24 * 3600 {
             return Err(err("job.window_secs", "must be between 1 and 86400"));
         }

@@ -188,6 +188,9 @@ CHART_OWNED_KEYS = {
     "database": {"url"},
     "writer": {"ops_addr"},
     "query": {"listen"},
+    # The admin token comes from the adminToken values (a Secret, as
+    # ADCLICK_ADMIN_TOKEN), never from a file path in values.config.
+    "admin": {"token_file"},
 }
 
 

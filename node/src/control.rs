@@ -271,6 +271,21 @@ impl Node for NodeControl {
             .instrument(span)
             .await
             .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        // Test builds: the first deployment (or every one) is applied but
+        // answered with an error, as when the answer is lost on the way.
+        #[cfg(feature = "failpoints")]
+        {
+            static FAILED_ONCE: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            let fp = std::env::var("ADCLICK_FAILPOINT").unwrap_or_default();
+            if fp == "deploy_error_always"
+                || (fp == "deploy_error_after_apply"
+                    && !FAILED_ONCE.swap(true, std::sync::atomic::Ordering::SeqCst))
+            {
+                tracing::warn!("fail point: deploy applied, answering with an error");
+                return Err(Status::unavailable("fail point deploy_error_after_apply"));
+            }
+        }
         Ok(Response::new(DeployResponse {}))
     }
 

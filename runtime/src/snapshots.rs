@@ -5,6 +5,7 @@
 //! - `checkpoints/<job>/<epoch>/_metadata`: written last by the
 //!   coordinator; a checkpoint without it does not exist;
 //! - `coordinator/<job>/state.json`: the coordinator's own metadata;
+//! - `coordinator/<job>/cordoned.json`: nodes `adclickctl drain` cordoned;
 //! - `coordinator/<job>/replays/<id>.json`: one replay's record, so
 //!   `adclickctl replays` lists finished replays after a restart.
 
@@ -162,6 +163,27 @@ impl SnapshotStore {
                 PutPayload::from(json),
             )
             .await?;
+        Ok(())
+    }
+
+    /// Reads a small object of the coordinator's (`coordinator/<job>/<name>`).
+    pub async fn coordinator_object(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        get_opt(
+            &*self.store,
+            &Path::from(format!("coordinator/{}/{name}", self.job)),
+        )
+        .await
+    }
+
+    /// Writes a small object of the coordinator's.
+    pub async fn put_coordinator_object(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put(
+                &Path::from(format!("coordinator/{}/{name}", self.job)),
+                PutPayload::from(bytes),
+            )
+            .await
+            .with_context(|| format!("writing coordinator/{}/{name}", self.job))?;
         Ok(())
     }
 

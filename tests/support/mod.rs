@@ -197,6 +197,21 @@ impl Cluster {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// Runs `adclickctl -o json <args>` with the token and returns its exit
+    /// code, stdout and stderr, whatever they are.
+    pub fn ctl_raw(&self, args: &[&str]) -> Result<(Option<i32>, String, String)> {
+        let out = Command::new(ctl_bin())
+            .args(["--coordinator", &self.coordinator, "-o", "json"])
+            .args(self.token_args())
+            .args(args)
+            .output()?;
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     /// The admin token file `cluster.sh` generated.
     pub fn token_file(&self) -> PathBuf {
         self.run_dir.join("admin.token")

@@ -32,10 +32,16 @@ struct Cli {
     command: Cmd,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Format {
+    /// Aligned columns, the main ones.
     Table,
+    /// Aligned columns, every field.
+    Wide,
+    /// JSON, every field.
     Json,
+    /// YAML, every field.
+    Yaml,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +67,23 @@ enum Cmd {
         /// How many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+    },
+    /// Move every actor off NODE (after a checkpoint) and cordon it: its
+    /// process stays up and gets nothing new until `uncordon`. Waits until
+    /// the job runs without it. Draining the last schedulable node is refused.
+    Drain {
+        /// The node, as `adclickctl nodes` names it.
+        node: String,
+        /// Give up waiting after this many seconds (the actors then restart
+        /// from the last checkpoint elsewhere).
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Let a cordoned NODE take actors again (then `rebalance` moves work
+    /// onto it).
+    Uncordon {
+        /// The node.
+        node: String,
     },
     /// Spread the actors over every live node (after nodes joined): takes a
     /// checkpoint, then redeploys from it. Waits until the new generation runs.
@@ -104,7 +127,11 @@ pub(crate) fn print(fmt: Format, doc: &serde_json::Value) {
             "{}",
             serde_json::to_string_pretty(doc).unwrap_or_else(|_| doc.to_string())
         ),
-        Format::Table => print_table(doc),
+        Format::Yaml => print!(
+            "{}",
+            serde_norway::to_string(doc).unwrap_or_else(|_| doc.to_string())
+        ),
+        Format::Table | Format::Wide => print_table(doc),
     }
 }
 
@@ -159,6 +186,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Checkpoints { limit } => return checkpoints(&mut client, *limit, cli.output).await,
         Cmd::Rebalance { no_wait, timeout } => {
             return rebalance(&mut client, *no_wait, *timeout, cli.output).await
+        }
+        Cmd::Drain { node, timeout } => {
+            return drain(&mut client, node, *timeout, cli.output).await
+        }
+        Cmd::Uncordon { node } => {
+            let r = client
+                .uncordon_node(adclick_proto::cluster::UncordonRequest {
+                    node_id: node.clone(),
+                })
+                .await
+                .map_err(Failure::from_status)?
+                .into_inner();
+            print(
+                cli.output,
+                &serde_json::json!({"node": node, "message": r.message}),
+            );
+            return Ok(());
         }
         _ => {}
     }
@@ -219,6 +263,35 @@ async fn rebalance(
     }
 }
 
+/// `adclickctl drain NODE`: fails (exit 1) when the actors could not be
+/// moved within the timeout.
+async fn drain(client: &mut Client, node: &str, timeout: u64, fmt: Format) -> Result<(), Failure> {
+    eprintln!("draining {node}: checkpoint, then moving its actors...");
+    let r = client
+        .drain_node(adclick_proto::cluster::DrainRequest {
+            node_id: node.to_owned(),
+            timeout_ms: timeout.saturating_mul(1000),
+        })
+        .await
+        .map_err(Failure::from_status)?
+        .into_inner();
+    print(
+        fmt,
+        &serde_json::json!({
+            "node": node,
+            "moved": r.moved,
+            "generation": r.generation,
+            "checkpoint": r.checkpoint,
+            "message": r.message,
+        }),
+    );
+    if r.moved {
+        Ok(())
+    } else {
+        Err(Failure::Failed(r.message))
+    }
+}
+
 /// `adclickctl checkpoints`.
 async fn checkpoints(client: &mut Client, limit: u32, fmt: Format) -> Result<(), Failure> {
     let list = client
@@ -269,8 +342,8 @@ async fn run_status(cli: Cli, mut client: Client) -> Result<(), Failure> {
             .into_inner();
         let doc = serde_json::json!({"triggered_epoch": r.epoch});
         match cli.output {
-            Format::Json => println!("{doc}"),
-            Format::Table => println!("checkpoint {} triggered", r.epoch),
+            Format::Json | Format::Yaml => print(cli.output, &doc),
+            Format::Table | Format::Wide => println!("checkpoint {} triggered", r.epoch),
         }
         return Ok(());
     }
@@ -290,7 +363,7 @@ async fn run_status(cli: Cli, mut client: Client) -> Result<(), Failure> {
     let nodes: Vec<serde_json::Value> = status
         .nodes
         .iter()
-        .map(|n| serde_json::json!({"node": n.node_id, "addr": n.addr, "alive": n.alive, "draining": n.draining, "last_heartbeat_ms_ago": n.last_heartbeat_ms_ago}))
+        .map(|n| serde_json::json!({"node": n.node_id, "addr": n.addr, "alive": n.alive, "draining": n.draining, "cordoned": n.cordoned, "last_heartbeat_ms_ago": n.last_heartbeat_ms_ago}))
         .collect();
     let actors: Vec<serde_json::Value> = status
         .placements
@@ -309,6 +382,13 @@ async fn run_status(cli: Cli, mut client: Client) -> Result<(), Failure> {
         Cmd::Status => serde_json::json!({
             "generation": status.generation,
             "state": status.state,
+            "state_since": (status.state_since_ms > 0)
+                .then(|| adclick_core::reconcile::fmt_ms(status.state_since_ms)),
+            "state_reason": status.state_reason,
+            "aggregate_replicas": format!(
+                "{} configured, {} deployed",
+                status.aggregates_configured, status.aggregates_current
+            ),
             "last_checkpoint": status.last_checkpoint,
             "last_checkpoint_ms_ago": status.last_checkpoint_ms_ago,
             "failed_checkpoints": status.failed_checkpoints,
@@ -321,7 +401,9 @@ async fn run_status(cli: Cli, mut client: Client) -> Result<(), Failure> {
         | Cmd::Replay(_)
         | Cmd::Replays
         | Cmd::Checkpoints { .. }
-        | Cmd::Rebalance { .. } => serde_json::Value::Null,
+        | Cmd::Rebalance { .. }
+        | Cmd::Drain { .. }
+        | Cmd::Uncordon { .. } => serde_json::Value::Null,
     };
     print(cli.output, &doc);
     Ok(())
@@ -357,8 +439,21 @@ fn cell(v: &serde_json::Value) -> String {
 /// every field).
 pub(crate) fn print_columns(fmt: Format, rows: &[serde_json::Value], cols: &[&str]) {
     match fmt {
-        Format::Json => print(fmt, &serde_json::Value::Array(rows.to_vec())),
+        Format::Json | Format::Yaml => print(fmt, &serde_json::Value::Array(rows.to_vec())),
         Format::Table => print_rows_in(rows, cols.iter().map(|c| c.to_string()).collect()),
+        // The main columns first, then every other field.
+        Format::Wide => {
+            let mut all: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+            if let Some(serde_json::Value::Object(first)) = rows.first() {
+                all.extend(
+                    first
+                        .keys()
+                        .filter(|k| !cols.contains(&k.as_str()))
+                        .cloned(),
+                );
+            }
+            print_rows_in(rows, all)
+        }
     }
 }
 
