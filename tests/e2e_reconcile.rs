@@ -24,11 +24,11 @@ mod support;
 use adclick_core::event::{parse_event, Limits};
 use adclick_core::truth::Truth;
 use anyhow::{bail, Context, Result};
-use serving_support::{dump, wait_port};
+use serving_support::wait_port;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::{
     config_with_job, generate, metric_sum, setup_with, wait_until, Cluster, TopicReader,
 };
@@ -72,40 +72,8 @@ fn truth_counts(truth: &Truth) -> Counts {
         .collect()
 }
 
-/// Polls the database until its counts equal `want` on reads 3 s apart.
 fn wait_for_counts(url: &str, want: &Counts, timeout: Duration) -> Result<()> {
-    let start = Instant::now();
-    let mut equal_since: Option<Instant> = None;
-    loop {
-        let got = block_on(dump(url))?.map(|d| d.counts);
-        match &got {
-            Ok(c) if c == want => match equal_since {
-                Some(t) if t.elapsed() > Duration::from_secs(3) => return Ok(()),
-                None => equal_since = Some(Instant::now()),
-                _ => {}
-            },
-            _ => equal_since = None,
-        }
-        if start.elapsed() > timeout {
-            let diff: Vec<String> = match &got {
-                Ok(c) => want
-                    .iter()
-                    .filter(|(k, v)| c.get(*k) != Some(*v))
-                    .take(5)
-                    .map(|(k, v)| format!("{k:?}: want {v:?}, got {:?}", c.get(k)))
-                    .chain(
-                        c.keys()
-                            .filter(|k| !want.contains_key(*k))
-                            .take(5)
-                            .map(|k| format!("extra {k:?}")),
-                    )
-                    .collect(),
-                Err(e) => vec![format!("{e:#}")],
-            };
-            bail!("database counts differ from the truth after {timeout:?}: {diff:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    serving_support::wait_for_db_counts(url, want, timeout)
 }
 
 /// Output of one `adclick reconcile` run.

@@ -25,7 +25,7 @@ use anyhow::{Context, Result};
 use serving_support::dump;
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::{config_with_job, ctl_bin, generate, setup_with, wait_until, Cluster};
 
 /// `adclick gen`'s default start, 2021-03-03T00:00:00Z.
@@ -81,40 +81,8 @@ fn db_state(url: &str) -> Result<(Counts, Tops)> {
     Ok((d.counts, tops))
 }
 
-/// Polls until the database's counts equal `want` on two reads 2 s apart.
 fn wait_for_counts(url: &str, want: &Counts, timeout: Duration) -> Result<()> {
-    let start = Instant::now();
-    let mut equal_since: Option<Instant> = None;
-    loop {
-        let got = db_state(url).map(|s| s.0);
-        match &got {
-            Ok(c) if c == want => match equal_since {
-                Some(t) if t.elapsed() > Duration::from_secs(2) => return Ok(()),
-                None => equal_since = Some(Instant::now()),
-                _ => {}
-            },
-            _ => equal_since = None,
-        }
-        if start.elapsed() > timeout {
-            let diff: Vec<String> = match &got {
-                Ok(c) => want
-                    .iter()
-                    .filter(|(k, v)| c.get(*k) != Some(*v))
-                    .take(5)
-                    .map(|(k, v)| format!("{k:?}: want {v:?}, got {:?}", c.get(k)))
-                    .chain(
-                        c.keys()
-                            .filter(|k| !want.contains_key(*k))
-                            .take(5)
-                            .map(|k| format!("extra {k:?}")),
-                    )
-                    .collect(),
-                Err(e) => vec![format!("{e:#}")],
-            };
-            anyhow::bail!("database counts differ after {timeout:?}: {diff:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    serving_support::wait_for_db_counts(url, want, timeout)
 }
 
 struct Ctl {

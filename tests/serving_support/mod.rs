@@ -505,3 +505,43 @@ pub fn diff(d: &Dump, sc: &Scenario) -> String {
         &out[..out.len().min(8)]
     )
 }
+
+/// Polls the database (blocking) until its counts equal `want` on reads 3 s
+/// apart, or fails with the first differences.
+pub fn wait_for_db_counts(url: &str, want: &CountTruth, timeout: Duration) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let start = Instant::now();
+    let mut equal_since: Option<Instant> = None;
+    loop {
+        let got = rt.block_on(dump(url)).map(|d| d.counts);
+        match &got {
+            Ok(c) if c == want => match equal_since {
+                Some(t) if t.elapsed() > Duration::from_secs(3) => return Ok(()),
+                None => equal_since = Some(Instant::now()),
+                _ => {}
+            },
+            _ => equal_since = None,
+        }
+        if start.elapsed() > timeout {
+            let diff: Vec<String> = match &got {
+                Ok(c) => want
+                    .iter()
+                    .filter(|(k, v)| c.get(*k) != Some(*v))
+                    .take(5)
+                    .map(|(k, v)| format!("{k:?}: want {v:?}, got {:?}", c.get(k)))
+                    .chain(
+                        c.keys()
+                            .filter(|k| !want.contains_key(*k))
+                            .take(5)
+                            .map(|k| format!("extra {k:?}")),
+                    )
+                    .collect(),
+                Err(e) => vec![format!("{e:#}")],
+            };
+            bail!("database counts differ from the truth after {timeout:?}: {diff:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
