@@ -6,6 +6,10 @@
 //!   Restarted, the coordinator must not restore that checkpoint (its
 //!   Aggregate would start empty and lose counts): it logs why and restores
 //!   the previous complete one;
+//! - the coordinator restarts with another `job.map_parallelism` (4 Maps
+//!   become 2): each partition resumes from the offset the Map that read it
+//!   saved, whichever Map now reads it (deduplication is off, so a
+//!   partition read again from its start would double its counts);
 //! - deployments that nodes apply but answer with an error (a fail point)
 //!   are retried with backoff, the job is `failed` with the reason once
 //!   `cluster.deploy_retries` is reached, and `adclickctl rebalance` deploys
@@ -16,6 +20,7 @@
 mod support;
 
 use anyhow::{Context, Result};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::*;
@@ -167,6 +172,48 @@ fn deploys_answered_with_errors_are_retried_then_the_job_fails_until_asked() -> 
     )?;
     let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
     let folded = wait_for_truth(&reader, &truth, Duration::from_secs(180))?;
+    assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
+    Ok(())
+}
+
+#[test]
+fn partitions_keep_their_saved_offsets_when_the_maps_change() -> Result<()> {
+    let job = "window_secs = 2\nmax_out_of_orderness_ms = 3000\nidle_timeout_ms = 3000\nallowed_lateness_ms = 60000\ndedup = \"none\"";
+    let (dir, broker, config) = setup_with("restore-maps", &config_with_job(job, ""))?;
+    let cluster = Cluster::start(&dir, &broker.bootstrap, &config, 3, false)?;
+    wait_until("first deployment", Duration::from_secs(60), || {
+        generation(&cluster) >= 1
+    })?;
+    let stream = [STREAM, &["--duplicate-every", "0"]].concat();
+    let (gen, truth_path) = spawn_generate(&dir, &broker.bootstrap, &config, &stream)?;
+    wait_until("checkpoints with offsets", Duration::from_secs(60), || {
+        cluster
+            .status_json()
+            .is_ok_and(|s| s["last_checkpoint"].as_u64() >= Some(4))
+    })?;
+    let maps = |c: &Cluster| -> BTreeSet<String> {
+        c.ctl(&["actors"])
+            .ok()
+            .and_then(|a| a.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a["actor"].as_str().map(str::to_owned))
+            .filter(|a| a.starts_with("map-"))
+            .collect()
+    };
+    assert_eq!(maps(&cluster).len(), 4, "one Map per input partition");
+    let before = generation(&cluster);
+    cluster.signal("coordinator", "KILL")?;
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.start_one("coordinator", &[("ADCLICK_JOB__MAP_PARALLELISM", "2")])?;
+    wait_until(
+        "the job to run with 2 Maps",
+        Duration::from_secs(60),
+        || generation(&cluster) > before && maps(&cluster).len() == 2,
+    )?;
+    let truth = finish_generate(gen, &truth_path)?;
+    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let folded = wait_for_truth(&reader, &truth, Duration::from_secs(240))?;
     assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
     Ok(())
 }

@@ -17,12 +17,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
-/// What a checkpoint's `_metadata` says (only the fields restore needs).
-#[derive(Deserialize)]
-struct CheckpointMeta {
-    actors: std::collections::BTreeSet<String>,
-}
-
 /// The coordinator's own metadata in the snapshot store.
 #[derive(Serialize, Deserialize, Default)]
 struct CoordinatorState {
@@ -91,12 +85,7 @@ impl Checkpointer {
         let mut files = Vec::new();
         // Newest first, and only as far back as the first whole one.
         for epoch in complete.iter().rev().copied() {
-            let listed = self
-                .store
-                .get(epoch, adclick_runtime::snapshots::METADATA)
-                .await?
-                .and_then(|b| serde_json::from_slice::<CheckpointMeta>(&b).ok())
-                .map(|m| m.actors);
+            let listed = self.store.listed_actors(epoch).await.ok();
             let present = self.store.actors(epoch).await?.into_iter().collect();
             let c = CheckpointFiles {
                 epoch,

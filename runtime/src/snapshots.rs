@@ -92,6 +92,38 @@ impl SnapshotStore {
         get_opt(&*self.store, &self.path(epoch, actor)).await
     }
 
+    /// Actors the metadata of complete checkpoint `epoch` lists (those that
+    /// acked it); an error when the metadata is missing or unreadable.
+    pub async fn listed_actors(&self, epoch: u64) -> Result<BTreeSet<String>> {
+        #[derive(serde::Deserialize)]
+        struct Meta {
+            actors: BTreeSet<String>,
+        }
+        let bytes = self
+            .get(epoch, METADATA)
+            .await?
+            .with_context(|| format!("checkpoint {epoch} has no metadata"))?;
+        let meta: Meta = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading the metadata of checkpoint {epoch}"))?;
+        Ok(meta.actors)
+    }
+
+    /// `actor`'s snapshot in checkpoint `epoch`, for a restore. An actor the
+    /// checkpoint lists must have one: restoring it empty would lose its
+    /// state, so a missing snapshot is an error. An actor the checkpoint
+    /// does not list did not exist then (a Map for an input partition added
+    /// since): `None`, and it starts fresh.
+    pub async fn snapshot_for_restore(&self, epoch: u64, actor: &str) -> Result<Option<Vec<u8>>> {
+        let listed = self.listed_actors(epoch).await?;
+        match self.get(epoch, actor).await? {
+            Some(b) => Ok(Some(b)),
+            None if listed.contains(actor) => {
+                anyhow::bail!("checkpoint {epoch} has no snapshot of {actor}, which it lists")
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Names of the actor snapshots of `epoch`.
     pub async fn actors(&self, epoch: u64) -> Result<Vec<String>> {
         let prefix = Path::from(format!("checkpoints/{}/{epoch:020}", self.job));
@@ -239,8 +271,27 @@ mod tests {
         assert_eq!(s.get(2, "map-0").await.unwrap(), Some(b"b".to_vec()));
         assert_eq!(s.get(3, "map-0").await.unwrap(), None);
         assert_eq!(s.actors(1).await.unwrap(), vec!["map-0"]);
+        // Restore: a listed actor needs its snapshot; an unlisted one is new.
+        s.put(2, "map-1", b"c".to_vec()).await.unwrap();
+        s.put_metadata(2, br#"{"actors":["map-0","map-1","reduce-0"]}"#.to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            s.snapshot_for_restore(2, "map-0").await.unwrap(),
+            Some(b"b".to_vec())
+        );
+        let missing = s.snapshot_for_restore(2, "reduce-0").await.unwrap_err();
+        assert!(
+            missing.to_string().contains("no snapshot of reduce-0"),
+            "{missing}"
+        );
+        assert_eq!(s.snapshot_for_restore(2, "map-7").await.unwrap(), None);
+        assert!(
+            s.snapshot_for_restore(1, "map-0").await.is_err(),
+            "metadata {{}} lists nothing readable"
+        );
         s.delete_epoch(1).await.unwrap();
-        assert_eq!(s.epochs().await.unwrap().1, BTreeSet::new());
+        assert_eq!(s.epochs().await.unwrap().1, [2].into());
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -247,21 +247,7 @@ async fn restore(
     let mut pending = Vec::new();
     // Every Aggregate the checkpoint's metadata lists must be there: a key
     // group restored from a missing snapshot would start empty.
-    let meta = ctx
-        .snapshots
-        .get(epoch, adclick_runtime::snapshots::METADATA)
-        .await?
-        .with_context(|| format!("checkpoint {epoch} has no metadata"))?;
-    let meta: serde_json::Value =
-        serde_json::from_slice(&meta).with_context(|| format!("checkpoint {epoch} metadata"))?;
-    let listed: Vec<String> = meta["actors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let listed = ctx.snapshots.listed_actors(epoch).await?;
     let present = ctx.snapshots.actors(epoch).await?;
     for name in listed.iter().filter(|n| n.starts_with("aggregate-")) {
         anyhow::ensure!(

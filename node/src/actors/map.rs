@@ -54,22 +54,9 @@ pub async fn run(
     // recovered source neither skips nor repeats records.
     let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
     if ctx.restore_epoch > 0 {
-        // A missing snapshot must fail the restore: reading from the start
-        // (or nowhere) would count the partitions' records again or lose them.
-        let bytes = ctx
-            .snapshots
-            .get(ctx.restore_epoch, &actor)
-            .await?
-            .with_context(|| {
-                format!(
-                    "checkpoint {} has no snapshot of {actor}",
-                    ctx.restore_epoch
-                )
-            })?;
-        let snap = MapSnapshot::decode(bytes.as_slice()).context("decoding map snapshot")?;
-        crate::snapshot_codec::check_version(snap.version, "map snapshot")?;
-        offsets.extend(snap.offsets.iter().map(|o| (o.partition, o.offset)));
-        watermarks.restore(snap.watermark);
+        let (restored, watermark) = restore_offsets(&ctx, &partitions).await?;
+        offsets = restored;
+        watermarks.restore(watermark);
         tracing::info!(actor = %actor, epoch = ctx.restore_epoch, ?offsets, "restored source offsets");
     }
     let consumer: StreamConsumer = adclick_runtime::kafka::consumer(
@@ -78,7 +65,11 @@ pub async fn run(
         false,
     )?;
     let mut tpl = TopicPartitionList::new();
+    // `job.start_from` is for a job without a checkpoint. A restored job
+    // reads a partition the checkpoint does not know (added to the topic
+    // since) from its start, so none of its records is skipped.
     let start = match job.start_from {
+        _ if ctx.restore_epoch > 0 => Offset::Beginning,
         StartFrom::Earliest => Offset::Beginning,
         StartFrom::Latest => Offset::End,
     };
@@ -260,4 +251,42 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The saved offsets of `partitions`, from whichever Map of the restored
+/// checkpoint read each of them (partitions move between Maps when
+/// `job.map_parallelism` or the partition count changes), and the lowest
+/// watermark among those Maps. Every Map the checkpoint lists must have its
+/// snapshot: a missing one would make its partitions start over or skip. A
+/// partition no Map read yet (added to the topic since) has no offset and is
+/// read from its start.
+async fn restore_offsets(
+    ctx: &ActorCtx,
+    partitions: &[i32],
+) -> Result<(BTreeMap<i32, i64>, Option<i64>)> {
+    let epoch = ctx.restore_epoch;
+    let listed = ctx.snapshots.listed_actors(epoch).await?;
+    let mut offsets = BTreeMap::new();
+    let mut watermark: Option<i64> = None;
+    for name in listed.iter().filter(|n| n.starts_with("map-")) {
+        let bytes = ctx.snapshots.get(epoch, name).await?.with_context(|| {
+            format!("checkpoint {epoch} has no snapshot of {name}, which it lists")
+        })?;
+        let snap = MapSnapshot::decode(bytes.as_slice())
+            .with_context(|| format!("decoding snapshot {epoch}/{name}"))?;
+        crate::snapshot_codec::check_version(snap.version, name)?;
+        let mut mine = false;
+        for o in snap
+            .offsets
+            .iter()
+            .filter(|o| partitions.contains(&o.partition))
+        {
+            offsets.insert(o.partition, o.offset);
+            mine = true;
+        }
+        if let (true, Some(w)) = (mine, snap.watermark) {
+            watermark = Some(watermark.map_or(w, |x: i64| x.min(w)));
+        }
+    }
+    Ok((offsets, watermark))
 }

@@ -35,17 +35,13 @@ pub async fn run(
     );
     let mut restored = None;
     if ctx.restore_epoch > 0 {
-        // A missing snapshot must fail the restore, not start empty.
+        // A missing snapshot the checkpoint lists fails the restore rather
+        // than starting empty.
         let bytes = ctx
             .snapshots
-            .get(ctx.restore_epoch, &actor)
+            .snapshot_for_restore(ctx.restore_epoch, &actor)
             .await?
-            .with_context(|| {
-                format!(
-                    "checkpoint {} has no snapshot of {actor}",
-                    ctx.restore_epoch
-                )
-            })?;
+            .unwrap_or_default();
         let snap = ReduceSnapshot::decode(bytes.as_slice()).context("decoding reduce snapshot")?;
         crate::snapshot_codec::check_version(snap.version, "reduce snapshot")?;
         state.restore(reduce_from_pb(&snap));
