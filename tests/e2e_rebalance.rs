@@ -57,8 +57,11 @@ fn alive_nodes(c: &Cluster) -> usize {
 fn two_new_nodes_join_then_rebalance_spreads_the_job() -> Result<()> {
     let (dir, broker, config) = setup("rebalance-join", "")?;
     let cluster = Cluster::start(&dir, &broker.bootstrap, &config, 3, false)?;
+    // Running, not only a generation: placements are set once it is deployed.
     wait_until("first deployment", Duration::from_secs(60), || {
-        generation(&cluster) >= 1
+        cluster
+            .status_json()
+            .is_ok_and(|s| s["generation"].as_u64() >= Some(1) && s["state"] == "running")
     })?;
     // Nothing to do yet: every node hosts actors.
     let r = cluster.ctl(&["rebalance"])?;
@@ -111,8 +114,11 @@ fn a_restarted_node_gets_work_again_with_rebalance_on_join() -> Result<()> {
         3,
         &[("ADCLICK_CLUSTER__REBALANCE_ON_JOIN", "true")],
     )?;
+    // Running, not only a generation: placements are set once it is deployed.
     wait_until("first deployment", Duration::from_secs(60), || {
-        generation(&cluster) >= 1
+        cluster
+            .status_json()
+            .is_ok_and(|s| s["generation"].as_u64() >= Some(1) && s["state"] == "running")
     })?;
     let (gen, truth_path) = spawn_generate(&dir, &broker.bootstrap, &config, STREAM)?;
     std::thread::sleep(Duration::from_secs(4));
@@ -143,8 +149,11 @@ fn a_restarted_node_gets_work_again_with_rebalance_on_join() -> Result<()> {
 fn drained_nodes_stay_up_and_idle_until_uncordoned() -> Result<()> {
     let (dir, broker, config) = setup("rebalance-drain", "")?;
     let cluster = Cluster::start(&dir, &broker.bootstrap, &config, 3, false)?;
+    // Running, not only a generation: placements are set once it is deployed.
     wait_until("first deployment", Duration::from_secs(60), || {
-        generation(&cluster) >= 1
+        cluster
+            .status_json()
+            .is_ok_and(|s| s["generation"].as_u64() >= Some(1) && s["state"] == "running")
     })?;
     let (gen, truth_path) = spawn_generate(&dir, &broker.bootstrap, &config, STREAM)?;
     std::thread::sleep(Duration::from_secs(3));
