@@ -129,7 +129,10 @@ impl Checkpointer {
         }
         let step = {
             let mut s = state.lock().await;
-            if !matches!(s.job_state, JobState::Running | JobState::Degraded) {
+            if !matches!(
+                s.job_state,
+                JobState::Running | JobState::Degraded | JobState::Rescaling
+            ) {
                 return Ok(());
             }
             let addrs: HashMap<String, String> = s

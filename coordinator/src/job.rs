@@ -203,13 +203,15 @@ async fn deploy(
     })
     .await
     .context("partition lookup task")??;
-    let (generation, nodes, addrs) = {
+    let (generation, nodes, addrs, aggregates) = {
         let mut s = state.lock().await;
         let alive = s.alive(cfg.cluster.heartbeat_timeout_ms);
         anyhow::ensure!(!alive.is_empty(), "no live nodes");
         let reported = s.nodes.values().map(|n| n.generation).max().unwrap_or(0);
         s.generation = s.generation.max(reported) + 1;
-        let next = if s.placements.is_empty() {
+        let next = if s.rescale.is_some() {
+            JobState::Rescaling
+        } else if s.placements.is_empty() {
             JobState::Deploying
         } else {
             JobState::Recovering
@@ -223,14 +225,14 @@ async fn deploy(
             .iter()
             .map(|(id, n)| (id.clone(), n.addr.clone()))
             .collect();
-        (s.generation, alive, addrs)
+        (s.generation, alive, addrs, s.aggregates_configured)
     };
     span.record("generation", generation);
     let plan = build_plan(&PlanInput {
         nodes: nodes.iter().cloned().map(NodeId).collect(),
         partitions,
         map_parallelism: cfg.job.map_parallelism,
-        aggregates: cfg.aggregate.replicas,
+        aggregates,
         key_groups: cfg.job.key_groups,
     });
     let placements: Vec<Placement> = plan
@@ -296,13 +298,15 @@ async fn deploy(
     for r in results {
         r?;
     }
-    s.set_state(
-        JobState::Running,
-        format!(
-            "generation {generation} deployed on {} node(s)",
-            nodes.len()
-        ),
+    let mut why = format!(
+        "generation {generation} deployed on {} node(s)",
+        nodes.len()
     );
+    if let Some(done) = crate::scale::finish(&mut s, plan.num_aggregates) {
+        tracing::info!("{done}");
+        why = format!("{why}; {done}");
+    }
+    s.set_state(JobState::Running, why);
     metrics::gauge!("generation").set(generation as f64);
     tracing::info!(
         generation,

@@ -9,6 +9,7 @@ pub mod rebalance;
 pub mod registry;
 pub mod replay;
 pub mod retry;
+pub mod scale;
 pub mod service;
 
 use adclick_core::config::Config;
@@ -66,12 +67,31 @@ pub async fn run(
         tracing::info!(?cordoned, "cordoned nodes");
         state.lock().await.cordoned.extend(cordoned);
     }
+    if let Some(bytes) = store.coordinator_object(scale::SCALE).await? {
+        let saved: scale::SavedScale =
+            serde_json::from_slice(&bytes).context("decoding the saved replica count")?;
+        let n = scale::effective_replicas(Some(&saved), cfg.aggregate.replicas);
+        if n == saved.replicas {
+            tracing::info!(
+                replicas = n,
+                "aggregate replicas chosen by `adclickctl scale`"
+            );
+        } else {
+            tracing::info!(
+                replicas = n,
+                scaled = saved.replicas,
+                "aggregate.replicas changed since `adclickctl scale`; the configuration wins"
+            );
+        }
+        state.lock().await.aggregates_configured = n;
+    }
     let svc = service::CoordinatorService::new(
         state.clone(),
         cfg.cluster.heartbeat_timeout_ms,
         cfg.checkpoint.exactly_once,
         replays,
         store,
+        &cfg,
     );
     let job = tokio::spawn(job::run(
         cfg.clone(),

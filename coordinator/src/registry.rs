@@ -35,6 +35,9 @@ pub enum JobState {
     Recovering,
     /// Running, but no checkpoint succeeded for more than 3 intervals.
     Degraded,
+    /// Running while a rescale takes its checkpoint, then redeploying with
+    /// the new Aggregate count.
+    Rescaling,
     /// Deployments failed `cluster.deploy_retries` times in a row; nothing
     /// is retried until an operator asks (`adclickctl rebalance`) or the
     /// coordinator restarts.
@@ -50,6 +53,7 @@ impl JobState {
             JobState::Running => "running",
             JobState::Recovering => "recovering",
             JobState::Degraded => "degraded",
+            JobState::Rescaling => "rescaling",
             JobState::Failed => "failed",
         }
     }
@@ -111,8 +115,11 @@ pub struct ClusterState {
     pub state_since: Option<(Instant, i64)>,
     /// Why it entered `job_state`.
     pub state_reason: String,
-    /// `aggregate.replicas` of the configuration.
+    /// The Aggregates to run: `aggregate.replicas`, or the operator's last
+    /// `adclickctl scale` (`crate::scale::effective_replicas`).
     pub aggregates_configured: u32,
+    /// A rescale in progress.
+    pub rescale: Option<crate::scale::Rescale>,
     /// The last failed deployment, while retrying.
     pub deploy_failure: Option<crate::retry::DeployFailure>,
     /// Nodes an operator cordoned (`adclickctl drain`): they get no actors,
@@ -125,6 +132,14 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// Aggregates of the current placement.
+    pub fn aggregates_deployed(&self) -> u32 {
+        self.placements
+            .iter()
+            .filter(|p| p.actor_id.starts_with("aggregate-"))
+            .count() as u32
+    }
+
     /// Nodes that heartbeated within `timeout_ms`, schedulable or not.
     pub fn registered(&self, timeout_ms: u64) -> usize {
         self.nodes

@@ -19,8 +19,16 @@ pub struct CoordinatorService {
     /// The job takes checkpoints (exactly-once); a drain waits for one.
     checkpoints: bool,
     replays: Arc<crate::replay::Replays>,
-    /// Where the cordon list is kept across coordinator restarts.
+    /// Where the cordon list and the chosen replica count are kept across
+    /// coordinator restarts.
     store: adclick_runtime::snapshots::SnapshotStore,
+    /// `job.key_groups`, the most Aggregates a job can have.
+    key_groups: u32,
+    /// `aggregate.replicas` of the configuration, stored with a rescale.
+    config_replicas: u32,
+    /// One scale request at a time (the check, the stored count and the
+    /// state change must agree).
+    scaling: Arc<Mutex<()>>,
 }
 
 impl CoordinatorService {
@@ -31,6 +39,7 @@ impl CoordinatorService {
         checkpoints: bool,
         replays: Arc<crate::replay::Replays>,
         store: adclick_runtime::snapshots::SnapshotStore,
+        job: &adclick_core::config::Config,
     ) -> Self {
         Self {
             state,
@@ -38,6 +47,9 @@ impl CoordinatorService {
             checkpoints,
             replays,
             store,
+            key_groups: job.job.key_groups,
+            config_replicas: job.aggregate.replicas,
+            scaling: Arc::default(),
         }
     }
 }
@@ -181,11 +193,9 @@ impl Admin for CoordinatorService {
             state_since_ms: s.state_since.map_or(0, |(_, wall)| wall),
             state_reason: s.state_reason.clone(),
             aggregates_configured: s.aggregates_configured,
-            aggregates_current: s
-                .placements
-                .iter()
-                .filter(|p| p.actor_id.starts_with("aggregate-"))
-                .count() as u32,
+            aggregates_current: s.aggregates_deployed(),
+            rescale_to: s.rescale.as_ref().map_or(0, |r| r.to),
+            rescale_since_ms: s.rescale.as_ref().map_or(0, |r| r.since_ms),
         }))
     }
 
@@ -294,6 +304,55 @@ impl Admin for CoordinatorService {
             generation,
             started: true,
             message,
+        }))
+    }
+
+    async fn scale(
+        &self,
+        request: Request<ScaleRequest>,
+    ) -> Result<Response<ScaleResponse>, Status> {
+        let req = request.into_inner();
+        let _one = self.scaling.lock().await;
+        let refused = |r: crate::scale::Refusal| match r {
+            crate::scale::Refusal::Invalid(m) => Status::invalid_argument(m),
+            crate::scale::Refusal::NotNow(m) => Status::failed_precondition(m),
+        };
+        let (generation, from) = {
+            let s = self.state.lock().await;
+            crate::scale::check(&req.kind, req.replicas, self.key_groups, &s).map_err(refused)?;
+            (s.generation, s.aggregates_deployed())
+        };
+        if from == req.replicas {
+            return Ok(Response::new(ScaleResponse {
+                generation,
+                started: false,
+                message: format!("the job already runs {from} Aggregate actor(s)"),
+                from,
+            }));
+        }
+        // Stored first: a coordinator that dies from here on deploys the
+        // new count when it comes back.
+        let saved = crate::scale::SavedScale {
+            replicas: req.replicas,
+            config_replicas: self.config_replicas,
+        };
+        let bytes = serde_json::to_vec(&saved).map_err(|e| Status::internal(e.to_string()))?;
+        self.store
+            .put_coordinator_object(crate::scale::SCALE, bytes)
+            .await
+            .map_err(|e| Status::unavailable(format!("storing the replica count: {e:#}")))?;
+        let mut s = self.state.lock().await;
+        crate::scale::check(&req.kind, req.replicas, self.key_groups, &s).map_err(refused)?;
+        let from = crate::scale::begin(&mut s, req.replicas, self.checkpoints);
+        tracing::info!(from, to = req.replicas, "rescale requested");
+        Ok(Response::new(ScaleResponse {
+            generation: s.generation,
+            started: true,
+            message: format!(
+                "scaling aggregate {from} -> {}: checkpoint, then redeploy",
+                req.replicas
+            ),
+            from,
         }))
     }
 

@@ -5,12 +5,18 @@
 //! watermark past the window's end, so "min watermark over aggregates ≥ end"
 //! means every list has arrived. Late updates replace one aggregate's list
 //! and re-emit the merged result with `revision + 1` when it changed.
+//!
+//! After a rescale the lists it restored are split by the old Aggregates'
+//! key groups, which no new Aggregate matches: see [`ReduceState::begin_rebuild`].
 
 use crate::aggregate::LocalTopN;
 use crate::output::TopNRecord;
 use crate::topn::{merge, AdClicks};
 use crate::watermark::InputWatermarks;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A window: (end, M, slice).
+type WindowKey = (i64, u32, String);
 
 #[derive(Clone, Debug, Default)]
 struct WindowEntry {
@@ -25,7 +31,18 @@ pub struct ReduceState {
     allowed_lateness_ms: i64,
     producer: String,
     inputs: InputWatermarks,
-    windows: BTreeMap<(i64, u32, String), WindowEntry>,
+    num_inputs: usize,
+    windows: BTreeMap<WindowKey, WindowEntry>,
+    rebuild: Option<Rebuild>,
+}
+
+/// A rebuild in progress (see [`ReduceState::begin_rebuild`]).
+#[derive(Clone, Debug, Default)]
+struct Rebuild {
+    /// Inputs that sent a watermark (so every list they resent arrived).
+    reported: BTreeSet<u32>,
+    /// Emitted windows that got a new list; re-checked when it ends.
+    refreshed: BTreeSet<WindowKey>,
 }
 
 impl ReduceState {
@@ -41,7 +58,9 @@ impl ReduceState {
             allowed_lateness_ms,
             producer,
             inputs: InputWatermarks::new(num_inputs),
+            num_inputs,
             windows: BTreeMap::new(),
+            rebuild: None,
         }
     }
 
@@ -56,22 +75,76 @@ impl ReduceState {
         let key = (l.window_end, l.window_minutes, l.slice);
         let entry = self.windows.entry(key.clone()).or_default();
         entry.lists.insert(input, l.ads);
-        if entry.emitted.is_some() {
-            return self.emit(&key);
+        if entry.emitted.is_none() {
+            return None;
         }
-        None
+        if let Some(r) = &mut self.rebuild {
+            r.refreshed.insert(key);
+            return None;
+        }
+        self.emit(&key)
+    }
+
+    /// After a rescale, the restored lists are split by the old Aggregates'
+    /// key groups, so none may be merged with a new Aggregate's list: they
+    /// are all dropped, and every new Aggregate resends its lists of the
+    /// windows that can still change ([`ReduceState::on_resend`]). Until
+    /// every input sent a watermark (which follows its resent lists), no
+    /// window is emitted; then each emitted window that got new lists is
+    /// re-emitted only if its merge changed, so output stays exact and no
+    /// half-merged list is ever written.
+    pub fn begin_rebuild(&mut self) {
+        for e in self.windows.values_mut() {
+            e.lists.clear();
+        }
+        self.rebuild = Some(Rebuild::default());
+    }
+
+    /// Whether a rebuild is waiting for inputs.
+    pub fn rebuilding(&self) -> bool {
+        self.rebuild.is_some()
+    }
+
+    /// A list an Aggregate resent after a restore. Outside a rebuild the
+    /// restored lists are already right, so it is ignored; a window this
+    /// state no longer holds can never change again, so it is ignored too
+    /// (keeping it would emit that window a second time).
+    pub fn on_resend(&mut self, input: u32, l: LocalTopN) {
+        let Some(r) = &mut self.rebuild else { return };
+        let key = (l.window_end, l.window_minutes, l.slice);
+        if let Some(entry) = self.windows.get_mut(&key) {
+            entry.lists.insert(input, l.ads);
+            if entry.emitted.is_some() {
+                r.refreshed.insert(key);
+            }
+        }
     }
 
     /// Records input `input`'s watermark and emits every window it completes.
     pub fn on_watermark(&mut self, input: u32, wm: i64) -> Vec<TopNRecord> {
         let cur = self.inputs.update(input as usize, wm);
-        self.emit_ready(cur)
+        self.after_watermark(input, cur)
     }
 
     /// Records that input `input` has no data at all.
     pub fn on_idle(&mut self, input: u32) -> Vec<TopNRecord> {
         let cur = self.inputs.set_idle(input as usize);
-        self.emit_ready(cur)
+        self.after_watermark(input, cur)
+    }
+
+    fn after_watermark(&mut self, input: u32, cur: Option<i64>) -> Vec<TopNRecord> {
+        let mut out = Vec::new();
+        if let Some(r) = &mut self.rebuild {
+            r.reported.insert(input);
+            if r.reported.len() < self.num_inputs {
+                return out;
+            }
+            let refreshed = std::mem::take(&mut r.refreshed);
+            self.rebuild = None;
+            out.extend(refreshed.iter().filter_map(|k| self.emit(k)));
+        }
+        out.extend(self.emit_ready(cur));
+        out
     }
 
     fn emit_ready(&mut self, cur: Option<i64>) -> Vec<TopNRecord> {
@@ -89,7 +162,7 @@ impl ReduceState {
         out
     }
 
-    fn emit(&mut self, key: &(i64, u32, String)) -> Option<TopNRecord> {
+    fn emit(&mut self, key: &WindowKey) -> Option<TopNRecord> {
         let entry = self.windows.get_mut(key)?;
         let merged = merge(entry.lists.values().map(|v| v.as_slice()), self.top_n);
         let revision = match &entry.emitted {
@@ -163,6 +236,9 @@ impl ReduceState {
         }
     }
 }
+
+#[cfg(test)]
+mod rebuild_tests;
 
 #[cfg(test)]
 mod tests {

@@ -278,6 +278,36 @@ impl AggregateState {
         out
     }
 
+    /// After a rescale, Reduce holds lists split by the old key groups;
+    /// this is this actor's share of every window Reduce may still hold:
+    /// the local top-N of each boundary already passed whose allowed
+    /// lateness has not expired (later ones are sent when the watermark
+    /// passes them). Empty lists are included, as on any recompute.
+    pub fn resend_lists(&self) -> Vec<LocalTopN> {
+        let Some(last) = self.last_boundary else {
+            return Vec::new();
+        };
+        let w = self.settings.window_ms;
+        let lateness = self.settings.allowed_lateness_ms;
+        let mut boundaries = BTreeSet::new();
+        for start in self.minutes.keys() {
+            for k in 1..=self.settings.max_m() {
+                let t = start + k * w;
+                let open = self
+                    .watermark
+                    .is_none_or(|wm| t.saturating_add(lateness) > wm);
+                if t <= last && open {
+                    boundaries.insert(t);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for t in boundaries {
+            self.local_top(t, &mut out, true);
+        }
+        out
+    }
+
     fn emit_minute(&mut self, start: i64, only_dirty: bool, out: &mut Vec<CountRecord>) {
         let w = self.settings.window_ms;
         let Some(m) = self.minutes.get_mut(&start) else {

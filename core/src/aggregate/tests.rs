@@ -174,3 +174,44 @@ fn ads_beyond_the_window_limit_go_to_the_dlq_and_stay_out() {
     assert!(star.iter().any(|c| c.ad_id == "a" && c.clicks == 2));
     assert!(star.iter().all(|c| c.ad_id != "c"));
 }
+
+#[test]
+fn a_restored_share_resends_the_boundaries_that_can_still_change() {
+    let mut s = AggregateState::new(settings());
+    s.apply(vec![
+        part("a", 0, 2, &[]),
+        part("b", 0, 1, &[]),
+        part("a", W, 1, &[]),
+    ]);
+    s.advance(2 * W);
+    assert!(
+        AggregateState::new(settings()).resend_lists().is_empty(),
+        "nothing passed, nothing to resend"
+    );
+    let star = |lists: Vec<LocalTopN>| -> Vec<(i64, u32, Vec<AdClicks>)> {
+        lists
+            .into_iter()
+            .filter(|l| l.slice == "*")
+            .map(|l| (l.window_end, l.window_minutes, l.ads))
+            .collect()
+    };
+    let ad = |id: &str, clicks| AdClicks {
+        ad_id: id.into(),
+        clicks,
+    };
+    // Lateness is one window: the boundary at W expired at watermark 2W;
+    // the one at 3W has not been passed.
+    assert_eq!(
+        star(s.resend_lists()),
+        vec![
+            (2 * W, 1, vec![ad("a", 1)]),
+            (2 * W, 2, vec![ad("a", 3), ad("b", 1)])
+        ]
+    );
+    // The Aggregate that now owns only "b" resends its share.
+    let only_b = AggregateState::restore(settings(), vec![s.snapshot()], |ad| ad == "b");
+    assert_eq!(
+        star(only_b.resend_lists()),
+        vec![(2 * W, 2, vec![ad("b", 1)])]
+    );
+}

@@ -83,13 +83,36 @@ impl Aggregate {
             producer: actor.clone(),
             max_ads_per_window: cfg.job.max_ads_per_window,
         };
-        let (state, restored) = if ctx.restore_epoch > 0 {
+        let restored = if ctx.restore_epoch > 0 {
             restore(&ctx, settings).await?
         } else {
-            (AggregateState::new(settings), None)
+            Restored {
+                state: AggregateState::new(settings),
+                own: None,
+                retired: Vec::new(),
+                rescaled: false,
+            }
         };
+        let state = restored.state;
         let reduce = ctx.connect(&ActorId::new(ActorKind::Reduce, 0)).await?;
-        let output = Output::open(&cfg, &actor, restored).await?;
+        let output = Output::open(&cfg, &actor, restored.own).await?;
+        for (name, saved) in restored.retired {
+            super::output::commit_retired(&cfg, &name, ctx.restore_epoch, saved)
+                .await
+                .with_context(|| format!("committing the saved output of retired {name}"))?;
+        }
+        if restored.rescaled {
+            // Reduce drops its lists, split by the old key groups, and
+            // rebuilds them from these (they precede any watermark).
+            let lists = state.resend_lists();
+            tracing::info!(actor = %actor, lists = lists.len(), "rescaled: resending local top-N lists");
+            reduce
+                .send(Body::Top(TopNBatch {
+                    lists: lists.into_iter().map(top_to_pb).collect(),
+                    resend: true,
+                }))
+                .await?;
+        }
         ctx.report("running", state.watermark());
         tracing::info!(actor = %actor, restored = ctx.restore_epoch, "aggregate started");
         Ok(Self {
@@ -200,6 +223,7 @@ impl Aggregate {
             self.reduce
                 .send(Body::Top(TopNBatch {
                     lists: out.top.into_iter().map(top_to_pb).collect(),
+                    resend: false,
                 }))
                 .await?;
         }
@@ -231,32 +255,48 @@ impl Aggregate {
     }
 }
 
+/// What an Aggregate restores.
+struct Restored {
+    state: AggregateState,
+    /// Its own saved output, to commit if the crash left it uncommitted.
+    own: Option<(u64, Vec<adclick_proto::snapshot::PendingEpoch>)>,
+    /// Saved output of Aggregates the rescale retired that this one
+    /// commits for them (index mod the new count).
+    retired: Vec<(String, Vec<adclick_proto::snapshot::PendingEpoch>)>,
+    /// The checkpoint had a different number of Aggregates.
+    rescaled: bool,
+}
+
 /// Loads every Aggregate snapshot of the restored epoch and keeps the key
 /// groups this actor owns now; its own uncommitted output comes back too.
-async fn restore(
-    ctx: &ActorCtx,
-    settings: AggregateSettings,
-) -> Result<(
-    AggregateState,
-    Option<(u64, Vec<adclick_proto::snapshot::PendingEpoch>)>,
-)> {
+async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Result<Restored> {
     let epoch = ctx.restore_epoch;
     let me = ctx.id.index;
     let owners = ctx.key_group_owner.clone();
     let mut parts = Vec::new();
-    let mut pending = Vec::new();
+    let mut own = Vec::new();
+    let mut retired = Vec::new();
     // Every Aggregate the checkpoint's metadata lists must be there: a key
     // group restored from a missing snapshot would start empty.
     let listed = ctx.snapshots.listed_actors(epoch).await?;
+    let listed: Vec<ActorId> = listed
+        .iter()
+        .filter_map(|n| ActorId::parse(n))
+        .filter(|a| a.kind == ActorKind::Aggregate)
+        .collect();
     let present = ctx.snapshots.actors(epoch).await?;
-    for name in listed.iter().filter(|n| n.starts_with("aggregate-")) {
+    for a in &listed {
         anyhow::ensure!(
-            present.contains(name),
-            "checkpoint {epoch} has no snapshot of {name}"
+            present.contains(&a.to_string()),
+            "checkpoint {epoch} has no snapshot of {a}"
         );
     }
+    let rescaled = listed.len() != ctx.num_aggregates as usize;
     for name in present {
-        if !name.starts_with("aggregate-") {
+        let Some(id) = ActorId::parse(&name) else {
+            continue;
+        };
+        if id.kind != ActorKind::Aggregate {
             continue;
         }
         let bytes = ctx
@@ -267,8 +307,10 @@ async fn restore(
         let snap = PbSnapshot::decode(bytes.as_slice())
             .with_context(|| format!("decoding snapshot {epoch}/{name}"))?;
         crate::snapshot_codec::check_version(snap.version, &name)?;
-        if name == ctx.id.to_string() {
-            pending = snap.pending.clone();
+        if id == ctx.id {
+            own = snap.pending.clone();
+        } else if id.index >= ctx.num_aggregates && id.index % ctx.num_aggregates.max(1) == me {
+            retired.push((name.clone(), snap.pending.clone()));
         }
         parts.push(aggregate_from_pb(snap, |kg| {
             owners.get(kg as usize).is_some_and(|o| *o == me)
@@ -280,8 +322,13 @@ async fn restore(
             .get(key_group_of(ad, kgs).0 as usize)
             .is_some_and(|o| *o == me)
     });
-    tracing::info!(actor = %ctx.id, epoch, cells = state.cells(), "restored aggregate state");
-    Ok((state, Some((epoch, pending))))
+    tracing::info!(actor = %ctx.id, epoch, cells = state.cells(), rescaled, "restored aggregate state");
+    Ok(Restored {
+        state,
+        own: Some((epoch, own)),
+        retired,
+        rescaled,
+    })
 }
 
 /// A side-topic record for an event the state machine did not count.

@@ -53,32 +53,7 @@ impl Output {
         }
         let sink = CommitSink::open(cfg, actor).await?;
         if let Some((epoch, saved)) = restored {
-            let marker = sink.committed_epoch().await?;
-            match sink_recovery(marker, epoch) {
-                SinkRecovery::AlreadyCommitted => {
-                    tracing::info!(actor, epoch, ?marker, "restored output already committed")
-                }
-                SinkRecovery::CommitSaved => {
-                    let mut pending = PendingOutput::default();
-                    // Epochs up to the marker were committed before the crash.
-                    for p in saved
-                        .into_iter()
-                        .filter(|p| marker.is_none_or(|m| p.epoch > m))
-                    {
-                        let e = p.epoch;
-                        pending.restore(e, pending_from_pb(p)?);
-                    }
-                    let records = pending.take_upto(epoch);
-                    tracing::info!(
-                        actor,
-                        epoch,
-                        ?marker,
-                        records = records.len(),
-                        "committing output saved in the restored checkpoint"
-                    );
-                    sink.commit(epoch, Arc::new(records)).await?;
-                }
-            }
+            commit_saved(&sink, actor, epoch, saved).await?;
         }
         Ok(Output::ExactlyOnce(Box::new(ExactlyOnce {
             committer: Committer::new(sink),
@@ -149,6 +124,62 @@ impl ExactlyOnce {
             self.inflight = self.inflight.split_off(&(c + 1));
         }
     }
+}
+
+/// Commits the output `actor` saved in restored checkpoint `epoch`, unless
+/// its marker shows it was committed before the crash.
+async fn commit_saved(
+    sink: &CommitSink,
+    actor: &str,
+    epoch: u64,
+    saved: Vec<PendingEpoch>,
+) -> Result<()> {
+    let marker = sink.committed_epoch().await?;
+    match sink_recovery(marker, epoch) {
+        SinkRecovery::AlreadyCommitted => {
+            tracing::info!(actor, epoch, ?marker, "restored output already committed")
+        }
+        SinkRecovery::CommitSaved => {
+            let mut pending = PendingOutput::default();
+            // Epochs up to the marker were committed before the crash.
+            for p in saved
+                .into_iter()
+                .filter(|p| marker.is_none_or(|m| p.epoch > m))
+            {
+                let e = p.epoch;
+                pending.restore(e, pending_from_pb(p)?);
+            }
+            let records = pending.take_upto(epoch);
+            tracing::info!(
+                actor,
+                epoch,
+                ?marker,
+                records = records.len(),
+                "committing output saved in the restored checkpoint"
+            );
+            sink.commit(epoch, Arc::new(records)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// After a scale-down, an Aggregate that no longer exists may have saved
+/// output in the restored checkpoint that was never committed: a surviving
+/// Aggregate commits it under the retired actor's name (its marker, and in
+/// transactional mode its fenced transactional id), so nothing is lost and
+/// nothing is written twice.
+pub async fn commit_retired(
+    cfg: &adclick_core::config::Config,
+    retired: &str,
+    epoch: u64,
+    saved: Vec<PendingEpoch>,
+) -> Result<()> {
+    if !cfg.checkpoint.exactly_once {
+        // At-least-once output was written when it was produced.
+        return Ok(());
+    }
+    let sink = CommitSink::open(cfg, retired).await?;
+    commit_saved(&sink, retired, epoch, saved).await
 }
 
 /// Records handed over together (oldest epoch first) → one saved entry per

@@ -7,6 +7,7 @@ use super::{ActorCtx, Control, Inbound};
 use crate::convert::top_from_pb;
 use crate::snapshot_codec::{reduce_from_pb, reduce_to_pb};
 use adclick_core::checkpoint::{Aligned, BarrierAligner};
+use adclick_core::ids::{ActorId, ActorKind};
 use adclick_core::output::OutputRecord;
 use adclick_core::reduce::ReduceState;
 use adclick_proto::dataflow::stream_message::Body;
@@ -46,6 +47,22 @@ pub async fn run(
         crate::snapshot_codec::check_version(snap.version, "reduce snapshot")?;
         state.restore(reduce_from_pb(&snap));
         restored = Some((ctx.restore_epoch, snap.pending));
+        let before = ctx
+            .snapshots
+            .listed_actors(ctx.restore_epoch)
+            .await?
+            .iter()
+            .filter(|n| ActorId::parse(n).is_some_and(|a| a.kind == ActorKind::Aggregate))
+            .count();
+        if before != ctx.num_aggregates as usize {
+            tracing::info!(
+                actor = %actor,
+                before,
+                now = ctx.num_aggregates,
+                "rescaled: rebuilding the top-N lists from the Aggregates"
+            );
+            state.begin_rebuild();
+        }
     }
     let mut output = Output::open(&cfg, &actor, restored).await?;
     let mut aligner: BarrierAligner<Inbound> = BarrierAligner::new(ctx.num_aggregates as usize);
@@ -107,6 +124,12 @@ pub async fn run(
             Aligned::Buffered => continue,
         };
         let records: Vec<OutputRecord> = match msg.body {
+            Body::Top(batch) if batch.resend => {
+                for l in batch.lists {
+                    state.on_resend(input, top_from_pb(l));
+                }
+                continue;
+            }
             Body::Top(batch) => batch
                 .lists
                 .into_iter()

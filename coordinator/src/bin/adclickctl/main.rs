@@ -4,6 +4,7 @@
 //! refused it), 2 usage error (bad arguments, or arguments the coordinator
 //! found invalid).
 
+mod lifecycle;
 mod replay;
 
 use adclick_proto::cluster::admin_client::AdminClient;
@@ -88,6 +89,23 @@ enum Cmd {
     /// Spread the actors over every live node (after nodes joined): takes a
     /// checkpoint, then redeploys from it. Waits until the new generation runs.
     Rebalance {
+        /// Return once it is requested.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Change the number of actors of KIND (only `aggregate`) while the job
+    /// runs: takes a checkpoint, then redeploys with the key groups spread
+    /// over N actors; only key groups whose owner changes move, and every
+    /// total stays exact. The count survives a coordinator restart. Waits
+    /// until the new generation runs and prints how long it took.
+    Scale {
+        /// What to scale: `aggregate`.
+        kind: String,
+        /// How many (1 to job.key_groups).
+        replicas: u32,
         /// Return once it is requested.
         #[arg(long)]
         no_wait: bool,
@@ -185,7 +203,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Replays => return replay::list(&mut client, cli.output).await,
         Cmd::Checkpoints { limit } => return checkpoints(&mut client, *limit, cli.output).await,
         Cmd::Rebalance { no_wait, timeout } => {
-            return rebalance(&mut client, *no_wait, *timeout, cli.output).await
+            return lifecycle::rebalance(&mut client, *no_wait, *timeout, cli.output).await
+        }
+        Cmd::Scale {
+            kind,
+            replicas,
+            no_wait,
+            timeout,
+        } => {
+            return lifecycle::scale(&mut client, kind, *replicas, *no_wait, *timeout, cli.output)
+                .await
         }
         Cmd::Drain { node, timeout } => {
             return drain(&mut client, node, *timeout, cli.output).await
@@ -207,60 +234,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         _ => {}
     }
     run_status(cli, client).await
-}
-
-/// `adclickctl rebalance`: asks, then follows the status until a newer
-/// generation runs.
-async fn rebalance(
-    client: &mut Client,
-    no_wait: bool,
-    timeout: u64,
-    fmt: Format,
-) -> Result<(), Failure> {
-    let r = client
-        .rebalance(adclick_proto::cluster::RebalanceRequest {})
-        .await
-        .map_err(Failure::from_status)?
-        .into_inner();
-    eprintln!("{}", r.message);
-    let mut doc = serde_json::json!({
-        "started": r.started,
-        "message": r.message,
-        "generation_before": r.generation,
-    });
-    if !r.started || no_wait {
-        print(fmt, &doc);
-        return Ok(());
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
-    loop {
-        let st = client
-            .status(StatusRequest {})
-            .await
-            .map_err(Failure::from_status)?
-            .into_inner();
-        if st.generation > r.generation && st.state == "running" {
-            let nodes: std::collections::BTreeSet<&str> =
-                st.placements.iter().map(|p| p.node_id.as_str()).collect();
-            eprintln!(
-                "generation {} runs on {} node(s): {}",
-                st.generation,
-                nodes.len(),
-                nodes.iter().copied().collect::<Vec<_>>().join(", ")
-            );
-            doc["generation"] = st.generation.into();
-            doc["nodes"] = nodes.into_iter().collect::<Vec<_>>().into();
-            print(fmt, &doc);
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(Failure::Failed(format!(
-                "no new generation after {timeout} s (still generation {}, {}); see `adclickctl status`",
-                st.generation, st.state
-            )));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
 }
 
 /// `adclickctl drain NODE`: fails (exit 1) when the actors could not be
@@ -389,6 +362,11 @@ async fn run_status(cli: Cli, mut client: Client) -> Result<(), Failure> {
                 "{} configured, {} deployed",
                 status.aggregates_configured, status.aggregates_current
             ),
+            "rescale": (status.rescale_to > 0).then(|| format!(
+                "to {} since {}",
+                status.rescale_to,
+                adclick_core::reconcile::fmt_ms(status.rescale_since_ms)
+            )),
             "last_checkpoint": status.last_checkpoint,
             "last_checkpoint_ms_ago": status.last_checkpoint_ms_ago,
             "failed_checkpoints": status.failed_checkpoints,
@@ -402,6 +380,7 @@ async fn run_status(cli: Cli, mut client: Client) -> Result<(), Failure> {
         | Cmd::Replays
         | Cmd::Checkpoints { .. }
         | Cmd::Rebalance { .. }
+        | Cmd::Scale { .. }
         | Cmd::Drain { .. }
         | Cmd::Uncordon { .. } => serde_json::Value::Null,
     };
