@@ -64,6 +64,11 @@ impl Checkpointer {
         Ok(())
     }
 
+    /// The snapshot store.
+    pub fn store(&self) -> &SnapshotStore {
+        &self.store
+    }
+
     /// Persists generation and epoch counter.
     pub async fn persist(&self, generation: u64, next_epoch: u64) -> Result<()> {
         self.store
@@ -77,11 +82,19 @@ impl Checkpointer {
 
     /// The checkpoint a redeploy restores from (0 = none): the newest
     /// complete one that is whole (`adclick_core::checkpoint::restore_choice`).
-    pub async fn restore_point(&self) -> Result<u64> {
+    pub async fn restore_point(
+        &self,
+        superseded: Option<crate::savepoints::Superseded>,
+    ) -> Result<u64> {
         if !self.cfg.checkpoint.exactly_once {
             return Ok(0);
         }
-        let (_, complete) = self.store.epochs().await?;
+        let (_, mut complete) = self.store.epochs().await?;
+        // After `adclickctl restore`, the abandoned history's checkpoints
+        // are not restored: the savepoint is, until the job takes its own.
+        if let Some(s) = superseded {
+            complete.retain(|e| !s.skips(*e));
+        }
         let mut files = Vec::new();
         // Newest first, and only as far back as the first whole one.
         for epoch in complete.iter().rev().copied() {
@@ -124,14 +137,14 @@ impl Checkpointer {
         let timeout = Duration::from_millis(self.cfg.checkpoint.timeout_ms);
         enum Step {
             Complete(Inflight, Vec<String>, HashMap<String, String>),
-            Trigger(u64, u64, Vec<String>, tracing::Span),
+            Trigger(u64, u64, Vec<String>, tracing::Span, bool),
             Nothing,
         }
         let step = {
             let mut s = state.lock().await;
             if !matches!(
                 s.job_state,
-                JobState::Running | JobState::Degraded | JobState::Rescaling
+                JobState::Running | JobState::Degraded | JobState::Rescaling | JobState::Stopping
             ) {
                 return Ok(());
             }
@@ -152,7 +165,10 @@ impl Checkpointer {
                 .map(|(_, t)| t)
                 .or(s.deployed_at)
                 .map_or(Duration::ZERO, |t| t.elapsed());
-            if since_ok > 3 * interval {
+            let healthy_or_not = matches!(s.job_state, JobState::Running | JobState::Degraded);
+            if !healthy_or_not {
+                // Rescaling or stopping: that state says more.
+            } else if since_ok > 3 * interval {
                 let why = format!(
                     "no checkpoint completed for {} s (3 intervals)",
                     since_ok.as_secs()
@@ -242,7 +258,8 @@ impl Checkpointer {
                             reason: String::new(),
                         });
                         let targets = nodes.iter().filter_map(|n| addrs.get(n).cloned()).collect();
-                        Step::Trigger(epoch, s.generation, targets, span)
+                        let drain = trigger_kind == crate::stop::trigger(true);
+                        Step::Trigger(epoch, s.generation, targets, span, drain)
                     } else {
                         Step::Nothing
                     }
@@ -250,14 +267,21 @@ impl Checkpointer {
             }
         };
         match step {
-            Step::Trigger(epoch, generation, targets, span) => {
+            Step::Trigger(epoch, generation, targets, span, drain) => {
                 let trigger = tracing::info_span!(parent: &span, "inject_barriers", epoch);
                 async {
                     self.persist(generation, epoch + 1).await?;
                     tracing::debug!(epoch, generation, "triggering checkpoint");
                     // The actors' snapshots are children of the checkpoint itself.
                     let tp = adclick_runtime::telemetry::traceparent(&span);
-                    broadcast(&targets, generation, epoch, true, &tp).await;
+                    broadcast(
+                        &targets,
+                        generation,
+                        epoch,
+                        Broadcast::Barrier { drain },
+                        &tp,
+                    )
+                    .await;
                     anyhow::Ok(())
                 }
                 .instrument(trigger)
@@ -301,27 +325,63 @@ impl Checkpointer {
             bytes = f.bytes,
             "checkpoint complete"
         );
-        {
+        let savepoints = {
             let mut s = state.lock().await;
             s.last_complete = Some((f.epoch, Instant::now()));
             s.history
                 .finish(f.epoch, Outcome::Completed, took.as_millis() as u64, "");
+            if crate::savepoints::is_savepoint_trigger(f.trigger) {
+                let aggregates = s.aggregates_deployed();
+                s.savepoints.push(crate::savepoints::Savepoint {
+                    id: crate::savepoints::id_of(f.epoch),
+                    epoch: f.epoch,
+                    created_ms: adclick_runtime::now_ms(),
+                    trigger: f.trigger.to_owned(),
+                    bytes: f.bytes,
+                    aggregates,
+                });
+                tracing::info!(epoch = f.epoch, trigger = f.trigger, "savepoint complete");
+                Some(s.savepoints.clone())
+            } else {
+                None
+            }
+        };
+        if let Some(list) = savepoints {
+            crate::savepoints::save(&self.store, &list).await?;
         }
         let targets: Vec<String> = nodes.iter().filter_map(|n| addrs.get(n).cloned()).collect();
         let commit = tracing::info_span!(parent: &f.span, "complete_checkpoint", epoch = f.epoch);
         let tp = adclick_runtime::telemetry::traceparent(&commit);
-        broadcast(&targets, f.generation, f.epoch, false, &tp)
+        broadcast(&targets, f.generation, f.epoch, Broadcast::Complete, &tp)
             .instrument(commit)
             .await;
         state.lock().await.commit_sent = f.epoch;
         let (all, complete) = self.store.epochs().await?;
+        let keep: BTreeSet<u64> = state
+            .lock()
+            .await
+            .savepoints
+            .iter()
+            .map(|s| s.epoch)
+            .collect();
+        // Savepoints are not checkpoints retention counts or deletes.
+        let complete: BTreeSet<u64> = complete.difference(&keep).copied().collect();
         for e in checkpoints_to_delete(&complete, &all, self.cfg.checkpoint.retain) {
-            if Some(&e) != all.last() {
+            if Some(&e) != all.last() && !keep.contains(&e) {
                 self.store.delete_epoch(e).await?;
             }
         }
         Ok(())
     }
+}
+
+/// Which checkpoint RPC [`broadcast`] sends.
+#[derive(Clone, Copy, Debug)]
+enum Broadcast {
+    /// InjectBarrier; `drain` for `adclickctl stop --drain`.
+    Barrier { drain: bool },
+    /// CompleteCheckpoint.
+    Complete,
 }
 
 /// Sends InjectBarrier (or CompleteCheckpoint) to every node; a node that
@@ -330,26 +390,31 @@ async fn broadcast(
     targets: &[String],
     generation: u64,
     epoch: u64,
-    barrier: bool,
+    what: Broadcast,
     traceparent: &str,
 ) {
     let calls = targets.iter().map(|addr| async move {
         let mut c = crate::registry::node_client(addr).await?;
-        let req = CheckpointRequest {
+        let mut req = CheckpointRequest {
             generation,
             epoch,
             traceparent: traceparent.to_string(),
+            drain: false,
         };
-        if barrier {
-            c.inject_barrier(req).await?;
-        } else {
-            c.complete_checkpoint(req).await?;
+        match what {
+            Broadcast::Barrier { drain } => {
+                req.drain = drain;
+                c.inject_barrier(req).await?;
+            }
+            Broadcast::Complete => {
+                c.complete_checkpoint(req).await?;
+            }
         }
         anyhow::Ok(())
     });
     for r in futures::future::join_all(calls).await {
         if let Err(e) = r {
-            tracing::warn!(epoch, barrier, "checkpoint RPC failed: {e:#}");
+            tracing::warn!(epoch, ?what, "checkpoint RPC failed: {e:#}");
         }
     }
 }

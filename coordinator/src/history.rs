@@ -71,6 +71,11 @@ impl History {
         self.records.push_back(r);
     }
 
+    /// Checkpoint `epoch`, if it is still kept.
+    pub fn get(&self, epoch: u64) -> Option<&CheckpointRecord> {
+        self.records.iter().rev().find(|r| r.epoch == epoch)
+    }
+
     /// Updates checkpoint `epoch`, if it is still kept.
     pub fn update(&mut self, epoch: u64, f: impl FnOnce(&mut CheckpointRecord)) {
         if let Some(r) = self.records.iter_mut().rev().find(|r| r.epoch == epoch) {

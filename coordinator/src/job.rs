@@ -108,9 +108,15 @@ pub async fn run(
                     });
                 }
             }
-        } else if let Err(e) = checkpointer.tick(&state).await {
-            tracing::warn!("checkpoint step failed: {e:#}");
-            metrics::counter!("checkpoint_failures_total").increment(1);
+        } else {
+            if let Err(e) = checkpointer.tick(&state).await {
+                tracing::warn!("checkpoint step failed: {e:#}");
+                metrics::counter!("checkpoint_failures_total").increment(1);
+            }
+            if state.lock().await.stop.is_some() {
+                let patience = Duration::from_millis(cfg.checkpoint.timeout_ms.saturating_mul(2));
+                crate::stop::drive(&state, checkpointer.store(), patience).await;
+            }
         }
     }
 }
@@ -128,7 +134,12 @@ fn decide(cfg: &Config, s: &ClusterState) -> Option<String> {
             return Some(format!("rebalance: {}", p.reason));
         }
     }
-    if s.job_state == JobState::Failed {
+    if matches!(
+        s.job_state,
+        JobState::Failed | JobState::Stopping | JobState::Stopped
+    ) {
+        // A stop's savepoint that cannot complete fails the stop (the job
+        // then runs, and is recovered, as usual).
         return None;
     }
     // A deployment that failed (possibly after some nodes applied it) is
@@ -192,7 +203,8 @@ async fn deploy(
     checkpointer: &Checkpointer,
     reason: &str,
 ) -> Result<()> {
-    let restore_epoch = checkpointer.restore_point().await?;
+    let superseded = state.lock().await.superseded;
+    let restore_epoch = checkpointer.restore_point(superseded).await?;
     let span = tracing::Span::current();
     span.record("restore_epoch", restore_epoch);
     let traceparent = adclick_runtime::telemetry::traceparent(&span);

@@ -9,8 +9,10 @@ pub mod rebalance;
 pub mod registry;
 pub mod replay;
 pub mod retry;
+pub mod savepoints;
 pub mod scale;
 pub mod service;
+pub mod stop;
 
 use adclick_core::config::Config;
 use adclick_proto::cluster::admin_server::AdminServer;
@@ -84,6 +86,26 @@ pub async fn run(
             );
         }
         state.lock().await.aggregates_configured = n;
+    }
+    let savepoints = savepoints::load(&store).await?;
+    let stopped = stop::load_stopped(&store).await?;
+    let superseded: Option<savepoints::Superseded> =
+        match store.coordinator_object(savepoints::RESTORED).await? {
+            Some(b) => serde_json::from_slice(&b).context("decoding the restored range")?,
+            None => None,
+        };
+    {
+        let mut s = state.lock().await;
+        s.savepoints = savepoints;
+        s.superseded = superseded;
+        if let Some(stopped) = stopped {
+            let why = format!(
+                "stopped with savepoint {} (`adclickctl restore {}` starts it again)",
+                stopped.savepoint, stopped.savepoint
+            );
+            s.stopped = Some(stopped);
+            s.set_state(registry::JobState::Stopped, why);
+        }
     }
     let svc = service::CoordinatorService::new(
         state.clone(),

@@ -38,6 +38,10 @@ pub enum JobState {
     /// Running while a rescale takes its checkpoint, then redeploying with
     /// the new Aggregate count.
     Rescaling,
+    /// Taking the savepoint of `adclickctl stop`.
+    Stopping,
+    /// Stopped with a savepoint; nothing runs until `adclickctl restore`.
+    Stopped,
     /// Deployments failed `cluster.deploy_retries` times in a row; nothing
     /// is retried until an operator asks (`adclickctl rebalance`) or the
     /// coordinator restarts.
@@ -54,6 +58,8 @@ impl JobState {
             JobState::Recovering => "recovering",
             JobState::Degraded => "degraded",
             JobState::Rescaling => "rescaling",
+            JobState::Stopping => "stopping",
+            JobState::Stopped => "stopped",
             JobState::Failed => "failed",
         }
     }
@@ -120,6 +126,14 @@ pub struct ClusterState {
     pub aggregates_configured: u32,
     /// A rescale in progress.
     pub rescale: Option<crate::scale::Rescale>,
+    /// Savepoints, oldest first.
+    pub savepoints: Vec<crate::savepoints::Savepoint>,
+    /// A stop waiting for its savepoint.
+    pub stop: Option<crate::stop::Pending>,
+    /// The job is stopped, with this savepoint.
+    pub stopped: Option<crate::savepoints::Stopped>,
+    /// Checkpoints of the history a restored savepoint abandoned.
+    pub superseded: Option<crate::savepoints::Superseded>,
     /// The last failed deployment, while retrying.
     pub deploy_failure: Option<crate::retry::DeployFailure>,
     /// Nodes an operator cordoned (`adclickctl drain`): they get no actors,

@@ -11,6 +11,8 @@ use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+mod savepoint;
+
 /// Serves `Coordinator` and `Admin`.
 #[derive(Clone)]
 pub struct CoordinatorService {
@@ -26,6 +28,9 @@ pub struct CoordinatorService {
     key_groups: u32,
     /// `aggregate.replicas` of the configuration, stored with a rescale.
     config_replicas: u32,
+    /// `checkpoint.retain`: a deleted savepoint among the newest that many
+    /// checkpoints keeps its files (retention deletes them later).
+    retain: usize,
     /// One scale request at a time (the check, the stored count and the
     /// state change must agree).
     scaling: Arc<Mutex<()>>,
@@ -49,6 +54,7 @@ impl CoordinatorService {
             store,
             key_groups: job.job.key_groups,
             config_replicas: job.aggregate.replicas,
+            retain: job.checkpoint.retain,
             scaling: Arc::default(),
         }
     }
@@ -196,6 +202,11 @@ impl Admin for CoordinatorService {
             aggregates_current: s.aggregates_deployed(),
             rescale_to: s.rescale.as_ref().map_or(0, |r| r.to),
             rescale_since_ms: s.rescale.as_ref().map_or(0, |r| r.since_ms),
+            stopped_savepoint: s
+                .stopped
+                .as_ref()
+                .map_or(String::new(), |x| x.savepoint.clone()),
+            drained: s.stopped.as_ref().is_some_and(|x| x.drained),
         }))
     }
 
@@ -307,6 +318,44 @@ impl Admin for CoordinatorService {
         }))
     }
 
+    async fn trigger_savepoint(
+        &self,
+        _request: Request<TriggerSavepointRequest>,
+    ) -> Result<Response<TriggerSavepointResponse>, Status> {
+        self.savepoint_now().await.map(Response::new)
+    }
+
+    async fn list_savepoints(
+        &self,
+        _request: Request<ListSavepointsRequest>,
+    ) -> Result<Response<ListSavepointsResponse>, Status> {
+        Ok(Response::new(self.savepoint_list().await))
+    }
+
+    async fn delete_savepoint(
+        &self,
+        request: Request<DeleteSavepointRequest>,
+    ) -> Result<Response<DeleteSavepointResponse>, Status> {
+        self.savepoint_delete(&request.into_inner().id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn stop(&self, request: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {
+        self.stop_job(request.into_inner().drain)
+            .await
+            .map(Response::new)
+    }
+
+    async fn restore(
+        &self,
+        request: Request<RestoreRequest>,
+    ) -> Result<Response<RestoreResponse>, Status> {
+        self.restore_job(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn scale(
         &self,
         request: Request<ScaleRequest>,
@@ -332,15 +381,7 @@ impl Admin for CoordinatorService {
         }
         // Stored first: a coordinator that dies from here on deploys the
         // new count when it comes back.
-        let saved = crate::scale::SavedScale {
-            replicas: req.replicas,
-            config_replicas: self.config_replicas,
-        };
-        let bytes = serde_json::to_vec(&saved).map_err(|e| Status::internal(e.to_string()))?;
-        self.store
-            .put_coordinator_object(crate::scale::SCALE, bytes)
-            .await
-            .map_err(|e| Status::unavailable(format!("storing the replica count: {e:#}")))?;
+        self.store_replicas(req.replicas).await?;
         let mut s = self.state.lock().await;
         crate::scale::check(&req.kind, req.replicas, self.key_groups, &s).map_err(refused)?;
         let from = crate::scale::begin(&mut s, req.replicas, self.checkpoints);

@@ -75,9 +75,8 @@ impl ReduceState {
         let key = (l.window_end, l.window_minutes, l.slice);
         let entry = self.windows.entry(key.clone()).or_default();
         entry.lists.insert(input, l.ads);
-        if entry.emitted.is_none() {
-            return None;
-        }
+        // A window not emitted yet is emitted when the watermark passes it.
+        entry.emitted.as_ref()?;
         if let Some(r) = &mut self.rebuild {
             r.refreshed.insert(key);
             return None;

@@ -308,6 +308,7 @@ impl Node for NodeControl {
                 Control::Barrier(CheckpointCmd {
                     epoch: r.epoch,
                     traceparent: r.traceparent,
+                    drain: r.drain,
                 }),
                 &[ActorKind::Map],
             )
@@ -327,6 +328,7 @@ impl Node for NodeControl {
                 Control::Complete(CheckpointCmd {
                     epoch: r.epoch,
                     traceparent: r.traceparent,
+                    drain: false,
                 }),
                 &[ActorKind::Aggregate, ActorKind::Reduce],
             )

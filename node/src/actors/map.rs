@@ -208,7 +208,25 @@ pub async fn run(
                 ctx.report("running", Some(wm));
             }
         }
-        if let Some(CheckpointCmd { epoch, traceparent }) = barrier {
+        if let Some(CheckpointCmd {
+            epoch,
+            traceparent,
+            drain,
+        }) = barrier
+        {
+            if drain {
+                // `stop --drain`: event time ends here, so the Aggregates
+                // close every window (and Reduce every top-N) before the
+                // barrier, and this checkpoint commits them all.
+                tracing::info!(actor = %actor, epoch, "draining: watermark to the end of time");
+                for out in &outputs {
+                    out.send(Body::Watermark(Watermark {
+                        timestamp_ms: i64::MAX,
+                        idle: false,
+                    }))
+                    .await?;
+                }
+            }
             // Everything read before the barrier has been sent above; the
             // offsets are exactly the position after it.
             let span = ctx.snapshot_span(epoch, &traceparent);

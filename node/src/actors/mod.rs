@@ -46,6 +46,9 @@ pub struct CheckpointCmd {
     pub epoch: u64,
     /// The coordinator's span for this step, as a W3C traceparent (may be empty).
     pub traceparent: String,
+    /// `adclickctl stop --drain`: before this barrier, Maps move event time
+    /// to the end, so every open window is emitted into this checkpoint.
+    pub drain: bool,
 }
 
 /// Where every actor of the current deployment runs.

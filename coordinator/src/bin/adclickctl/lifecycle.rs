@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 /// Follows the status until `done` holds, printing each state change on a
 /// terminal; fails (exit 1) after `timeout` seconds.
-async fn wait_for(
+pub(crate) async fn wait_for(
     client: &mut Client,
     timeout: u64,
     what: &str,

@@ -6,6 +6,7 @@
 
 mod lifecycle;
 mod replay;
+mod savepoint;
 
 use adclick_proto::cluster::admin_client::AdminClient;
 use adclick_proto::cluster::{StatusRequest, TriggerCheckpointRequest};
@@ -113,6 +114,60 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         timeout: u64,
     },
+    /// Take a savepoint: a checkpoint that retention never deletes, to
+    /// `restore` later. Prints its id once it is complete.
+    /// `savepoint delete ID` removes one.
+    Savepoint {
+        #[command(subcommand)]
+        action: Option<SavepointAction>,
+        /// Return once it is requested (the id is printed at once).
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// The savepoints, newest first.
+    Savepoints,
+    /// Stop the job with a savepoint and print its id. The coordinator and
+    /// the nodes stay up; the job stays stopped (also across restarts)
+    /// until `restore`.
+    Stop {
+        /// First advance event time to the end, so every open window is
+        /// emitted and committed. WARNING: do not resume a drained job:
+        /// every event after the savepoint would count as late.
+        #[arg(long)]
+        drain: bool,
+        /// Return once it is requested.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Start a stopped job again from savepoint ID (see `savepoints`).
+    Restore {
+        /// The savepoint, e.g. `sp-42`.
+        id: String,
+        /// Run this many Aggregate actors from now on.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        aggregate_replicas: Option<u32>,
+        /// Return once it is requested.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SavepointAction {
+    /// Delete savepoint ID and its files.
+    Delete {
+        /// The savepoint, e.g. `sp-42`.
+        id: String,
+    },
 }
 
 /// Why a command did not succeed, and so its exit code.
@@ -204,6 +259,37 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Checkpoints { limit } => return checkpoints(&mut client, *limit, cli.output).await,
         Cmd::Rebalance { no_wait, timeout } => {
             return lifecycle::rebalance(&mut client, *no_wait, *timeout, cli.output).await
+        }
+        Cmd::Savepoint {
+            action: Some(SavepointAction::Delete { id }),
+            ..
+        } => return savepoint::delete(&mut client, id, cli.output).await,
+        Cmd::Savepoint {
+            action: None,
+            no_wait,
+            timeout,
+        } => return savepoint::create(&mut client, *no_wait, *timeout, cli.output).await,
+        Cmd::Savepoints => return savepoint::list(&mut client, cli.output).await,
+        Cmd::Stop {
+            drain,
+            no_wait,
+            timeout,
+        } => return savepoint::stop(&mut client, *drain, *no_wait, *timeout, cli.output).await,
+        Cmd::Restore {
+            id,
+            aggregate_replicas,
+            no_wait,
+            timeout,
+        } => {
+            return savepoint::restore(
+                &mut client,
+                id,
+                *aggregate_replicas,
+                *no_wait,
+                *timeout,
+                cli.output,
+            )
+            .await
         }
         Cmd::Scale {
             kind,
@@ -362,6 +448,9 @@ async fn run_status(cli: Cli, mut client: Client) -> Result<(), Failure> {
                 "{} configured, {} deployed",
                 status.aggregates_configured, status.aggregates_current
             ),
+            "stopped_savepoint": (!status.stopped_savepoint.is_empty())
+                .then(|| status.stopped_savepoint.clone()),
+            "drained": status.drained,
             "rescale": (status.rescale_to > 0).then(|| format!(
                 "to {} since {}",
                 status.rescale_to,
@@ -381,6 +470,10 @@ async fn run_status(cli: Cli, mut client: Client) -> Result<(), Failure> {
         | Cmd::Checkpoints { .. }
         | Cmd::Rebalance { .. }
         | Cmd::Scale { .. }
+        | Cmd::Savepoint { .. }
+        | Cmd::Savepoints
+        | Cmd::Stop { .. }
+        | Cmd::Restore { .. }
         | Cmd::Drain { .. }
         | Cmd::Uncordon { .. } => serde_json::Value::Null,
     };
