@@ -7,6 +7,8 @@
 
 #[cfg(feature = "e2e")]
 pub mod e2e;
+#[cfg(feature = "e2e")]
+pub mod follow;
 
 use adclick_core::aggregate::{AggregateOutput, AggregateSettings, AggregateState};
 use adclick_core::event::{parse_event, DedupMode, Limits};

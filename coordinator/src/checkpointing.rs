@@ -211,7 +211,8 @@ impl Checkpointer {
                 None => {
                     let settled = s
                         .deployed_at
-                        .is_some_and(|t| t.elapsed() > Duration::from_secs(1));
+                        .is_some_and(|t| t.elapsed() > Duration::from_secs(1))
+                        || s.all_actors_running();
                     let due = s.trigger_requested
                         || s.last_trigger.is_none_or(|t| t.elapsed() >= interval);
                     if settled && due {

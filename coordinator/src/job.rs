@@ -124,7 +124,8 @@ pub async fn run(
 /// Why the job must be (re)deployed now, if it must.
 fn decide(cfg: &Config, s: &ClusterState) -> Option<String> {
     let alive = s.alive(cfg.cluster.heartbeat_timeout_ms);
-    if alive.is_empty() {
+    if alive.is_empty() || s.input_partitions.is_none() {
+        // Nowhere to deploy, or the input's partitions are not known yet.
         return None;
     }
     let patience = Duration::from_millis(cfg.checkpoint.timeout_ms.saturating_mul(2));
@@ -160,6 +161,9 @@ fn decide(cfg: &Config, s: &ClusterState) -> Option<String> {
         let registered = s.registered(cfg.cluster.heartbeat_timeout_ms);
         return (registered >= cfg.cluster.nodes as usize)
             .then(|| format!("{registered} nodes registered"));
+    }
+    if let Some(why) = crate::partitions::grew(s.deployed_partitions, s.input_partitions) {
+        return Some(why);
     }
     let in_grace = s.deployed_at.is_some_and(|t| t.elapsed() < DEPLOY_GRACE);
     for p in &s.placements {
@@ -208,15 +212,16 @@ async fn deploy(
     let span = tracing::Span::current();
     span.record("restore_epoch", restore_epoch);
     let traceparent = adclick_runtime::telemetry::traceparent(&span);
-    let bootstrap = cfg.kafka.bootstrap.clone();
-    let topic = cfg.kafka.input_topic.clone();
-    let partitions = tokio::task::spawn_blocking(move || {
-        adclick_runtime::kafka::partition_count(&bootstrap, &topic)
-    })
-    .await
-    .context("partition lookup task")??;
-    let (generation, nodes, addrs, aggregates) = {
+    let (generation, nodes, addrs, aggregates, partitions) = {
         let mut s = state.lock().await;
+        // Looked up off this loop (`crate::partitions`), so a slow broker
+        // cannot stall it.
+        let partitions = s.input_partitions.with_context(|| {
+            format!(
+                "the partition count of {} is not known yet (is the broker at {} reachable?)",
+                cfg.kafka.input_topic, cfg.kafka.bootstrap
+            )
+        })?;
         let alive = s.alive(cfg.cluster.heartbeat_timeout_ms);
         anyhow::ensure!(!alive.is_empty(), "no live nodes");
         let reported = s.nodes.values().map(|n| n.generation).max().unwrap_or(0);
@@ -237,7 +242,13 @@ async fn deploy(
             .iter()
             .map(|(id, n)| (id.clone(), n.addr.clone()))
             .collect();
-        (s.generation, alive, addrs, s.aggregates_configured)
+        (
+            s.generation,
+            alive,
+            addrs,
+            s.aggregates_configured,
+            partitions,
+        )
     };
     span.record("generation", generation);
     let plan = build_plan(&PlanInput {
@@ -257,10 +268,9 @@ async fn deploy(
         })
         .collect();
     let config_toml = adclick_runtime::config::to_toml(cfg)?;
-    {
-        let s = state.lock().await;
-        checkpointer.persist(generation, s.next_epoch).await?;
-    }
+    // Not under the lock: an object-store write can take seconds.
+    let next_epoch = state.lock().await.next_epoch;
+    checkpointer.persist(generation, next_epoch).await?;
     let mut calls = Vec::new();
     for node in &nodes {
         let actors: Vec<ActorSpec> = plan
@@ -304,6 +314,7 @@ async fn deploy(
     let results = futures::future::join_all(calls).await;
     let mut s = state.lock().await;
     s.placements = placements;
+    s.deployed_partitions = partitions;
     s.deployed_at = Some(Instant::now());
     // Whatever asked for it, this deployment spreads over every live node.
     s.rebalance = None;
@@ -314,6 +325,12 @@ async fn deploy(
         "generation {generation} deployed on {} node(s)",
         nodes.len()
     );
+    // In exactly-once mode the new generation's output is committed with
+    // its first checkpoint: take it as soon as every actor runs, not an
+    // interval later, so output resumes within about one checkpoint.
+    if restore_epoch > 0 {
+        s.request_checkpoint("deployed");
+    }
     if let Some(done) = crate::scale::finish(&mut s, plan.num_aggregates) {
         tracing::info!("{done}");
         why = format!("{why}; {done}");

@@ -5,6 +5,7 @@ pub mod checkpointing;
 pub mod drain;
 pub mod history;
 pub mod job;
+pub mod partitions;
 pub mod rebalance;
 pub mod registry;
 pub mod replay;
@@ -114,6 +115,12 @@ pub async fn run(
         replays,
         store,
         &cfg,
+    );
+    partitions::spawn_watch(
+        cfg.kafka.bootstrap.clone(),
+        cfg.kafka.input_topic.clone(),
+        state.clone(),
+        shutdown.clone(),
     );
     let job = tokio::spawn(job::run(
         cfg.clone(),

@@ -126,6 +126,11 @@ pub struct ClusterState {
     pub aggregates_configured: u32,
     /// A rescale in progress.
     pub rescale: Option<crate::scale::Rescale>,
+    /// The input topic's partition count as last looked up
+    /// (`crate::partitions`).
+    pub input_partitions: Option<i32>,
+    /// The partitions the current generation reads.
+    pub deployed_partitions: i32,
     /// Savepoints, oldest first.
     pub savepoints: Vec<crate::savepoints::Savepoint>,
     /// A stop waiting for its savepoint.
@@ -152,6 +157,21 @@ impl ClusterState {
             .iter()
             .filter(|p| p.actor_id.starts_with("aggregate-"))
             .count() as u32
+    }
+
+    /// Every actor of the current placement reported `running` in the
+    /// current generation (so a barrier reaches every one of them).
+    pub fn all_actors_running(&self) -> bool {
+        !self.placements.is_empty()
+            && self.placements.iter().all(|p| {
+                self.nodes.get(&p.node_id).is_some_and(|n| {
+                    n.actors.iter().any(|a| {
+                        a.actor_id == p.actor_id
+                            && a.generation == self.generation
+                            && a.state == "running"
+                    })
+                })
+            })
     }
 
     /// Nodes that heartbeated within `timeout_ms`, schedulable or not.

@@ -95,10 +95,18 @@ pub async fn ensure_topics(k: &KafkaConfig) -> Result<()> {
 
 /// Number of partitions of `topic`, waiting until the broker knows it.
 pub fn partition_count(bootstrap: &str, topic: &str) -> Result<i32> {
+    partition_count_within(bootstrap, topic, Duration::from_secs(260))
+}
+
+/// [`partition_count`], giving up after about `max` (a caller that must
+/// stay responsive, like the coordinator's partition watch).
+pub fn partition_count_within(bootstrap: &str, topic: &str, max: Duration) -> Result<i32> {
     let consumer: BaseConsumer = consumer(bootstrap, "adclick-metadata", false)?;
     let mut last_err = None;
-    for _ in 0..50 {
-        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+    let until = std::time::Instant::now() + max;
+    while std::time::Instant::now() < until {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match consumer.fetch_metadata(Some(topic), left.min(Duration::from_secs(5))) {
             Ok(md) => {
                 if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
                     if t.error().is_none() && !t.partitions().is_empty() {

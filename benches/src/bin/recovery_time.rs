@@ -21,13 +21,12 @@
 //! (checkpoint interval, 10,000), `--bin PATH` (target/release/adclick).
 
 use adclick_benches::e2e::*;
+use adclick_benches::follow::*;
 use adclick_testkit::{temp_dir, Broker};
 use anyhow::{bail, Context, Result};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const NODES: u32 = 3;
 
@@ -80,68 +79,6 @@ replicas = 3
 interval_ms = {interval_ms}
 "#
     )
-}
-
-/// Wall-clock ms since the epoch (the coordinator logs in UTC wall time).
-fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Milliseconds of the UTC day of a log line's RFC 3339 timestamp.
-fn log_ms_of_day(line: &str) -> Option<i64> {
-    let t = line.split_whitespace().next()?;
-    let clock = t.split_once('T')?.1.trim_end_matches('Z');
-    let mut parts = clock.split(':');
-    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
-    let secs: f64 = s.parse().ok()?;
-    Some(
-        (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60) * 1000
-            + (secs * 1000.0) as i64,
-    )
-}
-
-/// Output records seen so far: (arrival wall ms, epoch).
-struct OutputFollower {
-    consumer: BaseConsumer,
-    seen: Vec<(i64, u64)>,
-}
-
-impl OutputFollower {
-    fn new(bootstrap: &str) -> Result<Self> {
-        let consumer: BaseConsumer = client(bootstrap)
-            .set("group.id", "recovery-time-reader")
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "50")
-            .create()?;
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..4 {
-            tpl.add_partition_offset("ad-click-aggregates", p, Offset::Beginning)?;
-        }
-        consumer.assign(&tpl)?;
-        Ok(Self {
-            consumer,
-            seen: Vec::new(),
-        })
-    }
-
-    /// Reads for `d`.
-    fn poll_for(&mut self, d: Duration) {
-        let until = Instant::now() + d;
-        while Instant::now() < until {
-            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(20)) {
-                let epoch = m
-                    .payload()
-                    .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-                    .and_then(|v| v["epoch"].as_u64());
-                if let Some(e) = epoch {
-                    self.seen.push((wall_ms(), e));
-                }
-            }
-        }
-    }
 }
 
 /// Coordinator log events after `from_ms_of_day`: (lost, deployed,
