@@ -5,6 +5,7 @@
 
 use crate::history::{CheckpointRecord, Outcome};
 use crate::registry::{ClusterState, Inflight, JobState};
+use crate::states::Event;
 use adclick_core::checkpoint::{checkpoints_to_delete, restore_choice, CheckpointFiles};
 use adclick_core::config::Config;
 use adclick_proto::cluster::CheckpointRequest;
@@ -165,17 +166,16 @@ impl Checkpointer {
                 .map(|(_, t)| t)
                 .or(s.deployed_at)
                 .map_or(Duration::ZERO, |t| t.elapsed());
-            let healthy_or_not = matches!(s.job_state, JobState::Running | JobState::Degraded);
-            if !healthy_or_not {
-                // Rescaling or stopping: that state says more.
-            } else if since_ok > 3 * interval {
+            // Rescaling or stopping: that state says more.
+            let stalled = since_ok > 3 * interval;
+            if stalled && s.job_state == JobState::Running {
                 let why = format!(
                     "no checkpoint completed for {} s (3 intervals)",
                     since_ok.as_secs()
                 );
-                s.set_state(JobState::Degraded, why);
-            } else {
-                s.set_state(JobState::Running, "checkpoints complete again");
+                s.transition(Event::CheckpointsStalled, why);
+            } else if !stalled && s.job_state == JobState::Degraded {
+                s.transition(Event::CheckpointsResumed, "checkpoints complete again");
             }
             let expected = s.placements.len();
             match s.inflight.clone() {

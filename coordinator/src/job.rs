@@ -5,6 +5,7 @@
 
 use crate::checkpointing::Checkpointer;
 use crate::registry::{ClusterState, JobState};
+use crate::states::Event;
 use adclick_core::config::Config;
 use adclick_core::ids::{ActorKind, NodeId};
 use adclick_core::plan::{build_plan, PlanInput};
@@ -58,7 +59,7 @@ pub async fn run(
                     s.deploy_failure.as_ref().map_or("", |f| f.error.as_str())
                 );
                 tracing::error!("job failed: {why}");
-                s.set_state(JobState::Failed, why);
+                s.transition(Event::RetriesExhausted, why);
             }
             if cfg.cluster.rebalance_on_join {
                 crate::rebalance::on_join(
@@ -226,14 +227,11 @@ async fn deploy(
         anyhow::ensure!(!alive.is_empty(), "no live nodes");
         let reported = s.nodes.values().map(|n| n.generation).max().unwrap_or(0);
         s.generation = s.generation.max(reported) + 1;
-        let next = if s.rescale.is_some() {
-            JobState::Rescaling
-        } else if s.placements.is_empty() {
-            JobState::Deploying
-        } else {
-            JobState::Recovering
+        let started = Event::DeployStarted {
+            first: s.placements.is_empty(),
+            rescale: s.rescale.is_some(),
         };
-        s.set_state(next, reason);
+        s.transition(started, reason);
         // A checkpoint of the old generation can never complete now.
         let reason = format!("dropped by the deployment of generation {}", s.generation);
         s.abort_inflight(&reason);
@@ -335,7 +333,7 @@ async fn deploy(
         tracing::info!("{done}");
         why = format!("{why}; {done}");
     }
-    s.set_state(JobState::Running, why);
+    s.transition(Event::Deployed, why);
     metrics::gauge!("generation").set(generation as f64);
     tracing::info!(
         generation,
@@ -345,3 +343,7 @@ async fn deploy(
     );
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "job_tests.rs"]
+mod tests;

@@ -13,6 +13,7 @@ pub mod retry;
 pub mod savepoints;
 pub mod scale;
 pub mod service;
+pub mod states;
 pub mod stop;
 
 use adclick_core::config::Config;
@@ -105,7 +106,7 @@ pub async fn run(
                 stopped.savepoint, stopped.savepoint
             );
             s.stopped = Some(stopped);
-            s.set_state(registry::JobState::Stopped, why);
+            s.transition(states::Event::FoundStopped, why);
         }
     }
     let svc = service::CoordinatorService::new(

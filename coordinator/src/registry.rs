@@ -21,49 +21,7 @@ pub struct NodeInfo {
     pub draining: bool,
 }
 
-/// Lifecycle of the job, shown by `adclickctl status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum JobState {
-    /// Fewer nodes than `cluster.nodes` have registered.
-    #[default]
-    WaitingForNodes,
-    /// Deploying a generation.
-    Deploying,
-    /// Every actor runs.
-    Running,
-    /// A node or actor was lost; redeploying.
-    Recovering,
-    /// Running, but no checkpoint succeeded for more than 3 intervals.
-    Degraded,
-    /// Running while a rescale takes its checkpoint, then redeploying with
-    /// the new Aggregate count.
-    Rescaling,
-    /// Taking the savepoint of `adclickctl stop`.
-    Stopping,
-    /// Stopped with a savepoint; nothing runs until `adclickctl restore`.
-    Stopped,
-    /// Deployments failed `cluster.deploy_retries` times in a row; nothing
-    /// is retried until an operator asks (`adclickctl rebalance`) or the
-    /// coordinator restarts.
-    Failed,
-}
-
-impl JobState {
-    /// Lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::WaitingForNodes => "waiting-for-nodes",
-            JobState::Deploying => "deploying",
-            JobState::Running => "running",
-            JobState::Recovering => "recovering",
-            JobState::Degraded => "degraded",
-            JobState::Rescaling => "rescaling",
-            JobState::Stopping => "stopping",
-            JobState::Stopped => "stopped",
-            JobState::Failed => "failed",
-        }
-    }
-}
+pub use crate::states::JobState;
 
 /// A checkpoint that was triggered and is collecting acks.
 #[derive(Clone, Debug)]
@@ -222,8 +180,32 @@ impl ClusterState {
         }
     }
 
-    /// Moves the job to `state`, saying why; "since" changes only when the
-    /// state does.
+    /// Applies `event` to the job's state (`crate::states`), saying why.
+    /// An illegal transition is refused: logged, counted in
+    /// `illegal_state_transitions_total`, and the state stays.
+    pub fn transition(&mut self, event: crate::states::Event, reason: impl Into<String>) -> bool {
+        match crate::states::next(self.job_state, event) {
+            Some(to) => {
+                self.set_state(to, reason);
+                true
+            }
+            None => {
+                let reason = reason.into();
+                tracing::warn!(
+                    from = self.job_state.as_str(),
+                    ?event,
+                    %reason,
+                    "illegal job state transition refused"
+                );
+                metrics::counter!("illegal_state_transitions_total").increment(1);
+                false
+            }
+        }
+    }
+
+    /// Puts the job in `state`, saying why; "since" changes only when the
+    /// state does. Only for the initial state and tests: the coordinator
+    /// moves between states with [`ClusterState::transition`].
     pub fn set_state(&mut self, state: JobState, reason: impl Into<String>) {
         if self.job_state != state || self.state_since.is_none() {
             self.job_state = state;

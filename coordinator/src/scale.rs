@@ -116,8 +116,8 @@ pub fn begin(s: &mut ClusterState, to: u32, checkpoints: bool) -> u32 {
     if s.rebalance.is_none() {
         crate::rebalance::request(s, reason.clone(), checkpoints);
     }
-    s.set_state(
-        JobState::Rescaling,
+    s.transition(
+        crate::states::Event::RescaleRequested,
         format!("{reason}: checkpoint, then redeploy"),
     );
     from

@@ -9,6 +9,7 @@
 
 use crate::registry::{ClusterState, JobState};
 use crate::savepoints::{id_of, Stopped, STOPPED};
+use crate::states::Event;
 use adclick_runtime::snapshots::SnapshotStore;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -61,8 +62,8 @@ pub fn request(s: &mut ClusterState, drain: bool, checkpoints: bool) -> Result<u
         epoch,
         since: Instant::now(),
     });
-    s.set_state(
-        JobState::Stopping,
+    s.transition(
+        Event::StopRequested,
         format!("{}: savepoint {} first", trigger(drain), id_of(epoch)),
     );
     Ok(epoch)
@@ -129,7 +130,7 @@ pub async fn drive(
             let mut s = state.lock().await;
             tracing::warn!("stop failed: {why}");
             s.stop = None;
-            s.set_state(JobState::Running, format!("stop failed: {why}"));
+            s.transition(Event::StopFailed, format!("stop failed: {why}"));
         }
         Step::Cancel { generation, addrs } => {
             for addr in &addrs {
@@ -156,8 +157,8 @@ pub async fn drive(
                 s.placements.clear();
                 s.deployed_at = None;
                 s.stopped = Some(stopped.clone());
-                s.set_state(
-                    JobState::Stopped,
+                s.transition(
+                    Event::StopCompleted,
                     format!("stopped with savepoint {}", stopped.savepoint),
                 );
                 stopped

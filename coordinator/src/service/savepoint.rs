@@ -165,8 +165,8 @@ impl CoordinatorService {
         s.superseded = Some(superseded);
         s.stopped = None;
         let aggregates = s.aggregates_configured;
-        s.set_state(
-            JobState::WaitingForNodes,
+        s.transition(
+            crate::states::Event::RestoreRequested,
             format!("restoring savepoint {id} with {aggregates} Aggregate(s)"),
         );
         tracing::info!(%id, epoch, aggregates, "restore requested");

@@ -304,24 +304,38 @@ async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Result<Restored
             .get(epoch, &name)
             .await?
             .with_context(|| format!("checkpoint {epoch}: snapshot of {name} disappeared"))?;
-        let snap = PbSnapshot::decode(bytes.as_slice())
-            .with_context(|| format!("decoding snapshot {epoch}/{name}"))?;
-        crate::snapshot_codec::check_version(snap.version, &name)?;
+        // Decoding hundreds of MB is CPU work: off the runtime, so the
+        // node keeps heartbeating and answering the coordinator meanwhile.
+        let owners = owners.clone();
+        let label = name.clone();
+        let (part, pending) = tokio::task::spawn_blocking(move || {
+            let mut snap = PbSnapshot::decode(bytes.as_slice())
+                .with_context(|| format!("decoding snapshot {epoch}/{label}"))?;
+            crate::snapshot_codec::check_version(snap.version, &label)?;
+            let pending = std::mem::take(&mut snap.pending);
+            let part =
+                aggregate_from_pb(snap, |kg| owners.get(kg as usize).is_some_and(|o| *o == me));
+            anyhow::Ok((part, pending))
+        })
+        .await
+        .context("snapshot decoding task")??;
         if id == ctx.id {
-            own = snap.pending.clone();
+            own = pending;
         } else if id.index >= ctx.num_aggregates && id.index % ctx.num_aggregates.max(1) == me {
-            retired.push((name.clone(), snap.pending.clone()));
+            retired.push((name.clone(), pending));
         }
-        parts.push(aggregate_from_pb(snap, |kg| {
-            owners.get(kg as usize).is_some_and(|o| *o == me)
-        }));
+        parts.push(part);
     }
     let kgs = ctx.cfg.job.key_groups;
-    let state = AggregateState::restore(settings, parts, |ad| {
-        owners
-            .get(key_group_of(ad, kgs).0 as usize)
-            .is_some_and(|o| *o == me)
-    });
+    let state = tokio::task::spawn_blocking(move || {
+        AggregateState::restore(settings, parts, |ad| {
+            owners
+                .get(key_group_of(ad, kgs).0 as usize)
+                .is_some_and(|o| *o == me)
+        })
+    })
+    .await
+    .context("state restore task")?;
     tracing::info!(actor = %ctx.id, epoch, cells = state.cells(), rescaled, "restored aggregate state");
     Ok(Restored {
         state,
