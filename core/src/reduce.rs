@@ -243,14 +243,14 @@ mod rebuild_tests;
 mod tests {
     use super::*;
 
-    fn ac(ad: &str, clicks: u64) -> AdClicks {
+    pub(super) fn ac(ad: &str, clicks: u64) -> AdClicks {
         AdClicks {
             ad_id: ad.into(),
             clicks,
         }
     }
 
-    fn local(end: i64, ads: Vec<AdClicks>) -> LocalTopN {
+    pub(super) fn local(end: i64, ads: Vec<AdClicks>) -> LocalTopN {
         LocalTopN {
             window_end: end,
             window_minutes: 1,

@@ -2,23 +2,8 @@
 //! are replaced by the new ones' resent lists, nothing half-merged is
 //! emitted, and an unchanged window is not emitted again.
 
+use super::tests::{ac, local};
 use super::*;
-
-fn ac(ad: &str, clicks: u64) -> AdClicks {
-    AdClicks {
-        ad_id: ad.into(),
-        clicks,
-    }
-}
-
-fn local(end: i64, ads: Vec<AdClicks>) -> LocalTopN {
-    LocalTopN {
-        window_end: end,
-        window_minutes: 1,
-        slice: "*".into(),
-        ads,
-    }
-}
 
 /// Two old Aggregates: window 100 emitted as [a5, c4]; window 200 has
 /// input 0's list [a1] only and is not emitted yet.
