@@ -106,7 +106,9 @@ fn scale_up_and_down_while_the_stream_flows_stays_exact() -> Result<()> {
         (Some(5), Some(2)),
         "{r}"
     );
-    assert!(r["took_ms"].as_u64().is_some(), "{r}");
+    // The reply says how long output paused (the figure itself is not
+    // checked: machines are noisy).
+    assert!(r.get("took_ms").is_some_and(|v| v.is_u64()), "{r}");
     assert_eq!(replicas(&cluster), "2 configured, 2 deployed");
 
     let truth = finish_generate(gen, &truth_path)?;

@@ -4,6 +4,7 @@
 //! gathers facts and performs the deployment RPCs.
 
 use crate::checkpointing::Checkpointer;
+use crate::node_api::{GrpcNodes, NodeApi};
 use crate::registry::{ClusterState, JobState};
 use crate::states::Event;
 use adclick_core::config::Config;
@@ -24,7 +25,7 @@ const DEPLOY_GRACE: Duration = Duration::from_secs(10);
 
 /// Drives the job until shutdown.
 pub async fn run(
-    cfg: Config,
+    mut cfg: Config,
     state: Arc<Mutex<ClusterState>>,
     checkpointer: Arc<Checkpointer>,
     ready: Readiness,
@@ -46,21 +47,24 @@ pub async fn run(
                 }
             }
         }
+        if state.lock().await.sink_mode.is_empty() {
+            // Nodes get this configuration with every deployment, so they
+            // all use the sink chosen here.
+            match crate::sink_mode::choose(&cfg).await {
+                Ok(chosen) => {
+                    cfg.checkpoint.kafka_transactions = chosen;
+                    crate::sink_mode::publish(&mut *state.lock().await, &cfg);
+                }
+                Err(e) => {
+                    tracing::warn!("choosing the sink: {e:#}");
+                    continue;
+                }
+            }
+        }
         ready.set(true);
         let decision = {
             let mut s = state.lock().await;
-            let give_up = s.deploy_failure.as_ref().is_some_and(|f| {
-                crate::retry::next(f, cfg.cluster.deploy_retries) == crate::retry::Next::GiveUp
-            });
-            if give_up && s.job_state != JobState::Failed {
-                let why = format!(
-                    "{} deployments failed in a row (cluster.deploy_retries); last: {}",
-                    cfg.cluster.deploy_retries,
-                    s.deploy_failure.as_ref().map_or("", |f| f.error.as_str())
-                );
-                tracing::error!("job failed: {why}");
-                s.transition(Event::RetriesExhausted, why);
-            }
+            give_up_if_exhausted(&cfg, &mut s);
             if cfg.cluster.rebalance_on_join {
                 crate::rebalance::on_join(
                     &mut s,
@@ -81,34 +85,10 @@ pub async fn run(
                 generation = tracing::field::Empty,
                 restore_epoch = tracing::field::Empty,
             );
-            let result = deploy(&cfg, &state, &checkpointer, &reason)
+            let result = deploy(&cfg, &state, &checkpointer, &GrpcNodes, &reason)
                 .instrument(span)
                 .await;
-            let mut s = state.lock().await;
-            match result {
-                Ok(()) => s.deploy_failure = None,
-                Err(e) => {
-                    metrics::counter!("deploy_failures_total").increment(1);
-                    let attempts = s.deploy_failure.as_ref().map_or(0, |f| f.attempts) + 1;
-                    let wait = crate::retry::backoff(
-                        attempts,
-                        Duration::from_millis(500),
-                        Duration::from_secs(30),
-                        rand::random::<f64>(),
-                    );
-                    let error = format!("{e:#}");
-                    tracing::warn!(attempts, ?wait, "deploy failed: {error}");
-                    s.state_reason = format!(
-                        "deployment failed (attempt {attempts}), retrying in {wait:?}: {error}"
-                    );
-                    s.deploy_failure = Some(crate::retry::DeployFailure {
-                        attempts,
-                        at: Instant::now(),
-                        error,
-                        wait,
-                    });
-                }
-            }
+            record_outcome(&mut *state.lock().await, result, rand::random::<f64>());
         } else {
             if let Err(e) = checkpointer.tick(&state).await {
                 tracing::warn!("checkpoint step failed: {e:#}");
@@ -120,6 +100,52 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Moves the job to `failed`, with the reason, once deployments failed
+/// `cluster.deploy_retries` times in a row.
+fn give_up_if_exhausted(cfg: &Config, s: &mut ClusterState) {
+    let Some(f) = &s.deploy_failure else {
+        return;
+    };
+    let limit = cfg.cluster.deploy_retries;
+    if crate::retry::next(f, limit) != crate::retry::Next::GiveUp || s.job_state == JobState::Failed
+    {
+        return;
+    }
+    let why = format!(
+        "{limit} deployments failed in a row (cluster.deploy_retries); last: {}",
+        f.error
+    );
+    tracing::error!("job failed: {why}");
+    s.transition(Event::RetriesExhausted, why);
+}
+
+/// Clears or records a deployment failure; a failed one is retried after
+/// an exponential backoff drawn with `jitter` in [0, 1).
+fn record_outcome(s: &mut ClusterState, result: Result<()>, jitter: f64) {
+    let Err(e) = result else {
+        s.deploy_failure = None;
+        return;
+    };
+    metrics::counter!("deploy_failures_total").increment(1);
+    let attempts = s.deploy_failure.as_ref().map_or(0, |f| f.attempts) + 1;
+    let wait = crate::retry::backoff(
+        attempts,
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+        jitter,
+    );
+    let error = format!("{e:#}");
+    tracing::warn!(attempts, ?wait, "deploy failed: {error}");
+    s.state_reason =
+        format!("deployment failed (attempt {attempts}), retrying in {wait:?}: {error}");
+    s.deploy_failure = Some(crate::retry::DeployFailure {
+        attempts,
+        at: Instant::now(),
+        error,
+        wait,
+    });
 }
 
 /// Why the job must be (re)deployed now, if it must.
@@ -206,6 +232,7 @@ async fn deploy(
     cfg: &Config,
     state: &Arc<Mutex<ClusterState>>,
     checkpointer: &Checkpointer,
+    api: &impl NodeApi,
     reason: &str,
 ) -> Result<()> {
     let superseded = state.lock().await.superseded;
@@ -297,17 +324,7 @@ async fn deploy(
             traceparent: traceparent.clone(),
         };
         let addr = addrs.get(node).cloned().unwrap_or_default();
-        let node = node.clone();
-        calls.push(async move {
-            let mut client = crate::registry::node_client(&addr)
-                .await
-                .with_context(|| format!("connecting to node {node}"))?;
-            client
-                .deploy(req)
-                .await
-                .with_context(|| format!("deploying to node {node}"))?;
-            anyhow::Ok(())
-        });
+        calls.push(async move { api.deploy(node, &addr, req).await });
     }
     let results = futures::future::join_all(calls).await;
     let mut s = state.lock().await;
@@ -347,3 +364,7 @@ async fn deploy(
 #[cfg(test)]
 #[path = "job_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "job_deploy_tests.rs"]
+mod deploy_tests;

@@ -5,6 +5,7 @@ pub mod checkpointing;
 pub mod drain;
 pub mod history;
 pub mod job;
+pub mod node_api;
 pub mod partitions;
 pub mod rebalance;
 pub mod registry;
@@ -13,6 +14,7 @@ pub mod retry;
 pub mod savepoints;
 pub mod scale;
 pub mod service;
+pub mod sink_mode;
 pub mod states;
 pub mod stop;
 

@@ -106,6 +106,9 @@ pub struct ClusterState {
     pub failed_checkpoints: u64,
     /// Newest checkpoint whose commit was sent to the sinks.
     pub commit_sent: u64,
+    /// How the sinks commit ("transactional" or "replay"); empty until
+    /// `checkpoint.kafka_transactions = "auto"` has the broker's answer.
+    pub sink_mode: &'static str,
 }
 
 impl ClusterState {

@@ -207,6 +207,7 @@ impl Admin for CoordinatorService {
                 .as_ref()
                 .map_or(String::new(), |x| x.savepoint.clone()),
             drained: s.stopped.as_ref().is_some_and(|x| x.drained),
+            sink_mode: s.sink_mode.to_owned(),
         }))
     }
 

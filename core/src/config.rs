@@ -8,6 +8,9 @@ use crate::event::{DedupMode, Limits};
 use crate::slice::{SliceConfig, Slicer};
 use serde::{Deserialize, Serialize};
 
+mod transactions;
+pub use transactions::{min_transaction_timeout_ms, KafkaTransactions};
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -64,6 +67,9 @@ pub struct KafkaConfig {
     pub output_partitions: i32,
     /// Replication factor for created topics.
     pub replication_factor: i32,
+    /// The broker's `transaction.max.timeout.ms` (Kafka's default: 15
+    /// minutes); `checkpoint.transaction_timeout_ms` may not exceed it.
+    pub transaction_max_timeout_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -77,6 +83,7 @@ impl Default for KafkaConfig {
             input_partitions: 4,
             output_partitions: 4,
             replication_factor: 1,
+            transaction_max_timeout_ms: 900_000,
         }
     }
 }
@@ -330,10 +337,15 @@ pub struct CheckpointConfig {
     /// S3-compatible store (credentials and endpoint from `AWS_*`), or
     /// `memory://` (one process only, for unit tests).
     pub store: String,
-    /// Commit each checkpoint's output in a Kafka transaction (needs a
-    /// broker that serves EndTxn, i.e. Apache Kafka). `false` writes it
-    /// idempotently and then moves the progress marker; see the README.
-    pub kafka_transactions: bool,
+    /// Commit each checkpoint's output in a Kafka transaction: `"auto"`
+    /// (when the broker serves EndTxn: Apache Kafka, nisshi), `true`, or
+    /// `false` (write idempotently, then move the progress marker; a crash
+    /// can leave identical copies). See docs/guarantees.md.
+    pub kafka_transactions: KafkaTransactions,
+    /// `transaction.timeout.ms` of the transactional sink: longer than a
+    /// checkpoint interval plus the checkpoint timeout and a recovery, and
+    /// at most `kafka.transaction_max_timeout_ms`.
+    pub transaction_timeout_ms: u64,
 }
 
 impl Default for CheckpointConfig {
@@ -344,7 +356,8 @@ impl Default for CheckpointConfig {
             timeout_ms: 60_000,
             retain: 3,
             store: "run/snapshots".into(),
-            kafka_transactions: false,
+            kafka_transactions: KafkaTransactions::Auto,
+            transaction_timeout_ms: 600_000,
         }
     }
 }
@@ -461,7 +474,41 @@ impl Config {
             return Err(err("kafka.bootstrap", "must not be empty"));
         }
         Slicer::new(&self.slices).map_err(|e| err("slices.filters", e.to_string()))?;
+        self.validate_transactions()?;
         self.validate_serving()
+    }
+
+    /// `transaction.timeout.ms` between the time an open transaction may
+    /// wait for its recovery and the broker's maximum (a longer one is
+    /// refused by the broker at `init_transactions`).
+    fn validate_transactions(&self) -> Result<(), ConfigError> {
+        let c = &self.checkpoint;
+        if !c.exactly_once || c.kafka_transactions == KafkaTransactions::Off {
+            return Ok(());
+        }
+        let t = c.transaction_timeout_ms;
+        let min = min_transaction_timeout_ms(
+            c.interval_ms,
+            c.timeout_ms,
+            self.cluster.heartbeat_timeout_ms,
+        );
+        if t <= min {
+            return Err(err(
+                "checkpoint.transaction_timeout_ms",
+                format!(
+                    "is {t}, but must exceed {min} (checkpoint.interval_ms {} + twice checkpoint.timeout_ms {} + cluster.heartbeat_timeout_ms {}), or the broker may abort a transaction that recovery still needs",
+                    c.interval_ms, c.timeout_ms, self.cluster.heartbeat_timeout_ms
+                ),
+            ));
+        }
+        let max = self.kafka.transaction_max_timeout_ms;
+        if t > max {
+            return Err(err(
+                "checkpoint.transaction_timeout_ms",
+                format!("is {t}, but the broker allows at most {max} (kafka.transaction_max_timeout_ms, the broker's transaction.max.timeout.ms)"),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_serving(&self) -> Result<(), ConfigError> {

@@ -5,6 +5,7 @@ use adclick_core::keygroup::key_group_of;
 use adclick_core::reduce::ReduceWindowSnapshot;
 use adclick_core::topn::AdClicks;
 use adclick_proto::snapshot as pb;
+use prost::Message;
 use std::collections::BTreeMap;
 
 /// Current snapshot format version. 2: pending output in protobuf.
@@ -60,41 +61,79 @@ pub fn aggregate_to_pb(
     }
 }
 
-/// Protobuf → aggregate state, keeping only the key groups `owned` accepts.
-pub fn aggregate_from_pb(
-    p: pb::AggregateSnapshot,
+/// Reads an encoded Aggregate snapshot without decoding its key groups or
+/// saved output: after a rescale each Aggregate reads every old snapshot,
+/// and decoding all of them in full made restore time grow with the
+/// number of Aggregates (`aggregate_from_parts` decodes only what it owns).
+pub fn aggregate_parts(
+    bytes: prost::bytes::Bytes,
+    what: &str,
+) -> anyhow::Result<pb::AggregateSnapshotParts> {
+    let parts = pb::AggregateSnapshotParts::decode(bytes)
+        .map_err(|e| anyhow::anyhow!("decoding {what}: {e}"))?;
+    check_version(parts.version, what)?;
+    Ok(parts)
+}
+
+/// The key groups `owned` accepts, decoded; the others are skipped after
+/// reading their number.
+pub fn aggregate_from_parts(
+    p: &pb::AggregateSnapshotParts,
     owned: impl Fn(u32) -> bool,
-) -> AggregateSnapshot {
-    let cells = p
-        .key_groups
-        .into_iter()
-        .filter(|g| owned(g.key_group))
-        .flat_map(|g| g.cells)
-        .map(|c| CellSnapshot {
-            ad_id: c.ad_id,
-            window_start: c.window_start,
-            slices: c
-                .slices
-                .into_iter()
-                .map(|s| {
-                    (
-                        s.slice,
-                        Counts {
-                            clicks: s.clicks,
-                            impressions: s.impressions,
-                            revision: s.revision,
-                        },
-                        s.dirty,
-                    )
-                })
-                .collect(),
-            seen: c.seen,
-        })
-        .collect();
-    AggregateSnapshot {
+    what: &str,
+) -> anyhow::Result<AggregateSnapshot> {
+    let mut cells = Vec::new();
+    for blob in &p.key_groups {
+        let head = pb::KeyGroupHead::decode(blob.clone())
+            .map_err(|e| anyhow::anyhow!("decoding a key group of {what}: {e}"))?;
+        if !owned(head.key_group) {
+            continue;
+        }
+        let group = pb::KeyGroupState::decode(blob.clone())
+            .map_err(|e| anyhow::anyhow!("decoding key group {} of {what}: {e}", head.key_group))?;
+        cells.extend(group.cells.into_iter().map(cell_from_pb));
+    }
+    Ok(AggregateSnapshot {
         watermark: p.watermark,
         last_boundary: p.last_boundary,
         cells,
+    })
+}
+
+/// The saved, possibly uncommitted output of an Aggregate snapshot.
+pub fn pending_from_parts(
+    p: &pb::AggregateSnapshotParts,
+    what: &str,
+) -> anyhow::Result<Vec<pb::PendingEpoch>> {
+    p.pending
+        .iter()
+        .map(|b| {
+            pb::PendingEpoch::decode(b.clone())
+                .map_err(|e| anyhow::anyhow!("decoding saved output of {what}: {e}"))
+        })
+        .collect()
+}
+
+fn cell_from_pb(c: pb::Cell) -> CellSnapshot {
+    CellSnapshot {
+        ad_id: c.ad_id,
+        window_start: c.window_start,
+        slices: c
+            .slices
+            .into_iter()
+            .map(|s| {
+                (
+                    s.slice,
+                    Counts {
+                        clicks: s.clicks,
+                        impressions: s.impressions,
+                        revision: s.revision,
+                    },
+                    s.dirty,
+                )
+            })
+            .collect(),
+        seen: c.seen,
     }
 }
 
@@ -194,10 +233,19 @@ mod tests {
                 },
             ],
         };
-        let pb = aggregate_to_pb(snap.clone(), 16, vec![]);
-        assert_eq!(aggregate_from_pb(pb.clone(), |_| true).cells.len(), 2);
+        let pending = vec![pb::PendingEpoch {
+            epoch: 7,
+            producer: "aggregate-1".into(),
+            ..Default::default()
+        }];
+        let bytes = aggregate_to_pb(snap.clone(), 16, pending.clone()).encode_to_vec();
+        let parts = aggregate_parts(bytes.into(), "test").unwrap();
+        assert_eq!(pending_from_parts(&parts, "test").unwrap(), pending);
+        let all = aggregate_from_parts(&parts, |_| true, "test").unwrap();
+        assert_eq!(all.cells.len(), 2);
+        assert_eq!((all.watermark, all.last_boundary), (Some(5), Some(4)));
         let kg_a = key_group_of("a", 16).0;
-        let only_a = aggregate_from_pb(pb, |kg| kg == kg_a);
+        let only_a = aggregate_from_parts(&parts, |kg| kg == kg_a, "test").unwrap();
         assert!(only_a
             .cells
             .iter()
@@ -206,5 +254,45 @@ mod tests {
             .cells
             .iter()
             .any(|c| c.ad_id == "a" && c.slices == snap.cells[0].slices && c.seen == vec![9]));
+    }
+
+    #[test]
+    fn key_group_zero_is_found_though_protobuf_omits_it() {
+        let ad = (0..1000)
+            .map(|i| format!("ad-{i}"))
+            .find(|a| key_group_of(a, 16).0 == 0)
+            .unwrap();
+        let snap = AggregateSnapshot {
+            watermark: None,
+            last_boundary: None,
+            cells: vec![CellSnapshot {
+                ad_id: ad.clone(),
+                window_start: 60_000,
+                slices: vec![],
+                seen: vec![],
+            }],
+        };
+        let bytes = aggregate_to_pb(snap, 16, vec![]).encode_to_vec();
+        let parts = aggregate_parts(bytes.into(), "test").unwrap();
+        let zero = aggregate_from_parts(&parts, |kg| kg == 0, "test").unwrap();
+        assert_eq!(zero.cells.len(), 1);
+        assert!(aggregate_from_parts(&parts, |kg| kg != 0, "test")
+            .unwrap()
+            .cells
+            .is_empty());
+    }
+
+    #[test]
+    fn a_truncated_snapshot_is_an_error_that_names_it() {
+        let snap = AggregateSnapshot {
+            watermark: Some(1),
+            last_boundary: None,
+            cells: vec![],
+        };
+        let mut bytes =
+            aggregate_to_pb(snap, 16, vec![pb::PendingEpoch::default()]).encode_to_vec();
+        bytes.truncate(bytes.len() - 1);
+        let err = aggregate_parts(bytes.into(), "1/aggregate-0").unwrap_err();
+        assert!(format!("{err:#}").contains("1/aggregate-0"), "{err:#}");
     }
 }

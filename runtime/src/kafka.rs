@@ -120,3 +120,49 @@ pub fn partition_count_within(bootstrap: &str, topic: &str, max: Duration) -> Re
     }
     anyhow::bail!("topic {topic} has no partitions on {bootstrap} (last error: {last_err:?})")
 }
+
+/// Whether the broker at `bootstrap` serves Kafka transactions (EndTxn),
+/// from its ApiVersions answer; the first address that answers decides.
+pub async fn serves_transactions(bootstrap: &str, timeout: Duration) -> Result<bool> {
+    use adclick_core::api_versions;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut errors = Vec::new();
+    for addr in bootstrap
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        let asked = tokio::time::timeout(timeout, async {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            s.write_all(&api_versions::request(1, "adclick-probe"))
+                .await?;
+            let len = s.read_i32().await?;
+            anyhow::ensure!(
+                (0..=1 << 20).contains(&len),
+                "implausible ApiVersions response size {len}"
+            );
+            let mut body = vec![0; len as usize];
+            s.read_exact(&mut body).await?;
+            let apis = api_versions::parse_response(&body, 1)?;
+            anyhow::Ok(api_versions::serves_end_txn(&apis))
+        })
+        .await;
+        match asked {
+            Ok(Ok(serves)) => return Ok(serves),
+            Ok(Err(e)) => errors.push(format!("{addr}: {e:#}")),
+            Err(_) => errors.push(format!("{addr}: no answer within {timeout:?}")),
+        }
+    }
+    anyhow::bail!(
+        "asking {bootstrap} which Kafka APIs it serves: {}",
+        errors.join("; ")
+    )
+}
+
+/// Exports which sink commits checkpoints (`sink_mode{mode}` = 1 for the
+/// one in use), on the coordinator and on every node.
+pub fn publish_sink_mode(mode: &str) {
+    for m in ["transactional", "replay"] {
+        metrics::gauge!("sink_mode", "mode" => m).set(if m == mode { 1.0 } else { 0.0 });
+    }
+}

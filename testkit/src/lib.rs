@@ -76,31 +76,87 @@ pub struct Broker {
     child: Child,
     /// `127.0.0.1:<port>`.
     pub bootstrap: String,
+    /// Where its log and (when persistent) its SQLite storage live.
+    dir: PathBuf,
+    persistent: bool,
 }
+
+/// tansu's SQLite storage file, relative to the broker's working directory
+/// (tansu resolves `sqlite://` paths against it).
+const STORAGE_FILE: &str = "tansu.db";
 
 impl Broker {
     /// Starts a broker on a free port with in-memory storage, logging to `log_dir`.
     pub fn start(log_dir: &Path) -> Result<Self> {
-        let port = free_port();
+        Self::launch(log_dir, free_port(), false)
+    }
+
+    /// Starts a broker whose topics live in a SQLite file under `dir`, so a
+    /// [`Broker::restart`] keeps every record and committed offset, as a
+    /// real broker restart does.
+    pub fn start_persistent(dir: &Path) -> Result<Self> {
+        Self::launch(dir, free_port(), true)
+    }
+
+    fn launch(dir: &Path, port: u16, persistent: bool) -> Result<Self> {
         let bootstrap = format!("127.0.0.1:{port}");
         let url = format!("tcp://{bootstrap}");
-        let log = std::fs::File::create(log_dir.join("tansu.log")).context("creating tansu log")?;
-        let child = Command::new(tansu_bin()?)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("tansu.log"))
+            .context("creating tansu log")?;
+        let mut cmd = Command::new(tansu_bin()?);
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ]);
+        if persistent {
+            cmd.args(["--storage-engine", &format!("sqlite://{STORAGE_FILE}")]);
+        }
+        let child = cmd
+            .current_dir(dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .context("starting tansu")?;
-        let broker = Self { child, bootstrap };
+        let broker = Self {
+            child,
+            bootstrap,
+            dir: dir.to_owned(),
+            persistent,
+        };
         wait_for_port(&broker.bootstrap, Duration::from_secs(30))?;
         Ok(broker)
+    }
+
+    /// Kills the broker (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port (and storage, when
+    /// persistent); kills it first if it still runs.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let port = self
+            .bootstrap
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("broker address has no port")?;
+        *self = Self::launch(&self.dir, port, self.persistent)?;
+        Ok(())
+    }
+
+    /// The SQLite file of a persistent broker.
+    pub fn storage_file(&self) -> Option<PathBuf> {
+        self.persistent.then(|| self.dir.join(STORAGE_FILE))
     }
 }
 

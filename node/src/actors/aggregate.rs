@@ -10,7 +10,9 @@ use super::{ActorCtx, Control, Inbound};
 use crate::convert::{partial_from_pb, top_to_pb};
 use crate::edge::Edge;
 use crate::kafka::side::{bounded, ORIGINAL_SIZE};
-use crate::snapshot_codec::{aggregate_from_pb, aggregate_to_pb};
+use crate::snapshot_codec::{
+    aggregate_from_parts, aggregate_parts, aggregate_to_pb, pending_from_parts,
+};
 use adclick_core::aggregate::{AggregateOutput, AggregateSettings, AggregateState, SideEvent};
 use adclick_core::checkpoint::{Aligned, BarrierAligner};
 use adclick_core::ids::{ActorId, ActorKind};
@@ -19,7 +21,6 @@ use adclick_core::output::{OutputRecord, SideRecord, SideTopic};
 use adclick_core::watermark::InputWatermarks;
 use adclick_proto::dataflow::stream_message::Body;
 use adclick_proto::dataflow::{Barrier, TopNBatch, Watermark};
-use adclick_proto::snapshot::AggregateSnapshot as PbSnapshot;
 use anyhow::{Context, Result};
 use prost::Message as _;
 use std::collections::VecDeque;
@@ -296,7 +297,9 @@ async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Result<Restored
         let Some(id) = ActorId::parse(&name) else {
             continue;
         };
-        if id.kind != ActorKind::Aggregate {
+        // Without a rescale the ring is the same, so this actor's own
+        // snapshot holds exactly the key groups it owns.
+        if id.kind != ActorKind::Aggregate || (!rescaled && id != ctx.id) {
             continue;
         }
         let bytes = ctx
@@ -304,24 +307,32 @@ async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Result<Restored
             .get(epoch, &name)
             .await?
             .with_context(|| format!("checkpoint {epoch}: snapshot of {name} disappeared"))?;
+        let wants_output = id == ctx.id
+            || (id.index >= ctx.num_aggregates && id.index % ctx.num_aggregates.max(1) == me);
         // Decoding hundreds of MB is CPU work: off the runtime, so the
         // node keeps heartbeating and answering the coordinator meanwhile.
+        // Only owned key groups and needed output are decoded.
         let owners = owners.clone();
-        let label = name.clone();
+        let what = format!("snapshot {epoch}/{name}");
         let (part, pending) = tokio::task::spawn_blocking(move || {
-            let mut snap = PbSnapshot::decode(bytes.as_slice())
-                .with_context(|| format!("decoding snapshot {epoch}/{label}"))?;
-            crate::snapshot_codec::check_version(snap.version, &label)?;
-            let pending = std::mem::take(&mut snap.pending);
-            let part =
-                aggregate_from_pb(snap, |kg| owners.get(kg as usize).is_some_and(|o| *o == me));
+            let parts = aggregate_parts(bytes.into(), &what)?;
+            let part = aggregate_from_parts(
+                &parts,
+                |kg| owners.get(kg as usize).is_some_and(|o| *o == me),
+                &what,
+            )?;
+            let pending = if wants_output {
+                pending_from_parts(&parts, &what)?
+            } else {
+                Vec::new()
+            };
             anyhow::Ok((part, pending))
         })
         .await
         .context("snapshot decoding task")??;
         if id == ctx.id {
             own = pending;
-        } else if id.index >= ctx.num_aggregates && id.index % ctx.num_aggregates.max(1) == me {
+        } else if wants_output {
             retired.push((name.clone(), pending));
         }
         parts.push(part);

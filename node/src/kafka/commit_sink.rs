@@ -42,9 +42,17 @@ impl CommitSink {
     pub async fn open(cfg: &adclick_core::config::Config, actor: &str) -> Result<Self> {
         let k = &cfg.kafka;
         let job = &cfg.cluster.job_name;
-        if cfg.checkpoint.kafka_transactions {
+        adclick_runtime::kafka::publish_sink_mode(cfg.checkpoint.kafka_transactions.sink_mode());
+        if cfg.checkpoint.kafka_transactions.enabled() {
             return Ok(CommitSink::Transactional(
-                TxnSink::open(&k.bootstrap, Topics::from_config(k), job, actor).await?,
+                TxnSink::open(
+                    &k.bootstrap,
+                    Topics::from_config(k),
+                    job,
+                    actor,
+                    cfg.checkpoint.transaction_timeout_ms,
+                )
+                .await?,
             ));
         }
         let marker: BaseConsumer =

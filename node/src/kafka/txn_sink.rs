@@ -29,12 +29,18 @@ pub struct TxnSink {
 
 impl TxnSink {
     /// Creates the producer and fences any earlier incarnation.
-    pub async fn open(bootstrap: &str, topics: Topics, job: &str, actor: &str) -> Result<Self> {
+    pub async fn open(
+        bootstrap: &str,
+        topics: Topics,
+        job: &str,
+        actor: &str,
+        timeout_ms: u64,
+    ) -> Result<Self> {
         let producer: BaseProducer = adclick_runtime::kafka::client_config(bootstrap)
             .set("transactional.id", format!("{job}-{actor}"))
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
-            .set("transaction.timeout.ms", "60000")
+            .set("transaction.timeout.ms", timeout_ms.to_string())
             .create()
             .context("creating transactional producer")?;
         let marker: BaseConsumer = adclick_runtime::kafka::consumer(

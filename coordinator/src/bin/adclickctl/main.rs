@@ -456,6 +456,7 @@ async fn run_status(cli: Cli, mut client: Client) -> Result<(), Failure> {
                 status.rescale_to,
                 adclick_core::reconcile::fmt_ms(status.rescale_since_ms)
             )),
+            "sink_mode": status.sink_mode,
             "last_checkpoint": status.last_checkpoint,
             "last_checkpoint_ms_ago": status.last_checkpoint_ms_ago,
             "failed_checkpoints": status.failed_checkpoints,
