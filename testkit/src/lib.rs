@@ -50,28 +50,67 @@ pub fn wait_for_port(addr: &str, timeout: Duration) -> Result<()> {
     bail!("nothing listens on {addr} after {timeout:?}")
 }
 
+/// The Kafka-protocol brokers tests run on. Each test says which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// tansu 0.6.0: the default; serves no EndTxn (no Kafka transactions).
+    Tansu,
+    /// nisshi 0.7.0, tansu's successor: commits Kafka transactions and
+    /// fences zombies, but its `read_committed` fetches also return
+    /// aborted records.
+    Nisshi,
+}
+
+impl BrokerKind {
+    /// The program's name.
+    pub fn program(self) -> &'static str {
+        match self {
+            Self::Tansu => "tansu",
+            Self::Nisshi => "nisshi",
+        }
+    }
+
+    fn install_hint(self) -> &'static str {
+        match self {
+            Self::Tansu => "cargo install tansu --version 0.6.0 --locked --features dynostore,libsql",
+            Self::Nisshi => "cargo install nisshi --version 0.7.0 --locked --ignore-rust-version --features dynostore,libsql",
+        }
+    }
+}
+
 /// Path of the tansu binary: `$TANSU`, then PATH, then `~/.cargo/bin`.
 pub fn tansu_bin() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("TANSU") {
+    broker_bin(BrokerKind::Tansu)
+}
+
+/// Path of a broker's binary: `$TANSU` / `$NISSHI`, then PATH, then
+/// `~/.cargo/bin`.
+pub fn broker_bin(kind: BrokerKind) -> Result<PathBuf> {
+    let name = kind.program();
+    if let Ok(p) = std::env::var(name.to_uppercase()) {
         return Ok(PathBuf::from(p));
     }
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
-            let cand = dir.join("tansu");
+            let cand = dir.join(name);
             if cand.is_file() {
                 return Ok(cand);
             }
         }
     }
     let home = std::env::var("HOME").unwrap_or_default();
-    let cand = Path::new(&home).join(".cargo/bin/tansu");
+    let cand = Path::new(&home).join(".cargo/bin").join(name);
     if cand.is_file() {
         return Ok(cand);
     }
-    bail!("tansu is not installed: run `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql` (or bash .ci/run)")
+    bail!(
+        "{name} is not installed: run `{}` (or bash .ci/run)",
+        kind.install_hint()
+    )
 }
 
-/// A running tansu broker (memory engine), killed on drop.
+/// A running broker (tansu unless started with [`Broker::start_on`]),
+/// killed on drop.
 pub struct Broker {
     child: Child,
     /// `127.0.0.1:<port>`.
@@ -79,6 +118,7 @@ pub struct Broker {
     /// Where its log and (when persistent) its SQLite storage live.
     dir: PathBuf,
     persistent: bool,
+    kind: BrokerKind,
 }
 
 /// tansu's SQLite storage file, relative to the broker's working directory
@@ -88,25 +128,35 @@ const STORAGE_FILE: &str = "tansu.db";
 impl Broker {
     /// Starts a broker on a free port with in-memory storage, logging to `log_dir`.
     pub fn start(log_dir: &Path) -> Result<Self> {
-        Self::launch(log_dir, free_port(), false)
+        Self::launch(BrokerKind::Tansu, log_dir, free_port(), false)
+    }
+
+    /// Starts a broker of `kind` with in-memory storage.
+    pub fn start_on(kind: BrokerKind, log_dir: &Path) -> Result<Self> {
+        Self::launch(kind, log_dir, free_port(), false)
+    }
+
+    /// Which broker this is.
+    pub fn kind(&self) -> BrokerKind {
+        self.kind
     }
 
     /// Starts a broker whose topics live in a SQLite file under `dir`, so a
     /// [`Broker::restart`] keeps every record and committed offset, as a
     /// real broker restart does.
     pub fn start_persistent(dir: &Path) -> Result<Self> {
-        Self::launch(dir, free_port(), true)
+        Self::launch(BrokerKind::Tansu, dir, free_port(), true)
     }
 
-    fn launch(dir: &Path, port: u16, persistent: bool) -> Result<Self> {
+    fn launch(kind: BrokerKind, dir: &Path, port: u16, persistent: bool) -> Result<Self> {
         let bootstrap = format!("127.0.0.1:{port}");
         let url = format!("tcp://{bootstrap}");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("tansu.log"))
-            .context("creating tansu log")?;
-        let mut cmd = Command::new(tansu_bin()?);
+            .open(dir.join(format!("{}.log", kind.program())))
+            .context("creating the broker log")?;
+        let mut cmd = Command::new(broker_bin(kind)?);
         cmd.args([
             "broker",
             "--listener-url",
@@ -123,12 +173,13 @@ impl Broker {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .context("starting tansu")?;
+            .with_context(|| format!("starting {}", kind.program()))?;
         let broker = Self {
             child,
             bootstrap,
             dir: dir.to_owned(),
             persistent,
+            kind,
         };
         wait_for_port(&broker.bootstrap, Duration::from_secs(30))?;
         Ok(broker)
@@ -150,7 +201,7 @@ impl Broker {
             .next()
             .and_then(|p| p.parse().ok())
             .context("broker address has no port")?;
-        *self = Self::launch(&self.dir, port, self.persistent)?;
+        *self = Self::launch(self.kind, &self.dir, port, self.persistent)?;
         Ok(())
     }
 

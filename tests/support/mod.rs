@@ -333,6 +333,19 @@ pub fn setup(name: &str, extra_config: &str) -> Result<(PathBuf, Broker, PathBuf
     setup_with(name, &test_config(extra_config))
 }
 
+/// Like [`setup`], on the broker `kind` (tansu or nisshi).
+pub fn setup_on(
+    kind: adclick_testkit::BrokerKind,
+    name: &str,
+    extra_config: &str,
+) -> Result<(PathBuf, Broker, PathBuf)> {
+    let dir = adclick_testkit::temp_dir(name);
+    let broker = Broker::start_on(kind, &dir)?;
+    let config = dir.join("adclick.toml");
+    std::fs::write(&config, test_config(extra_config))?;
+    Ok((dir, broker, config))
+}
+
 /// Polls `cond` every 200 ms until it holds, or fails naming `what`.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();

@@ -110,10 +110,29 @@ impl Output {
             );
             std::process::abort();
         }
+        #[cfg(feature = "failpoints")]
+        stop_once_before_commit(epoch);
         x.forget_committed();
         let records = Arc::new(x.pending.take_upto(epoch));
         x.inflight.insert(epoch, records.clone());
         x.committer.commit(epoch, records).await
+    }
+}
+
+/// Test builds: with `ADCLICK_FAILPOINT=stop_before_commit`, the process
+/// stops itself (SIGSTOP) once, between a checkpoint's completion and its
+/// commit, so that it resumes as a zombie after it was replaced.
+#[cfg(feature = "failpoints")]
+fn stop_once_before_commit(epoch: u64) {
+    static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if std::env::var("ADCLICK_FAILPOINT").is_ok_and(|v| v == "stop_before_commit")
+        && !STOPPED.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        tracing::warn!(epoch, "fail point stop_before_commit: stopping the process");
+        let _ = std::process::Command::new("kill")
+            .args(["-STOP", &std::process::id().to_string()])
+            .status();
+        tracing::warn!(epoch, "fail point stop_before_commit: resumed");
     }
 }
 
@@ -179,6 +198,14 @@ pub async fn commit_retired(
         return Ok(());
     }
     let sink = CommitSink::open(cfg, retired).await?;
+    if matches!(sink, CommitSink::Transactional(_)) {
+        // Opening it ran init_transactions on the retired actor's id: a
+        // transaction it left open is aborted now, instead of holding every
+        // read_committed reader at the last stable offset until it times
+        // out.
+        metrics::counter!("sink_retired_ids_fenced_total").increment(1);
+        tracing::info!(retired, "initialised the retired actor's transactional id (its open transaction, if any, is aborted)");
+    }
     commit_saved(&sink, retired, epoch, saved).await
 }
 

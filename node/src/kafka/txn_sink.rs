@@ -76,8 +76,16 @@ impl TxnSink {
         let n = records.len();
         tokio::task::spawn_blocking(move || {
             let result = run_transaction(&p, &c, &topics, epoch, &records);
-            if result.is_err() {
-                let _ = p.abort_transaction(TIMEOUT);
+            if let Err(e) = &result {
+                if is_fenced(e) {
+                    // A newer incarnation of this actor initialised the
+                    // same transactional id: this one is a zombie, and the
+                    // broker refused its writes.
+                    metrics::counter!("sink_fenced_total").increment(1);
+                    tracing::warn!(epoch, "transactional sink fenced by a newer incarnation: {e:#}");
+                } else {
+                    let _ = p.abort_transaction(TIMEOUT);
+                }
             }
             result
         })
@@ -127,4 +135,16 @@ fn run_transaction(
     p.commit_transaction(TIMEOUT)
         .context("commit_transaction")?;
     Ok(())
+}
+
+/// Whether the broker refused this producer because a newer one with the
+/// same `transactional.id` fenced it.
+fn is_fenced(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| match c.downcast_ref::<KafkaError>() {
+        Some(k) => matches!(
+            k.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+        ),
+        None => false,
+    })
 }
