@@ -178,8 +178,13 @@ fn scale_down_initialises_the_retired_transactional_ids_on_nisshi() -> Result<()
     cluster.ctl(&["scale", "aggregate", "2", "--timeout", "120"])?;
     // Aggregates 2, 3 and 4 retired: their ids were initialised again by
     // the survivors (k mod 2), which aborts any transaction left open.
-    let initialised = cluster.node_counter(3, "sink_retired_ids_fenced_total");
-    assert!(initialised >= 3.0, "retired ids initialised: {initialised}");
+    // The deploy answers once every actor is placed; the survivors
+    // initialise the retired ids as they start.
+    wait_until(
+        "the survivors to initialise aggregate-2, -3 and -4",
+        Duration::from_secs(60),
+        || cluster.node_counter(3, "sink_retired_ids_fenced_total") >= 3.0,
+    )?;
     for a in ["aggregate-2", "aggregate-3", "aggregate-4"] {
         assert!(
             logs_contain(&cluster, &format!("retired={a} ")) || logs_contain(&cluster, &format!("retired=\"{a}\"")),

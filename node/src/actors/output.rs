@@ -129,9 +129,13 @@ fn stop_once_before_commit(epoch: u64) {
         && !STOPPED.swap(true, std::sync::atomic::Ordering::SeqCst)
     {
         tracing::warn!(epoch, "fail point stop_before_commit: stopping the process");
-        let _ = std::process::Command::new("kill")
-            .args(["-STOP", &std::process::id().to_string()])
-            .status();
+        // raise(), not a `kill -STOP` child: when that child exits, the
+        // kernel sends SIGCONT to a stopped, orphaned process group (the
+        // node's, once its launcher has exited), which resumed it at once.
+        // SAFETY: raise has no memory-safety preconditions.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+        }
         tracing::warn!(epoch, "fail point stop_before_commit: resumed");
     }
 }

@@ -84,6 +84,7 @@ impl TxnSink {
                     metrics::counter!("sink_fenced_total").increment(1);
                     tracing::warn!(epoch, "transactional sink fenced by a newer incarnation: {e:#}");
                 } else {
+                    tracing::warn!(epoch, "transaction failed, aborting it: {e:#}");
                     let _ = p.abort_transaction(TIMEOUT);
                 }
             }
@@ -143,7 +144,13 @@ fn is_fenced(e: &anyhow::Error) -> bool {
     e.chain().any(|c| match c.downcast_ref::<KafkaError>() {
         Some(k) => matches!(
             k.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    // librdkafka's local code once the broker's answer made
+                    // the producer's error fatal.
+                    | RDKafkaErrorCode::Fenced
+            )
         ),
         None => false,
     })
