@@ -84,9 +84,15 @@ fn config_check_rejects_a_transaction_timeout_outside_its_bounds() {
     let file = dir.join("adclick.toml");
     let cases = [
         // interval 10 s + 2 × timeout 60 s + heartbeat timeout: too short.
-        ("[checkpoint]\ntransaction_timeout_ms = 60000\n", "must exceed"),
+        (
+            "[checkpoint]\ntransaction_timeout_ms = 60000\n",
+            "must exceed",
+        ),
         // Above the broker's maximum (Kafka's default 900000).
-        ("[checkpoint]\ntransaction_timeout_ms = 3600000\n", "at most 900000"),
+        (
+            "[checkpoint]\ntransaction_timeout_ms = 3600000\n",
+            "at most 900000",
+        ),
         (
             "[checkpoint]\nkafka_transactions = \"sometimes\"\n",
             "expected \"auto\", true or false",
@@ -102,8 +108,14 @@ fn config_check_rejects_a_transaction_timeout_outside_its_bounds() {
         std::fs::write(&file, cases[0].0).unwrap();
         text(&check(&file, &[]))
     };
-    assert!(message.contains("checkpoint.transaction_timeout_ms"), "{message}");
-    assert!(message.contains("60000") && message.contains("135000"), "{message}");
+    assert!(
+        message.contains("checkpoint.transaction_timeout_ms"),
+        "{message}"
+    );
+    assert!(
+        message.contains("60000") && message.contains("135000"),
+        "{message}"
+    );
     // Without transactions the timeout does not matter.
     for body in [
         "[checkpoint]\nkafka_transactions = false\ntransaction_timeout_ms = 1\n",
@@ -114,9 +126,6 @@ fn config_check_rejects_a_transaction_timeout_outside_its_bounds() {
         let out = check(&file, &[]);
         assert!(out.status.success(), "{body:?}: {}", text(&out));
     }
-    let out = check(
-        &file,
-        &[("ADCLICK_CHECKPOINT__KAFKA_TRANSACTIONS", "auto")],
-    );
+    let out = check(&file, &[("ADCLICK_CHECKPOINT__KAFKA_TRANSACTIONS", "auto")]);
     assert!(out.status.success(), "{}", text(&out));
 }

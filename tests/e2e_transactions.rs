@@ -5,7 +5,9 @@
 //! list must equal the ground truth.
 //!
 //! nisshi's `read_committed` fetches also return records of aborted
-//! transactions (it does not report them), so these tests check what the
+//! transactions (it does not report them), and can stop short of committed
+//! ones for good, so the ground truth is read with `read_uncommitted`
+//! ([`TopicReader::read_uncommitted`]) and these tests check what the
 //! transactions guarantee there: commits, fencing, exact final values. A
 //! leftover of an aborted transaction is an identical copy of a committed
 //! record (same producer, epoch, revision, value), which the fold
@@ -47,7 +49,11 @@ fn stopped(c: &Cluster, name: &str) -> bool {
     c.pid(name)
         .ok()
         .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().starts_with('T')))
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('T'))
+        })
         .unwrap_or(false)
 }
 
@@ -56,7 +62,9 @@ fn transactional_sink_survives_kills_a_fenced_zombie_and_a_coordinator_restart_o
 ) -> Result<()> {
     let (dir, broker, config) = setup_on(BrokerKind::Nisshi, "txn-faults", "")?;
     let cluster = Cluster::start(&dir, &broker.bootstrap, &config, 3, false)?;
-    wait_until("first deployment", Duration::from_secs(60), || running(&cluster))?;
+    wait_until("first deployment", Duration::from_secs(60), || {
+        running(&cluster)
+    })?;
     let status = cluster.status_json()?;
     assert_eq!(status["sink_mode"], "transactional", "{status}");
     assert!(logs_contain(&cluster, "chose the transactional sink"));
@@ -87,19 +95,27 @@ fn transactional_sink_survives_kills_a_fenced_zombie_and_a_coordinator_restart_o
     std::thread::sleep(Duration::from_secs(2));
     let before = generation(&cluster);
     cluster.ctl(&["rebalance", "--timeout", "90"])?;
-    wait_until("node-1 to stop before a commit", Duration::from_secs(60), || {
-        stopped(&cluster, "node-1")
-    })?;
-    redeployed(&cluster, before.max(generation(&cluster)), "node-1 to be replaced")?;
+    wait_until(
+        "node-1 to stop before a commit",
+        Duration::from_secs(60),
+        || stopped(&cluster, "node-1"),
+    )?;
+    redeployed(
+        &cluster,
+        before.max(generation(&cluster)),
+        "node-1 to be replaced",
+    )?;
     std::thread::sleep(Duration::from_secs(3));
     cluster.signal("node-1", "CONT")?;
-    wait_until("the zombie's commit to be fenced", Duration::from_secs(60), || {
-        cluster.node_counter(3, "sink_fenced_total") >= 1.0
-    })?;
+    wait_until(
+        "the zombie's commit to be fenced",
+        Duration::from_secs(60),
+        || cluster.node_counter(3, "sink_fenced_total") >= 1.0,
+    )?;
     assert!(logs_contain(&cluster, "fenced by a newer incarnation"));
 
     let truth = finish_generate(gen, &truth_path)?;
-    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let reader = TopicReader::read_uncommitted(&broker.bootstrap, "ad-click-aggregates")?;
     let folded = wait_for_truth(&reader, &truth, Duration::from_secs(240))?;
     assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
 
@@ -113,7 +129,11 @@ fn transactional_sink_survives_kills_a_fenced_zombie_and_a_coordinator_restart_o
             .is_ok_and(|s| s["last_checkpoint"].as_u64() >= Some(last + 3))
     })?;
     let extra = reader.drain(Duration::from_secs(2));
-    assert!(extra.is_empty(), "empty epochs wrote {} records", extra.len());
+    assert!(
+        extra.is_empty(),
+        "empty epochs wrote {} records",
+        extra.len()
+    );
     assert!(running(&cluster));
     Ok(())
 }
@@ -149,11 +169,14 @@ fn crash_between_checkpoint_and_commit_commits_the_epoch_once_on_nisshi() -> Res
     let before = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?
         .drain(Duration::from_secs(2))
         .len();
-    assert_eq!(before, 0, "nothing is visible before the crashed commit is recovered");
+    assert_eq!(
+        before, 0,
+        "nothing is visible before the crashed commit is recovered"
+    );
     for n in ["node-0", "node-1", "node-2"] {
         cluster.start_one(n, &[])?;
     }
-    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let reader = TopicReader::read_uncommitted(&broker.bootstrap, "ad-click-aggregates")?;
     let folded = wait_for_truth(&reader, &truth, Duration::from_secs(180))?;
     assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
     // Recovery committed the saved epoch (its marker was behind it), in a
@@ -170,7 +193,9 @@ fn crash_between_checkpoint_and_commit_commits_the_epoch_once_on_nisshi() -> Res
 fn scale_down_initialises_the_retired_transactional_ids_on_nisshi() -> Result<()> {
     let (dir, broker, config) = setup_on(BrokerKind::Nisshi, "txn-scale-down", "")?;
     let cluster = Cluster::start(&dir, &broker.bootstrap, &config, 3, false)?;
-    wait_until("first deployment", Duration::from_secs(60), || running(&cluster))?;
+    wait_until("first deployment", Duration::from_secs(60), || {
+        running(&cluster)
+    })?;
     let (gen, truth_path) = spawn_generate(&dir, &broker.bootstrap, &config, STREAM)?;
     std::thread::sleep(Duration::from_secs(3));
     cluster.ctl(&["scale", "aggregate", "5", "--timeout", "120"])?;
@@ -187,12 +212,13 @@ fn scale_down_initialises_the_retired_transactional_ids_on_nisshi() -> Result<()
     )?;
     for a in ["aggregate-2", "aggregate-3", "aggregate-4"] {
         assert!(
-            logs_contain(&cluster, &format!("retired={a} ")) || logs_contain(&cluster, &format!("retired=\"{a}\"")),
+            logs_contain(&cluster, &format!("retired={a} "))
+                || logs_contain(&cluster, &format!("retired=\"{a}\"")),
             "{a} was not initialised again"
         );
     }
     let truth = finish_generate(gen, &truth_path)?;
-    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let reader = TopicReader::read_uncommitted(&broker.bootstrap, "ad-click-aggregates")?;
     let folded = wait_for_truth(&reader, &truth, Duration::from_secs(240))?;
     assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
     Ok(())
