@@ -22,13 +22,17 @@
 //! Build and run from the workspace root:
 //! `cargo build --release --bin adclick && cargo run --release -p adclick-benches --features e2e --bin e2e_throughput -- --events 1000000`
 //!
-//! Flags: `--events N` (1,000,000), `--ads N` (200,000), `--minutes N` (10),
+//! 7. with `--broker nisshi` (issue 15) everything runs on nisshi 0.7.0,
+//!    which serves Kafka transactions; modes `eo-txn` and `eo-replay` force
+//!    the transactional or the replay sink (`eo` lets `auto` choose).
+//!
+//! Flags: `--broker tansu|nisshi` (tansu), `--events N` (1,000,000), `--ads N` (200,000), `--minutes N` (10),
 //! `--nodes N` (3), `--batch-max-events N` (16,384), `--bin PATH`
 //! (target/release/adclick), `--modes LIST` (`eo`; e.g. `eo,alo,eo,alo`),
 //! `--checkpoint-interval-ms N` (10,000, the default of the config).
 
 use adclick_benches::e2e::*;
-use adclick_testkit::{temp_dir, Broker};
+use adclick_testkit::{temp_dir, Broker, BrokerKind};
 use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -44,20 +48,36 @@ struct Args {
     bin: PathBuf,
     modes: Vec<Mode>,
     checkpoint_interval_ms: u64,
+    broker: BrokerKind,
 }
 
 /// Delivery mode of one pipeline run.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
     ExactlyOnce,
+    /// Exactly once with the transactional sink forced.
+    Transactional,
+    /// Exactly once with the replay sink forced.
+    Replay,
     AtLeastOnce,
 }
 
 impl Mode {
     fn name(self) -> &'static str {
         match self {
-            Mode::ExactlyOnce => "exactly-once",
+            Mode::ExactlyOnce => "exactly-once (sink: auto)",
+            Mode::Transactional => "exactly-once, transactional sink",
+            Mode::Replay => "exactly-once, replay sink",
             Mode::AtLeastOnce => "at-least-once",
+        }
+    }
+
+    /// `checkpoint.kafka_transactions` of the run.
+    fn transactions(self) -> &'static str {
+        match self {
+            Mode::Transactional => "true",
+            Mode::Replay => "false",
+            Mode::ExactlyOnce | Mode::AtLeastOnce => "auto",
         }
     }
 }
@@ -73,6 +93,7 @@ fn parse_args() -> Result<Args> {
         bin: root.join("target/release/adclick"),
         modes: vec![Mode::ExactlyOnce],
         checkpoint_interval_ms: 10_000,
+        broker: BrokerKind::Tansu,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -85,13 +106,22 @@ fn parse_args() -> Result<Args> {
             "--batch-max-events" => a.batch_max_events = val()?.parse()?,
             "--bin" => a.bin = PathBuf::from(val()?),
             "--checkpoint-interval-ms" => a.checkpoint_interval_ms = val()?.parse()?,
+            "--broker" => {
+                a.broker = match val()?.as_str() {
+                    "tansu" => BrokerKind::Tansu,
+                    "nisshi" => BrokerKind::Nisshi,
+                    other => bail!("unknown broker {other}: use tansu or nisshi"),
+                }
+            }
             "--modes" => {
                 a.modes = val()?
                     .split(',')
                     .map(|m| match m {
                         "eo" => Ok(Mode::ExactlyOnce),
+                        "eo-txn" => Ok(Mode::Transactional),
+                        "eo-replay" => Ok(Mode::Replay),
                         "alo" => Ok(Mode::AtLeastOnce),
-                        other => bail!("unknown mode {other}: use eo or alo"),
+                        other => bail!("unknown mode {other}: use eo, eo-txn, eo-replay or alo"),
                     })
                     .collect::<Result<_>>()?
             }
@@ -290,7 +320,11 @@ fn run_pipeline(
     env.push(("ADCLICK_CLUSTER__JOB_NAME", format!("bench{round}")));
     env.push((
         "ADCLICK_CHECKPOINT__EXACTLY_ONCE",
-        (mode == Mode::ExactlyOnce).to_string(),
+        (mode != Mode::AtLeastOnce).to_string(),
+    ));
+    env.push((
+        "ADCLICK_CHECKPOINT__KAFKA_TRANSACTIONS",
+        mode.transactions().to_string(),
     ));
     env.push((
         "ADCLICK_CHECKPOINT__INTERVAL_MS",
@@ -314,10 +348,15 @@ fn main() -> Result<()> {
     let a = parse_args()?;
     require_bin(&a.bin)?;
     let dir = temp_dir("e2e-throughput");
-    let broker = Broker::start(&dir)?;
+    let broker = Broker::start_on(a.broker, &dir)?;
     let gen_cfg = dir.join("adclick.toml");
     std::fs::write(&gen_cfg, config(a.batch_max_events))?;
-    eprintln!("broker {} · run dir {}", broker.bootstrap, dir.display());
+    eprintln!(
+        "broker {} ({}) · run dir {}",
+        broker.bootstrap,
+        a.broker.program(),
+        dir.display()
+    );
 
     let t = Instant::now();
     let produced = gen(
@@ -348,6 +387,7 @@ fn main() -> Result<()> {
     }
     let broker_rate = records as f64 / broker_secs;
     println!("records                 {records}");
+    println!("broker                  {}", a.broker.program());
     println!("broker-only (1 consumer, {PARTITIONS} partitions)  {broker_rate:>10.0} msgs/s  ({broker_secs:.2} s; 10-90 % {broker_steady:.0} msgs/s)");
     for (round, mode) in a.modes.iter().copied().enumerate() {
         let (run, log) = run_pipeline(&a, &dir, &broker.bootstrap, records, round, mode)?;
