@@ -96,23 +96,7 @@ fn crash_after_checkpoint_before_commit_commits_it_exactly_once() -> Result<()> 
     )?;
     // Every node aborts when its first checkpoint completes, before its
     // sinks commit (fail point compiled in with --features failpoints).
-    let cluster = Cluster::start_with_env(
-        &dir,
-        &broker.bootstrap,
-        &config,
-        3,
-        &[("ADCLICK_FAILPOINT", "crash_before_commit")],
-    )?;
-    wait_until(
-        "the fail point to crash every node (build with --features failpoints)",
-        Duration::from_secs(60),
-        || {
-            ["node-0", "node-1", "node-2"]
-                .iter()
-                .all(|n| !cluster.alive(n))
-        },
-    )?;
-    assert!(logs_contain(&cluster, "fail point crash_before_commit"));
+    let cluster = crash_every_node_before_commit(&dir, &broker.bootstrap, &config)?;
     let committed_before = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?
         .drain(Duration::from_secs(2))
         .len();

@@ -149,23 +149,7 @@ fn crash_between_checkpoint_and_commit_commits_the_epoch_once_on_nisshi() -> Res
     )?;
     // Every node aborts when its first checkpoint completes, before its
     // sinks commit.
-    let cluster = Cluster::start_with_env(
-        &dir,
-        &broker.bootstrap,
-        &config,
-        3,
-        &[("ADCLICK_FAILPOINT", "crash_before_commit")],
-    )?;
-    wait_until(
-        "the fail point to crash every node (build with --features failpoints)",
-        Duration::from_secs(60),
-        || {
-            ["node-0", "node-1", "node-2"]
-                .iter()
-                .all(|n| !cluster.alive(n))
-        },
-    )?;
-    assert!(logs_contain(&cluster, "fail point crash_before_commit"));
+    let cluster = crash_every_node_before_commit(&dir, &broker.bootstrap, &config)?;
     let before = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?
         .drain(Duration::from_secs(2))
         .len();

@@ -380,3 +380,35 @@ pub fn generation(c: &Cluster) -> u64 {
         .and_then(|s| s["generation"].as_u64())
         .unwrap_or(0)
 }
+
+/// Starts a 3-node cluster whose every node aborts when its first
+/// checkpoint completes, before its sinks commit (the
+/// `crash_before_commit` fail point, built with `--features failpoints`),
+/// and waits until all three are dead.
+pub fn crash_every_node_before_commit(
+    dir: &Path,
+    bootstrap: &str,
+    config: &Path,
+) -> Result<Cluster> {
+    let cluster = Cluster::start_with_env(
+        dir,
+        bootstrap,
+        config,
+        3,
+        &[("ADCLICK_FAILPOINT", "crash_before_commit")],
+    )?;
+    wait_until(
+        "the fail point to crash every node (build with --features failpoints)",
+        Duration::from_secs(60),
+        || {
+            ["node-0", "node-1", "node-2"]
+                .iter()
+                .all(|n| !cluster.alive(n))
+        },
+    )?;
+    anyhow::ensure!(
+        logs_contain(&cluster, "fail point crash_before_commit"),
+        "the nodes died, but not at the fail point"
+    );
+    Ok(cluster)
+}
