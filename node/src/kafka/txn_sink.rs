@@ -82,7 +82,10 @@ impl TxnSink {
                     // same transactional id: this one is a zombie, and the
                     // broker refused its writes.
                     metrics::counter!("sink_fenced_total").increment(1);
-                    tracing::warn!(epoch, "transactional sink fenced by a newer incarnation: {e:#}");
+                    tracing::warn!(
+                        epoch,
+                        "transactional sink fenced by a newer incarnation: {e:#}"
+                    );
                 } else {
                     tracing::warn!(epoch, "transaction failed, aborting it: {e:#}");
                     let _ = p.abort_transaction(TIMEOUT);
