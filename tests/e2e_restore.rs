@@ -1,11 +1,12 @@
 //! Restoring and deploying when things go wrong, on the real broker (tansu)
 //! with a coordinator and 3 nodes started by `deploy/local/cluster.sh`:
 //!
-//! - while a seeded stream flows, every process is killed (SIGKILL) and one
-//!   Aggregate snapshot of the newest complete checkpoint is deleted.
-//!   Restarted, the coordinator must not restore that checkpoint (its
-//!   Aggregate would start empty and lose counts): it logs why and restores
-//!   the previous complete one;
+//! - while a seeded stream flows, every process is killed (SIGKILL) and the
+//!   three newest complete checkpoints are damaged: one Aggregate snapshot
+//!   deleted, a Reduce snapshot truncated, a bit flipped in another
+//!   Aggregate snapshot. Restarted, the coordinator must not restore any of
+//!   them (an actor would start empty or wrong and lose counts): it names
+//!   each damaged object and restores the newest whole checkpoint;
 //! - the coordinator restarts with another `job.map_parallelism` (4 Maps
 //!   become 2): each partition resumes from the offset the Map that read it
 //!   saved, whichever Map now reads it (deduplication is off, so a
@@ -56,27 +57,42 @@ fn complete_checkpoints(store: &Path) -> Result<Vec<(u64, PathBuf)>> {
 }
 
 #[test]
-fn a_checkpoint_missing_a_snapshot_is_skipped_for_the_previous_one() -> Result<()> {
+fn damaged_checkpoints_are_skipped_for_the_newest_whole_one() -> Result<()> {
     let (dir, broker, config) = setup("restore-damaged", "")?;
-    let cluster = Cluster::start(&dir, &broker.bootstrap, &config, 3, false)?;
+    let env = [("ADCLICK_CHECKPOINT__RETAIN", "6")];
+    let cluster = Cluster::start_with_env(&dir, &broker.bootstrap, &config, 3, &env)?;
     wait_until("first deployment", Duration::from_secs(60), || {
         generation(&cluster) >= 1
     })?;
     let (gen, truth_path) = spawn_generate(&dir, &broker.bootstrap, &config, STREAM)?;
     let store = cluster.run_dir.join("snapshots");
-    wait_until("two complete checkpoints", Duration::from_secs(60), || {
-        complete_checkpoints(&store).is_ok_and(|c| c.len() >= 2)
+    wait_until("four complete checkpoints", Duration::from_secs(90), || {
+        complete_checkpoints(&store).is_ok_and(|c| c.len() >= 4)
     })?;
     for p in ["coordinator", "node-0", "node-1", "node-2"] {
         cluster.signal(p, "KILL")?;
     }
     std::thread::sleep(Duration::from_secs(1));
     let complete = complete_checkpoints(&store)?;
-    let [.., (previous, _), (newest, newest_dir)] = complete.as_slice() else {
-        anyhow::bail!("fewer than two complete checkpoints: {complete:?}");
+    let [.., (whole, _), (flipped, flipped_dir), (cut, cut_dir), (newest, newest_dir)] =
+        complete.as_slice()
+    else {
+        anyhow::bail!("fewer than four complete checkpoints: {complete:?}");
     };
+    // The newest misses an Aggregate's snapshot, the one before has a
+    // truncated Reduce snapshot, the one before that a flipped bit in an
+    // Aggregate's snapshot.
     let victim = newest_dir.join("aggregate-1");
     std::fs::remove_file(&victim).with_context(|| format!("{}", victim.display()))?;
+    let reduce = cut_dir.join("reduce-0");
+    let bytes = std::fs::read(&reduce).with_context(|| format!("{}", reduce.display()))?;
+    std::fs::write(&reduce, &bytes[..bytes.len() / 2])?;
+    let aggregate = flipped_dir.join("aggregate-0");
+    let mut bytes =
+        std::fs::read(&aggregate).with_context(|| format!("{}", aggregate.display()))?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x04;
+    std::fs::write(&aggregate, &bytes)?;
 
     for p in ["coordinator", "node-0", "node-1", "node-2"] {
         cluster.start_one(p, &[])?;
@@ -87,13 +103,26 @@ fn a_checkpoint_missing_a_snapshot_is_skipped_for_the_previous_one() -> Result<(
             .is_ok_and(|s| s["generation"].as_u64() > Some(1) && s["state"] == "running")
     })?;
     let log = process_log(&cluster, "coordinator");
+    let skipped = |epoch: &u64, why: &str| {
+        log.lines().any(|l| {
+            l.contains("checkpoint cannot be restored")
+                && l.contains(&format!("epoch={epoch}"))
+                && l.contains(why)
+        })
+    };
+    for (epoch, why) in [
+        (newest, "snapshots missing for aggregate-1"),
+        (cut, "reduce-0 (truncated"),
+        (flipped, "aggregate-0 (checksum mismatch"),
+    ] {
+        assert!(
+            skipped(epoch, why),
+            "the coordinator says checkpoint {epoch} is skipped ({why}):\n{log}"
+        );
+    }
     assert!(
-        log.contains("checkpoint cannot be restored") && log.contains("aggregate-1"),
-        "the coordinator says why checkpoint {newest} is skipped:\n{log}"
-    );
-    assert!(
-        log.contains(&format!("restore_epoch={previous}")),
-        "the coordinator restores checkpoint {previous}:\n{log}"
+        log.contains(&format!("restore_epoch={whole}")),
+        "the coordinator restores checkpoint {whole}:\n{log}"
     );
     let truth = finish_generate(gen, &truth_path)?;
     let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;

@@ -12,7 +12,7 @@ use adclick_proto::cluster::CheckpointRequest;
 use adclick_runtime::snapshots::SnapshotStore;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -100,11 +100,20 @@ impl Checkpointer {
         // Newest first, and only as far back as the first whole one.
         for epoch in complete.iter().rev().copied() {
             let listed = self.store.listed_actors(epoch).await.ok();
-            let present = self.store.actors(epoch).await?.into_iter().collect();
+            let present: BTreeSet<String> = self.store.actors(epoch).await?.into_iter().collect();
+            // Reads every listed snapshot once: a damaged one is found
+            // here, with its name, rather than by the node that restores it.
+            let mut damaged = BTreeMap::new();
+            for actor in listed.iter().flatten().filter(|a| present.contains(*a)) {
+                if let Some(why) = self.store.damage(epoch, actor).await? {
+                    damaged.insert(actor.clone(), why.to_string());
+                }
+            }
             let c = CheckpointFiles {
                 epoch,
                 listed,
                 present,
+                damaged,
             };
             let whole = restore_choice(std::slice::from_ref(&c)).0.is_some();
             files.push(c);

@@ -98,12 +98,17 @@ pub struct CheckpointFiles {
     pub listed: Option<BTreeSet<String>>,
     /// Actor snapshots present in the store.
     pub present: BTreeSet<String>,
+    /// Present snapshots that failed their checksum or length check, with
+    /// the reason.
+    pub damaged: BTreeMap<String, String>,
 }
 
 /// The checkpoint to restore: the newest complete one whose metadata reads
-/// and whose every listed actor snapshot exists. Restoring a checkpoint with
-/// a snapshot missing would start that actor empty and lose its counts, so
-/// such a checkpoint is skipped, with the reason, for the previous one.
+/// and whose every listed actor snapshot exists and is undamaged. Restoring
+/// a checkpoint with a snapshot missing or corrupt would start that actor
+/// empty (or wrong) and lose counts, so such a checkpoint is skipped, with
+/// the reason, for the previous one; its offsets come from the same
+/// checkpoint, so the result stays exact.
 /// `None` when no complete checkpoint is whole.
 pub fn restore_choice(complete: &[CheckpointFiles]) -> (Option<u64>, Vec<(u64, String)>) {
     let mut newest_first: Vec<&CheckpointFiles> = complete.iter().collect();
@@ -123,13 +128,21 @@ pub fn restore_choice(complete: &[CheckpointFiles]) -> (Option<u64>, Vec<(u64, S
             .filter(|a| !c.present.contains(*a))
             .map(String::as_str)
             .collect();
-        if missing.is_empty() {
+        let damaged: Vec<String> = listed
+            .iter()
+            .filter_map(|a| c.damaged.get(a).map(|why| format!("{a} ({why})")))
+            .collect();
+        if missing.is_empty() && damaged.is_empty() {
             return (Some(c.epoch), skipped);
         }
-        skipped.push((
-            c.epoch,
-            format!("snapshots missing for {}", missing.join(", ")),
-        ));
+        let mut why = Vec::new();
+        if !missing.is_empty() {
+            why.push(format!("snapshots missing for {}", missing.join(", ")));
+        }
+        if !damaged.is_empty() {
+            why.push(format!("snapshots damaged: {}", damaged.join(", ")));
+        }
+        skipped.push((c.epoch, why.join("; ")));
     }
     (None, skipped)
 }
@@ -213,18 +226,30 @@ mod tests {
             epoch: e,
             listed: Some(set(&["map-0", "aggregate-0", "reduce-0"])),
             present: set(&["map-0", "aggregate-0", "reduce-0"]),
+            damaged: BTreeMap::new(),
         };
+        let mut corrupt = whole(11);
+        corrupt
+            .damaged
+            .insert("reduce-0".into(), "checksum mismatch".into());
         let mut broken = whole(9);
         broken.present.remove("aggregate-0");
         let unreadable = CheckpointFiles {
             listed: None,
             ..whole(10)
         };
-        let (choice, skipped) = restore_choice(&[whole(7), whole(8), broken, unreadable]);
+        let (choice, skipped) = restore_choice(&[whole(7), whole(8), broken, unreadable, corrupt]);
         assert_eq!(choice, Some(8));
-        assert_eq!(skipped.len(), 2);
-        assert_eq!(skipped[0].0, 10);
-        assert!(skipped[1].1.contains("aggregate-0"), "{skipped:?}");
+        assert_eq!(skipped.len(), 3);
+        assert_eq!(skipped[0].0, 11);
+        assert!(
+            skipped[0]
+                .1
+                .contains("damaged: reduce-0 (checksum mismatch)"),
+            "{skipped:?}"
+        );
+        assert_eq!(skipped[1].0, 10);
+        assert!(skipped[2].1.contains("aggregate-0"), "{skipped:?}");
         assert_eq!(restore_choice(&[whole(3)]).0, Some(3));
         let (none, why) = restore_choice(&[CheckpointFiles {
             listed: Some(BTreeSet::new()),

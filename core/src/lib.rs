@@ -18,6 +18,7 @@ pub mod reduce;
 pub mod replay;
 pub mod ring;
 pub mod slice;
+pub mod snapshot_frame;
 pub mod tail;
 pub mod topn;
 pub mod truth;

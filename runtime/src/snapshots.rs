@@ -1,7 +1,8 @@
 //! The snapshot store (the `object_store` crate: a local directory by
 //! default, any object store in production). Layout:
 //!
-//! - `checkpoints/<job>/<epoch>/<actor>`: one actor's snapshot;
+//! - `checkpoints/<job>/<epoch>/<actor>`: one actor's snapshot, framed
+//!   with its length and checksum;
 //! - `checkpoints/<job>/<epoch>/_metadata`: written last by the
 //!   coordinator; a checkpoint without it does not exist;
 //! - `coordinator/<job>/state.json`: the coordinator's own metadata;
@@ -9,7 +10,9 @@
 //! - `coordinator/<job>/replays/<id>.json`: one replay's record, so
 //!   `adclickctl replays` lists finished replays after a restart.
 
+use adclick_core::snapshot_frame::{self, FrameError, Framed};
 use anyhow::{Context, Result};
+use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
@@ -78,18 +81,60 @@ impl SnapshotStore {
         Path::from(format!("checkpoints/{}/{epoch:020}/{name}", self.job))
     }
 
-    /// Writes an actor's snapshot of `epoch`.
+    /// Writes an actor's snapshot of `epoch`, framed with its length and
+    /// checksum (`adclick_core::snapshot_frame`).
     pub async fn put(&self, epoch: u64, actor: &str, bytes: Vec<u8>) -> Result<()> {
+        let header = snapshot_frame::header(&bytes);
+        let payload: PutPayload = [Bytes::copy_from_slice(&header), Bytes::from(bytes)]
+            .into_iter()
+            .collect();
         self.store
-            .put(&self.path(epoch, actor), PutPayload::from(bytes))
+            .put(&self.path(epoch, actor), payload)
             .await
             .with_context(|| format!("writing snapshot {epoch}/{actor}"))?;
         Ok(())
     }
 
-    /// Reads an actor's snapshot of `epoch`, if it exists.
+    /// Reads an actor's snapshot of `epoch`, if it exists. A damaged one
+    /// (truncated, or its checksum differs) is an error that names it.
     pub async fn get(&self, epoch: u64, actor: &str) -> Result<Option<Vec<u8>>> {
-        get_opt(&*self.store, &self.path(epoch, actor)).await
+        match self.read(epoch, actor).await? {
+            None => Ok(None),
+            Some(Ok(payload)) => Ok(Some(payload)),
+            Some(Err(damage)) => Err(anyhow::anyhow!(
+                "snapshot {epoch}/{actor} is damaged: {damage}"
+            )),
+        }
+    }
+
+    /// Whether `actor`'s snapshot of `epoch` is damaged, and how; `Ok(None)`
+    /// when it reads whole (or does not exist). An error only for I/O, so
+    /// that a store that is briefly unreachable does not pass for damage.
+    pub async fn damage(&self, epoch: u64, actor: &str) -> Result<Option<FrameError>> {
+        Ok(self.read(epoch, actor).await?.and_then(Result::err))
+    }
+
+    async fn read(&self, epoch: u64, actor: &str) -> Result<Option<Result<Vec<u8>, FrameError>>> {
+        let Some(raw) = get_opt(&*self.store, &self.path(epoch, actor)).await? else {
+            return Ok(None);
+        };
+        Ok(Some(match snapshot_frame::decode(raw) {
+            Ok((payload, Framed::Verified)) => Ok(payload),
+            Ok((payload, Framed::Legacy)) => {
+                metrics::counter!("snapshot_unverified_reads_total").increment(1);
+                tracing::warn!(
+                    epoch,
+                    actor,
+                    "snapshot has no checksum (written by an older release)"
+                );
+                Ok(payload)
+            }
+            Err(e) => {
+                metrics::counter!("snapshot_damaged_total").increment(1);
+                tracing::error!(epoch, actor, "snapshot is damaged: {e}");
+                Err(e)
+            }
+        }))
     }
 
     /// Actors the metadata of complete checkpoint `epoch` lists (those that
@@ -292,6 +337,36 @@ mod tests {
         );
         s.delete_epoch(1).await.unwrap();
         assert_eq!(s.epochs().await.unwrap().1, [2].into());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn damaged_snapshots_are_named_and_old_ones_still_read() {
+        let dir = std::env::temp_dir().join(format!("adclick-snap-dmg-{}", std::process::id()));
+        let s = SnapshotStore::open(dir.to_str().unwrap(), "job").unwrap();
+        s.put(3, "aggregate-0", vec![1u8; 64]).await.unwrap();
+        s.put(3, "aggregate-1", vec![2u8; 64]).await.unwrap();
+        assert_eq!(s.damage(3, "aggregate-0").await.unwrap(), None);
+        assert_eq!(s.damage(3, "nobody").await.unwrap(), None);
+        let file = |a: &str| dir.join(format!("checkpoints/job/{:020}/{a}", 3));
+        // A flipped byte and a cut file.
+        let mut bytes = std::fs::read(file("aggregate-0")).unwrap();
+        bytes[40] ^= 0xff;
+        std::fs::write(file("aggregate-0"), &bytes).unwrap();
+        let cut = std::fs::read(file("aggregate-1")).unwrap();
+        std::fs::write(file("aggregate-1"), &cut[..30]).unwrap();
+        let flipped = s.get(3, "aggregate-0").await.unwrap_err().to_string();
+        assert!(
+            flipped.contains("3/aggregate-0 is damaged: checksum"),
+            "{flipped}"
+        );
+        assert!(matches!(
+            s.damage(3, "aggregate-1").await.unwrap(),
+            Some(FrameError::Truncated { found: 30, .. })
+        ));
+        // Written before frames: read as it is.
+        std::fs::write(file("map-0"), b"\x08\x01").unwrap();
+        assert_eq!(s.get(3, "map-0").await.unwrap(), Some(b"\x08\x01".to_vec()));
         let _ = std::fs::remove_dir_all(dir);
     }
 }
