@@ -118,7 +118,7 @@ fn give_up_if_exhausted(cfg: &Config, s: &mut ClusterState) {
         f.error
     );
     tracing::error!("job failed: {why}");
-    s.transition(Event::RetriesExhausted, why);
+    s.transition(Event::GaveUp, why);
 }
 
 /// Clears or records a deployment failure; a failed one is retried after
@@ -129,6 +129,12 @@ fn record_outcome(s: &mut ClusterState, result: Result<()>, jitter: f64) {
         return;
     };
     metrics::counter!("deploy_failures_total").increment(1);
+    if let Some(why) = e.downcast_ref::<crate::offset_check::Unrecoverable>() {
+        tracing::error!("job failed: {why}");
+        s.deploy_failure = None;
+        s.transition(Event::GaveUp, why.to_string());
+        return;
+    }
     let attempts = s.deploy_failure.as_ref().map_or(0, |f| f.attempts) + 1;
     let wait = crate::retry::backoff(
         attempts,
@@ -237,6 +243,7 @@ async fn deploy(
 ) -> Result<()> {
     let superseded = state.lock().await.superseded;
     let restore_epoch = checkpointer.restore_point(superseded).await?;
+    crate::offset_check::check_restored_inputs(cfg, checkpointer.store(), restore_epoch).await?;
     let span = tracing::Span::current();
     span.record("restore_epoch", restore_epoch);
     let traceparent = adclick_runtime::telemetry::traceparent(&span);

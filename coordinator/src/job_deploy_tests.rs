@@ -238,3 +238,26 @@ async fn a_rescale_deploys_the_new_count_to_every_node_and_ends_the_rescale() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_deployment_no_retry_can_fix_fails_the_job_at_once() {
+    let state = fresh();
+    let why = "checkpoint 6 does not match the input: topic t partition 0: …";
+    let err = anyhow::Error::new(crate::offset_check::Unrecoverable(why.into()));
+    record_outcome(&mut *state.lock().await, Err(err), 0.0);
+    let s = state.lock().await;
+    assert_eq!(s.job_state, JobState::Failed);
+    assert_eq!(s.state_reason, why);
+    assert!(s.deploy_failure.is_none(), "nothing is retried");
+    drop(s);
+    // An ordinary error is retried instead.
+    let state = fresh();
+    record_outcome(
+        &mut *state.lock().await,
+        Err(anyhow::anyhow!("no broker")),
+        0.0,
+    );
+    let s = state.lock().await;
+    assert_ne!(s.job_state, JobState::Failed);
+    assert_eq!(s.deploy_failure.as_ref().map(|f| f.attempts), Some(1));
+}

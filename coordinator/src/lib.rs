@@ -6,6 +6,7 @@ pub mod drain;
 pub mod history;
 pub mod job;
 pub mod node_api;
+pub mod offset_check;
 pub mod partitions;
 pub mod rebalance;
 pub mod registry;

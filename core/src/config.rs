@@ -5,6 +5,7 @@
 //! bad value is reported with the key that holds it.
 
 use crate::event::{DedupMode, Limits};
+pub use crate::offsets::OnOffsetMismatch;
 use crate::slice::{SliceConfig, Slicer};
 use serde::{Deserialize, Serialize};
 
@@ -187,6 +188,11 @@ pub struct JobConfig {
     /// id (`benches` `window_memory`: 620 MiB for 1M), times the windows
     /// held (open ones, plus lateness and the largest top-N M).
     pub max_ads_per_window: usize,
+    /// A checkpoint's saved input offset beyond its partition's end (the
+    /// input topic was recreated): `fail` (the job stops in `failed`,
+    /// naming topic, partition and both offsets) or `reset` (that
+    /// partition is read from its start, logged and counted).
+    pub on_offset_mismatch: OnOffsetMismatch,
 }
 
 impl Default for JobConfig {
@@ -209,6 +215,7 @@ impl Default for JobConfig {
             start_from: StartFrom::Earliest,
             source_rewind_records: 10_000,
             max_ads_per_window: 1_000_000,
+            on_offset_mismatch: OnOffsetMismatch::Fail,
         }
     }
 }
@@ -289,6 +296,11 @@ pub struct WriterConfig {
     /// (librdkafka: `batch.num.messages`, 10000). 0 seeks exactly, which is
     /// right for Apache Kafka.
     pub resume_rewind_records: i64,
+    /// A stored offset beyond its partition's end (the output topic was
+    /// recreated, or the database belongs to another cluster): `fail`
+    /// (exit with an error naming topic, partition and both offsets) or
+    /// `reset` (read that partition from its start, logged and counted).
+    pub on_offset_mismatch: OnOffsetMismatch,
 }
 
 impl Default for WriterConfig {
@@ -299,6 +311,7 @@ impl Default for WriterConfig {
             batch_max_ms: 200,
             ops_addr: "127.0.0.1:9640".into(),
             resume_rewind_records: 10_000,
+            on_offset_mismatch: OnOffsetMismatch::Fail,
         }
     }
 }

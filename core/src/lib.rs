@@ -10,6 +10,7 @@ pub mod event;
 pub mod ids;
 pub mod keygroup;
 pub mod map_batch;
+pub mod offsets;
 pub mod output;
 pub mod plan;
 pub mod rawlog;

@@ -18,6 +18,9 @@
 #                            node i ops = BASE+40+i
 #   ADCLICK_SERVING          set to 0 to skip the writer and query processes
 #   ADCLICK_CHECKPOINT__STORE snapshot store (default $ADCLICK_RUN_DIR/snapshots)
+#   ADCLICK_DATABASE__URL    the writer's and query service's database (default:
+#                            the config file's [database] url, else
+#                            sqlite://$ADCLICK_RUN_DIR/adclick.db)
 #   ADCLICK_ADMIN_TOKEN      the admin API's bearer token (default: a random one
 #                            generated into $ADCLICK_RUN_DIR/admin.token)
 # It only ever stops the processes whose pid files it wrote.
@@ -37,6 +40,14 @@ LOGS="$RUN_DIR/logs"
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
+# Whether $ADCLICK_CONFIG has a `url` key in its [database] table.
+config_sets_database_url() {
+  [[ -n "${ADCLICK_CONFIG:-}" && -f "$ADCLICK_CONFIG" ]] || return 1
+  awk '/^[[:space:]]*\[/ { in_db = ($0 ~ /^[[:space:]]*\[database\][[:space:]]*(#.*)?$/) }
+       in_db && /^[[:space:]]*url[[:space:]]*=/ { found = 1 }
+       END { exit !found }' "$ADCLICK_CONFIG"
+}
+
 env_args() {
   export ADCLICK_CLUSTER__COORDINATOR="127.0.0.1:$BASE"
   export ADCLICK_CLUSTER__NODES="$NODES"
@@ -44,6 +55,12 @@ env_args() {
   if [[ -n "${ADCLICK_CONFIG:-}" ]]; then export ADCLICK_CONFIG; fi
   # Each run directory has its own snapshot store unless one is given.
   export ADCLICK_CHECKPOINT__STORE="${ADCLICK_CHECKPOINT__STORE:-$RUN_DIR/snapshots}"
+  # ...and its own database, unless one is given (here or in the config
+  # file): a database left in the working directory by an earlier run holds
+  # offsets of that run's topic.
+  if [[ -z "${ADCLICK_DATABASE__URL:-}" ]] && ! config_sets_database_url; then
+    export ADCLICK_DATABASE__URL="sqlite://$RUN_DIR/adclick.db"
+  fi
   # The admin API's bearer token: ADCLICK_ADMIN_TOKEN when it is set (the
   # coordinator inherits it), otherwise a random one generated once into
   # $RUN_DIR/admin.token (mode 600) and kept across restarts.

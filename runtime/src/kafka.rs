@@ -3,6 +3,7 @@
 //! are slow, and the coordinator owns the assignment anyway.
 
 use adclick_core::config::KafkaConfig;
+use adclick_core::offsets::{self, OnOffsetMismatch};
 use anyhow::{Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -10,6 +11,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Base client configuration for `bootstrap`.
@@ -119,6 +121,65 @@ pub fn partition_count_within(bootstrap: &str, topic: &str, max: Duration) -> Re
         std::thread::sleep(Duration::from_millis(200));
     }
     anyhow::bail!("topic {topic} has no partitions on {bootstrap} (last error: {last_err:?})")
+}
+
+/// The end (high watermark) of every partition `topic` has; empty when the
+/// topic does not exist. Blocking: call it off the async runtime.
+pub fn partition_ends(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = consumer(bootstrap, "adclick-metadata", false)?;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the metadata of {topic} from {bootstrap}"))?;
+    let mut ends = BTreeMap::new();
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(ends);
+    };
+    for p in t.partitions() {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p.id(), timeout)
+            .with_context(|| format!("reading the end of {topic} partition {}", p.id()))?;
+        ends.insert(p.id(), high);
+    }
+    Ok(ends)
+}
+
+/// Checks `stored` offsets of `topic` against the partitions' ends and
+/// applies `policy`: `fail` is an error naming every mismatch; `reset`
+/// returns the partitions to read from their start (logged, and counted
+/// in `offset_resets_total{who}`). Blocking.
+pub fn check_stored_offsets(
+    bootstrap: &str,
+    topic: &str,
+    stored: &BTreeMap<i32, i64>,
+    policy: OnOffsetMismatch,
+    who: &str,
+) -> Result<Vec<i32>> {
+    if stored.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ends = partition_ends(bootstrap, topic, Duration::from_secs(10))?;
+    let found = offsets::mismatches(topic, stored, &ends);
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let text = offsets::describe(&found);
+    match policy {
+        OnOffsetMismatch::Fail => anyhow::bail!(
+            "{who}: stored offsets do not match the topic: {text}. Point it at the right \
+             broker, or set on_offset_mismatch = \"reset\" to read those partitions from \
+             their start"
+        ),
+        OnOffsetMismatch::Reset => {
+            tracing::warn!(who, "stored offsets reset to the partitions' start: {text}");
+            metrics::counter!("offset_resets_total", "who" => who.to_owned())
+                .increment(found.len() as u64);
+            Ok(found.iter().map(|m| m.partition).collect())
+        }
+    }
 }
 
 /// Whether the broker at `bootstrap` serves Kafka transactions (EndTxn),

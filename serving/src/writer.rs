@@ -6,7 +6,9 @@
 //! transaction that also stores the next offset of every partition it read.
 //! On start it resumes from the offsets stored in the database, never from the
 //! broker's, so a crash between "rows written" and "offsets committed" cannot
-//! exist. Rows carry absolute values with `(epoch, revision)`, and the upsert
+//! exist. Stored offsets past a partition's end (the topic was recreated)
+//! stop it with an error, or with `writer.on_offset_mismatch = "reset"`
+//! restart those partitions from their start. Rows carry absolute values with `(epoch, revision)`, and the upsert
 //! keeps only newer versions, so records seen twice change nothing.
 
 use crate::batch::BatchBuilder;
@@ -41,7 +43,23 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<()> {
 
     let topic = cfg.kafka.output_topic.clone();
     let partitions = assigned_partitions(&cfg).await?;
-    let stored = store.load_offsets(&topic).await?;
+    let mut stored = store.load_offsets(&topic).await?;
+    // Offsets past a partition's end belong to another topic (recreated, or
+    // another cluster's): resuming there would silently skip every record
+    // before them.
+    let check = (
+        cfg.kafka.bootstrap.clone(),
+        topic.clone(),
+        stored.iter().map(|(p, o)| (*p, *o)).collect(),
+        cfg.writer.on_offset_mismatch,
+    );
+    let reset = tokio::task::spawn_blocking(move || {
+        kafka::check_stored_offsets(&check.0, &check.1, &check.2, check.3, "writer")
+    })
+    .await??;
+    for p in reset {
+        stored.remove(&p);
+    }
     let group = format!("{}-writer", cfg.cluster.job_name);
     let consumer: Arc<StreamConsumer> =
         Arc::new(kafka::consumer(&cfg.kafka.bootstrap, &group, true)?);

@@ -10,7 +10,7 @@ pub fn next(event: Event) -> Option<JobState> {
         Event::DeployStarted { first, rescale } => Some(redeploying(first, rescale)),
         Event::RescaleRequested => Some(JobState::Rescaling),
         Event::StopRequested => Some(JobState::Stopping),
-        Event::RetriesExhausted => Some(JobState::Failed),
+        Event::GaveUp => Some(JobState::Failed),
         _ => None,
     }
 }

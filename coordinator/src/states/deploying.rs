@@ -9,7 +9,7 @@ pub fn next(event: Event) -> Option<JobState> {
         // A retry after a failed deployment stays here.
         Event::DeployStarted { rescale: false, .. } => Some(JobState::Deploying),
         Event::DeployStarted { rescale: true, .. } => Some(JobState::Rescaling),
-        Event::RetriesExhausted => Some(JobState::Failed),
+        Event::GaveUp => Some(JobState::Failed),
         _ => None,
     }
 }

@@ -51,8 +51,8 @@ pub enum JobState {
     Stopping,
     /// Stopped with a savepoint; nothing runs until `adclickctl restore`.
     Stopped,
-    /// Deployments failed `cluster.deploy_retries` times in a row; nothing
-    /// is retried until an operator asks (`adclickctl rebalance`) or the
+    /// Deployments failed `cluster.deploy_retries` times in a row (or one
+    /// cannot succeed as things stand); nothing is retried until an operator asks (`adclickctl rebalance`) or the
     /// coordinator restarts.
     Failed,
 }
@@ -105,8 +105,10 @@ pub enum Event {
     },
     /// Every node accepted the deployment.
     Deployed,
-    /// `cluster.deploy_retries` deployments failed in a row.
-    RetriesExhausted,
+    /// `cluster.deploy_retries` deployments failed in a row, or one failed
+    /// in a way no retry can fix (saved input offsets that do not match
+    /// the input topic).
+    GaveUp,
     /// No checkpoint completed for more than 3 intervals.
     CheckpointsStalled,
     /// A checkpoint completed again.

@@ -8,7 +8,7 @@ pub fn next(event: Event) -> Option<JobState> {
     match event {
         Event::Deployed => Some(JobState::Running),
         Event::DeployStarted { first, rescale } => Some(redeploying(first, rescale)),
-        Event::RetriesExhausted => Some(JobState::Failed),
+        Event::GaveUp => Some(JobState::Failed),
         _ => None,
     }
 }

@@ -9,7 +9,7 @@ pub fn next(event: Event) -> Option<JobState> {
     match event {
         Event::DeployStarted { .. } => Some(JobState::Rescaling),
         Event::Deployed => Some(JobState::Running),
-        Event::RetriesExhausted => Some(JobState::Failed),
+        Event::GaveUp => Some(JobState::Failed),
         _ => None,
     }
 }

@@ -9,7 +9,7 @@ pub fn next(event: Event) -> Option<JobState> {
         Event::CheckpointsStalled => Some(JobState::Degraded),
         Event::RescaleRequested => Some(JobState::Rescaling),
         Event::StopRequested => Some(JobState::Stopping),
-        Event::RetriesExhausted => Some(JobState::Failed),
+        Event::GaveUp => Some(JobState::Failed),
         _ => None,
     }
 }

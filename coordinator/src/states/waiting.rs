@@ -7,7 +7,7 @@ use super::{redeploying, Event, JobState};
 pub fn next(event: Event) -> Option<JobState> {
     match event {
         Event::DeployStarted { first, rescale } => Some(redeploying(first, rescale)),
-        Event::RetriesExhausted => Some(JobState::Failed),
+        Event::GaveUp => Some(JobState::Failed),
         Event::FoundStopped => Some(JobState::Stopped),
         _ => None,
     }

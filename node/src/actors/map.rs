@@ -56,6 +56,24 @@ pub async fn run(
     if ctx.restore_epoch > 0 {
         let (restored, watermark) = restore_offsets(&ctx, &partitions).await?;
         offsets = restored;
+        // The coordinator refuses a mismatched checkpoint before deploying
+        // (`fail`); this applies `reset`, and guards against a topic
+        // recreated in between.
+        let check = (
+            cfg.kafka.bootstrap.clone(),
+            cfg.kafka.input_topic.clone(),
+            offsets.clone(),
+            job.on_offset_mismatch,
+        );
+        let reset = tokio::task::spawn_blocking(move || {
+            adclick_runtime::kafka::check_stored_offsets(
+                &check.0, &check.1, &check.2, check.3, "map",
+            )
+        })
+        .await??;
+        for p in reset {
+            offsets.remove(&p);
+        }
         watermarks.restore(watermark);
         tracing::info!(actor = %actor, epoch = ctx.restore_epoch, ?offsets, "restored source offsets");
     }
