@@ -322,12 +322,31 @@ impl Default for WriterConfig {
 pub struct QueryConfig {
     /// Listen address of the API, dashboard and ops endpoints.
     pub listen: String,
+    /// Requests served at once; one more is answered 503 with a JSON error
+    /// and `Retry-After` at once, so an overload sheds load instead of
+    /// queueing without bound.
+    pub max_concurrent_requests: usize,
+    /// A request still running after this long is answered 503 (JSON).
+    pub request_timeout_ms: u64,
+    /// Open connections at once; further ones are closed on accept.
+    pub max_connections: usize,
+    /// A client must send its request headers within this long, or the
+    /// connection is closed (slow clients cannot hold connections).
+    pub header_read_timeout_ms: u64,
+    /// Largest request body accepted (the API reads none; a larger one is
+    /// refused with 413).
+    pub max_request_bytes: usize,
 }
 
 impl Default for QueryConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            max_concurrent_requests: 256,
+            request_timeout_ms: 10_000,
+            max_connections: 1024,
+            header_read_timeout_ms: 10_000,
+            max_request_bytes: 16 * 1024,
         }
     }
 }
@@ -569,71 +588,24 @@ impl Config {
                 "must be host:port with a numeric IP, e.g. 127.0.0.1:8080",
             ));
         }
+        let q = &self.query;
+        for (key, value) in [
+            (
+                "query.max_concurrent_requests",
+                q.max_concurrent_requests as u64,
+            ),
+            ("query.request_timeout_ms", q.request_timeout_ms),
+            ("query.max_connections", q.max_connections as u64),
+            ("query.header_read_timeout_ms", q.header_read_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(err(key, "must be at least 1"));
+            }
+        }
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_valid() {
-        Config::default().validate().unwrap();
-    }
-
-    #[test]
-    fn violations_name_the_key() {
-        let mut c = Config::default();
-        c.job.window_secs = 0;
-        assert_eq!(c.validate().unwrap_err().key, "job.window_secs");
-        let mut c = Config::default();
-        c.aggregate.replicas = 0;
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("aggregate.replicas"));
-        let mut c = Config::default();
-        c.slices.filters.push(crate::slice::FilterDef {
-            id: "bad".into(),
-            ip: vec!["nope".into()],
-            ..Default::default()
-        });
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("slices.filters") && e.contains("\"bad\""), "{e}");
-    }
-
-    #[test]
-    fn serving_violations_name_the_key() {
-        let mut c = Config::default();
-        c.database.url = "mysql://x".into();
-        assert_eq!(c.validate().unwrap_err().key, "database.url");
-        let mut c = Config::default();
-        c.writer.batch_max_records = 0;
-        assert_eq!(c.validate().unwrap_err().key, "writer.batch_max_records");
-        let mut c = Config::default();
-        c.query.listen = "localhost".into();
-        assert_eq!(c.validate().unwrap_err().key, "query.listen");
-    }
-
-    #[test]
-    fn snapshot_store_urls_are_checked() {
-        for ok in [
-            "run/snapshots",
-            "file:///var/lib/adclick",
-            "s3://bucket/prefix",
-            "memory://",
-        ] {
-            let mut c = Config::default();
-            c.checkpoint.store = ok.into();
-            assert!(c.validate().is_ok(), "{ok}");
-        }
-        for bad in ["gs://bucket", "s3://", "s3:///prefix"] {
-            let mut c = Config::default();
-            c.checkpoint.store = bad.into();
-            let e = c.validate().unwrap_err().to_string();
-            assert!(e.contains("checkpoint.store"), "{bad}: {e}");
-        }
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -199,7 +199,7 @@ tables (slices.filters).
 {{- end -}}
 {{- $_ := set $cfg "database" $db -}}
 {{- $_ := set $cfg "writer" (merge (dict "ops_addr" (include "adclick.listen" (dict "ctx" . "port" $v.writer.opsPort))) ($cfg.writer | default dict)) -}}
-{{- $_ := set $cfg "query" (dict "listen" (include "adclick.listen" (dict "ctx" . "port" $v.query.port))) -}}
+{{- $_ := set $cfg "query" (merge (dict "listen" (include "adclick.listen" (dict "ctx" . "port" $v.query.port))) ($cfg.query | default dict)) -}}
 # adclick.toml rendered by the adclick Helm chart; keys: core/src/config.rs.
 {{- range $section := list "kafka" "cluster" "job" "aggregate" "slices" "checkpoint" "database" "writer" "query" }}
 {{- $t := index $cfg $section }}

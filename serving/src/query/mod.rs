@@ -8,8 +8,10 @@
 
 pub mod error;
 pub mod handlers;
+pub mod limits;
 pub mod openapi;
 pub mod params;
+pub mod serve;
 
 use crate::db::{self, Store};
 use adclick_core::config::Config;
@@ -46,6 +48,8 @@ pub struct AppState {
     pub window_ms: i64,
     /// Longest window accepted, minutes.
     pub retention_minutes: u32,
+    /// Overload protection (`query.*`).
+    pub limits: limits::Limits,
     metrics: PrometheusHandle,
 }
 
@@ -63,6 +67,7 @@ impl AppState {
             top_n: cfg.job.top_n,
             window_ms: cfg.job.window_ms(),
             retention_minutes: cfg.database.retention_minutes,
+            limits: limits::Limits::new(&cfg.query),
             metrics: ops::metrics_handle()?,
         })
     }
@@ -87,6 +92,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { error::ApiError::not_found() })
+        .layer(middleware::from_fn_with_state(
+            state.limits.clone(),
+            limits::enforce,
+        ))
         .layer(middleware::from_fn(track_latency))
         .with_state(state)
 }
@@ -174,8 +183,6 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<()> {
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr().unwrap_or(addr);
     tracing::info!(url = %format!("http://{local}/"), backend = state.store.backend(), "query API listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("query HTTP server")
+    serve::serve(listener, router(state), &cfg.query, shutdown).await;
+    Ok(())
 }
