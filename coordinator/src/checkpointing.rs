@@ -279,8 +279,18 @@ impl Checkpointer {
         match step {
             Step::Trigger(epoch, generation, targets, span, drain) => {
                 let trigger = tracing::info_span!(parent: &span, "inject_barriers", epoch);
+                // The next epoch is persisted before any barrier goes out; a
+                // store that refuses it (full, read-only) fails this
+                // checkpoint at once instead of at its timeout.
+                if let Err(e) = self
+                    .persist(generation, epoch + 1)
+                    .instrument(trigger.clone())
+                    .await
+                {
+                    fail_checkpoint(state, epoch, &format!("the snapshot store: {e:#}")).await;
+                    return Err(e);
+                }
                 async {
-                    self.persist(generation, epoch + 1).await?;
                     tracing::debug!(epoch, generation, "triggering checkpoint");
                     // The actors' snapshots are children of the checkpoint itself.
                     let tp = adclick_runtime::telemetry::traceparent(&span);
@@ -297,7 +307,23 @@ impl Checkpointer {
                 .instrument(trigger)
                 .await?;
             }
-            Step::Complete(f, nodes, addrs) => self.complete(state, f, nodes, addrs).await?,
+            Step::Complete(f, nodes, addrs) => {
+                let epoch = f.epoch;
+                if let Err(e) = self.complete(state, f, nodes, addrs).await {
+                    // Only a checkpoint whose metadata was not written failed;
+                    // a later step's error leaves it complete.
+                    let completed = state
+                        .lock()
+                        .await
+                        .last_complete
+                        .is_some_and(|(e, _)| e == epoch);
+                    if !completed {
+                        fail_checkpoint(state, epoch, &format!("writing its metadata: {e:#}"))
+                            .await;
+                    }
+                    return Err(e);
+                }
+            }
             Step::Nothing => {}
         }
         Ok(())
@@ -459,4 +485,17 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
         Ok(())
     }
+}
+
+/// Ends checkpoint `epoch` as aborted with `reason` (in `adclickctl
+/// checkpoints` and `failed_checkpoints`), when a coordinator step of it
+/// failed; `checkpoint_failures_total` is counted by the caller.
+async fn fail_checkpoint(state: &Arc<Mutex<ClusterState>>, epoch: u64, reason: &str) {
+    let mut s = state.lock().await;
+    if s.inflight.as_ref().is_some_and(|f| f.epoch == epoch) {
+        s.abort_inflight(reason);
+    } else {
+        s.history.finish(epoch, Outcome::Aborted, 0, reason);
+    }
+    s.failed_checkpoints += 1;
 }

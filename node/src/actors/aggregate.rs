@@ -245,11 +245,13 @@ impl Aggregate {
         let bytes = snap.encode_to_vec();
         let size = bytes.len();
         async {
-            self.ctx.snapshots.put(epoch, &self.actor, bytes).await?;
+            let saved = self.ctx.save_snapshot(epoch, bytes).await;
             self.reduce
                 .send(Body::Barrier(Barrier { epoch, traceparent }))
                 .await?;
-            self.ctx.ack(epoch, size, alignment_ms).await
+            self.ctx
+                .ack_if_saved(saved, epoch, size, alignment_ms)
+                .await
         }
         .instrument(span)
         .await

@@ -262,7 +262,7 @@ pub async fn run(
             let bytes = snap.encode_to_vec();
             let size = bytes.len();
             async {
-                ctx.snapshots.put(epoch, &actor, bytes).await?;
+                let saved = ctx.save_snapshot(epoch, bytes).await;
                 for out in &outputs {
                     out.send(Body::Barrier(Barrier {
                         epoch,
@@ -270,7 +270,7 @@ pub async fn run(
                     }))
                     .await?;
                 }
-                ctx.ack(epoch, size, 0).await
+                ctx.ack_if_saved(saved, epoch, size, 0).await
             }
             .instrument(span)
             .await?;

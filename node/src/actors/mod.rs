@@ -168,6 +168,43 @@ impl ActorCtx {
         span
     }
 
+    /// Writes this actor's snapshot of `epoch`; `false` when it could not.
+    /// A failed write (store full, read-only or unreachable) fails only the
+    /// checkpoint: the actor keeps running and forwards the barrier but does
+    /// not ack, so the coordinator aborts the checkpoint at its timeout and
+    /// counts it, and the epoch's output goes out with the next complete
+    /// checkpoint. Killing the actor instead would stop the job for a
+    /// problem that checkpoints alone suffer from.
+    pub async fn save_snapshot(&self, epoch: u64, bytes: Vec<u8>) -> bool {
+        match self.snapshots.put(epoch, &self.id.to_string(), bytes).await {
+            Ok(()) => true,
+            Err(e) => {
+                metrics::counter!("snapshot_write_failures_total").increment(1);
+                tracing::error!(
+                    actor = %self.id,
+                    epoch,
+                    "snapshot not written, so checkpoint {epoch} fails: {e:#}"
+                );
+                false
+            }
+        }
+    }
+
+    /// Acks `epoch` to the coordinator, when its snapshot was `saved`.
+    pub async fn ack_if_saved(
+        &self,
+        saved: bool,
+        epoch: u64,
+        bytes: usize,
+        alignment_ms: u64,
+    ) -> Result<()> {
+        if saved {
+            self.ack(epoch, bytes, alignment_ms).await
+        } else {
+            Ok(())
+        }
+    }
+
     pub async fn ack(&self, epoch: u64, bytes: usize, alignment_ms: u64) -> Result<()> {
         let span = tracing::Span::current();
         span.record("bytes", bytes as u64);

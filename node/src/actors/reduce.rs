@@ -110,8 +110,8 @@ pub async fn run(
                 let bytes = snap.encode_to_vec();
                 let size = bytes.len();
                 async {
-                    ctx.snapshots.put(e, &actor, bytes).await?;
-                    ctx.ack(e, size, alignment_ms).await
+                    let saved = ctx.save_snapshot(e, bytes).await;
+                    ctx.ack_if_saved(saved, e, size, alignment_ms).await
                 }
                 .instrument(span)
                 .await?;

@@ -1,0 +1,175 @@
+//! A snapshot store that runs out of space, on the real broker (tansu) with
+//! a coordinator and 3 nodes. The store is a small tmpfs mounted over the
+//! cluster's snapshot directory (the tests run as root); while a seeded
+//! stream flows, a filler file takes all but 16 KiB: the coordinator's
+//! small files still fit, the Aggregates' snapshots no longer do. Then:
+//!
+//! - snapshot writes fail and are counted (`snapshot_write_failures_total`
+//!   on the nodes, `failed_checkpoints` in `adclickctl status`);
+//! - the job keeps running on the same generation (no actor dies, nothing
+//!   is redeployed) and reports `degraded`;
+//! - once the filler is deleted, checkpoints complete again and the job is
+//!   `running`;
+//! - every final (ad, window, slice) count and top-N list equals the truth.
+
+mod support;
+
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+const STREAM: &[&str] = &[
+    "--seed",
+    "53",
+    "--events",
+    "24000",
+    "--minutes",
+    "10",
+    "--disorder-ms",
+    "1500",
+    "--rate",
+    "1000",
+];
+
+/// A tmpfs mounted at a path; unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Result<Self> {
+        std::fs::create_dir_all(at)?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .context("running mount")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "mounting a tmpfs at {} (the tests run as root): {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(Self(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes zeros to `path` until the file system has not one byte left,
+/// then gives back `leave` bytes: room for the coordinator's small files
+/// but not for the Aggregates' snapshots, so the nodes' writes fail.
+fn fill(path: &Path, leave: u64) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    for size in [1 << 20, 64 << 10, 4 << 10, 512, 1] {
+        let block = vec![0u8; size];
+        while f.write_all(&block).is_ok() {}
+    }
+    let len = f.metadata()?.len();
+    f.set_len(len.saturating_sub(leave))?;
+    Ok(())
+}
+
+/// Bytes of the newest checkpoint directory in the store.
+fn newest_checkpoint_bytes(store: &Path) -> u64 {
+    let job = store.join("checkpoints").join("adclick");
+    let newest = std::fs::read_dir(job)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("_metadata").is_file())
+        .max_by_key(|e| e.file_name());
+    newest
+        .and_then(|e| std::fs::read_dir(e.path()).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|f| f.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn failed_checkpoints(c: &Cluster) -> u64 {
+    c.status_json()
+        .ok()
+        .and_then(|s| s["failed_checkpoints"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_full_snapshot_store_degrades_the_job_until_space_returns() -> Result<()> {
+    let (dir, broker, config) = setup("snapshot-store-full", "")?;
+    let snapshots = dir.join("cluster").join("snapshots");
+    let tmpfs = Tmpfs::mount(&snapshots, "32m")?;
+    let env = [("ADCLICK_CHECKPOINT__TIMEOUT_MS", "3000")];
+    let cluster = Cluster::start_with_env(&dir, &broker.bootstrap, &config, 3, &env)?;
+    wait_until("the job to run", Duration::from_secs(60), || {
+        cluster.status_json().is_ok_and(|s| s["state"] == "running")
+    })?;
+    let (gen, truth_path) = spawn_generate(&dir, &broker.bootstrap, &config, STREAM)?;
+    wait_until(
+        "checkpoints of 128 KiB and more",
+        Duration::from_secs(90),
+        || newest_checkpoint_bytes(&snapshots) >= 128 << 10,
+    )?;
+    let generation_before = generation(&cluster);
+    let failed_before = failed_checkpoints(&cluster);
+
+    let filler = snapshots.join("filler");
+    fill(&filler, 16 << 10)?;
+    wait_until(
+        "the job to report degraded",
+        Duration::from_secs(60),
+        || {
+            cluster
+                .status_json()
+                .is_ok_and(|s| s["state"] == "degraded")
+        },
+    )?;
+    assert!(
+        cluster.node_counter(3, "snapshot_write_failures_total") >= 1.0,
+        "failed snapshot writes are counted"
+    );
+    wait_until(
+        "the failed checkpoints to be counted",
+        Duration::from_secs(30),
+        || failed_checkpoints(&cluster) > failed_before,
+    )?;
+    assert_eq!(
+        generation(&cluster),
+        generation_before,
+        "nothing was redeployed: {}",
+        cluster.status()?
+    );
+    for p in ["coordinator", "node-0", "node-1", "node-2"] {
+        assert!(cluster.alive(p), "{p} keeps running");
+    }
+
+    std::fs::remove_file(&filler)?;
+    let resumed_from = cluster.status_json()?["last_checkpoint"]
+        .as_u64()
+        .unwrap_or(0);
+    wait_until(
+        "checkpoints to complete again",
+        Duration::from_secs(60),
+        || {
+            cluster.status_json().is_ok_and(|s| {
+                s["state"] == "running" && s["last_checkpoint"].as_u64() > Some(resumed_from)
+            })
+        },
+    )?;
+    assert_eq!(generation(&cluster), generation_before);
+
+    let truth = finish_generate(gen, &truth_path)?;
+    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let folded = wait_for_truth(&reader, &truth, Duration::from_secs(240))?;
+    assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
+    drop(cluster);
+    drop(tmpfs);
+    Ok(())
+}
