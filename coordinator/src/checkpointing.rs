@@ -455,6 +455,19 @@ async fn broadcast(
     }
 }
 
+/// Ends checkpoint `epoch` as aborted with `reason` (in `adclickctl
+/// checkpoints` and `failed_checkpoints`), when a coordinator step of it
+/// failed; `checkpoint_failures_total` is counted by the caller.
+async fn fail_checkpoint(state: &Arc<Mutex<ClusterState>>, epoch: u64, reason: &str) {
+    let mut s = state.lock().await;
+    if s.inflight.as_ref().is_some_and(|f| f.epoch == epoch) {
+        s.abort_inflight(reason);
+    } else {
+        s.history.finish(epoch, Outcome::Aborted, 0, reason);
+    }
+    s.failed_checkpoints += 1;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,17 +498,4 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
         Ok(())
     }
-}
-
-/// Ends checkpoint `epoch` as aborted with `reason` (in `adclickctl
-/// checkpoints` and `failed_checkpoints`), when a coordinator step of it
-/// failed; `checkpoint_failures_total` is counted by the caller.
-async fn fail_checkpoint(state: &Arc<Mutex<ClusterState>>, epoch: u64, reason: &str) {
-    let mut s = state.lock().await;
-    if s.inflight.as_ref().is_some_and(|f| f.epoch == epoch) {
-        s.abort_inflight(reason);
-    } else {
-        s.history.finish(epoch, Outcome::Aborted, 0, reason);
-    }
-    s.failed_checkpoints += 1;
 }
