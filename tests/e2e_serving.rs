@@ -11,12 +11,12 @@
 mod serving_support;
 mod support;
 
-use adclick_core::topn::AdClicks;
 use adclick_core::truth::Truth;
-use anyhow::{bail, Context, Result};
-use serving_support::{dump, get_json, wait_port, Dump};
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use anyhow::{Context, Result};
+use serving_support::truth::{block_on, differences, wait_for_database};
+use serving_support::{dump, get_json, wait_port};
+use std::collections::HashMap;
+use std::time::Duration;
 use support::{finish_generate, metric_sum, setup, spawn_generate, wait_until, Cluster};
 
 /// 24,000 events over 10 two-second windows, produced over ~20 s so the
@@ -37,108 +37,10 @@ const STREAM: &[&str] = &[
 /// `top_n` of the test config (the default).
 const TOP_N: usize = 10;
 
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(f))
-}
-
 fn metric(addr: &str, name: &str) -> f64 {
     support::http_get(addr, "/metrics")
         .map(|body| metric_sum(&body, name))
         .unwrap_or(0.0)
-}
-
-/// The truth's count rows in the dump's key order: (slice, ad, window_start).
-fn truth_counts(truth: &Truth) -> BTreeMap<(String, String, i64), (i64, i64)> {
-    truth
-        .counts
-        .iter()
-        .map(|c| {
-            (
-                (c.slice.clone(), c.ad_id.clone(), c.window_start),
-                (c.clicks as i64, c.impressions as i64),
-            )
-        })
-        .collect()
-}
-
-/// Differences between the database and the truth (first few); empty when
-/// equal. A stored top-N list with no ads has no truth entry and is fine.
-fn differences(d: &Dump, truth: &Truth) -> Vec<String> {
-    let want = truth_counts(truth);
-    let mut out: Vec<String> = want
-        .iter()
-        .filter(|(k, v)| d.counts.get(*k) != Some(*v))
-        .map(|(k, v)| format!("count {k:?}: want {v:?}, got {:?}", d.counts.get(k)))
-        .collect();
-    out.extend(
-        d.counts
-            .keys()
-            .filter(|k| !want.contains_key(*k))
-            .map(|k| format!("extra count {k:?}")),
-    );
-    let mut want_top = BTreeMap::new();
-    for t in &truth.top {
-        let ads: Vec<AdClicks> = t
-            .ads
-            .iter()
-            .map(|(ad_id, clicks)| AdClicks {
-                ad_id: ad_id.clone(),
-                clicks: *clicks,
-            })
-            .collect();
-        want_top.insert(
-            (t.slice.clone(), i64::from(t.window_minutes), t.window_end),
-            ads,
-        );
-    }
-    for (k, v) in &want_top {
-        if d.top.get(k) != Some(v) {
-            out.push(format!("top {k:?}: want {v:?}, got {:?}", d.top.get(k)));
-        }
-    }
-    out.extend(
-        d.top
-            .iter()
-            .filter(|(k, ads)| !want_top.contains_key(*k) && !ads.is_empty())
-            .map(|(k, _)| format!("extra top {k:?}")),
-    );
-    out
-}
-
-/// Polls the database until it equals the truth on two reads a few seconds
-/// apart (so rows still arriving are caught), or fails with the differences.
-fn wait_for_database(url: &str, truth: &Truth, timeout: Duration) -> Result<Dump> {
-    let start = Instant::now();
-    let mut equal_since: Option<Instant> = None;
-    loop {
-        let diff = match block_on(dump(url))? {
-            Ok(d) => {
-                let diff = differences(&d, truth);
-                if diff.is_empty() {
-                    match equal_since {
-                        Some(t) if t.elapsed() > Duration::from_secs(3) => return Ok(d),
-                        None => equal_since = Some(Instant::now()),
-                        _ => {}
-                    }
-                } else {
-                    equal_since = None;
-                }
-                diff
-            }
-            Err(e) => vec![format!("reading the database: {e:#}")],
-        };
-        if start.elapsed() > timeout {
-            bail!(
-                "database differs from ground truth after {timeout:?}: {} differences, first: {:#?}",
-                diff.len(),
-                &diff[..diff.len().min(8)]
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 /// Top-N of `slice` over the windows `[end - m*w, end)`, summed straight from

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod truth;
+
 use adclick_core::output::{CountRecord, OutputRecord, TopNRecord};
 use adclick_core::topn::{top_n, AdClicks};
 use adclick_testkit::wait_for_port;
