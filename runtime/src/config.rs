@@ -24,6 +24,17 @@ pub fn load(path: Option<&Path>) -> Result<Config> {
             .filter(|k| k.as_str().contains("__"))
             .split("__"),
     );
+    checked(fig)
+}
+
+/// The text of a config file on the defaults, as [`load`] reads a file but
+/// without the environment: the same parser and checks, for tests and the
+/// fuzzer.
+pub fn from_file_text(text: &str) -> Result<Config> {
+    checked(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+}
+
+fn checked(fig: Figment) -> Result<Config> {
     let cfg: Config = fig
         .extract()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
