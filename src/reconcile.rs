@@ -241,7 +241,7 @@ fn read_topics(cfg: &Config, mut r: Recounter) -> Result<Recounter> {
     // (in transactions when `checkpoint.kafka_transactions`), so only their
     // committed records took effect.
     let read_upto = Topic::open(&k.bootstrap, &group, &k.input_topic, false)?
-        .read(|m| r.add_input(m.payload().unwrap_or_default()))?;
+        .read(|m| r.add_input(m.payload().unwrap_or_default(), m.timestamp().to_millis()))?;
     Topic::open(&k.bootstrap, &group, &k.dlq_topic, true)?.read(|m| {
         r.add_dlq(
             m.key(),

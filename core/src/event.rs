@@ -119,8 +119,17 @@ pub fn parse_timestamp_text(text: &str) -> Option<i64> {
     text.parse::<i64>().ok()
 }
 
-/// Parses and validates one JSON event. `now_ms` is wall clock, used for the
-/// future-skew limit.
+/// The instant an event time is compared with for `job.max_future_skew_ms`:
+/// the Kafka record's timestamp, and the wall clock only for a record that
+/// has none. Every reader of a record (the Map, a replay, a reconcile, a
+/// recovery reading it again) then decides the same, whatever its clock:
+/// a node whose clock is off changes no count.
+pub fn future_reference(record_timestamp_ms: Option<i64>, wall_clock_ms: i64) -> i64 {
+    record_timestamp_ms.unwrap_or(wall_clock_ms)
+}
+
+/// Parses and validates one JSON event. `now_ms` is the reference of the
+/// future-skew limit ([`future_reference`]).
 pub fn parse_event(bytes: &[u8], limits: &Limits, now_ms: i64) -> Result<ClickEvent, Rejection> {
     let raw: RawEvent<'_> =
         serde_json::from_slice(bytes).map_err(|e| Rejection::Malformed(e.to_string()))?;
@@ -336,6 +345,26 @@ mod tests {
         assert_eq!(b.ts_ms, a.ts_ms);
         assert_eq!(b.event_type, EventType::Impression);
         assert_eq!(b.event_id.as_deref(), Some("e1"));
+    }
+
+    #[test]
+    fn the_future_limit_is_judged_against_the_record_not_the_reader() {
+        let wall = 1_700_000_000_000i64;
+        let ahead = wall + 10 * 60_000;
+        let e = format!(
+            r#"{{"ad_id":"a","click_timestamp":{ahead},"user_id":"u","ip":"1.2.3.4","country":"US"}}"#
+        );
+        let limits = Limits::default();
+        // A record stamped when it was produced is judged the same by a
+        // reader whose clock is 10 minutes behind or ahead.
+        for reader_clock in [wall - 600_000, wall, wall + 600_000] {
+            let at = future_reference(Some(ahead - 1000), reader_clock);
+            assert!(parse_event(e.as_bytes(), &limits, at).is_ok());
+            let at = future_reference(Some(wall), reader_clock);
+            assert!(parse_event(e.as_bytes(), &limits, at).is_err());
+        }
+        // Without a record timestamp, the wall clock decides.
+        assert!(parse_event(e.as_bytes(), &limits, future_reference(None, wall)).is_err());
     }
 
     #[test]

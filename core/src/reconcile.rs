@@ -41,7 +41,7 @@
 //! copies out, and counts a key when copies remain. That makes the result
 //! independent of the order in which the topics are read.
 
-use crate::event::{parse_event, DedupMode, EventType, Limits};
+use crate::event::{future_reference, parse_event, DedupMode, EventType, Limits};
 use crate::slice::Slicer;
 use crate::window::window_start;
 use chrono::{DateTime, SecondsFormat};
@@ -347,10 +347,12 @@ impl Recounter {
         }))
     }
 
-    /// One input record.
-    pub fn add_input(&mut self, payload: &[u8]) {
+    /// One input record, with its Kafka timestamp (the Map judges
+    /// `max_future_skew_ms` against it, so the recount does too).
+    pub fn add_input(&mut self, payload: &[u8], record_timestamp_ms: Option<i64>) {
         self.stats.records += 1;
-        let f = match self.file(payload, self.s.now_ms) {
+        let reference = future_reference(record_timestamp_ms, self.s.now_ms);
+        let f = match self.file(payload, reference) {
             Err(()) => {
                 self.stats.rejected += 1;
                 return;

@@ -22,7 +22,7 @@
 //! produce, and are deleted.
 
 use crate::aggregate::{AggregateSettings, AggregateState, LocalTopN};
-use crate::event::{parse_event, DedupMode, Limits};
+use crate::event::{future_reference, parse_event, DedupMode, Limits};
 use crate::map_batch::MapBatcher;
 use crate::output::OutputRecord;
 use crate::reconcile::{fmt_ms, RangeError};
@@ -217,7 +217,8 @@ pub struct ReplaySettings {
     pub epoch: u64,
     /// Producer name stamped on every record.
     pub producer: String,
-    /// Wall clock at the start, for the future-skew limit.
+    /// Wall clock at the start, for the future-skew limit of records
+    /// without a timestamp.
     pub now_ms: i64,
 }
 
@@ -339,10 +340,11 @@ impl Replayer {
         self.partitions.keys().all(|p| self.partition_done(*p))
     }
 
-    /// Adds one input record of `partition`.
-    pub fn add(&mut self, partition: i32, payload: &[u8]) {
+    /// Adds one input record of `partition`, with its Kafka timestamp.
+    pub fn add(&mut self, partition: i32, payload: &[u8], record_timestamp_ms: Option<i64>) {
         self.stats.records += 1;
-        match parse_event(payload, &self.settings.limits, self.settings.now_ms) {
+        let reference = future_reference(record_timestamp_ms, self.settings.now_ms);
+        match parse_event(payload, &self.settings.limits, reference) {
             Ok(e) => {
                 let clock = self.partitions.entry(partition).or_default();
                 clock.max_ts = Some(clock.max_ts.map_or(e.ts_ms, |m| m.max(e.ts_ms)));

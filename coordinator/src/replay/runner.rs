@@ -160,7 +160,11 @@ pub fn run(
                     }
                     continue;
                 }
-                replayer.add(p, m.payload().unwrap_or_default());
+                replayer.add(
+                    p,
+                    m.payload().unwrap_or_default(),
+                    m.timestamp().to_millis(),
+                );
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 last_event = Instant::now();

@@ -53,7 +53,7 @@ fn cell(cells: &BTreeMap<CellKey, Value>, slice: &str, ad: &str, ws: i64) -> Opt
 
 fn feed(r: &mut Recounter, records: &[Vec<u8>]) {
     for p in records {
-        r.add_input(p);
+        r.add_input(p, None);
     }
 }
 

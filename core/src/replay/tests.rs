@@ -131,7 +131,7 @@ fn run(
     let mut r = Replayer::new(s.clone(), Slicer::new(&slices()).unwrap(), parts);
     let mut out = Vec::new();
     for (i, (p, payload)) in records.iter().enumerate() {
-        r.add(*p, payload);
+        r.add(*p, payload, None);
         if i % 7 == 6 {
             out.extend(r.flush());
         }

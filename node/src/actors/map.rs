@@ -8,7 +8,7 @@ use crate::convert::partial_to_pb;
 use crate::edge::Edge;
 use crate::kafka::side::SideOutput;
 use adclick_core::config::StartFrom;
-use adclick_core::event::parse_event;
+use adclick_core::event::{future_reference, parse_event};
 use adclick_core::ids::{ActorId, ActorKind};
 use adclick_core::map_batch::MapBatcher;
 use adclick_core::slice::Slicer;
@@ -165,7 +165,8 @@ pub async fn run(
             let payload = msg.payload().unwrap_or_default();
             events_in.increment(1);
             offsets.insert(msg.partition(), msg.offset() + 1);
-            match parse_event(payload, &limits, now) {
+            let reference = future_reference(msg.timestamp().to_millis(), now);
+            match parse_event(payload, &limits, reference) {
                 Ok(ev) => {
                     let behind = watermarks.last().is_some_and(|w| ev.ts_ms < w);
                     watermarks.observe(msg.partition(), Some(ev.ts_ms), now);
