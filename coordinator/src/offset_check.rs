@@ -62,7 +62,12 @@ pub async fn check_restored_inputs(cfg: &Config, store: &SnapshotStore, epoch: u
         adclick_runtime::kafka::partition_ends(&bootstrap, &topic, Duration::from_secs(10))
     })
     .await??;
-    let found = offsets::mismatches(&cfg.kafka.input_topic, &saved, &ends);
+    let found = offsets::mismatches(
+        &cfg.kafka.input_topic,
+        &saved,
+        &ends,
+        cfg.job.source_rewind_records,
+    );
     if found.is_empty() {
         return Ok(());
     }

@@ -147,14 +147,15 @@ pub fn partition_ends(
     Ok(ends)
 }
 
-/// Checks `stored` offsets of `topic` against the partitions' ends and
-/// applies `policy`: `fail` is an error naming every mismatch; `reset`
+/// Checks `stored` offsets of `topic` against the partitions' ends (with
+/// `slack`, see `offsets::mismatches`) and applies `policy`: `fail` is an error naming every mismatch; `reset`
 /// returns the partitions to read from their start (logged, and counted
 /// in `offset_resets_total{who}`). Blocking.
 pub fn check_stored_offsets(
     bootstrap: &str,
     topic: &str,
     stored: &BTreeMap<i32, i64>,
+    slack: i64,
     policy: OnOffsetMismatch,
     who: &str,
 ) -> Result<Vec<i32>> {
@@ -162,7 +163,7 @@ pub fn check_stored_offsets(
         return Ok(Vec::new());
     }
     let ends = partition_ends(bootstrap, topic, Duration::from_secs(10))?;
-    let found = offsets::mismatches(topic, stored, &ends);
+    let found = offsets::mismatches(topic, stored, &ends, slack);
     if found.is_empty() {
         return Ok(Vec::new());
     }

@@ -52,9 +52,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<()> {
         topic.clone(),
         stored.iter().map(|(p, o)| (*p, *o)).collect(),
         cfg.writer.on_offset_mismatch,
+        cfg.writer.resume_rewind_records,
     );
     let reset = tokio::task::spawn_blocking(move || {
-        kafka::check_stored_offsets(&check.0, &check.1, &check.2, check.3, "writer")
+        kafka::check_stored_offsets(&check.0, &check.1, &check.2, check.4, check.3, "writer")
     })
     .await??;
     for p in reset {

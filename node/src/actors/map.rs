@@ -64,10 +64,11 @@ pub async fn run(
             cfg.kafka.input_topic.clone(),
             offsets.clone(),
             job.on_offset_mismatch,
+            job.source_rewind_records,
         );
         let reset = tokio::task::spawn_blocking(move || {
             adclick_runtime::kafka::check_stored_offsets(
-                &check.0, &check.1, &check.2, check.3, "map",
+                &check.0, &check.1, &check.2, check.4, check.3, "map",
             )
         })
         .await??;
