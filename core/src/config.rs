@@ -5,6 +5,7 @@
 //! bad value is reported with the key that holds it.
 
 use crate::event::{DedupMode, Limits};
+pub use crate::kafka_security::KafkaSecurity;
 pub use crate::offsets::OnOffsetMismatch;
 use crate::slice::{SliceConfig, Slicer};
 use serde::{Deserialize, Serialize};
@@ -71,6 +72,8 @@ pub struct KafkaConfig {
     /// The broker's `transaction.max.timeout.ms` (Kafka's default: 15
     /// minutes); `checkpoint.transaction_timeout_ms` may not exceed it.
     pub transaction_max_timeout_ms: u64,
+    /// `[kafka.security]`: TLS and SASL of every Kafka client.
+    pub security: KafkaSecurity,
 }
 
 impl Default for KafkaConfig {
@@ -85,6 +88,7 @@ impl Default for KafkaConfig {
             output_partitions: 4,
             replication_factor: 1,
             transaction_max_timeout_ms: 900_000,
+            security: KafkaSecurity::default(),
         }
     }
 }
@@ -414,6 +418,9 @@ fn err(key: &str, problem: impl Into<String>) -> ConfigError {
 impl Config {
     /// Checks every rule and returns the first violation.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some((key, problem)) = self.kafka.security.problem() {
+            return Err(err(key, &problem));
+        }
         let j = &self.job;
         if self.cluster.deploy_retries == 0 {
             return Err(err("cluster.deploy_retries", "must be at least 1"));

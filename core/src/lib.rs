@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod event;
 pub mod ids;
+pub mod kafka_security;
 pub mod keygroup;
 pub mod map_batch;
 pub mod offsets;

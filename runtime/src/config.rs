@@ -24,7 +24,28 @@ pub fn load(path: Option<&Path>) -> Result<Config> {
             .filter(|k| k.as_str().contains("__"))
             .split("__"),
     );
-    checked(fig)
+    let cfg = checked(fig)?;
+    check_kafka_security(&cfg)?;
+    crate::kafka::use_security(&cfg.kafka.security);
+    Ok(cfg)
+}
+
+/// What only the process that uses `[kafka.security]` can check: its
+/// password is set, and the files it names can be read.
+fn check_kafka_security(cfg: &Config) -> Result<()> {
+    let s = &cfg.kafka.security;
+    if s.missing_password() {
+        bail!(
+            "invalid configuration: kafka.security.sasl_password: protocol {} needs a password \
+             (set ADCLICK_KAFKA__SECURITY__SASL_PASSWORD)",
+            s.protocol
+        );
+    }
+    for (key, path) in s.files() {
+        std::fs::File::open(path)
+            .with_context(|| format!("invalid configuration: {key}: cannot read {path}"))?;
+    }
+    Ok(())
 }
 
 /// The text of a config file on the defaults, as [`load`] reads a file but

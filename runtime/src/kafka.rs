@@ -2,7 +2,7 @@
 //! assignment (no consumer-group joins), as Flink does; tansu's group joins
 //! are slow, and the coordinator owns the assignment anyway.
 
-use adclick_core::config::KafkaConfig;
+use adclick_core::config::{KafkaConfig, KafkaSecurity};
 use adclick_core::offsets::{self, OnOffsetMismatch};
 use anyhow::{Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -14,11 +14,34 @@ use rdkafka::types::RDKafkaErrorCode;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Base client configuration for `bootstrap`.
+/// `[kafka.security]` of this process, set once when it loads its config
+/// (`config::load`). A process-wide setting rather than a parameter, so
+/// that no client, wherever it is built, can connect without it.
+static SECURITY: std::sync::OnceLock<KafkaSecurity> = std::sync::OnceLock::new();
+
+/// Makes every Kafka client this process builds from now on use
+/// `security`; the first call wins.
+pub fn use_security(security: &KafkaSecurity) {
+    let _ = SECURITY.set(security.clone());
+}
+
+/// Base client configuration for `bootstrap`, with this process's
+/// `[kafka.security]`.
 pub fn client_config(bootstrap: &str) -> ClientConfig {
+    client_config_with(bootstrap, SECURITY.get())
+}
+
+/// [`client_config`] with explicit security settings.
+pub fn client_config_with(bootstrap: &str, security: Option<&KafkaSecurity>) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap)
         .set("broker.address.family", "v4");
+    for (key, value) in security
+        .map(KafkaSecurity::client_properties)
+        .unwrap_or_default()
+    {
+        c.set(key, value);
+    }
     // librdkafka debug contexts (e.g. "eos,protocol") for troubleshooting.
     if let Ok(debug) = std::env::var("ADCLICK_RDKAFKA_DEBUG") {
         c.set("debug", debug);

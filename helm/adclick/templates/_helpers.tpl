@@ -143,8 +143,18 @@ tables (slices.filters).
 [{{ $name }}]
 {{- range $k := keys $table | sortAlpha }}
 {{- $v := index $table $k }}
-{{- if not (and (kindIs "slice" $v) (gt (len $v) 0) (kindIs "map" (first $v))) }}
+{{- if not (or (kindIs "map" $v) (and (kindIs "slice" $v) (gt (len $v) 0) (kindIs "map" (first $v)))) }}
 {{ $k }} = {{ $v | toJson }}
+{{- end }}
+{{- end }}
+{{- range $k := keys $table | sortAlpha }}
+{{- $v := index $table $k }}
+{{- if and (kindIs "map" $v) (gt (len $v) 0) }}
+
+[{{ $name }}.{{ $k }}]
+{{- range $ik := keys $v | sortAlpha }}
+{{ $ik }} = {{ index $v $ik | toJson }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- range $k := keys $table | sortAlpha }}
