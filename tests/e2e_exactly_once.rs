@@ -52,28 +52,52 @@ fn kill_nodes_mid_stream_loses_nothing() -> Result<()> {
         generation(&cluster) >= 4,
         "three kills must cause three redeploys"
     );
-    // Every malformed record reached the DLQ. A replay after a kill may
-    // write one again, with the same source identity, so consumers can
-    // drop the copy; none may be missing.
-    let dlq = TopicReader::new(&broker.bootstrap, "ad-clicks-dlq")?;
+    assert_every_malformed_record_is_dead_lettered(&broker.bootstrap, truth.malformed)
+}
+
+/// Every malformed record reached the DLQ. A replay after a failure may
+/// write one again, with the same source identity, so consumers can drop
+/// the copy; none may be missing.
+fn assert_every_malformed_record_is_dead_lettered(bootstrap: &str, malformed: u64) -> Result<()> {
+    let dlq = TopicReader::new(bootstrap, "ad-clicks-dlq")?;
     let mut sources = std::collections::BTreeSet::new();
     let start = Instant::now();
-    while (sources.len() as u64) < truth.malformed && start.elapsed() < Duration::from_secs(60) {
+    while (sources.len() as u64) < malformed && start.elapsed() < Duration::from_secs(60) {
         for r in dlq.drain_with_headers(Duration::from_millis(500)) {
             let h = |k: &str| r.headers.get(k).cloned().unwrap_or_default();
             sources.insert((h("source.partition"), h("source.offset")));
         }
     }
-    assert!(
-        truth.malformed > 0,
-        "the stream must contain malformed records"
-    );
-    assert_eq!(
-        sources.len() as u64,
-        truth.malformed,
-        "distinct dead letters"
-    );
+    assert!(malformed > 0, "the stream must contain malformed records");
+    assert_eq!(sources.len() as u64, malformed, "distinct dead letters");
     Ok(())
+}
+
+#[test]
+fn failed_dead_letter_writes_are_counted_and_written_again() -> Result<()> {
+    // The first two DLQ or late-topic writes of every node fail, as a
+    // broker refusing them would (a fail point): the writing actor fails,
+    // the failure is counted, and the recovery writes the record again.
+    let (dir, broker, config) = setup("eo-side-fail", "")?;
+    let env = [("ADCLICK_FAILPOINT", "side_write_error:2")];
+    let cluster = Cluster::start_with_env(&dir, &broker.bootstrap, &config, 3, &env)?;
+    wait_until("first deployment", Duration::from_secs(60), || {
+        generation(&cluster) >= 1
+    })?;
+    let truth = generate(&dir, &broker.bootstrap, &config, STREAM)?;
+    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let folded = wait_for_truth(&reader, &truth, Duration::from_secs(240))?;
+    assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
+    assert!(
+        cluster.node_counter(3, "side_write_failures_total") >= 2.0,
+        "failed side writes are counted"
+    );
+    assert!(
+        generation(&cluster) >= 2,
+        "the failing actor was recovered: {}",
+        cluster.status()?
+    );
+    assert_every_malformed_record_is_dead_lettered(&broker.bootstrap, truth.malformed)
 }
 
 #[test]

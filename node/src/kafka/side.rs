@@ -68,11 +68,43 @@ impl SideOutput {
         if let Some(k) = key {
             rec = rec.key(k);
         }
-        self.producer
-            .send(rec, Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| e)
-            .with_context(|| format!("writing to {}", self.topic))?;
-        Ok(())
+        let sent = match injected_failure() {
+            Some(e) => Err(e),
+            None => self
+                .producer
+                .send(rec, Duration::from_secs(30))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| anyhow::Error::new(e)),
+        };
+        if sent.is_err() {
+            count_failure(&self.topic);
+        }
+        sent.with_context(|| format!("writing to {}", self.topic))
     }
+}
+
+/// Counts a record that could not be written to a side topic. The actor
+/// then fails and is redeployed from its checkpoint, which writes the
+/// record again, so nothing is lost; the counter is what shows it.
+pub fn count_failure(topic: &str) {
+    metrics::counter!("side_write_failures_total", "topic" => topic.to_owned()).increment(1);
+}
+
+/// Test builds: `ADCLICK_FAILPOINT=side_write_error:N` fails the first N
+/// writes to a DLQ or late topic in this process, as a broker refusing
+/// them would.
+pub fn injected_failure() -> Option<anyhow::Error> {
+    #[cfg(feature = "failpoints")]
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static FAILED: AtomicU64 = AtomicU64::new(0);
+        let limit = std::env::var("ADCLICK_FAILPOINT")
+            .ok()
+            .and_then(|v| v.strip_prefix("side_write_error:")?.parse::<u64>().ok())?;
+        if FAILED.fetch_add(1, Ordering::SeqCst) < limit {
+            return Some(anyhow::anyhow!("side_write_error fail point"));
+        }
+    }
+    None
 }

@@ -116,17 +116,32 @@ impl OutputSink {
             .collect::<Result<_>>()?;
         let sends = encoded.into_iter().map(|e| {
             let producer = &self.producer;
+            let side = e.topic != self.topics.output;
             async move {
-                let mut rec = FutureRecord::to(e.topic)
+                let topic = e.topic;
+                if let Some(err) = side.then(super::side::injected_failure).flatten() {
+                    super::side::count_failure(topic);
+                    return Err(err);
+                }
+                let mut rec = FutureRecord::to(topic)
                     .key(e.key.as_bytes())
                     .payload(e.payload.as_slice());
                 if let Some(h) = e.headers {
                     rec = rec.headers(h);
                 }
-                producer
+                let sent = producer
                     .send(rec, Duration::from_secs(30))
                     .await
-                    .map_err(|(e, _)| e)
+                    .map(|_| ())
+                    .map_err(|(e, _)| anyhow::Error::new(e));
+                if sent.is_err() {
+                    if side {
+                        super::side::count_failure(topic);
+                    } else {
+                        metrics::counter!("output_write_failures_total").increment(1);
+                    }
+                }
+                sent
             }
         });
         try_join_all(sends)

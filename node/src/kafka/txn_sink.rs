@@ -87,6 +87,9 @@ impl TxnSink {
                         "transactional sink fenced by a newer incarnation: {e:#}"
                     );
                 } else {
+                    // Its output (counts, late and dead-lettered records)
+                    // is written again after the actor's recovery.
+                    metrics::counter!("sink_transaction_failures_total").increment(1);
                     tracing::warn!(epoch, "transaction failed, aborting it: {e:#}");
                     let _ = p.abort_transaction(TIMEOUT);
                 }
