@@ -145,8 +145,14 @@ impl Cluster {
     }
 
     /// (Re)starts one process (`coordinator`, `node-1`, ...) with extra
-    /// environment variables.
+    /// environment variables. A process just sent SIGKILL can take a moment
+    /// to die on a busy machine (a system call in progress finishes first),
+    /// so this waits up to 15 s for the previous one to be gone.
     pub fn start_one(&self, name: &str, extra_env: &[(&str, &str)]) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.alive(name) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         self.script_env("start-one", &[name], extra_env).map(|_| ())
     }
 
