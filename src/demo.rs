@@ -264,7 +264,7 @@ fn render(
 ) {
     let mut out = String::from("\x1b[2J\x1b[H");
     out.push_str(&format!(
-        "adclick demo — {rate} events/s — dashboard {dashboard} — logs {}\n",
+        "adclick demo — {rate} events/s — dashboard {dashboard} — console {dashboard}console — logs {}\n",
         dir.display()
     ));
     out.push_str(&format!("admin CLI: {ctl}\n"));

@@ -29,7 +29,7 @@ pub async fn replay_and_wait(
     from: i64,
     to: i64,
 ) -> Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{coordinator}"))
+    let channel = adclick_runtime::grpc::endpoint(coordinator)
         .with_context(|| format!("--coordinator {coordinator:?}"))?
         .connect()
         .await

@@ -10,6 +10,7 @@
 mod serving_support;
 
 use adclick_serving::batch::BatchBuilder;
+use adclick_testkit::browser::{chromium, headless};
 use adclick_testkit::{free_port, temp_dir, tool_missing, try_install};
 use anyhow::{Context, Result};
 use serving_support::*;
@@ -90,38 +91,6 @@ async fn schemathesis_finds_no_5xx_and_no_schema_violation() -> Result<()> {
     );
     assert!(report.contains("passed"), "{report}");
     Ok(())
-}
-
-/// The browser to drive, installing Debian's chromium when none is found.
-fn chromium() -> std::result::Result<String, String> {
-    for c in ["chromium", "chromium-browser", "google-chrome"] {
-        if have(c, "--version") {
-            return Ok(c.to_string());
-        }
-    }
-    try_install("apt-get", &["install", "-y", "-q", "chromium"])?;
-    have("chromium", "--version")
-        .then(|| "chromium".to_string())
-        .ok_or_else(|| "apt-get installed chromium, but it does not run".to_string())
-}
-
-fn headless(browser: &str, profile: &Path) -> Command {
-    let mut c = Command::new(browser);
-    c.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-    ])
-    .args([
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .args(["--virtual-time-budget=8000", "--window-size=1280,1000"]);
-    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

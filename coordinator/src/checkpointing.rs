@@ -266,6 +266,7 @@ impl Checkpointer {
                             expected,
                             outcome: Outcome::InProgress,
                             reason: String::new(),
+                            alignments: Default::default(),
                         });
                         let targets = nodes.iter().filter_map(|n| addrs.get(n).cloned()).collect();
                         let drain = trigger_kind == crate::stop::trigger(true);

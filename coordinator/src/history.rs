@@ -54,6 +54,8 @@ pub struct CheckpointRecord {
     pub outcome: Outcome,
     /// Why it was aborted.
     pub reason: String,
+    /// Barrier alignment each actor reported, ms.
+    pub alignments: std::collections::BTreeMap<String, u64>,
 }
 
 /// The newest [`KEPT`] checkpoints, oldest first.
@@ -115,6 +117,7 @@ mod tests {
             expected: 3,
             outcome: Outcome::InProgress,
             reason: String::new(),
+            alignments: Default::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! lost nodes by heartbeat and redeploys, and serves the admin API.
 
 pub mod checkpointing;
+pub mod console;
 pub mod drain;
 pub mod history;
 pub mod job;
@@ -141,7 +142,7 @@ pub async fn run(
     ));
     tracing::info!(%listen, "coordinator gRPC listening");
     let sd = shutdown.clone();
-    tonic::transport::Server::builder()
+    adclick_runtime::grpc::server()?
         .add_service(CoordinatorServer::new(svc.clone()))
         .add_service(AdminServer::with_interceptor(svc, auth))
         .serve_with_shutdown(listen, async move { sd.cancelled().await })

@@ -163,7 +163,7 @@ impl ClusterState {
 pub async fn node_client(
     addr: &str,
 ) -> anyhow::Result<adclick_proto::cluster::node_client::NodeClient<tonic::transport::Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+    let channel = adclick_runtime::grpc::endpoint(addr)?
         .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(10))
         .connect()

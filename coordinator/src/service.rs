@@ -34,6 +34,8 @@ pub struct CoordinatorService {
     /// One scale request at a time (the check, the stored count and the
     /// state change must agree).
     scaling: Arc<Mutex<()>>,
+    /// Rates for the operations console, from heartbeats.
+    console: Arc<std::sync::Mutex<crate::console::Console>>,
 }
 
 impl CoordinatorService {
@@ -56,6 +58,7 @@ impl CoordinatorService {
             config_replicas: job.aggregate.replicas,
             retain: job.checkpoint.retain,
             scaling: Arc::default(),
+            console: Arc::default(),
         }
     }
 }
@@ -94,6 +97,14 @@ impl Coordinator for CoordinatorService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let req = request.into_inner();
+        if let Ok(mut c) = self.console.lock() {
+            c.heartbeat(
+                &req.node_id,
+                &req.actors,
+                req.process.as_ref(),
+                adclick_runtime::now_ms(),
+            );
+        }
         let mut s = self.state.lock().await;
         let generation = s.generation;
         let known = match s.nodes.get_mut(&req.node_id) {
@@ -117,13 +128,14 @@ impl Coordinator for CoordinatorService {
         let s = &mut *guard;
         match s.inflight.as_mut() {
             Some(f) if f.epoch == req.epoch && f.generation == req.generation => {
-                f.acked.insert(req.actor_id);
+                f.acked.insert(req.actor_id.clone());
                 f.bytes += req.bytes;
                 let (acked, bytes) = (f.acked.len(), f.bytes);
                 s.history.update(req.epoch, |r| {
                     r.acked = acked;
                     r.bytes = bytes;
                     r.alignment_ms = r.alignment_ms.max(req.alignment_ms);
+                    r.alignments.insert(req.actor_id.clone(), req.alignment_ms);
                 });
                 Ok(Response::new(AckCheckpointResponse {}))
             }
@@ -271,9 +283,40 @@ impl Admin for CoordinatorService {
                 acked: u32::try_from(r.acked).unwrap_or(u32::MAX),
                 expected: u32::try_from(r.expected).unwrap_or(u32::MAX),
                 reason: r.reason,
+                alignments: r.alignments.into_iter().collect(),
             })
             .collect();
         Ok(Response::new(ListCheckpointsResponse { checkpoints }))
+    }
+
+    async fn console(
+        &self,
+        _request: Request<ConsoleRequest>,
+    ) -> Result<Response<ConsoleResponse>, Status> {
+        let (generation, closed_until) = {
+            let s = self.state.lock().await;
+            let aggregates: Vec<Option<i64>> = s
+                .nodes
+                .values()
+                .flat_map(|n| n.actors.iter())
+                .filter(|a| a.generation == s.generation && a.actor_id.starts_with("aggregate-"))
+                .map(|a| a.watermark)
+                .collect();
+            let closed = if aggregates.is_empty() || aggregates.iter().any(Option::is_none) {
+                None
+            } else {
+                aggregates.into_iter().flatten().min()
+            };
+            (s.generation, closed)
+        };
+        let now = adclick_runtime::now_ms();
+        let mut view = self
+            .console
+            .lock()
+            .map_err(|_| Status::internal("console state poisoned"))?
+            .view(generation, now);
+        view.closed_until_ms = closed_until;
+        Ok(Response::new(view))
     }
 
     async fn rebalance(

@@ -245,6 +245,7 @@ mod tests {
             expected: 1,
             outcome: Outcome::InProgress,
             reason: String::new(),
+            alignments: Default::default(),
         });
         s.history.finish(7, Outcome::Aborted, 5, "timed out");
         assert!(

@@ -5,6 +5,7 @@
 //! bad value is reported with the key that holds it.
 
 use crate::event::{DedupMode, Limits};
+pub use crate::grpc_tls::GrpcTls;
 pub use crate::kafka_security::KafkaSecurity;
 pub use crate::offsets::OnOffsetMismatch;
 use crate::slice::{SliceConfig, Slicer};
@@ -37,6 +38,8 @@ pub struct Config {
     pub query: QueryConfig,
     /// The coordinator's admin API (`adclickctl`).
     pub admin: AdminConfig,
+    /// TLS of the gRPC traffic between the processes.
+    pub grpc_tls: GrpcTls,
 }
 
 /// The coordinator's admin API.
@@ -420,6 +423,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some((key, problem)) = self.kafka.security.problem() {
             return Err(err(key, &problem));
+        }
+        if let Err(problem) = self.grpc_tls.check() {
+            return Err(err("grpc_tls", &problem));
         }
         let j = &self.job;
         if self.cluster.deploy_retries == 0 {

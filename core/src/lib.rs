@@ -4,9 +4,11 @@
 
 pub mod aggregate;
 pub mod api_versions;
+pub mod backpressure;
 pub mod checkpoint;
 pub mod config;
 pub mod event;
+pub mod grpc_tls;
 pub mod ids;
 pub mod kafka_security;
 pub mod keygroup;

@@ -130,6 +130,7 @@ start() {
     start_named writer
     start_named query
     echo "query API and dashboard: http://127.0.0.1:$((BASE + 3))/"
+    echo "operations console: http://127.0.0.1:$((BASE + 3))/console"
   fi
   if [[ -n "${TOKEN_FILE:-}" ]]; then
     echo "admin token: $TOKEN_FILE (generated; set ADCLICK_ADMIN_TOKEN to choose one)"

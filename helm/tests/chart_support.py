@@ -191,6 +191,8 @@ CHART_OWNED_KEYS = {
     # The admin token comes from the adminToken values (a Secret, as
     # ADCLICK_ADMIN_TOKEN), never from a file path in values.config.
     "admin": {"token_file"},
+    # Certificates come from the grpcTls Secret, mounted into every pod.
+    "grpc_tls": {"ca_file", "cert_file", "key_file", "require_client_cert", "server_name"},
 }
 
 

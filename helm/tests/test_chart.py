@@ -452,8 +452,10 @@ def test_s3_snapshot_store_takes_credentials_from_a_secret():
         env = {e["name"]: e for e in container(workload(objs, comp))["env"]}
         assert env["ADCLICK_DATABASE__URL"]["valueFrom"]["secretKeyRef"] == {"name": "adclick-database", "key": "url"}
     token = one(objs, "Secret", f"{RELEASE}-admin-token")
-    env = {e["name"]: e for e in container(workload(objs, "coordinator"))["env"]}
-    assert env["ADCLICK_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == token["metadata"]["name"]
+    # The coordinator checks the token; the query service's console sends it.
+    for comp in ("coordinator", "query"):
+        env = {e["name"]: e for e in container(workload(objs, comp))["env"]}
+        assert env["ADCLICK_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == token["metadata"]["name"]
 
 
 def checksums(objs):
@@ -579,3 +581,24 @@ def test_wiring_values_render_and_validate():
     cfg = configmap_toml(objs)
     assert cfg["database"]["url"].startswith("sqlite:")
     assert tomllib.loads(by_kind(objs, "ConfigMap")[0]["data"]["adclick.toml"]) == cfg
+
+
+def test_grpc_tls_secret_reaches_every_grpc_process():
+    objs = rendered_objects(MINIMAL, extra={"grpcTls": {"existingSecret": "adclick-grpc-certs"}})
+    for comp in ("coordinator", "node", "query"):
+        w = workload(objs, comp)
+        c = container(w)
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["ADCLICK_GRPC_TLS__CA_FILE"] == "/etc/adclick-grpc-tls/ca.crt", comp
+        assert env["ADCLICK_GRPC_TLS__CERT_FILE"] == "/etc/adclick-grpc-tls/tls.crt", comp
+        assert env["ADCLICK_GRPC_TLS__KEY_FILE"] == "/etc/adclick-grpc-tls/tls.key", comp
+        assert env["ADCLICK_GRPC_TLS__REQUIRE_CLIENT_CERT"] == "true", comp
+        assert env["ADCLICK_GRPC_TLS__SERVER_NAME"] == "adclick-grpc", comp
+        vols = {v["name"]: v for v in w["spec"]["template"]["spec"]["volumes"]}
+        assert vols["grpc-tls"]["secret"]["secretName"] == "adclick-grpc-certs", comp
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        assert mounts["grpc-tls"]["mountPath"] == "/etc/adclick-grpc-tls" and mounts["grpc-tls"]["readOnly"]
+    # Without the Secret, gRPC stays plaintext and nothing is mounted.
+    plain = rendered_objects(MINIMAL)
+    c = container(workload(plain, "coordinator"))
+    assert not any(e["name"].startswith("ADCLICK_GRPC_TLS__") for e in c["env"])

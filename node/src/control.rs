@@ -38,6 +38,8 @@ pub struct ActorManager {
     running: Mutex<Option<Running>>,
     /// Statuses reported in heartbeats.
     pub status: Arc<DashMap<String, ActorStatus>>,
+    /// Counters reported in heartbeats, per actor.
+    pub telemetry: crate::telemetry::Registry,
 }
 
 impl ActorManager {
@@ -55,6 +57,7 @@ impl ActorManager {
             shutdown,
             running: Mutex::new(None),
             status: Arc::new(DashMap::new()),
+            telemetry: Arc::new(DashMap::new()),
         }
     }
 
@@ -118,6 +121,7 @@ impl ActorManager {
         }
         self.routing.retain_generation(req.generation);
         self.status.clear();
+        self.telemetry.clear();
         let placements: Arc<HashMap<String, Placement>> = Arc::new(
             req.placements
                 .iter()
@@ -136,7 +140,7 @@ impl ActorManager {
         let cancel = self.shutdown.child_token();
         let snapshots = SnapshotStore::open(&cfg.checkpoint.store, &cfg.cluster.job_name)?;
         let coordinator = CoordinatorClient::new(
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.coordinator))
+            adclick_runtime::grpc::endpoint(&self.coordinator)
                 .context("coordinator address")?
                 .connect_lazy(),
         );
@@ -149,6 +153,9 @@ impl ActorManager {
             };
             let id = ActorId::new(kind, spec.index);
             let (tx, rx) = mpsc::channel::<Inbound>(cfg.job.mailbox_capacity);
+            let telemetry = Arc::new(crate::telemetry::ActorTelemetry::default());
+            telemetry.mailbox(&tx);
+            self.telemetry.insert(id.to_string(), telemetry);
             self.routing.insert(
                 id.to_string(),
                 Route {
@@ -178,6 +185,11 @@ impl ActorManager {
                 snapshots: snapshots.clone(),
                 restore_epoch: req.restore_epoch,
                 coordinator: coordinator.clone(),
+                telemetry: self
+                    .telemetry
+                    .get(&id.to_string())
+                    .map(|t| t.value().clone())
+                    .unwrap_or_default(),
             };
             tasks.push(tokio::spawn(supervise(ctx, partitions, rx, ctl_rx)));
         }

@@ -57,7 +57,7 @@ async fn ask(
     opts: &NodeOptions,
     timeout: Duration,
 ) -> anyhow::Result<adclick_proto::cluster::DrainResponse> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", opts.coordinator))?
+    let endpoint = adclick_runtime::grpc::endpoint(&opts.coordinator)?
         .connect_timeout(Duration::from_secs(2))
         .timeout(timeout);
     let mut client = CoordinatorClient::new(endpoint.connect().await?);

@@ -5,6 +5,7 @@
 
 use crate::actors::Inbound;
 use crate::routing::RoutingTable;
+use crate::telemetry::EdgeStats;
 use adclick_proto::dataflow::data_plane_client::DataPlaneClient;
 use adclick_proto::dataflow::stream_message::Body;
 use adclick_proto::dataflow::{StreamHeader, StreamMessage};
@@ -24,18 +25,40 @@ pub struct Edge {
     src: String,
     dst: String,
     tx: mpsc::Sender<Inbound>,
+    stats: Arc<EdgeStats>,
 }
 
 impl Edge {
     /// Sends one message; fails when the edge is broken (destination gone).
+    /// Time spent waiting for room in the destination's mailbox is counted:
+    /// it is the backpressure the console shows.
     pub async fn send(&self, body: Body) -> Result<()> {
-        self.tx
-            .send(Inbound {
-                from: self.src.clone(),
-                body,
-            })
-            .await
-            .map_err(|_| anyhow!("edge {} -> {} is closed", self.src, self.dst))
+        let records = match &body {
+            Body::Counts(b) => b.counts.len() as u64,
+            Body::Top(t) => t.lists.len() as u64,
+            _ => 0,
+        };
+        let msg = Inbound {
+            from: self.src.clone(),
+            body,
+        };
+        let closed = || anyhow!("edge {} -> {} is closed", self.src, self.dst);
+        match self.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(closed()),
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let start = std::time::Instant::now();
+                self.tx.send(msg).await.map_err(|_| closed())?;
+                self.stats.blocked(start.elapsed().as_nanos() as u64);
+            }
+        }
+        self.stats.sent(records);
+        Ok(())
+    }
+
+    /// This edge's counters, for the actor's telemetry.
+    pub fn stats(&self) -> Arc<EdgeStats> {
+        self.stats.clone()
     }
 
     /// Destination actor id.
@@ -70,6 +93,7 @@ pub async fn connect(
                         src: src.into(),
                         dst: dst.into(),
                         tx,
+                        stats: Arc::new(EdgeStats::new(src, dst)),
                     });
                 }
                 if start.elapsed() > CONNECT_TIMEOUT {
@@ -100,9 +124,8 @@ async fn connect_remote(
     let mut backoff = Duration::from_millis(50);
     let (wire_tx, acks) = loop {
         let attempt = async {
-            let mut client = DataPlaneClient::connect(format!("http://{addr}"))
-                .await?
-                .max_encoding_message_size(64 << 20);
+            let channel = adclick_runtime::grpc::endpoint(addr)?.connect().await?;
+            let mut client = DataPlaneClient::new(channel).max_encoding_message_size(64 << 20);
             let (wire_tx, wire_rx) = mpsc::channel::<StreamMessage>(capacity);
             wire_tx.send(header.clone()).await?;
             let resp = client.exchange(ReceiverStream::new(wire_rx)).await?;
@@ -151,5 +174,6 @@ async fn connect_remote(
         src: src.into(),
         dst: dst.into(),
         tx,
+        stats: Arc::new(EdgeStats::new(src, dst)),
     })
 }

@@ -27,15 +27,12 @@ pub async fn run(
             _ = tokio::time::sleep(interval) => {}
         }
         if client.is_none() {
-            let endpoint = match tonic::transport::Endpoint::from_shared(format!(
-                "http://{}",
-                opts.coordinator
-            )) {
+            let endpoint = match adclick_runtime::grpc::endpoint(&opts.coordinator) {
                 Ok(e) => e
                     .connect_timeout(Duration::from_secs(2))
                     .timeout(Duration::from_secs(5)),
                 Err(e) => {
-                    tracing::error!("invalid coordinator address {}: {e}", opts.coordinator);
+                    tracing::error!("invalid coordinator address {}: {e:#}", opts.coordinator);
                     continue;
                 }
             };
@@ -74,12 +71,14 @@ pub async fn run(
                 generation: e.value().generation,
                 state: e.value().state.clone(),
                 watermark: e.value().watermark,
+                counters: manager.telemetry.get(e.key()).map(|t| t.counters(e.key())),
             })
             .collect();
         let req = HeartbeatRequest {
             node_id: opts.node_id.clone(),
             generation: manager.generation().await,
             actors,
+            process: Some(crate::telemetry::process()),
         };
         match c.heartbeat(req).await {
             Ok(resp) if !resp.get_ref().known => registered = false,

@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod pending_codec;
 pub mod routing;
 pub mod snapshot_codec;
+pub mod telemetry;
 
 use adclick_proto::cluster::node_server::NodeServer;
 use adclick_proto::dataflow::data_plane_server::DataPlaneServer;
@@ -72,7 +73,7 @@ pub async fn run(opts: NodeOptions, signal: CancellationToken) -> Result<()> {
     ));
     tracing::info!(node = %opts.node_id, listen = %opts.listen, "node gRPC listening");
     let sd = shutdown.clone();
-    tonic::transport::Server::builder()
+    adclick_runtime::grpc::server()?
         .add_service(DataPlaneServer::new(dataplane).max_decoding_message_size(64 << 20))
         .add_service(NodeServer::new(control))
         .serve_with_shutdown(opts.listen, async move { sd.cancelled().await })

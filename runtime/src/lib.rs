@@ -6,6 +6,7 @@
 
 pub mod admin_auth;
 pub mod config;
+pub mod grpc;
 pub mod kafka;
 pub mod ops;
 pub mod shutdown;

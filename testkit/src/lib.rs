@@ -2,6 +2,7 @@
 //! (in `postgres`) a private PostgreSQL server, each on a free loopback port,
 //! stopped when dropped.
 
+pub mod browser;
 pub mod postgres;
 pub mod s3;
 

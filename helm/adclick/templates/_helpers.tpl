@@ -252,6 +252,21 @@ prometheus.io/path: /metrics
       name: {{ .Values.database.existingSecret }}
       key: {{ .Values.database.existingSecretKey }}
 {{- end }}
+{{- with .Values.grpcTls.existingSecret }}
+# [grpc_tls]: the certificates of the grpcTls Secret (mounted below).
+- name: ADCLICK_GRPC_TLS__CA_FILE
+  value: /etc/adclick-grpc-tls/ca.crt
+- name: ADCLICK_GRPC_TLS__CERT_FILE
+  value: /etc/adclick-grpc-tls/tls.crt
+- name: ADCLICK_GRPC_TLS__KEY_FILE
+  value: /etc/adclick-grpc-tls/tls.key
+- name: ADCLICK_GRPC_TLS__REQUIRE_CLIENT_CERT
+  value: {{ $.Values.grpcTls.requireClientCert | quote }}
+{{- with $.Values.grpcTls.serverName }}
+- name: ADCLICK_GRPC_TLS__SERVER_NAME
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -352,6 +367,12 @@ podAntiAffinity:
 - name: tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- with .Values.grpcTls.existingSecret }}
+- name: grpc-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
 {{- end -}}
 
 {{- define "adclick.commonVolumeMounts" -}}
@@ -360,6 +381,11 @@ podAntiAffinity:
   readOnly: true
 - name: tmp
   mountPath: /tmp
+{{- if .Values.grpcTls.existingSecret }}
+- name: grpc-tls
+  mountPath: /etc/adclick-grpc-tls
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* Pod-level settings shared by every workload. */}}

@@ -149,9 +149,11 @@ impl Aggregate {
             Aligned::Buffered => return Ok(()),
         };
         let out = match msg.body {
-            Body::Counts(batch) => self
-                .state
-                .apply(batch.counts.into_iter().map(partial_from_pb).collect()),
+            Body::Counts(batch) => {
+                self.ctx.telemetry.records_in(batch.counts.len() as u64);
+                self.state
+                    .apply(batch.counts.into_iter().map(partial_from_pb).collect())
+            }
             Body::Watermark(Watermark { timestamp_ms, idle }) => {
                 let before = self.inputs.current();
                 let now = if idle {
@@ -200,6 +202,10 @@ impl Aggregate {
         metrics::counter!("late_events_total").increment(out.late.len() as u64);
         metrics::counter!("dlq_events_total").increment(out.overflow.len() as u64);
         metrics::counter!("window_overflow_events_total").increment(out.overflow_events);
+        let t = &self.ctx.telemetry;
+        t.duplicates(out.duplicates);
+        t.late(out.late.len() as u64);
+        t.dead_lettered(out.overflow.len() as u64);
         if !out.overflow.is_empty() {
             tracing::warn!(
                 actor = %self.actor,

@@ -165,6 +165,7 @@ pub async fn run(
             let now = now_ms();
             let payload = msg.payload().unwrap_or_default();
             events_in.increment(1);
+            ctx.telemetry.records_in(1);
             offsets.insert(msg.partition(), msg.offset() + 1);
             let reference = future_reference(msg.timestamp().to_millis(), now);
             match parse_event(payload, &limits, reference) {
@@ -176,6 +177,7 @@ pub async fn run(
                 Err(reason) => {
                     watermarks.observe(msg.partition(), None, now);
                     dlq_count.increment(1);
+                    ctx.telemetry.dead_lettered(1);
                     let headers = [
                         ("reason", reason.to_string()),
                         ("source.topic", cfg.kafka.input_topic.clone()),
@@ -277,7 +279,9 @@ pub async fn run(
             .instrument(span)
             .await?;
         }
-        for r in watermarks.report(now) {
+        let reports = watermarks.report(now);
+        ctx.telemetry.partitions(reports.clone());
+        for r in reports {
             let p = r.partition.to_string();
             metrics::gauge!("partition_idle", "partition" => p.clone()).set(if r.idle {
                 1.0

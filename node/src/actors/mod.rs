@@ -102,6 +102,8 @@ pub struct ActorCtx {
     pub restore_epoch: u64,
     /// For checkpoint acks.
     pub coordinator: CoordinatorClient<Channel>,
+    /// Counters for the heartbeat (and the console).
+    pub telemetry: Arc<crate::telemetry::ActorTelemetry>,
 }
 
 impl ActorCtx {
@@ -117,7 +119,7 @@ impl ActorCtx {
         } else {
             Target::Remote(p.addr.clone())
         };
-        edge::connect(
+        let edge = edge::connect(
             &self.routing,
             &self.id.to_string(),
             &dst,
@@ -125,7 +127,9 @@ impl ActorCtx {
             target,
             self.cfg.job.mailbox_capacity,
         )
-        .await
+        .await?;
+        self.telemetry.edge(edge.stats());
+        Ok(edge)
     }
 
     /// Records this actor's state for the next heartbeat.

@@ -123,6 +123,9 @@ pub async fn run(
             Aligned::Process(m) => m,
             Aligned::Buffered => continue,
         };
+        if let Body::Top(b) = &msg.body {
+            ctx.telemetry.records_in(b.lists.len() as u64);
+        }
         let records: Vec<OutputRecord> = match msg.body {
             Body::Top(batch) if batch.resend => {
                 for l in batch.lists {

@@ -5,7 +5,9 @@
 //! - `GET /v1/ads/popular_ads?count&window&filter&to`
 //! - `GET /v1/ads/{ad_id}/minutes`, `GET /v1/info` (for the dashboard)
 //! - `/openapi.json`, `/healthz`, `/readyz` (database reachable), `/metrics`, `/`
+//! - `/console` and `GET /v1/console`: the operations console and its data
 
+pub mod console;
 pub mod error;
 pub mod handlers;
 pub mod limits;
@@ -33,6 +35,9 @@ use std::time::{Duration, Instant};
 /// The dashboard: one static page, no build step.
 const DASHBOARD: &str = include_str!("../dashboard.html");
 
+/// The operations console: one static page, no build step.
+const CONSOLE: &str = include_str!("../console.html");
+
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -50,6 +55,8 @@ pub struct AppState {
     pub retention_minutes: u32,
     /// Overload protection (`query.*`).
     pub limits: limits::Limits,
+    /// Where the console's job figures come from.
+    pub console: Arc<console::ConsoleSource>,
     metrics: PrometheusHandle,
 }
 
@@ -68,6 +75,7 @@ impl AppState {
             window_ms: cfg.job.window_ms(),
             retention_minutes: cfg.database.retention_minutes,
             limits: limits::Limits::new(&cfg.query),
+            console: Arc::new(console::ConsoleSource::new(cfg)),
             metrics: ops::metrics_handle()?,
         })
     }
@@ -84,6 +92,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/ads/{ad_id}/minutes", get(handlers::ad_minutes))
         .route("/v1/info", get(handlers::info))
+        .route("/console", get(|| async { Html(CONSOLE) }))
+        .route("/v1/console", get(console::console))
         .route("/openapi.json", get(openapi_json))
         .route(
             "/healthz",

@@ -27,6 +27,31 @@ struct Cli {
     /// ADCLICK_ADMIN_TOKEN, if set).
     #[arg(long, env = "ADCLICK_ADMIN_TOKEN_FILE", global = true)]
     token_file: Option<std::path::PathBuf>,
+    /// CA that signed the coordinator's certificate (PEM): dial over TLS
+    /// (the coordinator's `grpc_tls.ca_file`).
+    #[arg(long, env = "ADCLICK_GRPC_TLS__CA_FILE", global = true)]
+    tls_ca: Option<String>,
+    /// This client's certificate (PEM), for a coordinator that requires
+    /// client certificates (`grpc_tls.require_client_cert`).
+    #[arg(
+        long,
+        env = "ADCLICK_GRPC_TLS__CERT_FILE",
+        global = true,
+        requires = "tls_key"
+    )]
+    tls_cert: Option<String>,
+    /// The key of `--tls-cert` (PEM).
+    #[arg(
+        long,
+        env = "ADCLICK_GRPC_TLS__KEY_FILE",
+        global = true,
+        requires = "tls_cert"
+    )]
+    tls_key: Option<String>,
+    /// Name to check in the coordinator's certificate (default: the host
+    /// of `--coordinator`).
+    #[arg(long, env = "ADCLICK_GRPC_TLS__SERVER_NAME", global = true)]
+    tls_server_name: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table, global = true)]
     output: Format,
@@ -234,12 +259,22 @@ pub(crate) type Client = AdminClient<
 >;
 
 async fn connect(cli: &Cli) -> Result<Client, Failure> {
+    let tls = adclick_core::grpc_tls::GrpcTls {
+        ca_file: cli.tls_ca.clone().unwrap_or_default(),
+        cert_file: cli.tls_cert.clone().unwrap_or_default(),
+        key_file: cli.tls_key.clone().unwrap_or_default(),
+        require_client_cert: false,
+        server_name: cli.tls_server_name.clone().unwrap_or_default(),
+    };
+    tls.check()
+        .map_err(|e| Failure::Usage(e.replace("grpc_tls.ca_file", "--tls-ca")))?;
+    adclick_runtime::grpc::use_tls(&tls).map_err(|e| Failure::Usage(format!("{e:#}")))?;
     let token = adclick_runtime::admin_auth::client_token(cli.token_file.as_deref())
         .map_err(|e| Failure::Usage(format!("{e:#}")))?;
     let bearer = adclick_runtime::admin_auth::BearerToken::new(token.as_deref())
         .map_err(|e| Failure::Usage(format!("{e:#}")))?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cli.coordinator))
-        .map_err(|e| Failure::Usage(format!("--coordinator {:?}: {e}", cli.coordinator)))?
+    let channel = adclick_runtime::grpc::endpoint(&cli.coordinator)
+        .map_err(|e| Failure::Usage(format!("--coordinator {:?}: {e:#}", cli.coordinator)))?
         .connect()
         .await
         .map_err(|e| {
