@@ -26,6 +26,7 @@ const IDLE_PARTITION: i32 = PARTITIONS - 1;
 fn feed(bootstrap: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Result<u64>> {
     std::thread::spawn(move || {
         let p = PartitionProducer::new(&bootstrap)?;
+        let topic = adclick_core::config::KafkaConfig::default().input_topic;
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
             for partition in 0..IDLE_PARTITION {
@@ -38,7 +39,7 @@ fn feed(bootstrap: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Res
                     Some(&format!("console-{n}")),
                     "click",
                 );
-                p.send("ad-click-events", partition, ev.as_bytes())?;
+                p.send(&topic, partition, ev.as_bytes())?;
                 n += 1;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -70,14 +71,14 @@ fn partition_idle(c: &Value, p: i32) -> Option<bool> {
 fn placements(cluster: &Cluster) -> Result<(u64, Vec<(String, String)>)> {
     let s = cluster.status_json()?;
     let g = s["generation"].as_u64().unwrap_or(0);
-    let p = s["placements"]
+    let p = s["actors"]
         .as_array()
-        .context("placements")?
+        .context("actors")?
         .iter()
         .map(|p| {
             (
-                p["actor_id"].as_str().unwrap_or_default().to_string(),
-                p["node_id"].as_str().unwrap_or_default().to_string(),
+                p["actor"].as_str().unwrap_or_default().to_string(),
+                p["node"].as_str().unwrap_or_default().to_string(),
             )
         })
         .collect();

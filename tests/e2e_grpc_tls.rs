@@ -169,7 +169,7 @@ fn a_mutual_tls_cluster_counts_exactly_and_refuses_strangers() -> Result<()> {
         .as_array()
         .context("nodes")?
         .iter()
-        .filter_map(|n| n["node_id"].as_str())
+        .filter_map(|n| n["node"].as_str())
         .collect();
     assert!(nodes.len() == 2, "{nodes:?}");
     assert!(

@@ -153,7 +153,7 @@ impl ActorManager {
             };
             let id = ActorId::new(kind, spec.index);
             let (tx, rx) = mpsc::channel::<Inbound>(cfg.job.mailbox_capacity);
-            let telemetry = Arc::new(crate::telemetry::ActorTelemetry::default());
+            let telemetry = Arc::new(crate::telemetry::ActorTelemetry::new(&id.to_string()));
             telemetry.mailbox(&tx);
             self.telemetry.insert(id.to_string(), telemetry);
             self.routing.insert(

@@ -63,6 +63,8 @@ impl EdgeStats {
 #[derive(Debug, Default)]
 pub struct ActorTelemetry {
     records_in: AtomicU64,
+    /// `actor_records_in_total{actor}`, when the actor is named.
+    records_in_total: Option<metrics::Counter>,
     late: AtomicU64,
     dead_lettered: AtomicU64,
     duplicates: AtomicU64,
@@ -72,9 +74,23 @@ pub struct ActorTelemetry {
 }
 
 impl ActorTelemetry {
+    /// Telemetry of `actor`, also exported as `actor_records_in_total`.
+    pub fn new(actor: &str) -> Self {
+        Self {
+            records_in_total: Some(metrics::counter!(
+                "actor_records_in_total",
+                "actor" => actor.to_string()
+            )),
+            ..Self::default()
+        }
+    }
+
     /// Records read from the input (Map) or the mailbox (the others).
     pub fn records_in(&self, n: u64) {
         self.records_in.fetch_add(n, Relaxed);
+        if let Some(c) = &self.records_in_total {
+            c.increment(n);
+        }
     }
 
     /// Events sent to the late topic.

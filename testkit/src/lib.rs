@@ -114,7 +114,7 @@ pub fn broker_bin(kind: BrokerKind) -> Result<PathBuf> {
 /// killed on drop.
 pub struct Broker {
     child: Child,
-    /// `127.0.0.1:<port>`.
+    /// `<host>:<port>` (host 127.0.0.1 unless started on another).
     pub bootstrap: String,
     /// Where its log and (when persistent) its SQLite storage live.
     dir: PathBuf,
@@ -129,12 +129,18 @@ const STORAGE_FILE: &str = "tansu.db";
 impl Broker {
     /// Starts a broker on a free port with in-memory storage, logging to `log_dir`.
     pub fn start(log_dir: &Path) -> Result<Self> {
-        Self::launch(BrokerKind::Tansu, log_dir, free_port(), false)
+        Self::launch(BrokerKind::Tansu, log_dir, "127.0.0.1", free_port(), false)
+    }
+
+    /// Starts a tansu broker listening on `host` (an address other network
+    /// namespaces can reach), with in-memory storage.
+    pub fn start_on_host(log_dir: &Path, host: &str) -> Result<Self> {
+        Self::launch(BrokerKind::Tansu, log_dir, host, free_port(), false)
     }
 
     /// Starts a broker of `kind` with in-memory storage.
     pub fn start_on(kind: BrokerKind, log_dir: &Path) -> Result<Self> {
-        Self::launch(kind, log_dir, free_port(), false)
+        Self::launch(kind, log_dir, "127.0.0.1", free_port(), false)
     }
 
     /// Which broker this is.
@@ -146,11 +152,17 @@ impl Broker {
     /// [`Broker::restart`] keeps every record and committed offset, as a
     /// real broker restart does.
     pub fn start_persistent(dir: &Path) -> Result<Self> {
-        Self::launch(BrokerKind::Tansu, dir, free_port(), true)
+        Self::launch(BrokerKind::Tansu, dir, "127.0.0.1", free_port(), true)
     }
 
-    fn launch(kind: BrokerKind, dir: &Path, port: u16, persistent: bool) -> Result<Self> {
-        let bootstrap = format!("127.0.0.1:{port}");
+    fn launch(
+        kind: BrokerKind,
+        dir: &Path,
+        host: &str,
+        port: u16,
+        persistent: bool,
+    ) -> Result<Self> {
+        let bootstrap = format!("{host}:{port}");
         let url = format!("tcp://{bootstrap}");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -196,13 +208,12 @@ impl Broker {
     /// persistent); kills it first if it still runs.
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
-        let port = self
+        let (host, port) = self
             .bootstrap
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
             .context("broker address has no port")?;
-        *self = Self::launch(self.kind, &self.dir, port, self.persistent)?;
+        *self = Self::launch(self.kind, &self.dir, &host, port, self.persistent)?;
         Ok(())
     }
 
