@@ -209,10 +209,13 @@ def rust_struct_fields(*files: Path) -> dict[str, dict[str, str]]:
 
 def binary_config_keys() -> dict[str, set[str]]:
     """Section -> keys the binary accepts (serde deny_unknown_fields), read from
-    core/src/config.rs and core/src/slice.rs; "slices.filters[]" holds the
+    core/src/config.rs, core/src/slice.rs and core/src/grpc_tls.rs;
+    "slices.filters[]" holds the
     keys of one [[slices.filters]] table."""
     core = REPO / "core" / "src"
-    structs = rust_struct_fields(core / "config.rs", core / "slice.rs")
+    structs = rust_struct_fields(
+        core / "config.rs", core / "slice.rs", core / "grpc_tls.rs"
+    )
     sections = {}
     for section, ty in structs["Config"].items():
         sections[section] = set(structs[ty.strip()])

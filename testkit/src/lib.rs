@@ -155,6 +155,12 @@ impl Broker {
         Self::launch(BrokerKind::Tansu, dir, "127.0.0.1", free_port(), true)
     }
 
+    /// Like [`start_persistent`](Self::start_persistent), listening on
+    /// `host` so processes in other network namespaces reach it.
+    pub fn start_persistent_on_host(dir: &Path, host: &str) -> Result<Self> {
+        Self::launch(BrokerKind::Tansu, dir, host, free_port(), true)
+    }
+
     fn launch(
         kind: BrokerKind,
         dir: &Path,

@@ -6,7 +6,10 @@
 
 pub mod event_time;
 mod events;
+pub mod netns;
 mod output;
+pub mod procs;
+pub mod store_fault;
 
 #[allow(unused_imports)]
 pub use events::*;
