@@ -169,6 +169,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         rate: args.rate,
         truth: None,
         log_dir: None,
+        out: None,
         log_rotate_lines: 10_000,
         follow: true,
     };

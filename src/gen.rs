@@ -66,6 +66,12 @@ pub struct GenArgs {
     /// JSON, with event times in whole seconds (the raw form has no more).
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
+    /// Write the stream to FILE as JSON lines (epoch-ms timestamps, one
+    /// record per line, malformed ones included) instead of producing it:
+    /// the same input for adclick's core path and for a peer engine in the
+    /// side-by-side benchmark (`benches/peers/`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["log_dir", "follow"])]
+    pub out: Option<PathBuf>,
     /// Lines per log file before it is rotated (with --log-dir).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub log_rotate_lines: u64,
@@ -319,6 +325,13 @@ pub async fn run(args: GenArgs) -> Result<()> {
         };
         std::fs::write(path, serde_json::to_vec(&truth)?)
             .with_context(|| format!("writing truth to {}", path.display()))?;
+    }
+    if let Some(path) = &args.out {
+        let lines = records.iter().map(|r| match r {
+            Record::Event(e) | Record::Duplicate(e) => to_json(e, false),
+            Record::Malformed(s) => s.clone(),
+        });
+        return crate::gen_logs::write_json_lines(path, lines);
     }
     if let Some(dir) = &args.log_dir {
         return crate::gen_logs::write(dir, &log_lines(&records), args.log_rotate_lines, args.rate);

@@ -1,5 +1,6 @@
-//! `adclick gen --log-dir`: the generated stream as an app server would
-//! leave it, in a log file rotated by rename, for the log watcher to ship.
+//! The generated stream as files: `adclick gen --log-dir`, as an app server
+//! would leave it, in a log file rotated by rename, for the log watcher to
+//! ship; and `adclick gen --out`, one JSON file for benchmarks.
 
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -50,5 +51,22 @@ pub fn write(dir: &Path, lines: &[String], rotate_every: u64, rate: u64) -> Resu
         lines.len(),
         dir.display()
     );
+    Ok(())
+}
+
+/// Writes `lines` to `path`, one per line, replacing the file.
+pub fn write_json_lines(path: &Path, lines: impl Iterator<Item = String>) -> Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut n = 0u64;
+    for line in lines {
+        out.write_all(line.as_bytes())?;
+        out.write_all(b"\n")?;
+        n += 1;
+    }
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {n} records to {}", path.display());
     Ok(())
 }

@@ -120,6 +120,26 @@ impl ClusterState {
             .count() as u32
     }
 
+    /// The live job's event time, the minimum watermark over the current
+    /// generation's Aggregates: windows before it are closed. `None` until
+    /// every placed Aggregate has reported one, since a silent Aggregate may
+    /// still hold an open window.
+    pub fn aggregates_watermark(&self) -> Option<i64> {
+        let reported: Vec<Option<i64>> = self
+            .nodes
+            .values()
+            .flat_map(|n| n.actors.iter())
+            .filter(|a| a.generation == self.generation && a.actor_id.starts_with("aggregate-"))
+            .map(|a| a.watermark)
+            .collect();
+        if reported.is_empty() || reported.len() < self.aggregates_deployed() as usize {
+            return None;
+        }
+        reported
+            .into_iter()
+            .try_fold(i64::MAX, |m, w| w.map(|w| m.min(w)))
+    }
+
     /// Every actor of the current placement reported `running` in the
     /// current generation (so a barrier reaches every one of them).
     pub fn all_actors_running(&self) -> bool {

@@ -295,19 +295,7 @@ impl Admin for CoordinatorService {
     ) -> Result<Response<ConsoleResponse>, Status> {
         let (generation, closed_until) = {
             let s = self.state.lock().await;
-            let aggregates: Vec<Option<i64>> = s
-                .nodes
-                .values()
-                .flat_map(|n| n.actors.iter())
-                .filter(|a| a.generation == s.generation && a.actor_id.starts_with("aggregate-"))
-                .map(|a| a.watermark)
-                .collect();
-            let closed = if aggregates.is_empty() || aggregates.iter().any(Option::is_none) {
-                None
-            } else {
-                aggregates.into_iter().flatten().min()
-            };
-            (s.generation, closed)
+            (s.generation, s.aggregates_watermark())
         };
         let now = adclick_runtime::now_ms();
         let mut view = self

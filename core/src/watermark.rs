@@ -24,6 +24,12 @@ pub struct SourceWatermarks {
     idle_timeout_ms: i64,
     partitions: BTreeMap<i32, PartitionClock>,
     last: Option<i64>,
+    /// While every partition is idle: when that began (wall clock) and the
+    /// watermark then. Event time advances from that pair, never from a
+    /// watermark the idleness itself already advanced, which would compound
+    /// with every call (a chaos soak saw it run minutes ahead of the stream
+    /// during a broker restart, and on-time events went to the late topic).
+    idle_from: Option<(i64, i64)>,
 }
 
 /// A partition's state as reported on `/metrics` and in status.
@@ -62,6 +68,7 @@ impl SourceWatermarks {
             idle_timeout_ms,
             partitions,
             last: None,
+            idle_from: None,
         }
     }
 
@@ -98,32 +105,41 @@ impl SourceWatermarks {
         let candidate = if active.peek().is_some() {
             // A partition that is active but has not delivered data yet holds
             // the watermark back until it turns idle.
-            active
+            let w = active
                 .map(|c| c.max_event_ts.map(|t| t.saturating_sub(ooo)))
-                .try_fold(i64::MAX, |acc, w| w.map(|w| acc.min(w)))
+                .try_fold(i64::MAX, |acc, w| w.map(|w| acc.min(w)));
+            self.idle_from = None;
+            w
         } else {
             // Every partition is idle: every event read so far is accounted
             // for, so start from the furthest partition (a partition that
             // went quiet first must not hold back one that went quiet
             // later, as Flink's watermark valve does), then advance at
             // wall-clock speed from when the last partition went idle.
-            let furthest = self
-                .partitions
-                .values()
-                .filter_map(|c| c.max_event_ts)
-                .max()
-                .map(|t| t.saturating_sub(ooo));
-            let base = self.last.max(furthest);
-            let idle_since = self
+            let since = self
                 .partitions
                 .values()
                 .map(|c| c.last_activity_ms + self.idle_timeout_ms)
                 .max();
-            match (base, idle_since) {
-                (Some(b), Some(since)) => {
-                    Some(b.saturating_add(now_ms.saturating_sub(since).max(0)))
+            match since {
+                Some(since) => {
+                    let base = match self.idle_from {
+                        Some((from, base)) if from == since => Some(base),
+                        _ => {
+                            let furthest = self
+                                .partitions
+                                .values()
+                                .filter_map(|c| c.max_event_ts)
+                                .max()
+                                .map(|t| t.saturating_sub(ooo));
+                            let base = self.last.max(furthest);
+                            self.idle_from = base.map(|b| (since, b));
+                            base
+                        }
+                    };
+                    base.map(|b| b.saturating_add(now_ms.saturating_sub(since).max(0)))
                 }
-                _ => None,
+                None => None,
             }
         };
         if let Some(c) = candidate {
@@ -325,6 +341,28 @@ mod tests {
         assert_eq!(w.current(IDLE + 6_000), Some(90_000));
         w.observe(0, Some(120_000), IDLE + 7_000);
         assert_eq!(w.current(IDLE + 7_000), Some(105_000));
+    }
+
+    #[test]
+    fn idle_advance_follows_the_wall_clock_however_often_it_is_asked() {
+        let mut w = SourceWatermarks::new(&[0, 1], OOO, IDLE, 0);
+        w.observe(0, Some(100_000), 0);
+        w.observe(1, Some(90_000), 0);
+        // Asked every 100 ms through 8 s of idleness (a Map's poll loop
+        // during a broker restart): 8 s of event time, not the sum of the
+        // elapsed times of every call.
+        for t in (IDLE..=IDLE + 8_000).step_by(100) {
+            w.current(t);
+        }
+        assert_eq!(w.current(IDLE + 8_000), Some(85_000 + 8_000));
+        // Data again, then a second idle period starts from where the
+        // first one left the watermark.
+        w.observe(0, Some(100_500), IDLE + 9_000);
+        assert_eq!(w.current(IDLE + 9_000), Some(93_000));
+        for t in (2 * IDLE + 9_000..=2 * IDLE + 11_000).step_by(100) {
+            w.current(t);
+        }
+        assert_eq!(w.current(2 * IDLE + 11_000), Some(93_000 + 2_000));
     }
 
     #[test]

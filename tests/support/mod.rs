@@ -188,22 +188,7 @@ impl Cluster {
 
     /// Runs `adclickctl -o json <args>` against this cluster.
     pub fn ctl(&self, args: &[&str]) -> Result<serde_json::Value> {
-        anyhow::ensure!(
-            ctl_bin().is_file(),
-            "{} is missing: run `cargo build --workspace --bins` (scripts/test.sh does)",
-            ctl_bin().display()
-        );
-        let out = Command::new(ctl_bin())
-            .args(["--coordinator", &self.coordinator, "-o", "json"])
-            .args(self.token_args())
-            .args(args)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "adclickctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
+        procs::ctl_json(&self.coordinator, Some(self.token_file().as_path()), args)
     }
 
     /// Runs `adclickctl -o json <args>` with the token and returns its exit

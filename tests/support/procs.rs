@@ -109,11 +109,29 @@ impl Drop for Procs {
 
 /// `adclickctl -o json ARGS` against `coordinator` (no admin token).
 pub fn ctl_at(coordinator: &str, args: &[&str]) -> Result<serde_json::Value> {
-    let out = Command::new(super::ctl_bin())
-        .args(["--coordinator", coordinator, "-o", "json"])
-        .args(args)
-        .env_remove("ADCLICK_ADMIN_TOKEN")
-        .output()?;
+    ctl_json(coordinator, None, args)
+}
+
+/// `adclickctl -o json ARGS` against `coordinator`, with the admin token in
+/// `token_file` if one is given (and none from the environment otherwise).
+pub fn ctl_json(
+    coordinator: &str,
+    token_file: Option<&Path>,
+    args: &[&str],
+) -> Result<serde_json::Value> {
+    let ctl = super::ctl_bin();
+    anyhow::ensure!(
+        ctl.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` (scripts/test.sh does)",
+        ctl.display()
+    );
+    let mut cmd = Command::new(ctl);
+    cmd.args(["--coordinator", coordinator, "-o", "json"]);
+    match token_file {
+        Some(f) => cmd.arg("--token-file").arg(f),
+        None => cmd.env_remove("ADCLICK_ADMIN_TOKEN"),
+    };
+    let out = cmd.args(args).output()?;
     anyhow::ensure!(
         out.status.success(),
         "adclickctl {args:?}: {}",

@@ -134,25 +134,7 @@ impl Replays {
 
     /// The live job's event time: the minimum over its Aggregates.
     async fn live_watermark(&self) -> Option<i64> {
-        let s = self.state.lock().await;
-        let aggregates: Vec<Option<i64>> = s
-            .nodes
-            .values()
-            .flat_map(|n| n.actors.iter())
-            .filter(|a| a.generation == s.generation && a.actor_id.starts_with("aggregate-"))
-            .map(|a| a.watermark)
-            .collect();
-        let expected = s
-            .placements
-            .iter()
-            .filter(|p| p.actor_id.starts_with("aggregate-"))
-            .count();
-        if aggregates.is_empty() || aggregates.len() < expected {
-            return None;
-        }
-        aggregates
-            .into_iter()
-            .try_fold(i64::MAX, |m, w| w.map(|w| m.min(w)))
+        self.state.lock().await.aggregates_watermark()
     }
 
     /// Checks `[from, to)` and starts its replay.
