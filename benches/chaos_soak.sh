@@ -4,7 +4,7 @@
 # for SECS seconds (default 1800) at RATE records/s (default 400). Needs
 # root (tmpfs, ip netns) and tansu.
 #
-#   benches/chaos_soak.sh [SECS] [SEED]
+#   benches/chaos_soak.sh [SECS] [SEED] [RATE]
 #
 # The seed defaults to the current time and is printed first; the same seed
 # replays the same stream and the same faults. The summary (faults by kind,
@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 export ADCLICK_CHAOS_SECS=${1:-1800}
 export ADCLICK_CHAOS_SEED=${2:-$(date +%s)}
+export ADCLICK_CHAOS_RATE=${3:-400}
 cargo build --workspace --bins --features failpoints
 cargo test --features failpoints --test e2e_chaos -- --nocapture --test-threads=1 2>&1 |
   tee "target/chaos-soak-$ADCLICK_CHAOS_SEED.log"

@@ -26,6 +26,10 @@ pub fn grew(deployed: i32, seen: Option<i32>) -> Option<String> {
     }
 }
 
+/// The start of the job's state reason while the first deployment waits
+/// for the partition count.
+const WAITING_FOR_BROKER: &str = "waiting for the broker to report the input topic's partitions";
+
 /// Looks the partition count up every few seconds into
 /// `ClusterState::input_partitions` until `shutdown`.
 pub fn spawn_watch(
@@ -47,9 +51,22 @@ pub fn spawn_watch(
                     if s.input_partitions != Some(n) {
                         tracing::info!(topic = %topic, partitions = n, "input partitions");
                         s.input_partitions = Some(n);
+                        if s.state_reason.starts_with(WAITING_FOR_BROKER) {
+                            s.state_reason = "waiting for the nodes to register".into();
+                        }
                     }
                 }
-                Ok(Err(e)) => tracing::warn!("looking up the input partitions: {e:#}"),
+                Ok(Err(e)) => {
+                    tracing::warn!("looking up the input partitions: {e:#}");
+                    // The first deployment waits for the count: say so, or
+                    // `status` keeps saying it waits for nodes that are there.
+                    let mut s = state.lock().await;
+                    if s.input_partitions.is_none()
+                        && s.job_state == crate::registry::JobState::WaitingForNodes
+                    {
+                        s.state_reason = format!("{WAITING_FOR_BROKER}: {e:#}");
+                    }
+                }
                 Err(e) => tracing::warn!("partition lookup task: {e}"),
             }
             // Soon again while unknown: the first deployment waits for it.
