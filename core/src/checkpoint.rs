@@ -4,7 +4,7 @@
 //! delete.
 
 use crate::output::OutputRecord;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Output produced but not yet committed, by epoch. Saved in every
 /// snapshot, so output is never lost between a checkpoint and its commit.
@@ -147,74 +147,6 @@ pub fn restore_choice(complete: &[CheckpointFiles]) -> (Option<u64>, Vec<(u64, S
     (None, skipped)
 }
 
-/// Barrier alignment for an actor with several inputs. An input that
-/// delivered barrier `e` is blocked (its messages are buffered) until every
-/// input has delivered it.
-#[derive(Debug)]
-pub struct BarrierAligner<T> {
-    inputs: usize,
-    epoch: Option<u64>,
-    arrived: BTreeSet<usize>,
-    buffered: BTreeMap<usize, VecDeque<T>>,
-}
-
-/// Result of offering a message to the aligner.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Aligned<T> {
-    /// Process it now.
-    Process(T),
-    /// Held back: its input is blocked.
-    Buffered,
-}
-
-impl<T> BarrierAligner<T> {
-    /// An aligner over `inputs` inputs.
-    pub fn new(inputs: usize) -> Self {
-        Self {
-            inputs,
-            epoch: None,
-            arrived: BTreeSet::new(),
-            buffered: BTreeMap::new(),
-        }
-    }
-
-    /// Whether `input` is blocked.
-    pub fn is_blocked(&self, input: usize) -> bool {
-        self.arrived.contains(&input)
-    }
-
-    /// Offers a data message from `input`.
-    pub fn offer(&mut self, input: usize, msg: T) -> Aligned<T> {
-        if self.is_blocked(input) {
-            self.buffered.entry(input).or_default().push_back(msg);
-            Aligned::Buffered
-        } else {
-            Aligned::Process(msg)
-        }
-    }
-
-    /// Records barrier `epoch` from `input`; returns `Some(epoch)` once
-    /// every input has delivered it (time to snapshot).
-    pub fn barrier(&mut self, input: usize, epoch: u64) -> Option<u64> {
-        if self.epoch != Some(epoch) {
-            self.epoch = Some(epoch);
-            self.arrived.clear();
-        }
-        self.arrived.insert(input);
-        (self.arrived.len() >= self.inputs).then_some(epoch)
-    }
-
-    /// Unblocks every input after the snapshot and returns the held-back
-    /// messages, in order per input.
-    pub fn release(&mut self) -> Vec<(usize, T)> {
-        self.arrived.clear();
-        std::mem::take(&mut self.buffered)
-            .into_iter()
-            .flat_map(|(i, q)| q.into_iter().map(move |m| (i, m)))
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,17 +234,5 @@ mod tests {
         let all: BTreeSet<u64> = [1, 2, 3, 4, 5, 6].into();
         assert_eq!(checkpoints_to_delete(&complete, &all, 2), vec![1, 2, 3]);
         assert!(checkpoints_to_delete(&BTreeSet::new(), &all, 2).is_empty());
-    }
-
-    #[test]
-    fn aligner_blocks_inputs_that_delivered_the_barrier() {
-        let mut a = BarrierAligner::new(2);
-        assert_eq!(a.offer(0, "a1"), Aligned::Process("a1"));
-        assert_eq!(a.barrier(0, 7), None);
-        assert_eq!(a.offer(0, "a2"), Aligned::Buffered);
-        assert_eq!(a.offer(1, "b1"), Aligned::Process("b1"));
-        assert_eq!(a.barrier(1, 7), Some(7));
-        assert_eq!(a.release(), vec![(0, "a2")]);
-        assert_eq!(a.offer(0, "a3"), Aligned::Process("a3"));
     }
 }

@@ -3,6 +3,7 @@
 //! unit- and property-tested without a broker.
 
 pub mod aggregate;
+pub mod align;
 pub mod api_versions;
 pub mod backpressure;
 pub mod checkpoint;

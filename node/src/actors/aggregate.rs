@@ -6,7 +6,7 @@
 //! the barrier.
 
 use super::output::Output;
-use super::{ActorCtx, Control, Inbound};
+use super::{superseded, ActorCtx, Control, Inbound};
 use crate::convert::{partial_from_pb, top_to_pb};
 use crate::edge::Edge;
 use crate::kafka::side::{bounded, ORIGINAL_SIZE};
@@ -14,7 +14,7 @@ use crate::snapshot_codec::{
     aggregate_from_parts, aggregate_parts, aggregate_to_pb, pending_from_parts,
 };
 use adclick_core::aggregate::{AggregateOutput, AggregateSettings, AggregateState, SideEvent};
-use adclick_core::checkpoint::{Aligned, BarrierAligner};
+use adclick_core::align::{requeue, Aligned, BarrierAligner, BarrierStep};
 use adclick_core::ids::{ActorId, ActorKind};
 use adclick_core::keygroup::key_group_of;
 use adclick_core::output::{OutputRecord, SideRecord, SideTopic};
@@ -133,14 +133,21 @@ impl Aggregate {
         let Some(input) = ActorCtx::input_index(&msg.from).map(|i| i as usize) else {
             return Ok(());
         };
-        if let Body::Barrier(Barrier { epoch, traceparent }) = msg.body {
-            self.align_started.get_or_insert_with(Instant::now);
-            if !traceparent.is_empty() {
-                self.barrier_trace = traceparent;
-            }
-            if let Some(e) = self.aligner.barrier(input, epoch) {
-                self.checkpoint(e).await?;
-                work.extend(self.aligner.release().into_iter().map(|(_, m)| m));
+        if let Body::Barrier(Barrier { epoch, traceparent }) = &msg.body {
+            let (epoch, traceparent) = (*epoch, traceparent.clone());
+            match self.aligner.barrier(input, epoch, msg) {
+                BarrierStep::Waiting => self.note_barrier(traceparent),
+                BarrierStep::Aligned(e) => {
+                    self.note_barrier(traceparent);
+                    self.checkpoint(e).await?;
+                    requeue(work, self.aligner.release());
+                }
+                BarrierStep::Superseded { abandoned, replay } => {
+                    self.align_started = None;
+                    superseded(&self.actor, abandoned, epoch);
+                    requeue(work, replay);
+                }
+                BarrierStep::Buffered | BarrierStep::Stale => {}
             }
             return Ok(());
         }
@@ -235,6 +242,14 @@ impl Aggregate {
                 .await?;
         }
         Ok(())
+    }
+
+    /// A barrier was recorded: the alignment (and its trace) has begun.
+    fn note_barrier(&mut self, traceparent: String) {
+        self.align_started.get_or_insert_with(Instant::now);
+        if !traceparent.is_empty() {
+            self.barrier_trace = traceparent;
+        }
     }
 
     async fn checkpoint(&mut self, epoch: u64) -> Result<()> {

@@ -238,3 +238,15 @@ impl ActorCtx {
         ActorId::parse(from).map(|a| a.index)
     }
 }
+
+/// Logs and counts an alignment abandoned because an input skipped its
+/// barrier (the coordinator aborts that checkpoint; the newer one proceeds).
+pub(crate) fn superseded(actor: &str, abandoned: u64, by: u64) {
+    metrics::counter!("barrier_alignments_abandoned_total").increment(1);
+    tracing::warn!(
+        actor,
+        abandoned,
+        by,
+        "an input skipped barrier {abandoned}: alignment abandoned for {by}, held-back messages processed first"
+    );
+}

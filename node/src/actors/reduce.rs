@@ -6,7 +6,7 @@ use super::output::Output;
 use super::{ActorCtx, Control, Inbound};
 use crate::convert::top_from_pb;
 use crate::snapshot_codec::{reduce_from_pb, reduce_to_pb};
-use adclick_core::checkpoint::{Aligned, BarrierAligner};
+use adclick_core::align::{requeue, Aligned, BarrierAligner, BarrierStep};
 use adclick_core::ids::{ActorId, ActorKind};
 use adclick_core::output::OutputRecord;
 use adclick_core::reduce::ReduceState;
@@ -96,26 +96,39 @@ pub async fn run(
         let Some(input) = ActorCtx::input_index(&msg.from) else {
             continue;
         };
-        if let Body::Barrier(Barrier { epoch, traceparent }) = msg.body {
-            align_started.get_or_insert_with(Instant::now);
-            if !traceparent.is_empty() {
-                barrier_trace = traceparent;
-            }
-            if let Some(e) = aligner.barrier(input as usize, epoch) {
-                let alignment_ms = align_started
-                    .take()
-                    .map_or(0, |t| t.elapsed().as_millis() as u64);
-                let span = ctx.snapshot_span(e, &std::mem::take(&mut barrier_trace));
-                let snap = reduce_to_pb(state.snapshot(), output.on_barrier(e)?);
-                let bytes = snap.encode_to_vec();
-                let size = bytes.len();
-                async {
-                    let saved = ctx.save_snapshot(e, bytes).await;
-                    ctx.ack_if_saved(saved, e, size, alignment_ms).await
+        if let Body::Barrier(Barrier { epoch, traceparent }) = &msg.body {
+            let (epoch, traceparent) = (*epoch, traceparent.clone());
+            let mut note = |trace: String| {
+                align_started.get_or_insert_with(Instant::now);
+                if !trace.is_empty() {
+                    barrier_trace = trace;
                 }
-                .instrument(span)
-                .await?;
-                work.extend(aligner.release().into_iter().map(|(_, m)| m));
+            };
+            match aligner.barrier(input as usize, epoch, msg) {
+                BarrierStep::Waiting => note(traceparent),
+                BarrierStep::Aligned(e) => {
+                    note(traceparent);
+                    let alignment_ms = align_started
+                        .take()
+                        .map_or(0, |t| t.elapsed().as_millis() as u64);
+                    let span = ctx.snapshot_span(e, &std::mem::take(&mut barrier_trace));
+                    let snap = reduce_to_pb(state.snapshot(), output.on_barrier(e)?);
+                    let bytes = snap.encode_to_vec();
+                    let size = bytes.len();
+                    async {
+                        let saved = ctx.save_snapshot(e, bytes).await;
+                        ctx.ack_if_saved(saved, e, size, alignment_ms).await
+                    }
+                    .instrument(span)
+                    .await?;
+                    requeue(&mut work, aligner.release());
+                }
+                BarrierStep::Superseded { abandoned, replay } => {
+                    align_started = None;
+                    super::superseded(&actor, abandoned, epoch);
+                    requeue(&mut work, replay);
+                }
+                BarrierStep::Buffered | BarrierStep::Stale => {}
             }
             continue;
         }
