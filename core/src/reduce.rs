@@ -34,6 +34,7 @@ pub struct ReduceState {
     num_inputs: usize,
     windows: BTreeMap<WindowKey, WindowEntry>,
     rebuild: Option<Rebuild>,
+    lists_after_lateness: u64,
 }
 
 /// A rebuild in progress (see [`ReduceState::begin_rebuild`]).
@@ -61,6 +62,7 @@ impl ReduceState {
             num_inputs,
             windows: BTreeMap::new(),
             rebuild: None,
+            lists_after_lateness: 0,
         }
     }
 
@@ -73,6 +75,12 @@ impl ReduceState {
     /// already emitted and the merged result changed.
     pub fn on_local(&mut self, input: u32, l: LocalTopN) -> Option<TopNRecord> {
         let key = (l.window_end, l.window_minutes, l.slice);
+        if !self.windows.contains_key(&key) && self.expired(key.0) {
+            // Emitted and dropped already: recreated, it would be emitted
+            // again with this one list only (see `on_resend`).
+            self.lists_after_lateness += 1;
+            return None;
+        }
         let entry = self.windows.entry(key.clone()).or_default();
         entry.lists.insert(input, l.ads);
         // A window not emitted yet is emitted when the watermark passes it.
@@ -155,10 +163,25 @@ impl ReduceState {
             .map(|(k, _)| k.clone())
             .collect();
         let out = ready.iter().filter_map(|k| self.emit(k)).collect();
+        // Kept while any input, an idle one included, may still revise it.
+        let floor = self.inputs.floor().unwrap_or(cur).min(cur);
         let lateness = self.allowed_lateness_ms;
         self.windows
-            .retain(|(end, _, _), _| end.saturating_add(lateness) > cur);
+            .retain(|(end, _, _), _| end.saturating_add(lateness) > floor);
         out
+    }
+
+    /// Whether a window ending at `end` is past every input's lateness.
+    fn expired(&self, end: i64) -> bool {
+        self.inputs
+            .floor()
+            .is_some_and(|f| end.saturating_add(self.allowed_lateness_ms) <= f)
+    }
+
+    /// Local lists that arrived for windows already past every input's
+    /// allowed lateness, and were ignored (`reduce_lists_after_lateness_total`).
+    pub fn lists_after_lateness(&self) -> u64 {
+        self.lists_after_lateness
     }
 
     fn emit(&mut self, key: &WindowKey) -> Option<TopNRecord> {
@@ -303,5 +326,47 @@ mod tests {
             .unwrap();
         assert_eq!(rev.revision, 1);
         assert_eq!(rev.ads[0], ac("b", 9));
+    }
+
+    /// A list for a window Reduce already emitted and then dropped (its
+    /// allowed lateness expired at Reduce's watermark) must not bring the
+    /// window back: emitted again, it would hold one Aggregate's list only,
+    /// at a later epoch than the exact merge, and replace it downstream.
+    #[test]
+    fn a_list_for_a_dropped_window_does_not_emit_it_again() {
+        let mut r = ReduceState::new(2, 2, 1_000, "reduce-0".into());
+        r.on_local(0, local(100, vec![ac("a", 5)]));
+        r.on_local(1, local(100, vec![ac("b", 4)]));
+        r.on_watermark(0, 100);
+        assert_eq!(r.on_watermark(1, 100).len(), 1);
+        // Both inputs move past the window's lateness: it is dropped.
+        r.on_watermark(0, 5_000);
+        assert!(r.on_watermark(1, 5_000).is_empty());
+        // A revision of input 0 arrives after all.
+        assert!(r.on_local(0, local(100, vec![ac("a", 6)])).is_none());
+        let out = r.on_watermark(0, 6_000);
+        assert!(
+            out.iter().all(|t| t.window_end != 100),
+            "the dropped window came back: {out:?}"
+        );
+    }
+
+    /// An Aggregate left out of the minimum while idle can come back and
+    /// revise a window the others have long passed: Reduce keeps the window
+    /// until that input's watermark passes its lateness too.
+    #[test]
+    fn an_idle_input_can_still_revise_what_the_others_passed() {
+        let mut r = ReduceState::new(2, 2, 1_000, "reduce-0".into());
+        r.on_local(0, local(100, vec![ac("a", 5)]));
+        r.on_local(1, local(100, vec![ac("b", 4)]));
+        r.on_watermark(1, 100);
+        r.on_idle(1);
+        assert_eq!(r.on_watermark(0, 5_000).len(), 1);
+        let rev = r
+            .on_local(1, local(100, vec![ac("b", 9)]))
+            .expect("the revision is merged and emitted");
+        assert_eq!(rev.revision, 1);
+        assert_eq!(rev.ads, vec![ac("b", 9), ac("a", 5)]);
+        assert_eq!(r.lists_after_lateness(), 0);
     }
 }

@@ -274,6 +274,14 @@ impl InputWatermarks {
         self.current()
     }
 
+    /// The lowest watermark any input ever reported, idle inputs included:
+    /// an input left out of the minimum while idle may come back below
+    /// [`current`](Self::current) and still revise what lies above this.
+    /// `None` until some input reported.
+    pub fn floor(&self) -> Option<i64> {
+        self.inputs.iter().flatten().copied().min()
+    }
+
     /// Whether every input is idle.
     pub fn all_idle(&self) -> bool {
         self.idle.iter().all(|i| *i)

@@ -2,7 +2,7 @@
 //! messages into local mailboxes. Edges of another generation are rejected,
 //! so a resumed zombie cannot inject stale data.
 
-use crate::actors::Inbound;
+use crate::message::Inbound;
 use crate::routing::RoutingTable;
 use adclick_proto::dataflow::data_plane_server::DataPlane;
 use adclick_proto::dataflow::stream_message::Body;
@@ -51,6 +51,8 @@ impl DataPlane for DataPlaneService {
                 ))
             }
         };
+        let input = crate::message::input_of(&header.src_actor)
+            .map_err(|e| Status::invalid_argument(format!("edge header: {e:#}")))?;
         let mailbox = {
             let start = tokio::time::Instant::now();
             loop {
@@ -81,14 +83,7 @@ impl DataPlane for DataPlaneService {
             loop {
                 match inbound.message().await {
                     Ok(Some(StreamMessage { body: Some(body) })) => {
-                        if mailbox
-                            .send(Inbound {
-                                from: src.clone(),
-                                body,
-                            })
-                            .await
-                            .is_err()
-                        {
+                        if mailbox.send(Inbound { input, body }).await.is_err() {
                             let _ = ack_tx
                                 .send(Err(Status::unavailable("destination actor stopped")))
                                 .await;

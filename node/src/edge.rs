@@ -3,7 +3,7 @@
 //! remote one. Either way a full destination makes `send` wait, so a slow
 //! downstream slows the source instead of growing memory.
 
-use crate::actors::Inbound;
+use crate::message::{input_of, Inbound};
 use crate::routing::RoutingTable;
 use crate::telemetry::EdgeStats;
 use adclick_proto::dataflow::data_plane_client::DataPlaneClient;
@@ -23,6 +23,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Edge {
     src: String,
+    /// The source's index among the destination's inputs.
+    input: u32,
     dst: String,
     tx: mpsc::Sender<Inbound>,
     stats: Arc<EdgeStats>,
@@ -39,7 +41,7 @@ impl Edge {
             _ => 0,
         };
         let msg = Inbound {
-            from: self.src.clone(),
+            input: self.input,
             body,
         };
         let closed = || anyhow!("edge {} -> {} is closed", self.src, self.dst);
@@ -91,6 +93,7 @@ pub async fn connect(
                 if let Some(tx) = routing.get(dst, generation) {
                     return Ok(Edge {
                         src: src.into(),
+                        input: input_of(src)?,
                         dst: dst.into(),
                         tx,
                         stats: Arc::new(EdgeStats::new(src, dst)),
@@ -172,6 +175,7 @@ async fn connect_remote(
     });
     Ok(Edge {
         src: src.into(),
+        input: input_of(src)?,
         dst: dst.into(),
         tx,
         stats: Arc::new(EdgeStats::new(src, dst)),

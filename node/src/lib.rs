@@ -11,6 +11,7 @@ mod drain;
 pub mod edge;
 pub mod heartbeat;
 pub mod kafka;
+pub mod message;
 pub mod pending_codec;
 pub mod routing;
 pub mod snapshot_codec;

@@ -2,7 +2,7 @@
 //! id, and in which generation. Shared by the gRPC data plane (inbound
 //! remote edges) and by local edges.
 
-use crate::actors::Inbound;
+use crate::message::Inbound;
 use dashmap::DashMap;
 use tokio::sync::mpsc;
 

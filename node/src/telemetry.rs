@@ -232,7 +232,7 @@ mod tests {
         t.mailbox(&tx);
         for _ in 0..3 {
             tx.try_send(crate::actors::Inbound {
-                from: "map-0".into(),
+                input: 0,
                 body: adclick_proto::dataflow::stream_message::Body::Barrier(
                     adclick_proto::dataflow::Barrier {
                         epoch: 1,

@@ -130,9 +130,7 @@ impl Aggregate {
     }
 
     async fn handle(&mut self, msg: Inbound, work: &mut VecDeque<Inbound>) -> Result<()> {
-        let Some(input) = ActorCtx::input_index(&msg.from).map(|i| i as usize) else {
-            return Ok(());
-        };
+        let input = msg.input as usize;
         if let Body::Barrier(Barrier { epoch, traceparent }) = &msg.body {
             let (epoch, traceparent) = (*epoch, traceparent.clone());
             match self.aligner.barrier(input, epoch, msg) {

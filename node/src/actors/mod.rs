@@ -12,7 +12,6 @@ use adclick_core::config::Config;
 use adclick_core::ids::ActorId;
 use adclick_proto::cluster::coordinator_client::CoordinatorClient;
 use adclick_proto::cluster::AckCheckpointRequest;
-use adclick_proto::dataflow::stream_message::Body;
 use adclick_runtime::shutdown::CancellationToken;
 use adclick_runtime::snapshots::SnapshotStore;
 use anyhow::{anyhow, Result};
@@ -21,35 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::transport::Channel;
 
-/// A message in an actor's mailbox, tagged with the sending actor.
-#[derive(Debug)]
-pub struct Inbound {
-    /// Sending actor id, e.g. `map-3`.
-    pub from: String,
-    /// The payload.
-    pub body: Body,
-}
-
-/// Checkpoint commands from the coordinator, delivered beside the mailbox.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Control {
-    /// Map actors: record offsets and emit this barrier.
-    Barrier(CheckpointCmd),
-    /// Sinks: the checkpoint is complete, commit its output.
-    Complete(CheckpointCmd),
-}
-
-/// One checkpoint step for one epoch, with the trace it belongs to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckpointCmd {
-    /// The checkpoint's epoch.
-    pub epoch: u64,
-    /// The coordinator's span for this step, as a W3C traceparent (may be empty).
-    pub traceparent: String,
-    /// `adclickctl stop --drain`: before this barrier, Maps move event time
-    /// to the end, so every open window is emitted into this checkpoint.
-    pub drain: bool,
-}
+pub use crate::message::{CheckpointCmd, Control, Inbound};
 
 /// Where every actor of the current deployment runs.
 #[derive(Clone, Debug)]
@@ -231,11 +202,6 @@ impl ActorCtx {
         metrics::histogram!("checkpoint_alignment_ms").record(alignment_ms as f64);
         metrics::histogram!("checkpoint_snapshot_bytes").record(bytes as f64);
         Ok(())
-    }
-
-    /// Index of the sending actor (`map-3` → 3) for input bookkeeping.
-    pub fn input_index(from: &str) -> Option<u32> {
-        ActorId::parse(from).map(|a| a.index)
     }
 }
 

@@ -93,9 +93,7 @@ pub async fn run(
                 },
             },
         };
-        let Some(input) = ActorCtx::input_index(&msg.from) else {
-            continue;
-        };
+        let input = msg.input;
         if let Body::Barrier(Barrier { epoch, traceparent }) = &msg.body {
             let (epoch, traceparent) = (*epoch, traceparent.clone());
             let mut note = |trace: String| {
@@ -146,12 +144,19 @@ pub async fn run(
                 }
                 continue;
             }
-            Body::Top(batch) => batch
-                .lists
-                .into_iter()
-                .filter_map(|l| state.on_local(input, top_from_pb(l)))
-                .map(OutputRecord::TopN)
-                .collect(),
+            Body::Top(batch) => {
+                let ignored = state.lists_after_lateness();
+                let out = batch
+                    .lists
+                    .into_iter()
+                    .filter_map(|l| state.on_local(input, top_from_pb(l)))
+                    .map(OutputRecord::TopN)
+                    .collect();
+                // Should stay 0: a revision Reduce could no longer merge.
+                metrics::counter!("reduce_lists_after_lateness_total")
+                    .increment(state.lists_after_lateness() - ignored);
+                out
+            }
             Body::Watermark(Watermark { timestamp_ms, idle }) => {
                 let emitted = if idle {
                     state.on_idle(input)
