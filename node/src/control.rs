@@ -71,8 +71,23 @@ impl ActorManager {
         for (kind, tx) in &r.controls {
             if kinds.contains(kind) {
                 // A full control queue means the actor is stuck; the
-                // checkpoint will time out rather than block this call.
-                let _ = tx.try_send(cmd.clone());
+                // checkpoint will time out rather than block this call. A
+                // dropped barrier makes downstream actors see a skipped
+                // epoch (see core/src/align.rs); a dropped completion is
+                // committed with the next one. Counted, not silent. (A
+                // closed queue is an actor that ended: its failure is
+                // reported and redeployed already.)
+                if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) =
+                    tx.try_send(cmd.clone())
+                {
+                    let what = match &cmd {
+                        Control::Barrier(_) => "barrier",
+                        Control::Complete(_) => "complete",
+                    };
+                    metrics::counter!("control_commands_dropped_total", "command" => what)
+                        .increment(1);
+                    tracing::warn!(?kind, command = what, "control queue full: command dropped");
+                }
             }
         }
         Ok(())
