@@ -1,16 +1,25 @@
 //! State of one Aggregate actor: per-minute counts per (ad, slice), dedup
 //! sets, lateness handling and local top-N.
 //!
+//! Ad ids and slices are interned to integers ([`dict`]) and each window's
+//! counts are fixed-size cells in one vector ([`cells`]): at 2M distinct ads
+//! almost every event opens its own cell, so per-cell strings and sets were
+//! where the memory and the time went.
+//!
 //! The state machine is pure. The actor feeds it batches and watermarks and
 //! ships whatever it returns.
 
 use crate::map_batch::PartialCount;
 use crate::output::CountRecord;
 use crate::topn::{top_n, AdClicks};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+mod cells;
+mod dict;
 mod side;
 mod snapshot;
+use cells::Window;
+use dict::{AdDict, SliceDict};
 use side::{late_event, overflow_event};
 pub use side::{PartialSummary, SideEvent};
 pub use snapshot::{AggregateSnapshot, CellSnapshot};
@@ -56,27 +65,6 @@ pub struct Counts {
     pub revision: u32,
 }
 
-#[derive(Clone, Debug)]
-struct SliceEntry {
-    slice: String,
-    counts: Counts,
-    dirty: bool,
-}
-
-#[derive(Clone, Debug, Default)]
-struct AdMinute {
-    slices: Vec<SliceEntry>,
-    /// Dedup keys are already xxh3 digests; foldhash mixes them far faster
-    /// than SipHash (one insert per event).
-    seen: HashSet<u64, foldhash::fast::RandomState>,
-}
-
-#[derive(Clone, Debug, Default)]
-struct MinuteState {
-    ads: HashMap<String, AdMinute>,
-    closed: bool,
-}
-
 /// A local top-N list, sent Aggregate → Reduce.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalTopN {
@@ -111,9 +99,11 @@ pub struct AggregateOutput {
 #[derive(Clone, Debug)]
 pub struct AggregateState {
     settings: AggregateSettings,
-    minutes: BTreeMap<i64, MinuteState>,
+    windows: BTreeMap<i64, Window>,
     watermark: Option<i64>,
     last_boundary: Option<i64>,
+    ads: AdDict,
+    slices: SliceDict,
 }
 
 impl AggregateState {
@@ -121,9 +111,11 @@ impl AggregateState {
     pub fn new(settings: AggregateSettings) -> Self {
         Self {
             settings,
-            minutes: BTreeMap::new(),
+            windows: BTreeMap::new(),
             watermark: None,
             last_boundary: None,
+            ads: AdDict::default(),
+            slices: SliceDict::default(),
         }
     }
 
@@ -134,12 +126,24 @@ impl AggregateState {
 
     /// Number of (ad, window) cells held, for metrics and memory bounds.
     pub fn cells(&self) -> usize {
-        self.minutes.values().map(|m| m.ads.len()).sum()
+        self.windows.values().map(Window::ad_count).sum()
     }
 
     /// Number of windows held.
     pub fn windows(&self) -> usize {
-        self.minutes.len()
+        self.windows.len()
+    }
+
+    /// Distinct ads in the dictionary: what an ad-id explosion costs beyond
+    /// the cells themselves.
+    pub fn interned_ads(&self) -> usize {
+        self.ads.len()
+    }
+
+    /// Heap bytes of the state (cells, indexes, dedup sets, dictionaries),
+    /// so memory per held cell can be measured rather than guessed.
+    pub fn heap_bytes(&self) -> usize {
+        self.windows.values().map(Window::heap_bytes).sum::<usize>() + self.ads.heap_bytes()
     }
 
     /// Applies one batch of partial counts.
@@ -156,38 +160,43 @@ impl AggregateState {
                 }
             }
             let wm = self.watermark;
-            let minute = self
-                .minutes
+            let window = self
+                .windows
                 .entry(p.window_start)
-                .or_insert_with(|| MinuteState {
-                    ads: HashMap::new(),
-                    closed: wm.is_some_and(|wm| end <= wm),
-                });
-            let closed = minute.closed;
+                .or_insert_with(|| Window::new(wm.is_some_and(|wm| end <= wm)));
+            let known = self
+                .ads
+                .get(p.ad_id.as_str())
+                .filter(|&id| window.has_ad(id));
             let cap = self.settings.max_ads_per_window;
             // A window's ad set only grows while it is held, so a refused
             // (ad, window) stays refused: its count is never half-reported.
-            if minute.ads.len() >= cap && !minute.ads.contains_key(p.ad_id.as_str()) {
-                out.overflow_events += p.events();
-                out.overflow.push(overflow_event(p, end, cap, wm));
-                continue;
-            }
-            let ad = match minute.ads.get_mut(p.ad_id.as_str()) {
-                Some(a) => a,
-                // The partial is owned: move its id instead of cloning it.
-                None => minute.ads.entry(std::mem::take(&mut p.ad_id)).or_default(),
+            let ad = match known {
+                Some(id) => id,
+                None if window.ad_count() >= cap => {
+                    out.overflow_events += p.events();
+                    out.overflow.push(overflow_event(p, end, cap, wm));
+                    continue;
+                }
+                None => {
+                    let id = self.ads.intern(std::mem::take(&mut p.ad_id));
+                    if window.add_ad(id) {
+                        self.ads.acquire(id);
+                    }
+                    id
+                }
             };
             let mut clicks = p.clicks;
             let mut impressions = p.impressions;
             for k in &p.click_keys {
-                if ad.seen.insert(*k) {
+                if window.see(ad, *k) {
                     clicks += 1;
                 } else {
                     out.duplicates += 1;
                 }
             }
             for k in &p.impression_keys {
-                if ad.seen.insert(*k) {
+                if window.see(ad, *k) {
                     impressions += 1;
                 } else {
                     out.duplicates += 1;
@@ -196,24 +205,13 @@ impl AggregateState {
             if clicks == 0 && impressions == 0 {
                 continue;
             }
-            for s in p.slices {
-                let entry = match ad.slices.iter_mut().position(|e| e.slice == s) {
-                    Some(i) => &mut ad.slices[i],
-                    None => {
-                        ad.slices.push(SliceEntry {
-                            slice: s,
-                            counts: Counts::default(),
-                            dirty: false,
-                        });
-                        let last = ad.slices.len() - 1;
-                        &mut ad.slices[last]
-                    }
-                };
-                entry.counts.clicks += clicks;
-                entry.counts.impressions += impressions;
-                entry.dirty = true;
+            for s in &p.slices {
+                let cell = window.cell(ad, self.slices.intern(s));
+                cell.clicks += clicks;
+                cell.impressions += impressions;
+                cell.dirty = true;
             }
-            if closed {
+            if window.closed {
                 touched_closed.insert(p.window_start);
             }
         }
@@ -221,7 +219,7 @@ impl AggregateState {
         // recompute every already-emitted top-N window that contains them.
         let mut boundaries = BTreeSet::new();
         for start in &touched_closed {
-            self.emit_minute(*start, true, &mut out.counts);
+            self.emit_window(*start, true, &mut out.counts);
             for k in 1..=self.settings.max_m() {
                 let t = start + k * w;
                 if self.last_boundary.is_some_and(|lb| t <= lb) {
@@ -245,19 +243,19 @@ impl AggregateState {
         self.watermark = Some(wm);
         let w = self.settings.window_ms;
         let to_close: Vec<i64> = self
-            .minutes
+            .windows
             .iter()
-            .filter(|(start, m)| !m.closed && start.saturating_add(w) <= wm)
+            .filter(|(start, win)| !win.closed && start.saturating_add(w) <= wm)
             .map(|(s, _)| *s)
             .collect();
         for start in to_close {
-            if let Some(m) = self.minutes.get_mut(&start) {
-                m.closed = true;
+            if let Some(win) = self.windows.get_mut(&start) {
+                win.closed = true;
             }
-            self.emit_minute(start, false, &mut out.counts);
+            self.emit_window(start, false, &mut out.counts);
         }
         let mut boundaries = BTreeSet::new();
-        for start in self.minutes.keys() {
+        for start in self.windows.keys() {
             for k in 1..=self.settings.max_m() {
                 let t = start + k * w;
                 if t <= wm && self.last_boundary.is_none_or(|lb| t > lb) {
@@ -272,9 +270,21 @@ impl AggregateState {
             self.last_boundary = Some(self.last_boundary.map_or(*last, |lb| lb.max(*last)));
         }
         let retention = self.settings.retention_ms();
-        self.minutes.retain(|start, m| {
-            !(m.closed && start.saturating_add(w).saturating_add(retention) <= wm)
-        });
+        let expired: Vec<i64> = self
+            .windows
+            .iter()
+            .filter(|(start, win)| {
+                win.closed && start.saturating_add(w).saturating_add(retention) <= wm
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        for start in expired {
+            if let Some(win) = self.windows.remove(&start) {
+                for ad in win.ads() {
+                    self.ads.release(ad);
+                }
+            }
+        }
         out
     }
 
@@ -290,7 +300,7 @@ impl AggregateState {
         let w = self.settings.window_ms;
         let lateness = self.settings.allowed_lateness_ms;
         let mut boundaries = BTreeSet::new();
-        for start in self.minutes.keys() {
+        for start in self.windows.keys() {
             for k in 1..=self.settings.max_m() {
                 let t = start + k * w;
                 let open = self
@@ -308,32 +318,30 @@ impl AggregateState {
         out
     }
 
-    fn emit_minute(&mut self, start: i64, only_dirty: bool, out: &mut Vec<CountRecord>) {
+    fn emit_window(&mut self, start: i64, only_dirty: bool, out: &mut Vec<CountRecord>) {
         let w = self.settings.window_ms;
-        let Some(m) = self.minutes.get_mut(&start) else {
+        let Some(win) = self.windows.get_mut(&start) else {
             return;
         };
-        for (ad_id, ad) in m.ads.iter_mut() {
-            for e in ad.slices.iter_mut() {
-                if only_dirty && !e.dirty {
-                    continue;
-                }
-                if only_dirty {
-                    e.counts.revision += 1;
-                }
-                e.dirty = false;
-                out.push(CountRecord {
-                    ad_id: ad_id.clone(),
-                    window_start: start,
-                    window_end: start + w,
-                    slice: e.slice.clone(),
-                    clicks: e.counts.clicks,
-                    impressions: e.counts.impressions,
-                    revision: e.counts.revision,
-                    epoch: 0,
-                    producer: self.settings.producer.clone(),
-                });
+        for c in win.cells_mut() {
+            if only_dirty && !c.dirty {
+                continue;
             }
+            if only_dirty {
+                c.revision += 1;
+            }
+            c.dirty = false;
+            out.push(CountRecord {
+                ad_id: self.ads.name(c.ad).to_owned(),
+                window_start: start,
+                window_end: start + w,
+                slice: self.slices.name(c.slice).to_owned(),
+                clicks: c.clicks,
+                impressions: c.impressions,
+                revision: c.revision,
+                epoch: 0,
+                producer: self.settings.producer.clone(),
+            });
         }
     }
 
@@ -341,54 +349,52 @@ impl AggregateState {
     /// recompute, empty lists are sent too so Reduce can replace old ones.
     ///
     /// This runs over every cell of the last M windows at each boundary, so
-    /// it is the hottest loop of the actor at 2M ads: it hashes with foldhash
-    /// instead of SipHash, sums across windows only when M spans more than
-    /// one held window (an (ad, slice) is unique within one window), and
-    /// keys the sums by (slice, ad) in one pre-sized map.
+    /// it is the hottest loop of the actor at 2M ads. Cells are flat and
+    /// their ids integers: one window is a linear scan bucketed by slice,
+    /// and M windows are summed in one map keyed by (slice, ad) integers.
     fn local_top(&self, t: i64, out: &mut Vec<LocalTopN>, recompute: bool) {
         let w = self.settings.window_ms;
         for &m in &self.settings.top_windows {
             let from = t - i64::from(m) * w;
-            let minutes: Vec<&MinuteState> = self.minutes.range(from..t).map(|(_, s)| s).collect();
-            // Per slice, every ad with clicks in the window, each ad once.
-            let mut per_slice: Vec<(&str, Vec<(&str, u64)>)> = Vec::new();
-            let mut slot_of: FastMap<&str, usize> = FastMap::default();
-            if let [minute] = minutes.as_slice() {
-                for (ad_id, ad) in &minute.ads {
-                    for e in &ad.slices {
-                        if e.counts.clicks > 0 {
-                            let i = slot(&mut slot_of, &mut per_slice, &e.slice);
-                            per_slice[i].1.push((ad_id.as_str(), e.counts.clicks));
-                        }
+            let windows: Vec<&Window> = self.windows.range(from..t).map(|(_, s)| s).collect();
+            // Per slice id, every ad with clicks in the window, each ad once.
+            let mut per_slice: Vec<Vec<(u32, u64)>> = vec![Vec::new(); self.slices.len()];
+            if let [window] = windows.as_slice() {
+                for c in window.cells() {
+                    if c.clicks > 0 {
+                        per_slice[c.slice as usize].push((c.ad, c.clicks));
                     }
                 }
             } else {
-                let cap: usize = minutes.iter().map(|s| s.ads.len() * 2).sum();
-                let mut sums: FastMap<(&str, &str), u64> =
+                let cap: usize = windows.iter().map(|s| s.cells().len()).sum();
+                let mut sums: FastMap<u64, u64> =
                     FastMap::with_capacity_and_hasher(cap, Default::default());
-                for minute in &minutes {
-                    for (ad_id, ad) in &minute.ads {
-                        for e in &ad.slices {
-                            if e.counts.clicks > 0 {
-                                *sums.entry((e.slice.as_str(), ad_id.as_str())).or_default() +=
-                                    e.counts.clicks;
-                            }
+                for window in &windows {
+                    for c in window.cells() {
+                        if c.clicks > 0 {
+                            let k = (u64::from(c.slice) << 32) | u64::from(c.ad);
+                            *sums.entry(k).or_default() += c.clicks;
                         }
                     }
                 }
-                for ((slice, ad), clicks) in sums {
-                    let i = slot(&mut slot_of, &mut per_slice, slice);
-                    per_slice[i].1.push((ad, clicks));
+                for (k, clicks) in sums {
+                    per_slice[(k >> 32) as usize].push((k as u32, clicks));
                 }
             }
-            per_slice.sort_by(|a, b| a.0.cmp(b.0));
-            for (slice, ads) in per_slice {
-                let ads = top_n(ads, self.settings.top_n);
+            let mut order: Vec<usize> = (0..per_slice.len())
+                .filter(|&i| !per_slice[i].is_empty())
+                .collect();
+            order.sort_by(|a, b| self.slices.name(*a as u32).cmp(self.slices.name(*b as u32)));
+            for i in order {
+                let items = per_slice[i]
+                    .iter()
+                    .map(|&(ad, clicks)| (self.ads.name(ad), clicks));
+                let ads = top_n(items, self.settings.top_n);
                 if !ads.is_empty() || recompute {
                     out.push(LocalTopN {
                         window_end: t,
                         window_minutes: m,
-                        slice: slice.to_owned(),
+                        slice: self.slices.name(i as u32).to_owned(),
                         ads,
                     });
                 }
@@ -401,17 +407,10 @@ impl AggregateState {
 /// SipHash on short keys) for the per-boundary scratch maps of `local_top`.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Index of `slice` in `per_slice`, adding an empty list the first time.
-fn slot<'a>(
-    slot_of: &mut FastMap<&'a str, usize>,
-    per_slice: &mut Vec<(&'a str, Vec<(&'a str, u64)>)>,
-    slice: &'a str,
-) -> usize {
-    *slot_of.entry(slice).or_insert_with(|| {
-        per_slice.push((slice, Vec::new()));
-        per_slice.len() - 1
-    })
-}
+#[cfg(test)]
+mod equivalence_tests;
+#[cfg(test)]
+mod reference;
 
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,7 @@
 //! Snapshot and restore of the Aggregate state, split so that any new
 //! key-group assignment can restore any subset of it.
 
-use super::{AggregateSettings, AggregateState, Counts, MinuteState, SliceEntry};
-use std::collections::HashMap;
+use super::{AggregateSettings, AggregateState, Counts, FastMap, Window};
 
 /// Saved state of one (ad, window): per-slice counts and the dedup keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,21 +29,38 @@ pub struct AggregateSnapshot {
 }
 
 impl AggregateState {
-    /// Captures the state at a barrier.
+    /// Captures the state at a barrier, one cell per (ad, window) with its
+    /// slices in the order they were created.
     pub fn snapshot(&self) -> AggregateSnapshot {
         let mut cells = Vec::with_capacity(self.cells());
-        for (start, m) in &self.minutes {
-            for (ad, a) in &m.ads {
+        for (start, win) in &self.windows {
+            let mut at: FastMap<u32, usize> =
+                FastMap::with_capacity_and_hasher(win.ad_count(), Default::default());
+            for ad in win.ads() {
+                at.insert(ad, cells.len());
                 cells.push(CellSnapshot {
-                    ad_id: ad.clone(),
+                    ad_id: self.ads.name(ad).to_owned(),
                     window_start: *start,
-                    slices: a
-                        .slices
-                        .iter()
-                        .map(|e| (e.slice.clone(), e.counts, e.dirty))
-                        .collect(),
-                    seen: a.seen.iter().copied().collect(),
+                    slices: Vec::new(),
+                    seen: Vec::new(),
                 });
+            }
+            for c in win.cells() {
+                if let Some(&i) = at.get(&c.ad) {
+                    let counts = Counts {
+                        clicks: c.clicks,
+                        impressions: c.impressions,
+                        revision: c.revision,
+                    };
+                    cells[i]
+                        .slices
+                        .push((self.slices.name(c.slice).to_owned(), counts, c.dirty));
+                }
+            }
+            for (ad, key) in win.seen() {
+                if let Some(&i) = at.get(&ad) {
+                    cells[i].seen.push(key);
+                }
             }
         }
         AggregateSnapshot {
@@ -65,26 +81,25 @@ impl AggregateState {
         s.watermark = parts.iter().filter_map(|p| p.watermark).min();
         s.last_boundary = parts.iter().filter_map(|p| p.last_boundary).min();
         let w = s.settings.window_ms;
+        let wm = s.watermark;
         for p in parts {
             for c in p.cells.into_iter().filter(|c| keep(&c.ad_id)) {
-                let closed = s
-                    .watermark
-                    .is_some_and(|wm| c.window_start.saturating_add(w) <= wm);
-                let minute = s
-                    .minutes
-                    .entry(c.window_start)
-                    .or_insert_with(|| MinuteState {
-                        ads: HashMap::new(),
-                        closed,
-                    });
-                let ad = minute.ads.entry(c.ad_id).or_default();
-                ad.seen.extend(c.seen);
+                let window = s.windows.entry(c.window_start).or_insert_with(|| {
+                    Window::new(wm.is_some_and(|wm| c.window_start.saturating_add(w) <= wm))
+                });
+                let ad = s.ads.intern(c.ad_id);
+                if window.add_ad(ad) {
+                    s.ads.acquire(ad);
+                }
+                for key in c.seen {
+                    window.see(ad, key);
+                }
                 for (slice, counts, dirty) in c.slices {
-                    ad.slices.push(SliceEntry {
-                        slice,
-                        counts,
-                        dirty,
-                    });
+                    let cell = window.cell(ad, s.slices.intern(&slice));
+                    cell.clicks = counts.clicks;
+                    cell.impressions = counts.impressions;
+                    cell.revision = counts.revision;
+                    cell.dirty = dirty;
                 }
             }
         }

@@ -1,0 +1,172 @@
+//! One window's state in flat, fixed-size cells.
+//!
+//! A cell is one (ad, slice) of the window: 32 bytes, no heap. Cells live in
+//! one vector, found through a hash table of their positions, so walking a
+//! window is a linear scan and expiring it frees a handful of allocations in
+//! one step instead of millions of strings, vectors and sets.
+
+use hashbrown::HashTable;
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+
+type Hasher = foldhash::fast::RandomState;
+
+/// Counts of one (ad, window, slice), with the ids interned per actor.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Cell {
+    /// Clicks.
+    pub clicks: u64,
+    /// Impressions.
+    pub impressions: u64,
+    /// Interned ad id.
+    pub ad: u32,
+    /// Interned slice.
+    pub slice: u32,
+    /// Re-emissions after the first one.
+    pub revision: u32,
+    /// Changed since it was last emitted.
+    pub dirty: bool,
+}
+
+/// One window held by an Aggregate actor.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Window {
+    /// The watermark passed its end: its counts were emitted.
+    pub closed: bool,
+    cells: Vec<Cell>,
+    /// Positions in `cells`, hashed by (ad, slice).
+    index: HashTable<u32>,
+    /// Distinct ads, for the per-window ad limit and for releasing their
+    /// dictionary entries when the window expires.
+    ads: HashSet<u32, Hasher>,
+    /// Dedup keys seen, per ad: exact pairs, so no real click is ever taken
+    /// for another ad's duplicate.
+    seen: HashSet<(u32, u64), Hasher>,
+    hasher: Hasher,
+}
+
+fn key(ad: u32, slice: u32) -> u64 {
+    (u64::from(slice) << 32) | u64::from(ad)
+}
+
+impl Window {
+    /// An empty window.
+    pub(super) fn new(closed: bool) -> Self {
+        Self {
+            closed,
+            ..Self::default()
+        }
+    }
+
+    /// Whether `ad` has any cell or dedup key here.
+    pub(super) fn has_ad(&self, ad: u32) -> bool {
+        self.ads.contains(&ad)
+    }
+
+    /// Distinct ads held.
+    pub(super) fn ad_count(&self) -> usize {
+        self.ads.len()
+    }
+
+    /// Records that `ad` is held; true the first time.
+    pub(super) fn add_ad(&mut self, ad: u32) -> bool {
+        self.ads.insert(ad)
+    }
+
+    /// The distinct ads held.
+    pub(super) fn ads(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ads.iter().copied()
+    }
+
+    /// Records a dedup key of `ad`; true if it is new (the event counts).
+    pub(super) fn see(&mut self, ad: u32, dedup_key: u64) -> bool {
+        self.seen.insert((ad, dedup_key))
+    }
+
+    /// Every (ad, dedup key) seen.
+    pub(super) fn seen(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.seen.iter().copied()
+    }
+
+    /// The cell of (ad, slice), created with zero counts if missing.
+    pub(super) fn cell(&mut self, ad: u32, slice: u32) -> &mut Cell {
+        let k = key(ad, slice);
+        let hash = self.hasher.hash_one(k);
+        let cells = &self.cells;
+        let found = self
+            .index
+            .find(hash, |&i| {
+                let c = &cells[i as usize];
+                key(c.ad, c.slice) == k
+            })
+            .copied();
+        let i = match found {
+            Some(i) => i as usize,
+            None => {
+                self.cells.push(Cell {
+                    clicks: 0,
+                    impressions: 0,
+                    ad,
+                    slice,
+                    revision: 0,
+                    dirty: false,
+                });
+                let i = self.cells.len() - 1;
+                let (cells, hasher) = (&self.cells, &self.hasher);
+                self.index.insert_unique(hash, i as u32, |&j| {
+                    let c = &cells[j as usize];
+                    hasher.hash_one(key(c.ad, c.slice))
+                });
+                i
+            }
+        };
+        &mut self.cells[i]
+    }
+
+    /// All cells, in the order they were created.
+    pub(super) fn cells(&self) -> &[Cell] {
+        &self.cells
+    }
+
+    /// All cells, mutable (emitting clears `dirty`).
+    pub(super) fn cells_mut(&mut self) -> &mut [Cell] {
+        &mut self.cells
+    }
+
+    /// Heap bytes held, for the bytes-per-cell figure.
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.cells.capacity() * std::mem::size_of::<Cell>()
+            + self.index.capacity() * (4 + 1)
+            + self.ads.capacity() * (4 + 1)
+            + self.seen.capacity() * (16 + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cell_is_found_again_and_stays_small() {
+        assert_eq!(std::mem::size_of::<Cell>(), 32);
+        let mut w = Window::new(false);
+        w.cell(1, 0).clicks += 2;
+        w.cell(2, 0).clicks += 1;
+        w.cell(1, 1).impressions += 1;
+        w.cell(1, 0).clicks += 1;
+        let got: Vec<(u32, u32, u64, u64)> = w
+            .cells()
+            .iter()
+            .map(|c| (c.ad, c.slice, c.clicks, c.impressions))
+            .collect();
+        assert_eq!(got, vec![(1, 0, 3, 0), (2, 0, 1, 0), (1, 1, 0, 1)]);
+    }
+
+    #[test]
+    fn dedup_keys_are_per_ad() {
+        let mut w = Window::new(false);
+        assert!(w.see(1, 7));
+        assert!(!w.see(1, 7));
+        assert!(w.see(2, 7), "the same key for another ad is another event");
+    }
+}

@@ -1,0 +1,167 @@
+//! Dictionaries that turn ad ids and slice names into small integers.
+//!
+//! At 2M distinct ads nearly every event opens its own (ad, window) cell, so
+//! a heap-allocated id per cell dominated both memory and the time spent
+//! walking cells. Each Aggregate actor interns an ad id once, however many
+//! windows hold it; cells carry the `u32`. An ad's entry is freed when the
+//! last window holding it expires, so the dictionary follows the held state
+//! instead of growing with every ad ever seen.
+
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
+
+/// Seeded once per dictionary; foldhash is far faster than SipHash on short
+/// ids, and the random seed keeps adversarial ids from colliding on purpose.
+type Hasher = foldhash::fast::RandomState;
+
+/// Dense ids for ad ids, reference-counted by the windows holding them.
+#[derive(Clone, Debug, Default)]
+pub(super) struct AdDict {
+    names: Vec<Box<str>>,
+    /// Windows holding each ad; 0 means the slot is free.
+    refs: Vec<u32>,
+    free: Vec<u32>,
+    index: HashTable<u32>,
+    hasher: Hasher,
+}
+
+impl AdDict {
+    /// The id of `name`, if some held window has it.
+    pub(super) fn get(&self, name: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(name);
+        self.index
+            .find(hash, |&i| &*self.names[i as usize] == name)
+            .copied()
+    }
+
+    /// The id of `name`, adding it (without a reference) if it is new.
+    /// Takes the owned id so a new entry moves it instead of copying.
+    pub(super) fn intern(&mut self, name: String) -> u32 {
+        if let Some(id) = self.get(&name) {
+            return id;
+        }
+        let hash = self.hasher.hash_one(name.as_str());
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.names[id as usize] = name.into_boxed_str();
+                id
+            }
+            None => {
+                self.names.push(name.into_boxed_str());
+                self.refs.push(0);
+                (self.names.len() - 1) as u32
+            }
+        };
+        let (names, hasher) = (&self.names, &self.hasher);
+        self.index
+            .insert_unique(hash, id, |&i| hasher.hash_one(&*names[i as usize]));
+        id
+    }
+
+    /// One more window holds `id`.
+    pub(super) fn acquire(&mut self, id: u32) {
+        self.refs[id as usize] += 1;
+    }
+
+    /// A window holding `id` expired; the last one frees the entry.
+    pub(super) fn release(&mut self, id: u32) {
+        let r = &mut self.refs[id as usize];
+        if *r == 0 {
+            return;
+        }
+        *r -= 1;
+        if *r > 0 {
+            return;
+        }
+        let name = std::mem::take(&mut self.names[id as usize]);
+        let hash = self.hasher.hash_one(&*name);
+        if let Ok(entry) = self.index.find_entry(hash, |&i| i == id) {
+            entry.remove();
+        }
+        self.free.push(id);
+    }
+
+    /// The ad id behind `id`.
+    pub(super) fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    /// Ads currently interned (held by at least one window, or just added).
+    pub(super) fn len(&self) -> usize {
+        self.names.len() - self.free.len()
+    }
+
+    /// Heap bytes of the dictionary, for the bytes-per-cell figure.
+    pub(super) fn heap_bytes(&self) -> usize {
+        let names: usize = self.names.iter().map(|n| n.len()).sum();
+        names
+            + self.names.capacity() * std::mem::size_of::<Box<str>>()
+            + self.refs.capacity() * 4
+            + self.free.capacity() * 4
+            + self.index.capacity() * 5
+    }
+}
+
+/// Dense ids for slice names (`*`, `country=US`, ...). There are few of them
+/// and they recur in every window, so they are never freed.
+#[derive(Clone, Debug, Default)]
+pub(super) struct SliceDict {
+    names: Vec<String>,
+}
+
+impl SliceDict {
+    /// The id of `name`, adding it if it is new. A linear scan: a job has a
+    /// handful of slices, and this beats hashing for that size.
+    pub(super) fn intern(&mut self, name: &str) -> u32 {
+        if let Some(i) = self.names.iter().position(|n| n == name) {
+            return i as u32;
+        }
+        self.names.push(name.to_owned());
+        (self.names.len() - 1) as u32
+    }
+
+    /// The slice name behind `id`.
+    pub(super) fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    /// Number of slices seen.
+    pub(super) fn len(&self) -> usize {
+        self.names.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_reused_after_the_last_window_releases_them() {
+        let mut d = AdDict::default();
+        let a = d.intern("ad-a".into());
+        let b = d.intern("ad-b".into());
+        assert_ne!(a, b);
+        assert_eq!(d.intern("ad-a".into()), a);
+        d.acquire(a);
+        d.acquire(a);
+        d.release(a);
+        assert_eq!(d.get("ad-a"), Some(a), "still held by one window");
+        d.release(a);
+        assert_eq!(d.get("ad-a"), None);
+        assert_eq!(d.len(), 1);
+        let c = d.intern("ad-c".into());
+        assert_eq!(c, a, "the freed slot is reused");
+        assert_eq!(d.name(c), "ad-c");
+        assert_eq!(d.get("ad-b"), Some(b));
+    }
+
+    #[test]
+    fn slices_keep_their_ids() {
+        let mut s = SliceDict::default();
+        assert_eq!(s.intern("*"), 0);
+        assert_eq!(s.intern("country=US"), 1);
+        assert_eq!(s.intern("*"), 0);
+        assert_eq!(s.name(1), "country=US");
+        assert_eq!(s.len(), 2);
+    }
+}

@@ -1,0 +1,173 @@
+//! The flat, interned state against the state it replaced: on random
+//! streams with duplicates, late revisions, the per-window ad limit and
+//! key-group moves (snapshot, split by a new owner map, restore), every
+//! output and every snapshot must be the same.
+
+use super::reference::ReferenceState;
+use super::*;
+use proptest::prelude::*;
+
+const W: i64 = 60_000;
+const SLICES: [&str; 3] = ["*", "country=US", "country=DE"];
+
+fn settings() -> AggregateSettings {
+    AggregateSettings {
+        window_ms: W,
+        allowed_lateness_ms: W,
+        top_n: 3,
+        top_windows: vec![1, 3],
+        producer: "aggregate-x".into(),
+        max_ads_per_window: 6,
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Apply(Vec<PartialCount>),
+    Advance(i64),
+    /// New number of actors and a salt that reshuffles which owns an ad.
+    Rescale(usize, u64),
+}
+
+fn partial() -> impl Strategy<Value = PartialCount> {
+    (
+        0u32..10,
+        0i64..8,
+        proptest::sample::subsequence(SLICES.to_vec(), 1..=3),
+        0u64..3,
+        0u64..2,
+        proptest::collection::vec(0u64..12, 0..3),
+        proptest::collection::vec(0u64..12, 0..2),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(ad, w, slices, clicks, impressions, ck, ik, raw)| PartialCount {
+                ad_id: format!("ad{ad}"),
+                window_start: w * W,
+                slices: slices.into_iter().map(str::to_owned).collect(),
+                clicks,
+                impressions,
+                click_keys: ck,
+                impression_keys: ik,
+                raw: raw.then(|| format!("raw-{ad}-{w}").into_bytes()),
+            },
+        )
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => proptest::collection::vec(partial(), 1..8).prop_map(Op::Apply),
+        3 => (0i64..12 * W).prop_map(Op::Advance),
+        1 => (1usize..4, any::<u64>()).prop_map(|(n, salt)| Op::Rescale(n, salt)),
+    ]
+}
+
+fn owner(ad: &str, n: usize, salt: u64) -> usize {
+    (xxhash_rust::xxh3::xxh3_64_with_seed(ad.as_bytes(), salt) % n as u64) as usize
+}
+
+/// Outputs in a form both states must agree on exactly: count records are
+/// sorted (their order within a window follows hash iteration in the old
+/// state), everything else keeps its order.
+fn normalized(mut o: AggregateOutput) -> AggregateOutput {
+    o.counts.sort_by(|a, b| {
+        (&a.ad_id, a.window_start, &a.slice).cmp(&(&b.ad_id, b.window_start, &b.slice))
+    });
+    o
+}
+
+fn normalized_snapshot(mut s: AggregateSnapshot) -> AggregateSnapshot {
+    for c in &mut s.cells {
+        c.seen.sort_unstable();
+    }
+    s.cells
+        .sort_by(|a, b| (a.window_start, &a.ad_id).cmp(&(b.window_start, &b.ad_id)));
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn the_flat_state_gives_exactly_the_old_results(ops in proptest::collection::vec(op(), 1..40)) {
+        let mut n = 2usize;
+        let mut salt = 0u64;
+        let mut new: Vec<AggregateState> = (0..n).map(|_| AggregateState::new(settings())).collect();
+        let mut old: Vec<ReferenceState> = (0..n).map(|_| ReferenceState::new(settings())).collect();
+        for (step, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Apply(parts) => {
+                    let mut routed = vec![Vec::new(); n];
+                    for p in parts {
+                        routed[owner(&p.ad_id, n, salt)].push(p);
+                    }
+                    for (i, parts) in routed.into_iter().enumerate() {
+                        let a = normalized(new[i].apply(parts.clone()));
+                        let b = normalized(old[i].apply(parts));
+                        prop_assert_eq!(a, b, "step {} apply on actor {}", step, i);
+                    }
+                }
+                Op::Advance(wm) => {
+                    for i in 0..n {
+                        let a = normalized(new[i].advance(wm));
+                        let b = normalized(old[i].advance(wm));
+                        prop_assert_eq!(a, b, "step {} advance to {} on actor {}", step, wm, i);
+                    }
+                }
+                Op::Rescale(to, new_salt) => {
+                    let new_parts: Vec<AggregateSnapshot> = new.iter().map(AggregateState::snapshot).collect();
+                    let old_parts: Vec<AggregateSnapshot> = old.iter().map(ReferenceState::snapshot).collect();
+                    for (a, b) in new_parts.iter().zip(&old_parts) {
+                        prop_assert_eq!(
+                            normalized_snapshot(a.clone()),
+                            normalized_snapshot(b.clone()),
+                            "step {} snapshot", step
+                        );
+                    }
+                    n = to;
+                    salt = new_salt;
+                    new = (0..n)
+                        .map(|i| AggregateState::restore(settings(), new_parts.clone(), |ad| owner(ad, n, salt) == i))
+                        .collect();
+                    old = (0..n)
+                        .map(|i| ReferenceState::restore(settings(), old_parts.clone(), |ad| owner(ad, n, salt) == i))
+                        .collect();
+                    for i in 0..n {
+                        prop_assert_eq!(new[i].resend_lists(), old[i].resend_lists(), "step {} resend on {}", step, i);
+                        prop_assert_eq!(new[i].cells(), old[i].cells());
+                        prop_assert_eq!(new[i].windows(), old[i].windows());
+                    }
+                }
+            }
+        }
+        for i in 0..n {
+            prop_assert_eq!(
+                normalized_snapshot(new[i].snapshot()),
+                normalized_snapshot(old[i].snapshot())
+            );
+        }
+    }
+}
+
+#[test]
+fn expired_windows_release_their_ads() {
+    let mut s = AggregateState::new(settings());
+    let parts: Vec<PartialCount> = (0..5)
+        .map(|i| PartialCount {
+            ad_id: format!("ad{i}"),
+            window_start: (i % 2) * W,
+            slices: vec!["*".into()],
+            clicks: 1,
+            ..Default::default()
+        })
+        .collect();
+    s.apply(parts);
+    assert_eq!(s.interned_ads(), 5);
+    assert!(s.heap_bytes() > 0);
+    // Retention is lateness + max M windows after a window's end.
+    s.advance(W + W + 3 * W);
+    assert_eq!(s.windows(), 1, "the first window expired");
+    assert_eq!(s.interned_ads(), 2, "only the ads of the second window remain");
+    s.advance(10 * W);
+    assert_eq!((s.windows(), s.interned_ads()), (0, 0));
+}
