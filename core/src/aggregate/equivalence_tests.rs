@@ -167,7 +167,11 @@ fn expired_windows_release_their_ads() {
     // Retention is lateness + max M windows after a window's end.
     s.advance(W + W + 3 * W);
     assert_eq!(s.windows(), 1, "the first window expired");
-    assert_eq!(s.interned_ads(), 2, "only the ads of the second window remain");
+    assert_eq!(
+        s.interned_ads(),
+        2,
+        "only the ads of the second window remain"
+    );
     s.advance(10 * W);
     assert_eq!((s.windows(), s.interned_ads()), (0, 0));
 }

@@ -16,10 +16,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 mod cells;
 mod dict;
+mod running;
 mod side;
 mod snapshot;
 use cells::Window;
 use dict::{AdDict, SliceDict};
+use running::{sum_windows, RunningSums};
 use side::{late_event, overflow_event};
 pub use side::{PartialSummary, SideEvent};
 pub use snapshot::{AggregateSnapshot, CellSnapshot};
@@ -104,6 +106,8 @@ pub struct AggregateState {
     last_boundary: Option<i64>,
     ads: AdDict,
     slices: SliceDict,
+    /// M-window sums carried between boundaries; not part of a snapshot.
+    running: RunningSums,
 }
 
 impl AggregateState {
@@ -116,6 +120,7 @@ impl AggregateState {
             last_boundary: None,
             ads: AdDict::default(),
             slices: SliceDict::default(),
+            running: RunningSums::default(),
         }
     }
 
@@ -206,10 +211,14 @@ impl AggregateState {
                 continue;
             }
             for s in &p.slices {
-                let cell = window.cell(ad, self.slices.intern(s));
+                let slice = self.slices.intern(s);
+                let cell = window.cell(ad, slice);
                 cell.clicks += clicks;
                 cell.impressions += impressions;
                 cell.dirty = true;
+                if window.closed && clicks > 0 {
+                    self.running.add(p.window_start, slice, ad, clicks);
+                }
             }
             if window.closed {
                 touched_closed.insert(p.window_start);
@@ -280,6 +289,7 @@ impl AggregateState {
             .collect();
         for start in expired {
             if let Some(win) = self.windows.remove(&start) {
+                self.running.drop_window(start, &win);
                 for ad in win.ads() {
                     self.ads.release(ad);
                 }
@@ -313,7 +323,7 @@ impl AggregateState {
         }
         let mut out = Vec::new();
         for t in boundaries {
-            self.local_top(t, &mut out, true);
+            self.local_top_recomputed(t, &mut out);
         }
         out
     }
@@ -345,62 +355,104 @@ impl AggregateState {
         }
     }
 
-    /// Local top-N for every M and slice of the window ending at `t`. On a
-    /// recompute, empty lists are sent too so Reduce can replace old ones.
-    ///
-    /// This runs over every cell of the last M windows at each boundary, so
-    /// it is the hottest loop of the actor at 2M ads. Cells are flat and
-    /// their ids integers: one window is a linear scan bucketed by slice,
-    /// and M windows are summed in one map keyed by (slice, ad) integers.
-    fn local_top(&self, t: i64, out: &mut Vec<LocalTopN>, recompute: bool) {
+    /// Local top-N for every M and slice of the window ending at `t`, at
+    /// a boundary the watermark just passed: M-window sums come from the
+    /// running sums, stepped forward by one window.
+    fn local_top(&mut self, t: i64, out: &mut Vec<LocalTopN>, recompute: bool) {
+        if recompute {
+            return self.local_top_recomputed(t, out);
+        }
+        let w = self.settings.window_ms;
+        for (idx, &m) in self.settings.top_windows.iter().enumerate() {
+            let span = i64::from(m) * w;
+            let per_slice = match single_window(&self.windows, t - span, t) {
+                Some(window) => by_slice_one(window, self.slices.len()),
+                None => by_slice(
+                    self.running.at(idx, span, t, &self.windows),
+                    self.slices.len(),
+                ),
+            };
+            self.push_lists(t, m, per_slice, false, out);
+        }
+    }
+
+    /// Local top-N of an already-passed boundary, recomputed from the
+    /// windows (a late event changed one of them, or a rescale asks for
+    /// this actor's share). Empty lists are sent too so Reduce can replace
+    /// old ones.
+    fn local_top_recomputed(&self, t: i64, out: &mut Vec<LocalTopN>) {
         let w = self.settings.window_ms;
         for &m in &self.settings.top_windows {
-            let from = t - i64::from(m) * w;
-            let windows: Vec<&Window> = self.windows.range(from..t).map(|(_, s)| s).collect();
-            // Per slice id, every ad with clicks in the window, each ad once.
-            let mut per_slice: Vec<Vec<(u32, u64)>> = vec![Vec::new(); self.slices.len()];
-            if let [window] = windows.as_slice() {
-                for c in window.cells() {
-                    if c.clicks > 0 {
-                        per_slice[c.slice as usize].push((c.ad, c.clicks));
-                    }
-                }
-            } else {
-                let cap: usize = windows.iter().map(|s| s.cells().len()).sum();
-                let mut sums: FastMap<u64, u64> =
-                    FastMap::with_capacity_and_hasher(cap, Default::default());
-                for window in &windows {
-                    for c in window.cells() {
-                        if c.clicks > 0 {
-                            let k = (u64::from(c.slice) << 32) | u64::from(c.ad);
-                            *sums.entry(k).or_default() += c.clicks;
-                        }
-                    }
-                }
-                for (k, clicks) in sums {
-                    per_slice[(k >> 32) as usize].push((k as u32, clicks));
-                }
-            }
-            let mut order: Vec<usize> = (0..per_slice.len())
-                .filter(|&i| !per_slice[i].is_empty())
-                .collect();
-            order.sort_by(|a, b| self.slices.name(*a as u32).cmp(self.slices.name(*b as u32)));
-            for i in order {
-                let items = per_slice[i]
-                    .iter()
-                    .map(|&(ad, clicks)| (self.ads.name(ad), clicks));
-                let ads = top_n(items, self.settings.top_n);
-                if !ads.is_empty() || recompute {
-                    out.push(LocalTopN {
-                        window_end: t,
-                        window_minutes: m,
-                        slice: self.slices.name(i as u32).to_owned(),
-                        ads,
-                    });
-                }
+            let span = i64::from(m) * w;
+            let per_slice = match single_window(&self.windows, t - span, t) {
+                Some(window) => by_slice_one(window, self.slices.len()),
+                None => by_slice(&sum_windows(&self.windows, t - span, t), self.slices.len()),
+            };
+            self.push_lists(t, m, per_slice, true, out);
+        }
+    }
+
+    /// Ranks each slice's ads and pushes one list per slice, in slice-name
+    /// order.
+    fn push_lists(
+        &self,
+        t: i64,
+        m: u32,
+        per_slice: Vec<Vec<(u32, u64)>>,
+        recompute: bool,
+        out: &mut Vec<LocalTopN>,
+    ) {
+        let mut order: Vec<usize> = (0..per_slice.len())
+            .filter(|&i| !per_slice[i].is_empty())
+            .collect();
+        order.sort_by(|a, b| self.slices.name(*a as u32).cmp(self.slices.name(*b as u32)));
+        for i in order {
+            let items = per_slice[i]
+                .iter()
+                .map(|&(ad, clicks)| (self.ads.name(ad), clicks));
+            let ads = top_n(items, self.settings.top_n);
+            if !ads.is_empty() || recompute {
+                out.push(LocalTopN {
+                    window_end: t,
+                    window_minutes: m,
+                    slice: self.slices.name(i as u32).to_owned(),
+                    ads,
+                });
             }
         }
     }
+}
+
+/// The only window held in `from..to`, if exactly one is: an (ad, slice)
+/// is unique within a window, so its cells need no summing.
+fn single_window(windows: &BTreeMap<i64, Window>, from: i64, to: i64) -> Option<&Window> {
+    let mut it = windows.range(from..to);
+    match (it.next(), it.next()) {
+        (Some((_, w)), None) => Some(w),
+        _ => None,
+    }
+}
+
+/// Per slice id, every ad with clicks in one window.
+fn by_slice_one(window: &Window, slices: usize) -> Vec<Vec<(u32, u64)>> {
+    let mut per_slice = vec![Vec::new(); slices];
+    for c in window.cells() {
+        if c.clicks > 0 {
+            per_slice[c.slice as usize].push((c.ad, c.clicks));
+        }
+    }
+    per_slice
+}
+
+/// Per slice id, every ad with its summed clicks.
+fn by_slice(sums: &FastMap<u64, u64>, slices: usize) -> Vec<Vec<(u32, u64)>> {
+    let mut per_slice = vec![Vec::new(); slices];
+    for (&k, &clicks) in sums {
+        if clicks > 0 {
+            per_slice[(k >> 32) as usize].push((k as u32, clicks));
+        }
+    }
+    per_slice
 }
 
 /// A hash map with foldhash (randomly seeded per map, much faster than
