@@ -81,12 +81,44 @@ pub enum Rejection {
     Invalid(String),
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// `click_timestamp` as sent: epoch ms, or text.
+///
+/// Deserialised by hand rather than as an untagged enum: serde buffers an
+/// untagged value into an intermediate tree before trying each variant,
+/// which cost more than the rest of the record's parsing together.
 enum RawTimestamp<'a> {
     Millis(i64),
-    #[serde(borrow)]
     Text(Cow<'a, str>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawTimestamp<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = RawTimestamp<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("epoch milliseconds or a timestamp string")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(RawTimestamp::Millis(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                i64::try_from(v).map(RawTimestamp::Millis).map_err(|_| {
+                    E::custom(format_args!("click_timestamp {v} is out of range"))
+                })
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(RawTimestamp::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawTimestamp::Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_any(Visitor(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]

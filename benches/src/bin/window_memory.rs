@@ -8,6 +8,10 @@
 //! to the DLQ and the process's peak resident memory (VmHWM). Compare a run
 //! with `--cap` at or above `--ads` to see what the cap prevents.
 //!
+//! It also prints the state's own heap bytes per (ad, window, slice) cell
+//! (`AggregateState::heap_bytes`: cells, their index, dedup keys and the ad
+//! dictionary), the figure issue 11 targets at 64 bytes or less.
+//!
 //! `cargo run --release -p adclick-benches --bin window_memory -- --ads 10000000`
 
 use adclick_core::aggregate::{AggregateSettings, AggregateState};
@@ -74,15 +78,22 @@ fn main() {
     }
     let fed = t.elapsed();
     let state_rss = peak_rss_mib();
+    // An (ad, window) here has two slices, so two (ad, window, slice) cells.
+    let slice_cells = state.cells() * slices.len();
+    let heap = state.heap_bytes();
     let closed = state.advance(60_000);
     println!(
         "ads {ads} · cap {cap} · cells held {} · refused partials {refused} ({refused_events} events) · \
          count records emitted {} · peak RSS with the state {:.0} MiB, after emitting its \
-         count records {:.0} MiB · {:.1} s",
+         count records {:.0} MiB · {:.1} s\n\
+         state heap {:.1} MiB = {:.1} bytes per (ad, window, slice) cell ({slice_cells} cells, \
+         dedup keys and ad dictionary included)",
         state.cells(),
         closed.counts.len(),
         state_rss,
         peak_rss_mib(),
-        fed.as_secs_f64()
+        fed.as_secs_f64(),
+        heap as f64 / (1024.0 * 1024.0),
+        heap as f64 / slice_cells.max(1) as f64,
     );
 }
