@@ -103,9 +103,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawTimestamp<'a> {
                 Ok(RawTimestamp::Millis(v))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                i64::try_from(v).map(RawTimestamp::Millis).map_err(|_| {
-                    E::custom(format_args!("click_timestamp {v} is out of range"))
-                })
+                i64::try_from(v)
+                    .map(RawTimestamp::Millis)
+                    .map_err(|_| E::custom(format_args!("click_timestamp {v} is out of range")))
             }
             fn visit_borrowed_str<E: serde::de::Error>(
                 self,

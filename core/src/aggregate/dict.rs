@@ -9,20 +9,26 @@
 
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 /// Seeded once per dictionary; foldhash is far faster than SipHash on short
 /// ids, and the random seed keeps adversarial ids from colliding on purpose.
 type Hasher = foldhash::fast::RandomState;
 
 /// Dense ids for ad ids, reference-counted by the windows holding them.
+///
+/// Names are `Arc<str>` so a checkpoint can freeze the dictionary by
+/// copying pointers ([`AdDict::names`]) instead of every string.
 #[derive(Clone, Debug, Default)]
 pub(super) struct AdDict {
-    names: Vec<Box<str>>,
+    names: Vec<Arc<str>>,
     /// Windows holding each ad; 0 means the slot is free.
     refs: Vec<u32>,
     free: Vec<u32>,
     index: HashTable<u32>,
     hasher: Hasher,
+    /// Shared by free slots, so releasing an ad allocates nothing.
+    empty: Arc<str>,
 }
 
 impl AdDict {
@@ -43,11 +49,11 @@ impl AdDict {
         let hash = self.hasher.hash_one(name.as_str());
         let id = match self.free.pop() {
             Some(id) => {
-                self.names[id as usize] = name.into_boxed_str();
+                self.names[id as usize] = Arc::from(name);
                 id
             }
             None => {
-                self.names.push(name.into_boxed_str());
+                self.names.push(Arc::from(name));
                 self.refs.push(0);
                 (self.names.len() - 1) as u32
             }
@@ -73,7 +79,7 @@ impl AdDict {
         if *r > 0 {
             return;
         }
-        let name = std::mem::take(&mut self.names[id as usize]);
+        let name = std::mem::replace(&mut self.names[id as usize], self.empty.clone());
         let hash = self.hasher.hash_one(&*name);
         if let Ok(entry) = self.index.find_entry(hash, |&i| i == id) {
             entry.remove();
@@ -86,6 +92,11 @@ impl AdDict {
         &self.names[id as usize]
     }
 
+    /// Every slot's name (free slots hold an empty name), indexed by id.
+    pub(super) fn names(&self) -> &[Arc<str>] {
+        &self.names
+    }
+
     /// Ads currently interned (held by at least one window, or just added).
     pub(super) fn len(&self) -> usize {
         self.names.len() - self.free.len()
@@ -93,9 +104,11 @@ impl AdDict {
 
     /// Heap bytes of the dictionary, for the bytes-per-cell figure.
     pub(super) fn heap_bytes(&self) -> usize {
+        // Each name's allocation: its bytes plus the Arc's two counters.
         let names: usize = self.names.iter().map(|n| n.len()).sum();
         names
-            + self.names.capacity() * std::mem::size_of::<Box<str>>()
+            + self.names.capacity() * std::mem::size_of::<Arc<str>>()
+            + self.len() * 16
             + self.refs.capacity() * 4
             + self.free.capacity() * 4
             + self.index.capacity() * 5
@@ -123,6 +136,11 @@ impl SliceDict {
     /// The slice name behind `id`.
     pub(super) fn name(&self, id: u32) -> &str {
         &self.names[id as usize]
+    }
+
+    /// Every slice name, indexed by id.
+    pub(super) fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Number of slices seen.

@@ -175,3 +175,24 @@ fn expired_windows_release_their_ads() {
     s.advance(10 * W);
     assert_eq!((s.windows(), s.interned_ads()), (0, 0));
 }
+
+#[test]
+fn a_frozen_copy_does_not_see_later_changes() {
+    let mut s = AggregateState::new(settings());
+    let part = |ad: &str, clicks| PartialCount {
+        ad_id: ad.into(),
+        window_start: 0,
+        slices: vec!["*".into()],
+        clicks,
+        click_keys: vec![7],
+        ..Default::default()
+    };
+    s.apply(vec![part("a", 1), part("b", 2)]);
+    let at_barrier = normalized_snapshot(s.snapshot());
+    let frozen = s.freeze();
+    s.apply(vec![part("a", 5), part("c", 1)]);
+    s.advance(20 * W);
+    assert_eq!(s.windows(), 0, "the live state moved on and expired");
+    assert_eq!(normalized_snapshot(frozen.snapshot()), at_barrier);
+    assert_eq!(frozen.cells(), 2);
+}

@@ -24,7 +24,7 @@ use dict::{AdDict, SliceDict};
 use running::{sum_windows, RunningSums};
 use side::{late_event, overflow_event};
 pub use side::{PartialSummary, SideEvent};
-pub use snapshot::{AggregateSnapshot, CellSnapshot};
+pub use snapshot::{AggregateSnapshot, CellSnapshot, FrozenAggregate};
 
 /// Static settings of an Aggregate actor.
 #[derive(Clone, Debug)]

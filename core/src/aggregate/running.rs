@@ -162,7 +162,9 @@ mod tests {
             sorted(&sum_windows(&windows, 0, 2 * W))
         );
         // A late click into the window starting at W, inside the range.
-        windows.get_mut(&W).map(|w| w.cell(2, 0).clicks += 3);
+        if let Some(w) = windows.get_mut(&W) {
+            w.cell(2, 0).clicks += 3;
+        }
         r.add(W, 0, 2, 3);
         // The window at 0 expires while still inside the range.
         if let Some(gone) = windows.remove(&0) {

@@ -39,6 +39,8 @@ struct Aggregate {
     align_started: Option<Instant>,
     /// Trace of the checkpoint being aligned (the same on every input).
     barrier_trace: String,
+    /// The snapshot being encoded and written off this task, if any.
+    snapshot_write: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Runs an Aggregate actor until cancelled or its inputs close.
@@ -126,6 +128,7 @@ impl Aggregate {
             output,
             align_started: None,
             barrier_trace: String::new(),
+            snapshot_write: None,
         })
     }
 
@@ -250,6 +253,12 @@ impl Aggregate {
         }
     }
 
+    /// Takes this actor's part of checkpoint `epoch` without stopping for
+    /// the write: the state is frozen (a memory copy of the flat state), the
+    /// barrier goes on to Reduce at once, and the copy is encoded and
+    /// written on another task, which acks the checkpoint only once the
+    /// snapshot is durable. At most one snapshot is in flight: the next
+    /// barrier waits for the previous write, so copies cannot pile up.
     async fn checkpoint(&mut self, epoch: u64) -> Result<()> {
         let alignment_ms = self
             .align_started
@@ -257,23 +266,56 @@ impl Aggregate {
             .map_or(0, |t| t.elapsed().as_millis() as u64);
         let traceparent = std::mem::take(&mut self.barrier_trace);
         let span = self.ctx.snapshot_span(epoch, &traceparent);
-        let pending = self.output.on_barrier(epoch)?;
-        let snap = span.in_scope(|| {
-            aggregate_to_pb(self.state.snapshot(), self.ctx.cfg.job.key_groups, pending)
-        });
-        let bytes = snap.encode_to_vec();
-        let size = bytes.len();
-        async {
-            let saved = self.ctx.save_snapshot(epoch, bytes).await;
-            self.reduce
-                .send(Body::Barrier(Barrier { epoch, traceparent }))
-                .await?;
-            self.ctx
-                .ack_if_saved(saved, epoch, size, alignment_ms)
-                .await
+        if let Some(previous) = self.snapshot_write.take() {
+            let waited = Instant::now();
+            if let Err(e) = previous.await {
+                tracing::error!(actor = %self.actor, "snapshot writer task failed: {e}");
+            }
+            metrics::histogram!("checkpoint_previous_write_wait_ms")
+                .record(waited.elapsed().as_secs_f64() * 1e3);
         }
-        .instrument(span)
-        .await
+        let paused = Instant::now();
+        let pending = self.output.on_barrier(epoch)?;
+        let frozen = span.in_scope(|| self.state.freeze());
+        self.reduce
+            .send(Body::Barrier(Barrier { epoch, traceparent }))
+            .await?;
+        metrics::histogram!("checkpoint_pause_ms").record(paused.elapsed().as_secs_f64() * 1e3);
+        let ctx = self.ctx.clone();
+        let key_groups = self.ctx.cfg.job.key_groups;
+        let write = async move {
+            let encoded = tokio::task::spawn_blocking(move || {
+                aggregate_to_pb(frozen.snapshot(), key_groups, pending).encode_to_vec()
+            })
+            .await;
+            let bytes = match encoded {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    metrics::counter!("snapshot_write_failures_total").increment(1);
+                    tracing::error!(actor = %ctx.id, epoch, "encoding snapshot {epoch} failed, so the checkpoint fails: {e}");
+                    return;
+                }
+            };
+            let size = bytes.len();
+            let saved = ctx.save_snapshot(epoch, bytes).await;
+            if let Err(e) = ctx.ack_if_saved(saved, epoch, size, alignment_ms).await {
+                tracing::warn!(actor = %ctx.id, epoch, "checkpoint ack failed: {e:#}");
+            }
+        };
+        self.snapshot_write = Some(tokio::spawn(write.instrument(span)));
+        Ok(())
+    }
+}
+
+impl Drop for Aggregate {
+    /// A stopped actor's snapshot write is abandoned: its generation is
+    /// over, so its ack would be refused, and a late write must not land
+    /// beside the next generation's. (A graceful stop waits for its final
+    /// checkpoint's acks before cancelling, so nothing it needs is lost.)
+    fn drop(&mut self) {
+        if let Some(write) = self.snapshot_write.take() {
+            write.abort();
+        }
     }
 }
 
