@@ -226,6 +226,15 @@ pub fn checkpoints(log: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// How long each Aggregate stopped for a checkpoint (freezing its state
+/// and forwarding the barrier), in microseconds, from the nodes' log lines.
+pub fn checkpoint_pauses_us(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("checkpoint state frozen"))
+        .filter_map(|l| field(l, "pause_us="))
+        .collect()
+}
+
 /// The integer after `key` in a tracing log line.
 fn field(line: &str, key: &str) -> Option<u64> {
     let at = line.find(&format!(" {key}"))? + 1 + key.len();

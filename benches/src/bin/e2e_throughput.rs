@@ -340,7 +340,12 @@ fn run_pipeline(
     let stop = cluster(&script, "stop", &env);
     let run = result?;
     stop?;
-    let log = std::fs::read_to_string(run_dir.join("logs/coordinator.log")).unwrap_or_default();
+    // The coordinator's log, then every node's (checkpoint pauses).
+    let mut log = std::fs::read_to_string(run_dir.join("logs/coordinator.log")).unwrap_or_default();
+    for i in 0..a.nodes {
+        let node = run_dir.join(format!("logs/node-{i}.log"));
+        log.push_str(&std::fs::read_to_string(node).unwrap_or_default());
+    }
     Ok((run, log))
 }
 
@@ -440,5 +445,16 @@ fn report(
             .map(|(ms, b)| format!("{ms}ms/{:.1}MB", *b as f64 / 1e6))
             .collect();
         println!("  each: {}", all.join(" "));
+    }
+    let pauses = checkpoint_pauses_us(log);
+    if !pauses.is_empty() {
+        let (min, med, _, max) = stats(&pauses);
+        println!(
+            "aggregate paused per checkpoint ({} snapshots): min {:.1} / median {:.1} / max {:.1} ms",
+            pauses.len(),
+            min / 1e3,
+            med / 1e3,
+            max / 1e3
+        );
     }
 }

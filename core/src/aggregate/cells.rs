@@ -39,10 +39,15 @@ pub(super) struct Window {
     /// Distinct ads, for the per-window ad limit and for releasing their
     /// dictionary entries when the window expires.
     ads: HashSet<u32, Hasher>,
-    /// Dedup keys seen, per ad: exact pairs, so no real click is ever taken
-    /// for another ad's duplicate.
-    seen: HashSet<(u32, u64), Hasher>,
+    /// Dedup keys seen, per ad: exact (ad, key) pairs, so no real click is
+    /// ever taken for another ad's duplicate; packed into three `u32`s
+    /// (12 bytes, where a `(u32, u64)` tuple takes 16).
+    seen: HashSet<[u32; 3], Hasher>,
     hasher: Hasher,
+}
+
+fn seen_entry(ad: u32, dedup_key: u64) -> [u32; 3] {
+    [ad, dedup_key as u32, (dedup_key >> 32) as u32]
 }
 
 fn key(ad: u32, slice: u32) -> u64 {
@@ -80,12 +85,14 @@ impl Window {
 
     /// Records a dedup key of `ad`; true if it is new (the event counts).
     pub(super) fn see(&mut self, ad: u32, dedup_key: u64) -> bool {
-        self.seen.insert((ad, dedup_key))
+        self.seen.insert(seen_entry(ad, dedup_key))
     }
 
     /// Every (ad, dedup key) seen.
     pub(super) fn seen(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
-        self.seen.iter().copied()
+        self.seen
+            .iter()
+            .map(|e| (e[0], u64::from(e[1]) | (u64::from(e[2]) << 32)))
     }
 
     /// The cell of (ad, slice), created with zero counts if missing.
@@ -138,7 +145,7 @@ impl Window {
         self.cells.capacity() * std::mem::size_of::<Cell>()
             + self.index.capacity() * (4 + 1)
             + self.ads.capacity() * (4 + 1)
-            + self.seen.capacity() * (16 + 1)
+            + self.seen.capacity() * (12 + 1)
     }
 }
 
@@ -168,5 +175,9 @@ mod tests {
         assert!(w.see(1, 7));
         assert!(!w.see(1, 7));
         assert!(w.see(2, 7), "the same key for another ad is another event");
+        assert!(w.see(1, 7 | (1 << 40)), "all 64 bits of the key count");
+        let mut seen: Vec<(u32, u64)> = w.seen().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![(1, 7), (1, 7 | (1 << 40)), (2, 7)]);
     }
 }

@@ -8,8 +8,8 @@
 //! instead of growing with every ad ever seen.
 
 use hashbrown::HashTable;
+use smol_str::SmolStr;
 use std::hash::BuildHasher;
-use std::sync::Arc;
 
 /// Seeded once per dictionary; foldhash is far faster than SipHash on short
 /// ids, and the random seed keeps adversarial ids from colliding on purpose.
@@ -17,18 +17,20 @@ type Hasher = foldhash::fast::RandomState;
 
 /// Dense ids for ad ids, reference-counted by the windows holding them.
 ///
-/// Names are `Arc<str>` so a checkpoint can freeze the dictionary by
-/// copying pointers ([`AdDict::names`]) instead of every string.
+/// Names are `SmolStr`: ids up to 23 bytes (all real ones) sit inline, with
+/// no allocation of their own, and longer ones are shared, so a checkpoint
+/// freezes the dictionary by copying it ([`AdDict::names`]) without
+/// allocating a string.
 #[derive(Clone, Debug, Default)]
 pub(super) struct AdDict {
-    names: Vec<Arc<str>>,
+    names: Vec<SmolStr>,
     /// Windows holding each ad; 0 means the slot is free.
     refs: Vec<u32>,
     free: Vec<u32>,
     index: HashTable<u32>,
     hasher: Hasher,
     /// Shared by free slots, so releasing an ad allocates nothing.
-    empty: Arc<str>,
+    empty: SmolStr,
 }
 
 impl AdDict {
@@ -49,11 +51,11 @@ impl AdDict {
         let hash = self.hasher.hash_one(name.as_str());
         let id = match self.free.pop() {
             Some(id) => {
-                self.names[id as usize] = Arc::from(name);
+                self.names[id as usize] = SmolStr::from(name);
                 id
             }
             None => {
-                self.names.push(Arc::from(name));
+                self.names.push(SmolStr::from(name));
                 self.refs.push(0);
                 (self.names.len() - 1) as u32
             }
@@ -93,7 +95,7 @@ impl AdDict {
     }
 
     /// Every slot's name (free slots hold an empty name), indexed by id.
-    pub(super) fn names(&self) -> &[Arc<str>] {
+    pub(super) fn names(&self) -> &[SmolStr] {
         &self.names
     }
 
@@ -104,11 +106,15 @@ impl AdDict {
 
     /// Heap bytes of the dictionary, for the bytes-per-cell figure.
     pub(super) fn heap_bytes(&self) -> usize {
-        // Each name's allocation: its bytes plus the Arc's two counters.
-        let names: usize = self.names.iter().map(|n| n.len()).sum();
+        // Names longer than the inline size have an allocation of their own.
+        let names: usize = self
+            .names
+            .iter()
+            .filter(|n| n.is_heap_allocated())
+            .map(|n| n.len() + 16)
+            .sum();
         names
-            + self.names.capacity() * std::mem::size_of::<Arc<str>>()
-            + self.len() * 16
+            + self.names.capacity() * std::mem::size_of::<SmolStr>()
             + self.refs.capacity() * 4
             + self.free.capacity() * 4
             + self.index.capacity() * 5

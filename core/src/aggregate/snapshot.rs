@@ -2,8 +2,8 @@
 //! key-group assignment can restore any subset of it.
 
 use super::{AggregateSettings, AggregateState, Counts, FastMap, Window};
+use smol_str::SmolStr;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// Saved state of one (ad, window): per-slice counts and the dedup keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub struct AggregateSnapshot {
 /// can go on while the copy is encoded and written elsewhere.
 ///
 /// Freezing copies the flat windows (vectors and tables of plain integers)
-/// and the dictionary's name pointers, never a string: at 2M ads it is a
+/// and the dictionary's inline names, never allocating a string: at 2M ads it is a
 /// memory copy, where building the string snapshot took seconds inside the
 /// actor. It costs a second copy of the state until the write finishes.
 #[derive(Clone, Debug)]
@@ -42,7 +42,7 @@ pub struct FrozenAggregate {
     watermark: Option<i64>,
     last_boundary: Option<i64>,
     windows: BTreeMap<i64, Window>,
-    ad_names: Vec<Arc<str>>,
+    ad_names: Vec<SmolStr>,
     slice_names: Vec<String>,
 }
 

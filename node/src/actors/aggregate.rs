@@ -280,7 +280,15 @@ impl Aggregate {
         self.reduce
             .send(Body::Barrier(Barrier { epoch, traceparent }))
             .await?;
-        metrics::histogram!("checkpoint_pause_ms").record(paused.elapsed().as_secs_f64() * 1e3);
+        let pause = paused.elapsed();
+        metrics::histogram!("checkpoint_pause_ms").record(pause.as_secs_f64() * 1e3);
+        tracing::info!(
+            actor = %self.actor,
+            epoch,
+            pause_us = pause.as_micros() as u64,
+            cells = frozen.cells(),
+            "checkpoint state frozen; encoding and writing it off the actor"
+        );
         let ctx = self.ctx.clone();
         let key_groups = self.ctx.cfg.job.key_groups;
         let write = async move {
