@@ -5,51 +5,59 @@
 
 use crate::output::OutputRecord;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Output produced but not yet committed, by epoch. Saved in every
 /// snapshot, so output is never lost between a checkpoint and its commit.
+///
+/// A closed epoch's records are shared (`Arc`), so a snapshot can take
+/// them at a barrier without copying and encode them off the actor.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PendingOutput {
-    epochs: BTreeMap<u64, Vec<OutputRecord>>,
+    epochs: BTreeMap<u64, Arc<Vec<OutputRecord>>>,
 }
 
 impl PendingOutput {
     /// Adds records produced during `epoch` (the epoch the next barrier
     /// will close).
     pub fn push(&mut self, epoch: u64, records: impl IntoIterator<Item = OutputRecord>) {
-        let v = self.epochs.entry(epoch).or_default();
+        let v = Arc::make_mut(self.epochs.entry(epoch).or_default());
         for mut r in records {
             r.stamp(epoch, v.len() as u64);
             v.push(r);
         }
     }
 
-    /// Every uncommitted epoch up to `epoch`, for the snapshot of `epoch`.
-    pub fn upto(&self, epoch: u64) -> impl Iterator<Item = (u64, &[OutputRecord])> {
-        self.epochs.range(..=epoch).map(|(e, v)| (*e, v.as_slice()))
+    /// Every uncommitted epoch up to `epoch`, for the snapshot of `epoch`
+    /// (shared, not copied).
+    pub fn upto(&self, epoch: u64) -> impl Iterator<Item = (u64, Arc<Vec<OutputRecord>>)> + '_ {
+        self.epochs.range(..=epoch).map(|(e, v)| (*e, v.clone()))
     }
 
     /// Removes and returns everything up to `epoch`, oldest first: the
-    /// content of the transaction that commits `epoch`.
+    /// content of the transaction that commits `epoch`. Records still
+    /// shared with a snapshot being written are copied.
     pub fn take_upto(&mut self, epoch: u64) -> Vec<OutputRecord> {
         let later = self.epochs.split_off(&(epoch + 1));
         let done = std::mem::replace(&mut self.epochs, later);
-        done.into_values().flatten().collect()
+        done.into_values()
+            .flat_map(|v| Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone()))
+            .collect()
     }
 
     /// Restores a saved epoch.
     pub fn restore(&mut self, epoch: u64, records: Vec<OutputRecord>) {
-        self.epochs.entry(epoch).or_default().extend(records);
+        Arc::make_mut(self.epochs.entry(epoch).or_default()).extend(records);
     }
 
     /// Number of buffered records.
     pub fn len(&self) -> usize {
-        self.epochs.values().map(Vec::len).sum()
+        self.epochs.values().map(|v| v.len()).sum()
     }
 
     /// Whether nothing is buffered.
     pub fn is_empty(&self) -> bool {
-        self.epochs.values().all(Vec::is_empty)
+        self.epochs.values().all(|v| v.is_empty())
     }
 }
 

@@ -293,7 +293,7 @@ impl Aggregate {
         let key_groups = self.ctx.cfg.job.key_groups;
         let write = async move {
             let encoded = tokio::task::spawn_blocking(move || {
-                aggregate_to_pb(frozen.snapshot(), key_groups, pending).encode_to_vec()
+                aggregate_to_pb(frozen.snapshot(), key_groups, pending.to_pb()).encode_to_vec()
             })
             .await;
             let bytes = match encoded {

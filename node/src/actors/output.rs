@@ -13,6 +13,32 @@ use anyhow::Result;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Uncommitted output a snapshot holds, taken at a barrier.
+#[derive(Default)]
+pub struct SavedOutput {
+    producer: String,
+    /// Handed to the committer, not confirmed: several epochs each.
+    inflight: Vec<Arc<Vec<OutputRecord>>>,
+    /// Closed epochs whose checkpoint has not completed.
+    pending: Vec<(u64, Arc<Vec<OutputRecord>>)>,
+}
+
+impl SavedOutput {
+    /// The snapshot's form: one entry per epoch.
+    pub fn to_pb(&self) -> Vec<PendingEpoch> {
+        let mut saved: Vec<PendingEpoch> = Vec::new();
+        for records in &self.inflight {
+            saved.extend(by_epoch(records, &self.producer));
+        }
+        saved.extend(
+            self.pending
+                .iter()
+                .map(|(e, recs)| pending_to_pb(*e, &self.producer, recs)),
+        );
+        saved
+    }
+}
+
 /// The actor's output channel.
 pub enum Output {
     /// Written at once, in the background; repeated after a recovery.
@@ -76,24 +102,21 @@ impl Output {
     }
 
     /// Closes the open epoch at barrier `epoch` and returns what the
-    /// snapshot must hold: every epoch not confirmed committed.
-    pub fn on_barrier(&mut self, epoch: u64) -> Result<Vec<PendingEpoch>> {
+    /// snapshot must hold: every epoch not confirmed committed. Records are
+    /// shared, not copied or encoded here: [`SavedOutput::to_pb`] does
+    /// that, off the actor for an Aggregate.
+    pub fn on_barrier(&mut self, epoch: u64) -> Result<SavedOutput> {
         let Output::ExactlyOnce(x) = self else {
-            return Ok(Vec::new());
+            return Ok(SavedOutput::default());
         };
         x.forget_committed();
         let open = std::mem::take(&mut x.open);
         x.pending.push(epoch, open);
-        let mut saved: Vec<PendingEpoch> = Vec::new();
-        for records in x.inflight.values() {
-            saved.extend(by_epoch(records, &x.producer));
-        }
-        saved.extend(
-            x.pending
-                .upto(epoch)
-                .map(|(e, recs)| pending_to_pb(e, &x.producer, recs)),
-        );
-        Ok(saved)
+        Ok(SavedOutput {
+            producer: x.producer.clone(),
+            inflight: x.inflight.values().cloned().collect(),
+            pending: x.pending.upto(epoch).collect(),
+        })
     }
 
     /// Checkpoint `epoch` is complete: hand everything up to it to the

@@ -110,7 +110,7 @@ pub async fn run(
                         .take()
                         .map_or(0, |t| t.elapsed().as_millis() as u64);
                     let span = ctx.snapshot_span(e, &std::mem::take(&mut barrier_trace));
-                    let snap = reduce_to_pb(state.snapshot(), output.on_barrier(e)?);
+                    let snap = reduce_to_pb(state.snapshot(), output.on_barrier(e)?.to_pb());
                     let bytes = snap.encode_to_vec();
                     let size = bytes.len();
                     async {
