@@ -35,14 +35,23 @@ impl PendingOutput {
     }
 
     /// Removes and returns everything up to `epoch`, oldest first: the
-    /// content of the transaction that commits `epoch`. Records still
-    /// shared with a snapshot being written are copied.
-    pub fn take_upto(&mut self, epoch: u64) -> Vec<OutputRecord> {
+    /// content of the transaction that commits `epoch`. A single epoch (the
+    /// usual case) is handed over as it is, still shared with any snapshot
+    /// being written; several are joined, copying records still shared.
+    pub fn take_upto(&mut self, epoch: u64) -> Arc<Vec<OutputRecord>> {
         let later = self.epochs.split_off(&(epoch + 1));
         let done = std::mem::replace(&mut self.epochs, later);
-        done.into_values()
-            .flat_map(|v| Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone()))
-            .collect()
+        if done.len() == 1 {
+            if let Some((_, only)) = done.into_iter().next() {
+                return only;
+            }
+            return Arc::default();
+        }
+        Arc::new(
+            done.into_values()
+                .flat_map(|v| Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone()))
+                .collect(),
+        )
     }
 
     /// Restores a saved epoch.

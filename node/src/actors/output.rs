@@ -136,7 +136,7 @@ impl Output {
         #[cfg(feature = "failpoints")]
         stop_once_before_commit(epoch);
         x.forget_committed();
-        let records = Arc::new(x.pending.take_upto(epoch));
+        let records = x.pending.take_upto(epoch);
         x.inflight.insert(epoch, records.clone());
         x.committer.commit(epoch, records).await
     }
@@ -203,7 +203,7 @@ async fn commit_saved(
                 records = records.len(),
                 "committing output saved in the restored checkpoint"
             );
-            sink.commit(epoch, Arc::new(records)).await?;
+            sink.commit(epoch, records).await?;
         }
     }
     Ok(())
