@@ -54,6 +54,66 @@ impl AggregateSettings {
     fn retention_ms(&self) -> i64 {
         self.allowed_lateness_ms + self.max_m() * self.window_ms
     }
+
+    /// Whether the window starting at `start` is past retention at `wm`.
+    fn expired(&self, start: i64, wm: i64) -> bool {
+        start
+            .saturating_add(self.window_ms)
+            .saturating_add(self.retention_ms())
+            <= wm
+    }
+
+    /// Ends of the top-N windows that contain each window of `starts` and
+    /// that `keep` accepts.
+    fn boundaries<'a>(
+        &self,
+        starts: impl IntoIterator<Item = &'a i64>,
+        keep: impl Fn(i64) -> bool,
+    ) -> BTreeSet<i64> {
+        let mut out = BTreeSet::new();
+        for start in starts {
+            for k in 1..=self.max_m() {
+                let t = start + k * self.window_ms;
+                if keep(t) {
+                    out.insert(t);
+                }
+            }
+        }
+        out
+    }
+
+    /// Boundaries already emitted that a late change to `starts` revises.
+    fn revised_boundaries<'a>(
+        &self,
+        starts: impl IntoIterator<Item = &'a i64>,
+        last: Option<i64>,
+    ) -> BTreeSet<i64> {
+        self.boundaries(starts, |t| last.is_some_and(|lb| t <= lb))
+    }
+
+    /// Boundaries the watermark `wm` passes for the first time.
+    fn new_boundaries<'a>(
+        &self,
+        starts: impl IntoIterator<Item = &'a i64>,
+        last: Option<i64>,
+        wm: i64,
+    ) -> BTreeSet<i64> {
+        self.boundaries(starts, |t| t <= wm && last.is_none_or(|lb| t > lb))
+    }
+
+    /// Boundaries already passed whose allowed lateness has not expired:
+    /// what Reduce may still hold after a rescale.
+    fn open_boundaries<'a>(
+        &self,
+        starts: impl IntoIterator<Item = &'a i64>,
+        last: i64,
+        wm: Option<i64>,
+    ) -> BTreeSet<i64> {
+        let lateness = self.allowed_lateness_ms;
+        self.boundaries(starts, |t| {
+            t <= last && wm.is_none_or(|wm| t.saturating_add(lateness) > wm)
+        })
+    }
 }
 
 /// Absolute counts of one (ad, window, slice).
@@ -226,17 +286,13 @@ impl AggregateState {
         }
         // Late but allowed: re-emit the touched cells with revision + 1 and
         // recompute every already-emitted top-N window that contains them.
-        let mut boundaries = BTreeSet::new();
         for start in &touched_closed {
             self.emit_window(*start, true, &mut out.counts);
-            for k in 1..=self.settings.max_m() {
-                let t = start + k * w;
-                if self.last_boundary.is_some_and(|lb| t <= lb) {
-                    boundaries.insert(t);
-                }
-            }
         }
-        for t in boundaries {
+        let revised = self
+            .settings
+            .revised_boundaries(&touched_closed, self.last_boundary);
+        for t in revised {
             self.local_top(t, &mut out.top, true);
         }
         out
@@ -263,28 +319,19 @@ impl AggregateState {
             }
             self.emit_window(start, false, &mut out.counts);
         }
-        let mut boundaries = BTreeSet::new();
-        for start in self.windows.keys() {
-            for k in 1..=self.settings.max_m() {
-                let t = start + k * w;
-                if t <= wm && self.last_boundary.is_none_or(|lb| t > lb) {
-                    boundaries.insert(t);
-                }
-            }
-        }
+        let boundaries = self
+            .settings
+            .new_boundaries(self.windows.keys(), self.last_boundary, wm);
         for t in &boundaries {
             self.local_top(*t, &mut out.top, false);
         }
         if let Some(last) = boundaries.last() {
             self.last_boundary = Some(self.last_boundary.map_or(*last, |lb| lb.max(*last)));
         }
-        let retention = self.settings.retention_ms();
         let expired: Vec<i64> = self
             .windows
             .iter()
-            .filter(|(start, win)| {
-                win.closed && start.saturating_add(w).saturating_add(retention) <= wm
-            })
+            .filter(|(start, win)| win.closed && self.settings.expired(**start, wm))
             .map(|(s, _)| *s)
             .collect();
         for start in expired {
@@ -307,20 +354,9 @@ impl AggregateState {
         let Some(last) = self.last_boundary else {
             return Vec::new();
         };
-        let w = self.settings.window_ms;
-        let lateness = self.settings.allowed_lateness_ms;
-        let mut boundaries = BTreeSet::new();
-        for start in self.windows.keys() {
-            for k in 1..=self.settings.max_m() {
-                let t = start + k * w;
-                let open = self
-                    .watermark
-                    .is_none_or(|wm| t.saturating_add(lateness) > wm);
-                if t <= last && open {
-                    boundaries.insert(t);
-                }
-            }
-        }
+        let boundaries = self
+            .settings
+            .open_boundaries(self.windows.keys(), last, self.watermark);
         let mut out = Vec::new();
         for t in boundaries {
             self.local_top_recomputed(t, &mut out);

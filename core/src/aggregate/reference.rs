@@ -147,17 +147,13 @@ impl ReferenceState {
         }
         // Late but allowed: re-emit the touched cells with revision + 1 and
         // recompute every already-emitted top-N window that contains them.
-        let mut boundaries = BTreeSet::new();
         for start in &touched_closed {
             self.emit_minute(*start, true, &mut out.counts);
-            for k in 1..=self.settings.max_m() {
-                let t = start + k * w;
-                if self.last_boundary.is_some_and(|lb| t <= lb) {
-                    boundaries.insert(t);
-                }
-            }
         }
-        for t in boundaries {
+        let revised = self
+            .settings
+            .revised_boundaries(&touched_closed, self.last_boundary);
+        for t in revised {
             self.local_top(t, &mut out.top, true);
         }
         out
@@ -184,25 +180,18 @@ impl ReferenceState {
             }
             self.emit_minute(start, false, &mut out.counts);
         }
-        let mut boundaries = BTreeSet::new();
-        for start in self.minutes.keys() {
-            for k in 1..=self.settings.max_m() {
-                let t = start + k * w;
-                if t <= wm && self.last_boundary.is_none_or(|lb| t > lb) {
-                    boundaries.insert(t);
-                }
-            }
-        }
+        let boundaries = self
+            .settings
+            .new_boundaries(self.minutes.keys(), self.last_boundary, wm);
         for t in &boundaries {
             self.local_top(*t, &mut out.top, false);
         }
         if let Some(last) = boundaries.last() {
             self.last_boundary = Some(self.last_boundary.map_or(*last, |lb| lb.max(*last)));
         }
-        let retention = self.settings.retention_ms();
-        self.minutes.retain(|start, m| {
-            !(m.closed && start.saturating_add(w).saturating_add(retention) <= wm)
-        });
+        let settings = &self.settings;
+        self.minutes
+            .retain(|start, m| !(m.closed && settings.expired(*start, wm)));
         out
     }
 
@@ -215,20 +204,9 @@ impl ReferenceState {
         let Some(last) = self.last_boundary else {
             return Vec::new();
         };
-        let w = self.settings.window_ms;
-        let lateness = self.settings.allowed_lateness_ms;
-        let mut boundaries = BTreeSet::new();
-        for start in self.minutes.keys() {
-            for k in 1..=self.settings.max_m() {
-                let t = start + k * w;
-                let open = self
-                    .watermark
-                    .is_none_or(|wm| t.saturating_add(lateness) > wm);
-                if t <= last && open {
-                    boundaries.insert(t);
-                }
-            }
-        }
+        let boundaries = self
+            .settings
+            .open_boundaries(self.minutes.keys(), last, self.watermark);
         let mut out = Vec::new();
         for t in boundaries {
             self.local_top(t, &mut out, true);
