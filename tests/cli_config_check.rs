@@ -233,3 +233,50 @@ fn security_settings_reach_librdkafka() {
         text(&out)
     );
 }
+
+/// `[kafka.source_consumer]` is handed to librdkafka, which checks names and
+/// values at start; the properties exactly-once reading relies on are
+/// refused with the reason.
+#[test]
+fn config_check_passes_source_consumer_tuning_to_librdkafka() {
+    let dir = adclick_testkit::temp_dir("config-check-source");
+    let file = dir.join("adclick.toml");
+    let table = "[kafka.source_consumer]\n";
+    std::fs::write(
+        &file,
+        format!(
+            "{table}\"fetch.min.bytes\" = \"65536\"\n\"queued.max.messages.kbytes\" = \"16384\"\n"
+        ),
+    )
+    .unwrap();
+    let out = check(&file, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    for (body, needles) in [
+        // librdkafka's own checks: an unknown name, a value out of range.
+        (
+            "\"fetch.min.bytez\" = \"1\"\n",
+            &["kafka.source_consumer", "fetch.min.bytez"][..],
+        ),
+        (
+            "\"fetch.min.bytes\" = \"-5\"\n",
+            &["kafka.source_consumer", "fetch.min.bytes"][..],
+        ),
+        // adclick's: offsets live in checkpoints.
+        (
+            "\"enable.auto.commit\" = \"true\"\n",
+            &["enable.auto.commit", "checkpoints"][..],
+        ),
+        (
+            "\"sasl.password\" = \"x\"\n",
+            &["sasl.password", "[kafka.security]"][..],
+        ),
+    ] {
+        std::fs::write(&file, format!("{table}{body}")).unwrap();
+        let out = check(&file, &[]);
+        assert_eq!(out.status.code(), Some(1), "{body:?}: {}", text(&out));
+        for needle in needles {
+            assert!(text(&out).contains(needle), "{body:?}: {}", text(&out));
+        }
+    }
+}

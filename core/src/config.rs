@@ -11,6 +11,8 @@ pub use crate::offsets::OnOffsetMismatch;
 use crate::slice::{SliceConfig, Slicer};
 use serde::{Deserialize, Serialize};
 
+mod serving_rules;
+mod source_consumer;
 mod transactions;
 pub use transactions::{min_transaction_timeout_ms, KafkaTransactions};
 
@@ -77,6 +79,9 @@ pub struct KafkaConfig {
     pub transaction_max_timeout_ms: u64,
     /// `[kafka.security]`: TLS and SASL of every Kafka client.
     pub security: KafkaSecurity,
+    /// `[kafka.source_consumer]`: extra librdkafka properties of the Map
+    /// actors' input consumer (fetch and queue tuning).
+    pub source_consumer: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -92,6 +97,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             transaction_max_timeout_ms: 900_000,
             security: KafkaSecurity::default(),
+            source_consumer: Default::default(),
         }
     }
 }
@@ -424,6 +430,9 @@ impl Config {
         if let Some((key, problem)) = self.kafka.security.problem() {
             return Err(err(key, &problem));
         }
+        if let Some((key, problem)) = source_consumer::problem(&self.kafka.source_consumer) {
+            return Err(err(&key, problem));
+        }
         if let Err(problem) = self.grpc_tls.check() {
             return Err(err("grpc_tls", &problem));
         }
@@ -552,68 +561,6 @@ impl Config {
                 "checkpoint.transaction_timeout_ms",
                 format!("is {t}, but the broker allows at most {max} (kafka.transaction_max_timeout_ms, the broker's transaction.max.timeout.ms)"),
             ));
-        }
-        Ok(())
-    }
-
-    fn validate_serving(&self) -> Result<(), ConfigError> {
-        let d = &self.database;
-        if !(d.url.starts_with("sqlite:")
-            || d.url.starts_with("postgres://")
-            || d.url.starts_with("postgresql://"))
-        {
-            return Err(err(
-                "database.url",
-                "must start with sqlite: or postgres://",
-            ));
-        }
-        if d.max_connections == 0 {
-            return Err(err("database.max_connections", "must be positive"));
-        }
-        if d.retention_minutes == 0 {
-            return Err(err("database.retention_minutes", "must be positive"));
-        }
-        let w = &self.writer;
-        if w.batch_max_records == 0 {
-            return Err(err("writer.batch_max_records", "must be positive"));
-        }
-        if w.batch_max_ms == 0 {
-            return Err(err("writer.batch_max_ms", "must be positive"));
-        }
-        if w.resume_rewind_records < 0 {
-            return Err(err("writer.resume_rewind_records", "must not be negative"));
-        }
-        if w.partitions.iter().any(|p| *p < 0) {
-            return Err(err(
-                "writer.partitions",
-                "partition numbers must not be negative",
-            ));
-        }
-        if w.ops_addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(err(
-                "writer.ops_addr",
-                "must be host:port with a numeric IP, e.g. 127.0.0.1:9640",
-            ));
-        }
-        if self.query.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(err(
-                "query.listen",
-                "must be host:port with a numeric IP, e.g. 127.0.0.1:8080",
-            ));
-        }
-        let q = &self.query;
-        for (key, value) in [
-            (
-                "query.max_concurrent_requests",
-                q.max_concurrent_requests as u64,
-            ),
-            ("query.request_timeout_ms", q.request_timeout_ms),
-            ("query.max_connections", q.max_connections as u64),
-            ("query.header_read_timeout_ms", q.header_read_timeout_ms),
-        ] {
-            if value == 0 {
-                return Err(err(key, "must be at least 1"));
-            }
         }
         Ok(())
     }

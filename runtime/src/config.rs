@@ -26,6 +26,7 @@ pub fn load(path: Option<&Path>) -> Result<Config> {
     );
     let cfg = checked(fig)?;
     check_kafka_security(&cfg)?;
+    crate::kafka::check_source_consumer(&cfg.kafka)?;
     crate::kafka::use_security(&cfg.kafka.security);
     crate::grpc::use_tls(&cfg.grpc_tls)?;
     Ok(cfg)

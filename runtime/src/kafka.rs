@@ -65,8 +65,46 @@ pub fn consumer<C: rdkafka::config::FromClientConfig>(
     group: &str,
     read_committed: bool,
 ) -> Result<C> {
-    client_config(bootstrap)
-        .set("group.id", group)
+    consumer_config(bootstrap, group, read_committed)
+        .create()
+        .context("creating Kafka consumer")
+}
+
+/// The Map actors' input consumer: [`consumer`] plus the operator's
+/// `[kafka.source_consumer]` tuning, which may override `fetch.wait.max.ms`.
+pub fn source_consumer<C: rdkafka::config::FromClientConfig>(
+    k: &KafkaConfig,
+    group: &str,
+) -> Result<C> {
+    source_consumer_config(k, group)
+        .create()
+        .context("creating the input consumer ([kafka.source_consumer])")
+}
+
+fn source_consumer_config(k: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut c = consumer_config(&k.bootstrap, group, false);
+    for (name, value) in &k.source_consumer {
+        c.set(name, value);
+    }
+    c
+}
+
+/// Lets librdkafka check `[kafka.source_consumer]` (unknown properties, bad
+/// values) without creating a client, so a typo stops the process at start
+/// with librdkafka's message instead of failing every Map deploy.
+pub fn check_source_consumer(k: &KafkaConfig) -> Result<()> {
+    let mut c = ClientConfig::new();
+    for (name, value) in &k.source_consumer {
+        c.set(name, value);
+    }
+    c.create_native_config()
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("invalid configuration: kafka.source_consumer: {e}"))
+}
+
+fn consumer_config(bootstrap: &str, group: &str, read_committed: bool) -> ClientConfig {
+    let mut c = client_config(bootstrap);
+    c.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -78,9 +116,8 @@ pub fn consumer<C: rdkafka::config::FromClientConfig>(
                 "read_uncommitted"
             },
         )
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .context("creating Kafka consumer")
+        .set("fetch.wait.max.ms", "100");
+    c
 }
 
 /// Creates every topic the job uses that does not exist yet; existing
@@ -249,5 +286,31 @@ pub async fn serves_transactions(bootstrap: &str, timeout: Duration) -> Result<b
 pub fn publish_sink_mode(mode: &str) {
     for m in ["transactional", "replay"] {
         metrics::gauge!("sink_mode", "mode" => m).set(if m == mode { 1.0 } else { 0.0 });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_consumer_tuning_overrides_defaults_and_keeps_the_group() {
+        let mut k = KafkaConfig::default();
+        k.source_consumer
+            .insert("fetch.wait.max.ms".into(), "10".into());
+        k.source_consumer
+            .insert("fetch.min.bytes".into(), "65536".into());
+        let c = source_consumer_config(&k, "job-map");
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(c.get("fetch.min.bytes"), Some("65536"));
+        assert_eq!(c.get("group.id"), Some("job-map"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        let plain = source_consumer_config(&KafkaConfig::default(), "job-map");
+        assert_eq!(plain.get("fetch.wait.max.ms"), Some("100"));
+        assert!(check_source_consumer(&k).is_ok());
+        k.source_consumer
+            .insert("fetch.min.bytez".into(), "1".into());
+        let e = check_source_consumer(&k).unwrap_err().to_string();
+        assert!(e.contains("fetch.min.bytez"), "{e}");
     }
 }

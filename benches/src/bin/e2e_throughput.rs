@@ -26,6 +26,14 @@
 //!    which serves Kafka transactions; modes `eo-txn` and `eo-replay` force
 //!    the transactional or the replay sink (`eo` lets `auto` choose).
 //!
+//! 8. `--source-property NAME=VALUE` (repeatable; issue 11) sets a
+//!    `[kafka.source_consumer]` property of the Map actors' consumer, and the
+//!    same property on the broker-only consumer, so both rates use the same
+//!    fetch settings. `--consumer-api` also times the broker-only read
+//!    through rdkafka's `StreamConsumer::recv` on a tokio runtime, the API
+//!    the Map actors use, next to `BaseConsumer::poll`: the cost of taking
+//!    records one at a time through the async API.
+//!
 //! Flags: `--broker tansu|nisshi` (tansu), `--events N` (1,000,000), `--ads N` (200,000), `--minutes N` (10),
 //! `--nodes N` (3), `--batch-max-events N` (16,384), `--bin PATH`
 //! (target/release/adclick), `--modes LIST` (`eo`; e.g. `eo,alo,eo,alo`),
@@ -49,6 +57,11 @@ struct Args {
     modes: Vec<Mode>,
     checkpoint_interval_ms: u64,
     broker: BrokerKind,
+    /// `[kafka.source_consumer]` of every run, also set on the broker-only
+    /// consumer.
+    source_properties: Vec<(String, String)>,
+    /// Also time the broker-only read through `StreamConsumer::recv`.
+    consumer_api: bool,
 }
 
 /// Delivery mode of one pipeline run.
@@ -94,6 +107,8 @@ fn parse_args() -> Result<Args> {
         modes: vec![Mode::ExactlyOnce],
         checkpoint_interval_ms: 10_000,
         broker: BrokerKind::Tansu,
+        source_properties: Vec::new(),
+        consumer_api: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -106,6 +121,14 @@ fn parse_args() -> Result<Args> {
             "--batch-max-events" => a.batch_max_events = val()?.parse()?,
             "--bin" => a.bin = PathBuf::from(val()?),
             "--checkpoint-interval-ms" => a.checkpoint_interval_ms = val()?.parse()?,
+            "--source-property" => {
+                let v = val()?;
+                let (name, value) = v
+                    .split_once('=')
+                    .with_context(|| format!("--source-property {v}: use NAME=VALUE"))?;
+                a.source_properties.push((name.into(), value.into()));
+            }
+            "--consumer-api" => a.consumer_api = true,
             "--broker" => {
                 a.broker = match val()?.as_str() {
                     "tansu" => BrokerKind::Tansu,
@@ -148,19 +171,8 @@ fn topic_records(bootstrap: &str) -> Result<u64> {
 
 /// Reads every record with a plain consumer; returns (records, seconds from
 /// the first record to the last).
-fn broker_only(bootstrap: &str, expected: u64) -> Result<(u64, f64, f64)> {
-    // Same fetch settings as the Map actors' consumer (runtime::kafka::consumer).
-    let c: BaseConsumer = client(bootstrap)
-        .set("group.id", "e2e-throughput-plain")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("fetch.wait.max.ms", "100")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)?;
-    }
-    c.assign(&tpl)?;
+fn broker_only(a: &Args, bootstrap: &str, expected: u64) -> Result<(u64, f64, f64)> {
+    let c: BaseConsumer = plain_consumer(a, bootstrap, "e2e-throughput-plain")?;
     let (mut n, mut bytes, mut first) = (0u64, 0u64, None);
     let mut samples = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -190,6 +202,59 @@ fn broker_only(bootstrap: &str, expected: u64) -> Result<(u64, f64, f64)> {
     let secs = first.map_or(0.0, |f| end.duration_since(f).as_secs_f64());
     eprintln!("broker-only: {n} records, {:.1} MB", bytes as f64 / 1e6);
     Ok((n, secs, steady_rate(&samples, expected)))
+}
+
+/// A consumer with the Map actors' fetch settings
+/// (`runtime::kafka::source_consumer`), every input partition assigned from
+/// the beginning.
+fn plain_consumer<C: rdkafka::config::FromClientConfig + Consumer>(
+    a: &Args,
+    bootstrap: &str,
+    group: &str,
+) -> Result<C> {
+    let mut cfg = client(bootstrap);
+    cfg.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "100");
+    for (name, value) in &a.source_properties {
+        cfg.set(name, value);
+    }
+    let c: C = cfg.create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    Ok(c)
+}
+
+/// The broker-only read through `StreamConsumer::recv` on a current-thread
+/// tokio runtime, as a Map actor takes records; returns (records, seconds
+/// from the first record to the last).
+fn broker_only_stream(a: &Args, bootstrap: &str, expected: u64) -> Result<(u64, f64)> {
+    use rdkafka::consumer::StreamConsumer;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let c: StreamConsumer = plain_consumer(a, bootstrap, "e2e-throughput-stream")?;
+        let (mut n, mut first, mut end) = (0u64, None, Instant::now());
+        while n < expected {
+            match tokio::time::timeout(Duration::from_secs(5), c.recv()).await {
+                Err(_) => break,
+                Ok(Err(e)) => eprintln!("stream consumer: {e}"),
+                Ok(Ok(m)) => {
+                    first.get_or_insert_with(Instant::now);
+                    std::hint::black_box(m.payload());
+                    n += 1;
+                    end = Instant::now();
+                }
+            }
+        }
+        let secs = first.map_or(0.0, |f: Instant| end.duration_since(f).as_secs_f64());
+        Ok((n, secs))
+    })
 }
 
 /// What the pipeline run measured.
@@ -312,7 +377,14 @@ fn run_pipeline(
     mode: Mode,
 ) -> Result<(PipelineRun, String)> {
     let cfg_path = dir.join(format!("adclick-{round}.toml"));
-    std::fs::write(&cfg_path, config(a.batch_max_events))?;
+    let mut text = config(a.batch_max_events);
+    if !a.source_properties.is_empty() {
+        text.push_str("\n[kafka.source_consumer]\n");
+        for (name, value) in &a.source_properties {
+            text.push_str(&format!("{name:?} = {value:?}\n"));
+        }
+    }
+    std::fs::write(&cfg_path, text)?;
     let base = base_port();
     let run_dir = dir.join(format!("cluster-{round}"));
     let mut env = cluster_env(&a.bin, &cfg_path, bootstrap, a.nodes, &run_dir, base);
@@ -386,7 +458,7 @@ fn main() -> Result<()> {
         "gen: {produced} records produced, high watermarks say {in_topic}, {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let (records, broker_secs, broker_steady) = broker_only(&broker.bootstrap, produced)?;
+    let (records, broker_secs, broker_steady) = broker_only(&a, &broker.bootstrap, produced)?;
     if records != produced {
         eprintln!("WARNING: the broker served {records} of the {produced} records gen reported as delivered");
     }
@@ -394,6 +466,17 @@ fn main() -> Result<()> {
     println!("records                 {records}");
     println!("broker                  {}", a.broker.program());
     println!("broker-only (1 consumer, {PARTITIONS} partitions)  {broker_rate:>10.0} msgs/s  ({broker_secs:.2} s; 10-90 % {broker_steady:.0} msgs/s)");
+    if !a.source_properties.is_empty() {
+        println!("source consumer properties  {:?}", a.source_properties);
+    }
+    if a.consumer_api {
+        let (n, secs) = broker_only_stream(&a, &broker.bootstrap, produced)?;
+        println!(
+            "broker-only, StreamConsumer::recv  {:>10.0} msgs/s  ({n} records, {secs:.2} s; {:.2} of poll)",
+            n as f64 / secs,
+            n as f64 / secs / broker_rate
+        );
+    }
     for (round, mode) in a.modes.iter().copied().enumerate() {
         let (run, log) = run_pipeline(&a, &dir, &broker.bootstrap, records, round, mode)?;
         report(&a, round, mode, &run, &log, records, broker_rate);

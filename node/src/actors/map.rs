@@ -78,10 +78,9 @@ pub async fn run(
         watermarks.restore(watermark);
         tracing::info!(actor = %actor, epoch = ctx.restore_epoch, ?offsets, "restored source offsets");
     }
-    let consumer: StreamConsumer = adclick_runtime::kafka::consumer(
-        &cfg.kafka.bootstrap,
+    let consumer: StreamConsumer = adclick_runtime::kafka::source_consumer(
+        &cfg.kafka,
         &format!("{}-map", cfg.cluster.job_name),
-        false,
     )?;
     let mut tpl = TopicPartitionList::new();
     // `job.start_from` is for a job without a checkpoint. A restored job
