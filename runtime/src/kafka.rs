@@ -93,11 +93,8 @@ fn source_consumer_config(k: &KafkaConfig, group: &str) -> ClientConfig {
 /// values) without creating a client, so a typo stops the process at start
 /// with librdkafka's message instead of failing every Map deploy.
 pub fn check_source_consumer(k: &KafkaConfig) -> Result<()> {
-    let mut c = ClientConfig::new();
-    for (name, value) in &k.source_consumer {
-        c.set(name, value);
-    }
-    c.create_native_config()
+    source_consumer_config(k, "config-check")
+        .create_native_config()
         .map(drop)
         .map_err(|e| anyhow::anyhow!("invalid configuration: kafka.source_consumer: {e}"))
 }
