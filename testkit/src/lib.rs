@@ -9,7 +9,7 @@ pub mod s3;
 use anyhow::{bail, Context, Result};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (racy by nature, but good enough for tests).
@@ -189,7 +189,9 @@ impl Broker {
         let child = cmd
             .current_dir(dir)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            // tansu and nisshi log to stdout: keep it, or a broker error
+            // (a failed write, a refused batch) leaves no trace.
+            .stdout(log.try_clone().context("sharing the broker log")?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", kind.program()))?;
