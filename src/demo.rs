@@ -8,7 +8,7 @@ use crate::launch::{find_tansu, free_port, install_tansu, wait_for_port, Childre
 use adclick_core::output::{OutputRecord, TopNRecord};
 use anyhow::{Context, Result};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Message, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -208,7 +208,11 @@ async fn read_top(
         adclick_runtime::kafka::consumer(&cfg.kafka.bootstrap, "adclick-demo", true)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..cfg.kafka.output_partitions {
-        tpl.add_partition_offset(&cfg.kafka.output_topic, p, Offset::Beginning)?;
+        tpl.add_partition_offset(
+            &cfg.kafka.output_topic,
+            p,
+            adclick_runtime::kafka::PARTITION_START,
+        )?;
     }
     consumer.assign(&tpl)?;
     loop {

@@ -27,7 +27,7 @@ use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Message, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -327,7 +327,7 @@ impl Topic {
         let consumer = self.consumer()?;
         let mut tpl = TopicPartitionList::new();
         for p in &self.partitions {
-            tpl.add_partition_offset(&self.name, *p, Offset::Beginning)
+            tpl.add_partition_offset(&self.name, *p, adclick_runtime::kafka::PARTITION_START)
                 .context("building the assignment")?;
         }
         consumer

@@ -99,6 +99,15 @@ pub fn check_source_consumer(k: &KafkaConfig) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("invalid configuration: kafka.source_consumer: {e}"))
 }
 
+/// Where a reader that must see a whole partition starts: offset 0, which
+/// `auto.offset.reset = earliest` (set on every adclick consumer) moves up
+/// to the log start once retention has deleted it. Not
+/// `Offset::Beginning`: tansu 0.6 and nisshi 0.7 answer ListOffsets(earliest)
+/// with the batch they *stored* first, not the lowest offset, so when two
+/// producers' first batches of a partition are stored out of order, the
+/// batches before that one would never be read.
+pub const PARTITION_START: rdkafka::Offset = rdkafka::Offset::Offset(0);
+
 fn consumer_config(bootstrap: &str, group: &str, read_committed: bool) -> ClientConfig {
     let mut c = client_config(bootstrap);
     c.set("group.id", group)

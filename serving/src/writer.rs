@@ -67,7 +67,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<()> {
     let rewind = cfg.writer.resume_rewind_records;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
-        let start = stored.get(p).map_or(Offset::Beginning, |o| {
+        let start = stored.get(p).map_or(kafka::PARTITION_START, |o| {
             Offset::Offset(o.saturating_sub(rewind).max(0))
         });
         tpl.add_partition_offset(&topic, *p, start)

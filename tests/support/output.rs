@@ -134,6 +134,16 @@ impl Folded {
 /// [`TopicReader::read_uncommitted`].
 pub struct TopicReader {
     pub(crate) consumer: BaseConsumer,
+    /// How it was opened, so a failed comparison can read again afresh.
+    bootstrap: String,
+    topic: String,
+    isolation: &'static str,
+    /// Errors the consumer reported while draining (first few): a fetch
+    /// error that skipped records would otherwise look like lost output.
+    errors: std::sync::Mutex<Vec<String>>,
+    /// Offsets read, by partition: a hole wider than a few transaction
+    /// markers is a batch the broker acknowledged but does not serve.
+    offsets: std::sync::Mutex<BTreeMap<i32, Vec<i64>>>,
 }
 
 impl TopicReader {
@@ -153,15 +163,73 @@ impl TopicReader {
         Self::open(bootstrap, topic, "read_uncommitted")
     }
 
-    fn open(bootstrap: &str, topic: &str, isolation: &str) -> Result<Self> {
+    fn open(bootstrap: &str, topic: &str, isolation: &'static str) -> Result<Self> {
         let consumer: BaseConsumer = test_reader(bootstrap, isolation)?;
         let parts = partitions(&consumer, topic)?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..parts {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+            // Offset 0, not `Offset::Beginning`: nisshi 0.7.0 answers
+            // ListOffsets(earliest) with the batch object written first
+            // (oldest `last_modified`), not the lowest offset. When two
+            // producers' first batches of a partition land out of order,
+            // "earliest" is the second one and everything before it is
+            // never read. The test topics are never truncated, so 0 is
+            // their start on every broker.
+            tpl.add_partition_offset(topic, p, Offset::Offset(0))?;
         }
         consumer.assign(&tpl)?;
-        Ok(Self { consumer })
+        Ok(Self {
+            consumer,
+            bootstrap: bootstrap.to_owned(),
+            topic: topic.to_owned(),
+            isolation,
+            errors: std::sync::Mutex::new(Vec::new()),
+            offsets: std::sync::Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// A new reader of the same topic, from the beginning.
+    pub fn reopen(&self) -> Result<Self> {
+        Self::open(&self.bootstrap, &self.topic, self.isolation)
+    }
+
+    /// Per partition: records read, the last offset, how many offsets no
+    /// record was read at, and the widest holes (transaction markers leave
+    /// holes of one or a few; a lost batch leaves a wide one).
+    pub fn holes(&self) -> String {
+        let Ok(offsets) = self.offsets.lock() else {
+            return String::new();
+        };
+        let mut out = Vec::new();
+        for (p, seen) in offsets.iter() {
+            let mut sorted = seen.clone();
+            sorted.sort_unstable();
+            let repeated = sorted.windows(2).filter(|w| w[0] == w[1]).count();
+            sorted.dedup();
+            // From offset -1, so records never read at the start count too.
+            let mut holes: Vec<(i64, i64)> = std::iter::once(-1)
+                .chain(sorted.iter().copied())
+                .collect::<Vec<_>>()
+                .windows(2)
+                .filter(|w| w[1] - w[0] > 1)
+                .map(|w| (w[1] - w[0] - 1, w[0] + 1))
+                .collect();
+            let unread: i64 = holes.iter().map(|h| h.0).sum();
+            holes.sort_unstable_by(|a, b| b.cmp(a));
+            holes.truncate(8);
+            out.push(format!(
+                "partition {p}: {} records ({repeated} repeated offsets) up to offset {}, \
+                 {unread} offsets unread, widest holes (size, from) {holes:?}",
+                sorted.len(),
+                sorted.last().copied().unwrap_or(-1)
+            ));
+        }
+        out.join("\n")
+    }
+
+    /// The first errors the consumer reported.
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
     /// Everything available within `wait` (payloads).
@@ -169,8 +237,21 @@ impl TopicReader {
         let mut out = Vec::new();
         let until = Instant::now() + wait;
         while Instant::now() < until {
-            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(100)) {
-                out.push(m.payload().unwrap_or_default().to_vec());
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    if let Ok(mut offsets) = self.offsets.lock() {
+                        offsets.entry(m.partition()).or_default().push(m.offset());
+                    }
+                    out.push(m.payload().unwrap_or_default().to_vec())
+                }
+                Some(Err(e)) => {
+                    if let Ok(mut errors) = self.errors.lock() {
+                        if errors.len() < 10 {
+                            errors.push(e.to_string());
+                        }
+                    }
+                }
+                None => {}
             }
         }
         out
@@ -225,10 +306,40 @@ pub fn wait_for_truth(reader: &TopicReader, truth: &Truth, timeout: Duration) ->
         }
         if start.elapsed() > timeout {
             bail!(
-                "output does not match ground truth after {timeout:?} ({} records read):\n{}",
+                "output does not match ground truth after {timeout:?} ({} records read):\n{}\n\
+                 reader errors: {:?}\n{}\n{}",
                 folded.records,
-                diff.join("\n")
+                diff.join("\n"),
+                reader.errors(),
+                reader.holes(),
+                second_opinion(reader, truth)
             );
         }
     }
+}
+
+/// What a fresh reader of the same topic sees: tells records the first
+/// reader skipped (a broker or client quirk) from output never written.
+fn second_opinion(reader: &TopicReader, truth: &Truth) -> String {
+    let fresh = match reader.reopen() {
+        Ok(r) => r,
+        Err(e) => return format!("a fresh reader could not be opened: {e:#}"),
+    };
+    let mut folded = Folded::default();
+    for payload in fresh.drain(Duration::from_secs(10)) {
+        if let Ok(rec) = serde_json::from_slice::<OutputRecord>(&payload) {
+            folded.add(rec);
+        }
+    }
+    let diff = folded.diff(truth, 10);
+    format!(
+        "a fresh reader read {} records (errors {:?}) and finds {}",
+        folded.records,
+        fresh.errors(),
+        if diff.is_empty() {
+            "the output equal to the truth: the first reader skipped records".to_owned()
+        } else {
+            format!("these differences:\n{}", diff.join("\n"))
+        }
+    )
 }

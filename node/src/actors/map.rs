@@ -87,8 +87,8 @@ pub async fn run(
     // reads a partition the checkpoint does not know (added to the topic
     // since) from its start, so none of its records is skipped.
     let start = match job.start_from {
-        _ if ctx.restore_epoch > 0 => Offset::Beginning,
-        StartFrom::Earliest => Offset::Beginning,
+        _ if ctx.restore_epoch > 0 => adclick_runtime::kafka::PARTITION_START,
+        StartFrom::Earliest => adclick_runtime::kafka::PARTITION_START,
         StartFrom::Latest => Offset::End,
     };
     // Restored offsets: records below them were processed before the
