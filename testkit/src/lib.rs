@@ -189,6 +189,7 @@ impl Broker {
         let child = cmd
             .current_dir(dir)
             .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
             // tansu and nisshi log to stdout: keep it, or a broker error
             // (a failed write, a refused batch) leaves no trace.
             .stdout(log.try_clone().context("sharing the broker log")?)
