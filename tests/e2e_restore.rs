@@ -246,3 +246,138 @@ fn partitions_keep_their_saved_offsets_when_the_maps_change() -> Result<()> {
     assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
     Ok(())
 }
+
+/// Shared objects (incremental snapshots' windows) on disk.
+fn shared_objects(store: &Path) -> Result<BTreeSet<String>> {
+    let shared = store.join("checkpoints/adclick/shared");
+    let mut out = BTreeSet::new();
+    let Ok(actors) = std::fs::read_dir(&shared) else {
+        return Ok(out);
+    };
+    for actor in actors {
+        let actor = actor?;
+        for o in std::fs::read_dir(actor.path())? {
+            let o = o?;
+            out.insert(format!(
+                "{}/{}",
+                actor.file_name().to_string_lossy(),
+                o.file_name().to_string_lossy()
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The shared objects complete checkpoint `dir`'s metadata references.
+fn referenced(dir: &Path) -> Result<BTreeSet<String>> {
+    let bytes = std::fs::read(dir.join("_metadata"))?;
+    let (json, _) = adclick_core::snapshot_frame::decode(bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let meta: serde_json::Value = serde_json::from_slice(&json)?;
+    Ok(meta["shared"]
+        .as_array()
+        .context("metadata lists no shared objects")?
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect())
+}
+
+#[test]
+fn incremental_checkpoints_share_unchanged_windows_and_retention_keeps_what_they_reference(
+) -> Result<()> {
+    let (dir, broker, config) = setup("restore-incremental", "")?;
+    let env = [("ADCLICK_CHECKPOINT__RETAIN", "3")];
+    let cluster = Cluster::start_with_env(&dir, &broker.bootstrap, &config, 3, &env)?;
+    wait_until("first deployment", Duration::from_secs(60), || {
+        generation(&cluster) >= 1
+    })?;
+    let (gen, truth_path) = spawn_generate(&dir, &broker.bootstrap, &config, STREAM)?;
+    let store = cluster.run_dir.join("snapshots");
+    let epoch_of = |o: &str| -> u64 {
+        o.rsplit_once(".e")
+            .and_then(|(_, e)| e.parse().ok())
+            .unwrap_or(0)
+    };
+    // A checkpoint that wrote a window and referenced others written
+    // before it: only what changed was written.
+    wait_until(
+        "a checkpoint referencing unchanged windows",
+        Duration::from_secs(90),
+        || {
+            complete_checkpoints(&store).is_ok_and(|c| {
+                c.last().is_some_and(|(e, d)| {
+                    referenced(d).is_ok_and(|r| {
+                        r.iter().any(|o| epoch_of(o) == *e) && r.iter().any(|o| epoch_of(o) < *e)
+                    })
+                })
+            })
+        },
+    )?;
+    for p in ["coordinator", "node-0", "node-1", "node-2"] {
+        cluster.signal(p, "KILL")?;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    // Every window a kept checkpoint references is there.
+    let complete = complete_checkpoints(&store)?;
+    let on_disk = shared_objects(&store)?;
+    for (e, d) in &complete {
+        for o in referenced(d)? {
+            assert!(
+                on_disk.contains(&o),
+                "checkpoint {e} references {o}, which is gone"
+            );
+        }
+    }
+    // Losing a window written by the newest checkpoint makes that
+    // checkpoint unrestorable: the one before it is restored, exactly.
+    let (newest, newest_dir) = complete.last().context("no complete checkpoint")?;
+    let lost = referenced(newest_dir)?
+        .into_iter()
+        .find(|o| epoch_of(o) == *newest)
+        .with_context(|| format!("checkpoint {newest} wrote no window"))?;
+    std::fs::remove_file(store.join("checkpoints/adclick/shared").join(&lost))?;
+    for p in ["coordinator", "node-0", "node-1", "node-2"] {
+        cluster.start_one(p, &[])?;
+    }
+    wait_until("the restarted job to run", Duration::from_secs(60), || {
+        cluster
+            .status_json()
+            .is_ok_and(|s| s["generation"].as_u64() > Some(1) && s["state"] == "running")
+    })?;
+    let log = process_log(&cluster, "coordinator");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("checkpoint cannot be restored")
+                && l.contains(&format!("epoch={newest}"))
+                && l.contains(&format!("shared object {lost} missing"))),
+        "the coordinator skips checkpoint {newest}, whose window {lost} is lost:\n{log}"
+    );
+    let truth = finish_generate(gen, &truth_path)?;
+    let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
+    let folded = wait_for_truth(&reader, &truth, Duration::from_secs(240))?;
+    assert!(folded.conflicts.is_empty(), "{:?}", folded.conflicts);
+    // Retention deletes the windows no kept checkpoint references (those
+    // of expired windows and of deleted checkpoints), between checkpoints.
+    wait_until(
+        "only referenced windows to be kept",
+        Duration::from_secs(60),
+        || {
+            let Ok(complete) = complete_checkpoints(&store) else {
+                return false;
+            };
+            let newest = complete.last().map_or(0, |(e, _)| *e);
+            let mut kept = BTreeSet::new();
+            for (_, d) in &complete {
+                match referenced(d) {
+                    Ok(r) => kept.extend(r),
+                    Err(_) => return false,
+                }
+            }
+            shared_objects(&store).is_ok_and(|objs| {
+                objs.iter()
+                    .all(|o| kept.contains(o) || epoch_of(o) > newest)
+            })
+        },
+    )?;
+    Ok(())
+}

@@ -35,9 +35,11 @@ pub struct OutputFollower {
 }
 
 impl OutputFollower {
-    /// Reads `ad-click-aggregates` from the start, read_committed.
+    /// Reads `ad-click-aggregates` from the start, read_committed: offset
+    /// 0, not `Offset::Beginning`, which tansu and nisshi answer with the
+    /// batch stored first (see `adclick_runtime::kafka::PARTITION_START`).
     pub fn new(bootstrap: &str) -> Result<Self> {
-        Self::from(bootstrap, Offset::Beginning)
+        Self::from(bootstrap, Offset::Offset(0))
     }
 
     /// Reads `ad-click-aggregates` from `offset` on every partition.

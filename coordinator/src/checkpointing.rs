@@ -6,7 +6,7 @@
 use crate::history::{CheckpointRecord, Outcome};
 use crate::registry::{ClusterState, Inflight, JobState};
 use crate::states::Event;
-use adclick_core::checkpoint::{checkpoints_to_delete, restore_choice, CheckpointFiles};
+use adclick_core::checkpoint::{checkpoints_to_delete, restore_choice, shared, CheckpointFiles};
 use adclick_core::config::Config;
 use adclick_proto::cluster::CheckpointRequest;
 use adclick_runtime::snapshots::SnapshotStore;
@@ -107,6 +107,16 @@ impl Checkpointer {
             for actor in listed.iter().flatten().filter(|a| present.contains(*a)) {
                 if let Some(why) = self.store.damage(epoch, actor).await? {
                     damaged.insert(actor.clone(), why.to_string());
+                }
+            }
+            // And every window an incremental snapshot references, charged
+            // to the actor whose snapshot references it.
+            for object in self.store.shared_refs(epoch).await.unwrap_or_default() {
+                if let Some(why) = self.store.shared_problem(&object).await? {
+                    let actor = object.split('/').next().unwrap_or(&object).to_owned();
+                    damaged
+                        .entry(actor)
+                        .or_insert_with(|| format!("shared object {object} {why}"));
                 }
             }
             let c = CheckpointFiles {
@@ -249,6 +259,7 @@ impl Checkpointer {
                             started: Instant::now(),
                             acked: BTreeSet::new(),
                             bytes: 0,
+                            shared: BTreeSet::new(),
                             trigger: trigger_kind,
                             started_ms,
                             span: span.clone(),
@@ -342,6 +353,8 @@ impl Checkpointer {
             "generation": f.generation,
             "actors": f.acked,
             "bytes": f.bytes,
+            // What retention must keep while this checkpoint is kept.
+            "shared": f.shared,
             "trigger": f.trigger,
             "started_at_ms": f.started_ms,
             "completed_at_ms": adclick_runtime::now_ms(),
@@ -408,8 +421,41 @@ impl Checkpointer {
                 self.store.delete_epoch(e).await?;
             }
         }
-        Ok(())
+        sweep_shared(&self.store).await
     }
+}
+
+/// Deletes the shared snapshot objects no kept checkpoint references
+/// (`adclick_core::checkpoint::shared::to_delete`). A checkpoint whose
+/// metadata cannot be read protects nothing but is not restorable either.
+pub async fn sweep_shared(store: &SnapshotStore) -> Result<()> {
+    let (_, complete) = store.epochs().await?;
+    let Some(newest) = complete.last().copied() else {
+        return Ok(());
+    };
+    let mut referenced = BTreeSet::new();
+    for e in &complete {
+        match store.shared_refs(*e).await {
+            Ok(refs) => referenced.extend(refs),
+            Err(err) => {
+                tracing::warn!(epoch = e, "reading what checkpoint {e} references: {err:#}")
+            }
+        }
+    }
+    let objects = store.shared_objects().await?;
+    let gone = shared::to_delete(&objects, &referenced, newest);
+    for name in &gone {
+        store.delete_shared(name).await?;
+    }
+    if !gone.is_empty() {
+        metrics::counter!("snapshot_shared_objects_deleted_total").increment(gone.len() as u64);
+        tracing::debug!(
+            deleted = gone.len(),
+            kept = objects.len() - gone.len(),
+            "swept shared snapshot objects"
+        );
+    }
+    Ok(())
 }
 
 /// Which checkpoint RPC [`broadcast`] sends.

@@ -36,6 +36,8 @@ pub struct Inflight {
     pub acked: BTreeSet<String>,
     /// Total snapshot bytes.
     pub bytes: u64,
+    /// Shared snapshot objects the acked snapshots reference.
+    pub shared: BTreeSet<String>,
     /// Why it was taken (see `history::CheckpointRecord::trigger`).
     pub trigger: &'static str,
     /// Wall clock at the trigger, epoch ms.

@@ -115,6 +115,16 @@ pub async fn verify(store: &SnapshotStore, id: &str, epoch: u64) -> Result<()> {
         };
         decoded.with_context(|| format!("savepoint {id}: the snapshot of {actor} is corrupt"))?;
     }
+    // The windows its Aggregates' snapshots reference.
+    for object in store.shared_refs(epoch).await? {
+        if let Some(why) = store.shared_problem(&object).await? {
+            anyhow::bail!("savepoint {id}: shared snapshot object {object} is {why}");
+        }
+        let bytes = store.get_shared(&object).await?;
+        AggregateSnapshot::decode(bytes.as_slice()).with_context(|| {
+            format!("savepoint {id}: shared snapshot object {object} is corrupt")
+        })?;
+    }
     Ok(())
 }
 

@@ -130,6 +130,7 @@ impl Coordinator for CoordinatorService {
             Some(f) if f.epoch == req.epoch && f.generation == req.generation => {
                 f.acked.insert(req.actor_id.clone());
                 f.bytes += req.bytes;
+                f.shared.extend(req.shared);
                 let (acked, bytes) = (f.acked.len(), f.bytes);
                 s.history.update(req.epoch, |r| {
                     r.acked = acked;

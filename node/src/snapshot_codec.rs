@@ -9,7 +9,8 @@ use prost::Message;
 use std::collections::BTreeMap;
 
 /// Current snapshot format version. 2: pending output in protobuf.
-pub const VERSION: u32 = 2;
+/// 3: an Aggregate's windows are shared objects its snapshot references.
+pub const VERSION: u32 = 3;
 
 /// Refuses a snapshot written by a newer release: reading it with this
 /// one could silently skip fields it does not know (such as saved output).
@@ -58,6 +59,25 @@ pub fn aggregate_to_pb(
             .map(|(key_group, cells)| pb::KeyGroupState { key_group, cells })
             .collect(),
         pending,
+        segments: Vec::new(),
+    }
+}
+
+/// An Aggregate's incremental snapshot: the watermark, the saved output
+/// and a reference to the object of every window held.
+pub fn aggregate_manifest(
+    watermark: Option<i64>,
+    last_boundary: Option<i64>,
+    pending: Vec<pb::PendingEpoch>,
+    segments: Vec<pb::WindowSegment>,
+) -> pb::AggregateSnapshot {
+    pb::AggregateSnapshot {
+        version: VERSION,
+        watermark,
+        last_boundary,
+        key_groups: Vec::new(),
+        pending,
+        segments,
     }
 }
 

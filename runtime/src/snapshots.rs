@@ -5,6 +5,11 @@
 //!   with its length and checksum;
 //! - `checkpoints/<job>/<epoch>/_metadata`: written last by the
 //!   coordinator; a checkpoint without it does not exist;
+//! - `checkpoints/<job>/shared/<actor>/w<window>.e<epoch>`: one window of
+//!   an Aggregate, written by the checkpoint `epoch` and referenced by every
+//!   later one until it changes (incremental snapshots); a checkpoint's
+//!   metadata lists the shared objects it references, and the coordinator
+//!   deletes those no retained checkpoint references;
 //! - `coordinator/<job>/state.json`: the coordinator's own metadata;
 //! - `coordinator/<job>/cordoned.json`: nodes `adclickctl drain` cordoned;
 //! - `coordinator/<job>/replays/<id>.json`: one replay's record, so
@@ -25,6 +30,17 @@ use std::sync::Arc;
 
 /// Name of the file that marks a checkpoint complete.
 pub const METADATA: &str = "_metadata";
+
+/// Directory of the objects checkpoints share (beside the epochs).
+pub const SHARED: &str = "shared";
+
+/// The part of a checkpoint's metadata the store reads.
+#[derive(serde::Deserialize)]
+struct Meta {
+    actors: BTreeSet<String>,
+    #[serde(default)]
+    shared: BTreeSet<String>,
+}
 
 /// Handle on the snapshot store for one job.
 #[derive(Clone)]
@@ -115,7 +131,16 @@ impl SnapshotStore {
     }
 
     async fn read(&self, epoch: u64, actor: &str) -> Result<Option<Result<Vec<u8>, FrameError>>> {
-        let Some(raw) = get_opt(&*self.store, &self.path(epoch, actor)).await? else {
+        self.read_path(&self.path(epoch, actor), epoch, actor).await
+    }
+
+    async fn read_path(
+        &self,
+        path: &Path,
+        epoch: u64,
+        actor: &str,
+    ) -> Result<Option<Result<Vec<u8>, FrameError>>> {
+        let Some(raw) = get_opt(&*self.store, path).await? else {
             return Ok(None);
         };
         Ok(Some(match snapshot_frame::decode(raw) {
@@ -140,17 +165,93 @@ impl SnapshotStore {
     /// Actors the metadata of complete checkpoint `epoch` lists (those that
     /// acked it); an error when the metadata is missing or unreadable.
     pub async fn listed_actors(&self, epoch: u64) -> Result<BTreeSet<String>> {
-        #[derive(serde::Deserialize)]
-        struct Meta {
-            actors: BTreeSet<String>,
-        }
+        Ok(self.metadata(epoch).await?.actors)
+    }
+
+    /// Shared objects complete checkpoint `epoch` references (none for a
+    /// checkpoint without incremental snapshots).
+    pub async fn shared_refs(&self, epoch: u64) -> Result<BTreeSet<String>> {
+        Ok(self.metadata(epoch).await?.shared)
+    }
+
+    async fn metadata(&self, epoch: u64) -> Result<Meta> {
         let bytes = self
             .get(epoch, METADATA)
             .await?
             .with_context(|| format!("checkpoint {epoch} has no metadata"))?;
-        let meta: Meta = serde_json::from_slice(&bytes)
-            .with_context(|| format!("reading the metadata of checkpoint {epoch}"))?;
-        Ok(meta.actors)
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading the metadata of checkpoint {epoch}"))
+    }
+
+    fn shared_path(&self, name: &str) -> Path {
+        Path::from(format!("checkpoints/{}/{SHARED}/{name}", self.job))
+    }
+
+    /// Writes a shared object (one window of an incremental snapshot),
+    /// framed like an actor's snapshot.
+    pub async fn put_shared(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        let header = snapshot_frame::header(&bytes);
+        let payload: PutPayload = [Bytes::copy_from_slice(&header), Bytes::from(bytes)]
+            .into_iter()
+            .collect();
+        self.store
+            .put(&self.shared_path(name), payload)
+            .await
+            .with_context(|| format!("writing shared snapshot object {name}"))?;
+        Ok(())
+    }
+
+    /// Reads a shared object; a missing one is an error (a checkpoint that
+    /// references it cannot be restored without it), and so is damage.
+    pub async fn get_shared(&self, name: &str) -> Result<Vec<u8>> {
+        match self.read_path(&self.shared_path(name), 0, name).await? {
+            None => anyhow::bail!("shared snapshot object {name} is missing"),
+            Some(Ok(payload)) => Ok(payload),
+            Some(Err(damage)) => Err(anyhow::anyhow!(
+                "shared snapshot object {name} is damaged: {damage}"
+            )),
+        }
+    }
+
+    /// Why a shared object cannot be read (missing or damaged), if it
+    /// cannot; an error only for I/O.
+    pub async fn shared_problem(&self, name: &str) -> Result<Option<String>> {
+        Ok(
+            match self.read_path(&self.shared_path(name), 0, name).await? {
+                None => Some("missing".to_owned()),
+                Some(Ok(_)) => None,
+                Some(Err(damage)) => Some(damage.to_string()),
+            },
+        )
+    }
+
+    /// Names of every shared object.
+    pub async fn shared_objects(&self) -> Result<Vec<String>> {
+        let prefix = Path::from(format!("checkpoints/{}/{SHARED}", self.job));
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .context("listing shared snapshot objects")?;
+        Ok(objects
+            .iter()
+            .filter_map(|o| o.location.prefix_match(&prefix))
+            .map(|parts| {
+                parts
+                    .map(|p| p.as_ref().to_owned())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .collect())
+    }
+
+    /// Deletes a shared object (retention, once nothing references it).
+    pub async fn delete_shared(&self, name: &str) -> Result<()> {
+        match self.store.delete(&self.shared_path(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("deleting shared snapshot object {name}")),
+        }
     }
 
     /// `actor`'s snapshot in checkpoint `epoch`, for a restore. An actor the

@@ -102,6 +102,10 @@ impl CoordinatorService {
             .delete_epoch(epoch)
             .await
             .map_err(|e| Status::unavailable(format!("deleting the files of {id}: {e:#}")))?;
+        // The windows only it referenced go too.
+        crate::checkpointing::sweep_shared(&self.store)
+            .await
+            .map_err(|e| Status::unavailable(format!("deleting the objects of {id}: {e:#}")))?;
         Ok(DeleteSavepointResponse {
             message: format!("{id} deleted"),
         })

@@ -33,6 +33,10 @@ pub(super) struct Cell {
 pub(super) struct Window {
     /// The watermark passed its end: its counts were emitted.
     pub closed: bool,
+    /// Changed since the last checkpoint froze it: an incremental snapshot
+    /// writes only such windows and references the others. Every `&mut`
+    /// method sets it, so no mutation can be missed.
+    changed: bool,
     cells: Vec<Cell>,
     /// Positions in `cells`, hashed by (ad, slice).
     index: HashTable<u32>,
@@ -59,8 +63,25 @@ impl Window {
     pub(super) fn new(closed: bool) -> Self {
         Self {
             closed,
+            changed: true,
             ..Self::default()
         }
+    }
+
+    /// Marks the window closed (its counts are being emitted).
+    pub(super) fn close(&mut self) {
+        self.closed = true;
+        self.changed = true;
+    }
+
+    /// Whether the window changed since [`Window::take_changed`] last ran.
+    pub(super) fn is_changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Clears the changed mark, returning what it was (at a checkpoint).
+    pub(super) fn take_changed(&mut self) -> bool {
+        std::mem::replace(&mut self.changed, false)
     }
 
     /// Whether `ad` has any cell or dedup key here.
@@ -75,6 +96,7 @@ impl Window {
 
     /// Records that `ad` is held; true the first time.
     pub(super) fn add_ad(&mut self, ad: u32) -> bool {
+        self.changed = true;
         self.ads.insert(ad)
     }
 
@@ -85,6 +107,7 @@ impl Window {
 
     /// Records a dedup key of `ad`; true if it is new (the event counts).
     pub(super) fn see(&mut self, ad: u32, dedup_key: u64) -> bool {
+        self.changed = true;
         self.seen.insert(seen_entry(ad, dedup_key))
     }
 
@@ -97,6 +120,7 @@ impl Window {
 
     /// The cell of (ad, slice), created with zero counts if missing.
     pub(super) fn cell(&mut self, ad: u32, slice: u32) -> &mut Cell {
+        self.changed = true;
         let k = key(ad, slice);
         let hash = self.hasher.hash_one(k);
         let cells = &self.cells;
@@ -137,6 +161,7 @@ impl Window {
 
     /// All cells, mutable (emitting clears `dirty`).
     pub(super) fn cells_mut(&mut self) -> &mut [Cell] {
+        self.changed = true;
         &mut self.cells
     }
 

@@ -27,6 +27,9 @@ enum Op {
     Advance(i64),
     /// New number of actors and a salt that reshuffles which owns an ad.
     Rescale(usize, u64),
+    /// An incremental checkpoint of every actor (restores then read the
+    /// manifest and the windows it references).
+    Checkpoint,
 }
 
 fn partial() -> impl Strategy<Value = PartialCount> {
@@ -59,7 +62,29 @@ fn op() -> impl Strategy<Value = Op> {
         4 => proptest::collection::vec(partial(), 1..8).prop_map(Op::Apply),
         3 => (0i64..12 * W).prop_map(Op::Advance),
         1 => (1usize..4, any::<u64>()).prop_map(|(n, salt)| Op::Rescale(n, salt)),
+        1 => Just(Op::Checkpoint),
     ]
+}
+
+/// An incremental checkpoint of `s` into `store` (the latest copy of each
+/// window, as the snapshot store's shared objects hold them): the manifest
+/// and the windows it references, as restore reads them.
+fn incremental(
+    s: &mut AggregateState,
+    store: &mut BTreeMap<i64, AggregateSnapshot>,
+) -> Vec<AggregateSnapshot> {
+    let f = s.freeze_changed(|w| store.contains_key(&w));
+    for (start, snap) in f.window_snapshots() {
+        store.insert(start, snap);
+    }
+    store.retain(|w, _| f.held().contains(w));
+    let mut parts = vec![AggregateSnapshot {
+        watermark: f.watermark(),
+        last_boundary: f.last_boundary(),
+        cells: Vec::new(),
+    }];
+    parts.extend(store.values().cloned());
+    parts
 }
 
 fn owner(ad: &str, n: usize, salt: u64) -> usize {
@@ -94,8 +119,14 @@ proptest! {
         let mut salt = 0u64;
         let mut new: Vec<AggregateState> = (0..n).map(|_| AggregateState::new(settings())).collect();
         let mut old: Vec<ReferenceState> = (0..n).map(|_| ReferenceState::new(settings())).collect();
+        let mut stores: Vec<BTreeMap<i64, AggregateSnapshot>> = vec![BTreeMap::new(); n];
         for (step, op) in ops.into_iter().enumerate() {
             match op {
+                Op::Checkpoint => {
+                    for i in 0..n {
+                        incremental(&mut new[i], &mut stores[i]);
+                    }
+                }
                 Op::Apply(parts) => {
                     let mut routed = vec![Vec::new(); n];
                     for p in parts {
@@ -124,8 +155,15 @@ proptest! {
                             "step {} snapshot", step
                         );
                     }
+                    // The new state restores from incremental checkpoints.
+                    let new_parts: Vec<AggregateSnapshot> = new
+                        .iter_mut()
+                        .zip(stores.iter_mut())
+                        .flat_map(|(s, store)| incremental(s, store))
+                        .collect();
                     n = to;
                     salt = new_salt;
+                    stores = vec![BTreeMap::new(); n];
                     new = (0..n)
                         .map(|i| AggregateState::restore(settings(), new_parts.clone(), |ad| owner(ad, n, salt) == i))
                         .collect();

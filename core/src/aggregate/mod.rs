@@ -315,7 +315,7 @@ impl AggregateState {
             .collect();
         for start in to_close {
             if let Some(win) = self.windows.get_mut(&start) {
-                win.closed = true;
+                win.close();
             }
             self.emit_window(start, false, &mut out.counts);
         }

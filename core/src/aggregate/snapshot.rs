@@ -37,10 +37,15 @@ pub struct AggregateSnapshot {
 /// and the dictionary's inline names, never allocating a string: at 2M ads it is a
 /// memory copy, where building the string snapshot took seconds inside the
 /// actor. It costs a second copy of the state until the write finishes.
+/// An incremental freeze ([`AggregateState::freeze_changed`]) copies only
+/// the windows that changed since the last one.
 #[derive(Clone, Debug)]
 pub struct FrozenAggregate {
     watermark: Option<i64>,
     last_boundary: Option<i64>,
+    /// Every window held at the barrier, copied or not.
+    held: Vec<i64>,
+    /// The windows copied (all of them for a full freeze).
     windows: BTreeMap<i64, Window>,
     ad_names: Vec<SmolStr>,
     slice_names: Vec<String>,
@@ -52,38 +57,33 @@ impl FrozenAggregate {
         self.windows.values().map(Window::ad_count).sum()
     }
 
+    /// Number of windows in the copy (the ones to write).
+    pub fn copied_windows(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// Watermark at the barrier.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// Last window end whose top-N was emitted, at the barrier.
+    pub fn last_boundary(&self) -> Option<i64> {
+        self.last_boundary
+    }
+
+    /// Start of every window held at the barrier, in order: the windows
+    /// not copied are unchanged since the previous checkpoint.
+    pub fn held(&self) -> &[i64] {
+        &self.held
+    }
+
     /// The snapshot of the frozen state, one cell per (ad, window) with its
     /// slices in the order they were created.
     pub fn snapshot(&self) -> AggregateSnapshot {
         let mut cells = Vec::with_capacity(self.cells());
         for (start, win) in &self.windows {
-            let mut at: FastMap<u32, usize> =
-                FastMap::with_capacity_and_hasher(win.ad_count(), Default::default());
-            for ad in win.ads() {
-                at.insert(ad, cells.len());
-                cells.push(CellSnapshot {
-                    ad_id: self.ad_names[ad as usize].to_string(),
-                    window_start: *start,
-                    slices: Vec::new(),
-                    seen: Vec::new(),
-                });
-            }
-            for c in win.cells() {
-                if let Some(&i) = at.get(&c.ad) {
-                    let counts = Counts {
-                        clicks: c.clicks,
-                        impressions: c.impressions,
-                        revision: c.revision,
-                    };
-                    let slice = self.slice_names[c.slice as usize].clone();
-                    cells[i].slices.push((slice, counts, c.dirty));
-                }
-            }
-            for (ad, key) in win.seen() {
-                if let Some(&i) = at.get(&ad) {
-                    cells[i].seen.push(key);
-                }
-            }
+            self.window_cells(*start, win, &mut cells);
         }
         AggregateSnapshot {
             watermark: self.watermark,
@@ -91,19 +91,96 @@ impl FrozenAggregate {
             cells,
         }
     }
+
+    /// One snapshot per copied window, each with only that window's cells
+    /// and no watermark: the segments of an incremental checkpoint.
+    pub fn window_snapshots(&self) -> impl Iterator<Item = (i64, AggregateSnapshot)> + '_ {
+        self.windows.iter().map(|(start, win)| {
+            let mut cells = Vec::with_capacity(win.ad_count());
+            self.window_cells(*start, win, &mut cells);
+            let snap = AggregateSnapshot {
+                watermark: None,
+                last_boundary: None,
+                cells,
+            };
+            (*start, snap)
+        })
+    }
+
+    fn window_cells(&self, start: i64, win: &Window, cells: &mut Vec<CellSnapshot>) {
+        let first = cells.len();
+        let mut at: FastMap<u32, usize> =
+            FastMap::with_capacity_and_hasher(win.ad_count(), Default::default());
+        for ad in win.ads() {
+            at.insert(ad, cells.len());
+            cells.push(CellSnapshot {
+                ad_id: self.ad_names[ad as usize].to_string(),
+                window_start: start,
+                slices: Vec::new(),
+                seen: Vec::new(),
+            });
+        }
+        for c in win.cells() {
+            if let Some(&i) = at.get(&c.ad) {
+                let counts = Counts {
+                    clicks: c.clicks,
+                    impressions: c.impressions,
+                    revision: c.revision,
+                };
+                let slice = self.slice_names[c.slice as usize].clone();
+                cells[i].slices.push((slice, counts, c.dirty));
+            }
+        }
+        for (ad, key) in win.seen() {
+            if let Some(&i) = at.get(&ad) {
+                cells[i].seen.push(key);
+            }
+        }
+        debug_assert!(cells[first..].iter().all(|c| c.window_start == start));
+    }
 }
 
 impl AggregateState {
-    /// A consistent copy of the state for a checkpoint (see
+    /// A consistent copy of the whole state for a checkpoint (see
     /// [`FrozenAggregate`]).
     pub fn freeze(&self) -> FrozenAggregate {
         FrozenAggregate {
             watermark: self.watermark,
             last_boundary: self.last_boundary,
+            held: self.windows.keys().copied().collect(),
             windows: self.windows.clone(),
             ad_names: self.ads.names().to_vec(),
             slice_names: self.slices.names().to_vec(),
         }
+    }
+
+    /// A copy for an incremental checkpoint: only the windows that changed
+    /// since the last call, or that `written` says have no durable copy
+    /// yet (after a restore or a failed write, none has). Clears the
+    /// changed marks, so the caller must pass everything it did not copy
+    /// through `written` from the last snapshot that was written whole.
+    pub fn freeze_changed(&mut self, written: impl Fn(i64) -> bool) -> FrozenAggregate {
+        let mut windows = BTreeMap::new();
+        for (start, win) in &mut self.windows {
+            let changed = win.take_changed();
+            if changed || !written(*start) {
+                windows.insert(*start, win.clone());
+            }
+        }
+        FrozenAggregate {
+            watermark: self.watermark,
+            last_boundary: self.last_boundary,
+            held: self.windows.keys().copied().collect(),
+            windows,
+            ad_names: self.ads.names().to_vec(),
+            slice_names: self.slices.names().to_vec(),
+        }
+    }
+
+    /// Windows changed since the last incremental freeze, for tests and
+    /// metrics.
+    pub fn changed_windows(&self) -> usize {
+        self.windows.values().filter(|w| w.is_changed()).count()
     }
 
     /// Captures the state at a barrier (freezes it and converts the copy).

@@ -5,24 +5,20 @@
 //! state per key group together with its uncommitted output, and forwards
 //! the barrier.
 
+use super::aggregate_snapshot::{self, restore, Restored, WrittenWindows};
 use super::output::Output;
 use super::{superseded, ActorCtx, Control, Inbound};
 use crate::convert::{partial_from_pb, top_to_pb};
 use crate::edge::Edge;
 use crate::kafka::side::{bounded, ORIGINAL_SIZE};
-use crate::snapshot_codec::{
-    aggregate_from_parts, aggregate_parts, aggregate_to_pb, pending_from_parts,
-};
 use adclick_core::aggregate::{AggregateOutput, AggregateSettings, AggregateState, SideEvent};
 use adclick_core::align::{requeue, Aligned, BarrierAligner, BarrierStep};
 use adclick_core::ids::{ActorId, ActorKind};
-use adclick_core::keygroup::key_group_of;
 use adclick_core::output::{OutputRecord, SideRecord, SideTopic};
 use adclick_core::watermark::InputWatermarks;
 use adclick_proto::dataflow::stream_message::Body;
 use adclick_proto::dataflow::{Barrier, TopNBatch, Watermark};
 use anyhow::{Context, Result};
-use prost::Message as _;
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -39,8 +35,12 @@ struct Aggregate {
     align_started: Option<Instant>,
     /// Trace of the checkpoint being aligned (the same on every input).
     barrier_trace: String,
-    /// The snapshot being encoded and written off this task, if any.
-    snapshot_write: Option<tokio::task::JoinHandle<()>>,
+    /// The snapshot being encoded and written off this task, if any; it
+    /// yields the windows it references once durable.
+    snapshot_write: Option<tokio::task::JoinHandle<Option<WrittenWindows>>>,
+    /// The windows the last durable snapshot references: the next one
+    /// references those that did not change instead of writing them.
+    written: WrittenWindows,
 }
 
 /// Runs an Aggregate actor until cancelled or its inputs close.
@@ -129,6 +129,7 @@ impl Aggregate {
             align_started: None,
             barrier_trace: String::new(),
             snapshot_write: None,
+            written: WrittenWindows::new(),
         })
     }
 
@@ -268,15 +269,25 @@ impl Aggregate {
         let span = self.ctx.snapshot_span(epoch, &traceparent);
         if let Some(previous) = self.snapshot_write.take() {
             let waited = Instant::now();
-            if let Err(e) = previous.await {
-                tracing::error!(actor = %self.actor, "snapshot writer task failed: {e}");
-            }
+            // A failed write leaves nothing to reference: write it all.
+            self.written = match previous.await {
+                Ok(Some(written)) => written,
+                Ok(None) => WrittenWindows::new(),
+                Err(e) => {
+                    tracing::error!(actor = %self.actor, "snapshot writer task failed: {e}");
+                    WrittenWindows::new()
+                }
+            };
             metrics::histogram!("checkpoint_previous_write_wait_ms")
                 .record(waited.elapsed().as_secs_f64() * 1e3);
         }
         let paused = Instant::now();
         let pending = self.output.on_barrier(epoch)?;
-        let frozen = span.in_scope(|| self.state.freeze());
+        let written = std::mem::take(&mut self.written);
+        let frozen = span.in_scope(|| {
+            self.state
+                .freeze_changed(|start| written.contains_key(&start))
+        });
         self.reduce
             .send(Body::Barrier(Barrier { epoch, traceparent }))
             .await?;
@@ -287,29 +298,18 @@ impl Aggregate {
             epoch,
             pause_us = pause.as_micros() as u64,
             cells = frozen.cells(),
+            windows_written = frozen.copied_windows(),
+            windows_held = frozen.held().len(),
             "checkpoint state frozen; encoding and writing it off the actor"
         );
-        let ctx = self.ctx.clone();
-        let key_groups = self.ctx.cfg.job.key_groups;
-        let write = async move {
-            let encoded = tokio::task::spawn_blocking(move || {
-                aggregate_to_pb(frozen.snapshot(), key_groups, pending.to_pb()).encode_to_vec()
-            })
-            .await;
-            let bytes = match encoded {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    metrics::counter!("snapshot_write_failures_total").increment(1);
-                    tracing::error!(actor = %ctx.id, epoch, "encoding snapshot {epoch} failed, so the checkpoint fails: {e}");
-                    return;
-                }
-            };
-            let size = bytes.len();
-            let saved = ctx.save_snapshot(epoch, bytes).await;
-            if let Err(e) = ctx.ack_if_saved(saved, epoch, size, alignment_ms).await {
-                tracing::warn!(actor = %ctx.id, epoch, "checkpoint ack failed: {e:#}");
-            }
-        };
+        let write = aggregate_snapshot::write(
+            self.ctx.clone(),
+            epoch,
+            frozen,
+            pending.to_pb(),
+            written,
+            alignment_ms,
+        );
         self.snapshot_write = Some(tokio::spawn(write.instrument(span)));
         Ok(())
     }
@@ -325,106 +325,6 @@ impl Drop for Aggregate {
             write.abort();
         }
     }
-}
-
-/// What an Aggregate restores.
-struct Restored {
-    state: AggregateState,
-    /// Its own saved output, to commit if the crash left it uncommitted.
-    own: Option<(u64, Vec<adclick_proto::snapshot::PendingEpoch>)>,
-    /// Saved output of Aggregates the rescale retired that this one
-    /// commits for them (index mod the new count).
-    retired: Vec<(String, Vec<adclick_proto::snapshot::PendingEpoch>)>,
-    /// The checkpoint had a different number of Aggregates.
-    rescaled: bool,
-}
-
-/// Loads every Aggregate snapshot of the restored epoch and keeps the key
-/// groups this actor owns now; its own uncommitted output comes back too.
-async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Result<Restored> {
-    let epoch = ctx.restore_epoch;
-    let me = ctx.id.index;
-    let owners = ctx.key_group_owner.clone();
-    let mut parts = Vec::new();
-    let mut own = Vec::new();
-    let mut retired = Vec::new();
-    // Every Aggregate the checkpoint's metadata lists must be there: a key
-    // group restored from a missing snapshot would start empty.
-    let listed = ctx.snapshots.listed_actors(epoch).await?;
-    let listed: Vec<ActorId> = listed
-        .iter()
-        .filter_map(|n| ActorId::parse(n))
-        .filter(|a| a.kind == ActorKind::Aggregate)
-        .collect();
-    let present = ctx.snapshots.actors(epoch).await?;
-    for a in &listed {
-        anyhow::ensure!(
-            present.contains(&a.to_string()),
-            "checkpoint {epoch} has no snapshot of {a}"
-        );
-    }
-    let rescaled = listed.len() != ctx.num_aggregates as usize;
-    for name in present {
-        let Some(id) = ActorId::parse(&name) else {
-            continue;
-        };
-        // Without a rescale the ring is the same, so this actor's own
-        // snapshot holds exactly the key groups it owns.
-        if id.kind != ActorKind::Aggregate || (!rescaled && id != ctx.id) {
-            continue;
-        }
-        let bytes = ctx
-            .snapshots
-            .get(epoch, &name)
-            .await?
-            .with_context(|| format!("checkpoint {epoch}: snapshot of {name} disappeared"))?;
-        let wants_output = id == ctx.id
-            || (id.index >= ctx.num_aggregates && id.index % ctx.num_aggregates.max(1) == me);
-        // Decoding hundreds of MB is CPU work: off the runtime, so the
-        // node keeps heartbeating and answering the coordinator meanwhile.
-        // Only owned key groups and needed output are decoded.
-        let owners = owners.clone();
-        let what = format!("snapshot {epoch}/{name}");
-        let (part, pending) = tokio::task::spawn_blocking(move || {
-            let parts = aggregate_parts(bytes.into(), &what)?;
-            let part = aggregate_from_parts(
-                &parts,
-                |kg| owners.get(kg as usize).is_some_and(|o| *o == me),
-                &what,
-            )?;
-            let pending = if wants_output {
-                pending_from_parts(&parts, &what)?
-            } else {
-                Vec::new()
-            };
-            anyhow::Ok((part, pending))
-        })
-        .await
-        .context("snapshot decoding task")??;
-        if id == ctx.id {
-            own = pending;
-        } else if wants_output {
-            retired.push((name.clone(), pending));
-        }
-        parts.push(part);
-    }
-    let kgs = ctx.cfg.job.key_groups;
-    let state = tokio::task::spawn_blocking(move || {
-        AggregateState::restore(settings, parts, |ad| {
-            owners
-                .get(key_group_of(ad, kgs).0 as usize)
-                .is_some_and(|o| *o == me)
-        })
-    })
-    .await
-    .context("state restore task")?;
-    tracing::info!(actor = %ctx.id, epoch, cells = state.cells(), rescaled, "restored aggregate state");
-    Ok(Restored {
-        state,
-        own: Some((epoch, own)),
-        retired,
-        rescaled,
-    })
 }
 
 /// A side-topic record for an event the state machine did not count.

@@ -2,6 +2,7 @@
 //! (Map reads Kafka instead) and writing to [`Edge`]s and Kafka sinks.
 
 pub mod aggregate;
+mod aggregate_snapshot;
 pub mod map;
 pub mod output;
 pub mod reduce;
@@ -174,13 +175,21 @@ impl ActorCtx {
         alignment_ms: u64,
     ) -> Result<()> {
         if saved {
-            self.ack(epoch, bytes, alignment_ms).await
+            self.ack(epoch, bytes, alignment_ms, Vec::new()).await
         } else {
             Ok(())
         }
     }
 
-    pub async fn ack(&self, epoch: u64, bytes: usize, alignment_ms: u64) -> Result<()> {
+    /// Acks `epoch`; `shared` names the shared snapshot objects this
+    /// actor's snapshot references (incremental Aggregate snapshots).
+    pub async fn ack(
+        &self,
+        epoch: u64,
+        bytes: usize,
+        alignment_ms: u64,
+        shared: Vec<String>,
+    ) -> Result<()> {
         let span = tracing::Span::current();
         span.record("bytes", bytes as u64);
         span.record("alignment_ms", alignment_ms);
@@ -190,6 +199,7 @@ impl ActorCtx {
             actor_id: self.id.to_string(),
             bytes: bytes as u64,
             alignment_ms,
+            shared,
         };
         let mut client = self.coordinator.clone();
         let ack = client.ack_checkpoint(req);

@@ -7,6 +7,8 @@ use crate::output::OutputRecord;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+pub mod shared;
+
 /// Output produced but not yet committed, by epoch. Saved in every
 /// snapshot, so output is never lost between a checkpoint and its commit.
 ///
