@@ -268,7 +268,8 @@ fn shared_objects(store: &Path) -> Result<BTreeSet<String>> {
     Ok(out)
 }
 
-/// The shared objects complete checkpoint `dir`'s metadata references.
+/// The shared objects complete checkpoint `dir`'s metadata references
+/// (windows, `…/w<start>.e<epoch>`, and saved output, `…/out<e>.e<epoch>`).
 fn referenced(dir: &Path) -> Result<BTreeSet<String>> {
     let bytes = std::fs::read(dir.join("_metadata"))?;
     let (json, _) = adclick_core::snapshot_frame::decode(bytes)
@@ -307,7 +308,9 @@ fn incremental_checkpoints_share_unchanged_windows_and_retention_keeps_what_they
             complete_checkpoints(&store).is_ok_and(|c| {
                 c.last().is_some_and(|(e, d)| {
                     referenced(d).is_ok_and(|r| {
-                        r.iter().any(|o| epoch_of(o) == *e) && r.iter().any(|o| epoch_of(o) < *e)
+                        let windows: Vec<&String> = r.iter().filter(|o| o.contains("/w")).collect();
+                        windows.iter().any(|o| epoch_of(o) == *e)
+                            && windows.iter().any(|o| epoch_of(o) < *e)
                     })
                 })
             })
@@ -333,7 +336,7 @@ fn incremental_checkpoints_share_unchanged_windows_and_retention_keeps_what_they
     let (newest, newest_dir) = complete.last().context("no complete checkpoint")?;
     let lost = referenced(newest_dir)?
         .into_iter()
-        .find(|o| epoch_of(o) == *newest)
+        .find(|o| o.contains("/w") && epoch_of(o) == *newest)
         .with_context(|| format!("checkpoint {newest} wrote no window"))?;
     std::fs::remove_file(store.join("checkpoints/adclick/shared").join(&lost))?;
     for p in ["coordinator", "node-0", "node-1", "node-2"] {

@@ -19,6 +19,23 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// The number after `--name` on the command line, or `default`; exits
+/// with status 2 and a message naming the flag when it is not a number.
+pub fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| match v.parse() {
+            Ok(n) => n,
+            Err(_) => {
+                eprintln!("{name} needs a number, got {v:?}");
+                std::process::exit(2);
+            }
+        })
+        .unwrap_or(default)
+}
+
 /// Event time of the first generated event (2021-03-03T00:00:00Z).
 pub const START_MS: i64 = 1_614_729_600_000;
 /// Tumbling window size used by both paths.

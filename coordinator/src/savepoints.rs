@@ -10,7 +10,7 @@
 //! recovery skips them until the restored job takes its own
 //! ([`Superseded`]).
 
-use adclick_proto::snapshot::{AggregateSnapshot, MapSnapshot, ReduceSnapshot};
+use adclick_proto::snapshot::{AggregateSnapshot, MapSnapshot, PendingEpoch, ReduceSnapshot};
 use adclick_runtime::snapshots::SnapshotStore;
 use anyhow::{Context, Result};
 use prost::Message as _;
@@ -115,13 +115,18 @@ pub async fn verify(store: &SnapshotStore, id: &str, epoch: u64) -> Result<()> {
         };
         decoded.with_context(|| format!("savepoint {id}: the snapshot of {actor} is corrupt"))?;
     }
-    // The windows its Aggregates' snapshots reference.
+    // The windows and output its Aggregates' snapshots reference.
     for object in store.shared_refs(epoch).await? {
         if let Some(why) = store.shared_problem(&object).await? {
             anyhow::bail!("savepoint {id}: shared snapshot object {object} is {why}");
         }
         let bytes = store.get_shared(&object).await?;
-        AggregateSnapshot::decode(bytes.as_slice()).with_context(|| {
+        let decoded = if adclick_core::checkpoint::shared::is_output_object(&object) {
+            PendingEpoch::decode(bytes.as_slice()).map(|_| ())
+        } else {
+            AggregateSnapshot::decode(bytes.as_slice()).map(|_| ())
+        };
+        decoded.with_context(|| {
             format!("savepoint {id}: shared snapshot object {object} is corrupt")
         })?;
     }

@@ -5,6 +5,10 @@ use adclick_core::keygroup::key_group_of;
 use adclick_core::reduce::ReduceWindowSnapshot;
 use adclick_core::topn::AdClicks;
 use adclick_proto::snapshot as pb;
+
+/// The references an incremental snapshot holds to one window and to one
+/// epoch of output.
+pub use adclick_proto::snapshot::{OutputRef, WindowSegment};
 use prost::Message;
 use std::collections::BTreeMap;
 
@@ -60,16 +64,19 @@ pub fn aggregate_to_pb(
             .collect(),
         pending,
         segments: Vec::new(),
+        output_refs: Vec::new(),
     }
 }
 
 /// An Aggregate's incremental snapshot: the watermark, the saved output
-/// and a reference to the object of every window held.
+/// (inline, or by reference to the object of an epoch) and a reference to
+/// the object of every window held.
 pub fn aggregate_manifest(
     watermark: Option<i64>,
     last_boundary: Option<i64>,
     pending: Vec<pb::PendingEpoch>,
     segments: Vec<pb::WindowSegment>,
+    output_refs: Vec<pb::OutputRef>,
 ) -> pb::AggregateSnapshot {
     pb::AggregateSnapshot {
         version: VERSION,
@@ -78,6 +85,7 @@ pub fn aggregate_manifest(
         key_groups: Vec::new(),
         pending,
         segments,
+        output_refs,
     }
 }
 

@@ -14,24 +14,10 @@
 //!
 //! `cargo run --release -p adclick-benches --bin window_memory -- --ads 10000000`
 
+use adclick_benches::arg;
 use adclick_core::aggregate::{AggregateSettings, AggregateState};
 use adclick_core::map_batch::PartialCount;
 use std::time::Instant;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| match v.parse() {
-            Ok(n) => n,
-            Err(_) => {
-                eprintln!("{name} needs a number, got {v:?}");
-                std::process::exit(2);
-            }
-        })
-        .unwrap_or(default)
-}
 
 /// Peak resident set size of this process, in MiB.
 fn peak_rss_mib() -> f64 {

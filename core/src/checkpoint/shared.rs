@@ -15,6 +15,20 @@ pub fn object_name(actor: &str, window_start: i64, epoch: u64) -> String {
     format!("{actor}/w{window_start}.e{epoch:020}")
 }
 
+/// Name of the shared object `actor` writes in checkpoint `epoch` for its
+/// uncommitted output of epoch `output_epoch`.
+pub fn output_object_name(actor: &str, output_epoch: u64, epoch: u64) -> String {
+    format!("{actor}/out{output_epoch}.e{epoch:020}")
+}
+
+/// Whether a shared object holds output (an encoded `PendingEpoch`)
+/// rather than a window (an encoded `AggregateSnapshot`).
+pub fn is_output_object(name: &str) -> bool {
+    name.rsplit('/')
+        .next()
+        .is_some_and(|f| f.starts_with("out"))
+}
+
 /// The checkpoint that wrote a shared object, from its name.
 pub fn object_epoch(name: &str) -> Option<u64> {
     name.rsplit_once(".e")?.1.parse().ok()
@@ -54,6 +68,10 @@ mod tests {
         assert_eq!(object_epoch(&n), Some(17));
         assert_eq!(object_epoch(&object_name("a", -60_000, 3)), Some(3));
         assert_eq!(object_epoch("aggregate-0/garbage"), None);
+        let out = output_object_name("aggregate-1", 9, 12);
+        assert_eq!(out, "aggregate-1/out9.e00000000000000000012");
+        assert_eq!(object_epoch(&out), Some(12));
+        assert!(is_output_object(&out) && !is_output_object(&n));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! state per key group together with its uncommitted output, and forwards
 //! the barrier.
 
-use super::aggregate_snapshot::{self, restore, Restored, WrittenWindows};
+use super::aggregate_snapshot::{self, restore, Restored, Written};
 use super::output::Output;
 use super::{superseded, ActorCtx, Control, Inbound};
 use crate::convert::{partial_from_pb, top_to_pb};
@@ -37,10 +37,10 @@ struct Aggregate {
     barrier_trace: String,
     /// The snapshot being encoded and written off this task, if any; it
     /// yields the windows it references once durable.
-    snapshot_write: Option<tokio::task::JoinHandle<Option<WrittenWindows>>>,
-    /// The windows the last durable snapshot references: the next one
-    /// references those that did not change instead of writing them.
-    written: WrittenWindows,
+    snapshot_write: Option<tokio::task::JoinHandle<Option<Written>>>,
+    /// What the last durable snapshot references: the next one references
+    /// the windows that did not change and the output it already wrote.
+    written: Written,
 }
 
 /// Runs an Aggregate actor until cancelled or its inputs close.
@@ -129,7 +129,7 @@ impl Aggregate {
             align_started: None,
             barrier_trace: String::new(),
             snapshot_write: None,
-            written: WrittenWindows::new(),
+            written: Written::default(),
         })
     }
 
@@ -272,10 +272,10 @@ impl Aggregate {
             // A failed write leaves nothing to reference: write it all.
             self.written = match previous.await {
                 Ok(Some(written)) => written,
-                Ok(None) => WrittenWindows::new(),
+                Ok(None) => Written::default(),
                 Err(e) => {
                     tracing::error!(actor = %self.actor, "snapshot writer task failed: {e}");
-                    WrittenWindows::new()
+                    Written::default()
                 }
             };
             metrics::histogram!("checkpoint_previous_write_wait_ms")
@@ -284,10 +284,7 @@ impl Aggregate {
         let paused = Instant::now();
         let pending = self.output.on_barrier(epoch)?;
         let written = std::mem::take(&mut self.written);
-        let frozen = span.in_scope(|| {
-            self.state
-                .freeze_changed(|start| written.contains_key(&start))
-        });
+        let frozen = span.in_scope(|| self.state.freeze_changed(|start| written.has_window(start)));
         self.reduce
             .send(Body::Barrier(Barrier { epoch, traceparent }))
             .await?;
@@ -306,7 +303,7 @@ impl Aggregate {
             self.ctx.clone(),
             epoch,
             frozen,
-            pending.to_pb(),
+            pending,
             written,
             alignment_ms,
         );

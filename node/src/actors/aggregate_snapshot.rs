@@ -8,6 +8,7 @@
 //! window and the saved output, not the hours of closed windows kept for
 //! top-N.
 
+use super::output::SavedOutput;
 use super::ActorCtx;
 use crate::snapshot_codec::{
     aggregate_from_parts, aggregate_manifest, aggregate_parts, aggregate_to_pb, pending_from_parts,
@@ -18,91 +19,131 @@ use adclick_core::aggregate::{
 use adclick_core::checkpoint::shared;
 use adclick_core::ids::{ActorId, ActorKind};
 use adclick_core::keygroup::key_group_of;
-use adclick_proto::snapshot::{PendingEpoch, WindowSegment};
+use adclick_proto::snapshot::{OutputRef, PendingEpoch, WindowSegment};
 use anyhow::{Context, Result};
 use prost::Message as _;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The durable object of every window an Aggregate's last written
-/// snapshot holds, by window start: what the next snapshot may reference
-/// instead of writing again.
-pub(super) type WrittenWindows = BTreeMap<i64, WindowSegment>;
+/// The durable objects an Aggregate's last written snapshot references:
+/// what the next snapshot may reference instead of writing again.
+#[derive(Default)]
+pub(super) struct Written {
+    /// Every window held, by window start.
+    windows: BTreeMap<i64, WindowSegment>,
+    /// Epochs of uncommitted output, by epoch.
+    output: BTreeMap<u64, OutputRef>,
+}
 
-/// Encodes and writes `frozen` as this actor's snapshot of `epoch`, then
-/// acks it. Windows `frozen` did not copy are referenced from `written`.
-/// Returns the windows the snapshot references when it is durable, `None`
-/// when any write failed (the next snapshot then writes every window).
+impl Written {
+    /// Whether window `start` has a durable copy to reference.
+    pub(super) fn has_window(&self, start: i64) -> bool {
+        self.windows.contains_key(&start)
+    }
+
+    fn names(&self) -> Vec<String> {
+        let windows = self.windows.values().map(|s| s.object.clone());
+        windows
+            .chain(self.output.values().map(|r| r.object.clone()))
+            .collect()
+    }
+}
+
+/// Encodes and writes `frozen` and `saved` as this actor's snapshot of
+/// `epoch`, then acks it. Windows `frozen` did not copy, and output epochs
+/// written before, are referenced from `written`. Returns what the
+/// snapshot references when it is durable, `None` when any write failed
+/// (the next snapshot then writes everything).
 pub(super) async fn write(
     ctx: ActorCtx,
     epoch: u64,
     frozen: FrozenAggregate,
-    pending: Vec<PendingEpoch>,
-    written: WrittenWindows,
+    saved: SavedOutput,
+    written: Written,
     alignment_ms: u64,
-) -> Option<WrittenWindows> {
+) -> Option<Written> {
     let actor = ctx.id.to_string();
     let key_groups = ctx.cfg.job.key_groups;
     let name = actor.clone();
     let encoded = tokio::task::spawn_blocking(move || {
-        let windows: Vec<(i64, Vec<u8>)> = frozen
+        let mut next = Written::default();
+        let mut objects = Vec::new();
+        let mut fresh: BTreeMap<i64, Vec<u8>> = frozen
             .window_snapshots()
             .map(|(start, snap)| {
-                (
-                    start,
-                    aggregate_to_pb(snap, key_groups, Vec::new()).encode_to_vec(),
-                )
+                let bytes = aggregate_to_pb(snap, key_groups, Vec::new()).encode_to_vec();
+                (start, bytes)
             })
             .collect();
-        let mut refs = WrittenWindows::new();
-        let mut objects = Vec::new();
-        let mut fresh: BTreeMap<i64, Vec<u8>> = windows.into_iter().collect();
         for start in frozen.held() {
             if let Some(bytes) = fresh.remove(start) {
                 let object = shared::object_name(&name, *start, epoch);
-                refs.insert(*start, segment(*start, &object, bytes.len()));
+                next.windows
+                    .insert(*start, segment(*start, &object, bytes.len()));
                 objects.push((object, bytes));
-            } else if let Some(old) = written.get(start) {
-                refs.insert(*start, old.clone());
+            } else if let Some(old) = written.windows.get(start) {
+                next.windows.insert(*start, old.clone());
             } else {
                 anyhow::bail!("window {start} was neither copied nor written before");
+            }
+        }
+        // Output: an epoch written before is referenced; a new one with
+        // records gets its own object; empty ones stay inline.
+        let mut inline = Vec::new();
+        for pe in saved.to_pb_except(|e| written.output.contains_key(&e)) {
+            if pe.typed.is_empty() && pe.records.is_empty() {
+                inline.push(pe);
+                continue;
+            }
+            let object = shared::output_object_name(&name, pe.epoch, epoch);
+            let bytes = pe.encode_to_vec();
+            let r = OutputRef {
+                epoch: pe.epoch,
+                object: object.clone(),
+                bytes: bytes.len() as u64,
+            };
+            next.output.insert(pe.epoch, r);
+            objects.push((object, bytes));
+        }
+        for e in saved.epochs() {
+            if let Some(r) = written.output.get(&e) {
+                next.output.insert(e, r.clone());
             }
         }
         let manifest = aggregate_manifest(
             frozen.watermark(),
             frozen.last_boundary(),
-            pending,
-            refs.values().cloned().collect(),
+            inline,
+            next.windows.values().cloned().collect(),
+            next.output.values().cloned().collect(),
         )
         .encode_to_vec();
-        Ok((manifest, objects, refs))
+        Ok((manifest, objects, next))
     })
     .await;
-    let (manifest, objects, refs) = match encoded {
+    let (manifest, objects, next) = match encoded {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => return failed(&actor, epoch, &format!("{e:#}")),
         Err(e) => return failed(&actor, epoch, &format!("encoding task: {e}")),
     };
     let mut size = manifest.len();
+    let new_objects = objects.len();
     for (object, bytes) in objects {
         size += bytes.len();
         if let Err(e) = ctx.snapshots.put_shared(&object, bytes).await {
             return failed(&actor, epoch, &format!("{e:#}"));
         }
     }
-    metrics::counter!("snapshot_windows_referenced_total").increment(
-        refs.values()
-            .filter(|s| shared::object_epoch(&s.object) != Some(epoch))
-            .count() as u64,
-    );
+    let names = next.names();
+    metrics::counter!("snapshot_objects_referenced_total")
+        .increment(names.len().saturating_sub(new_objects) as u64);
     if !ctx.save_snapshot(epoch, manifest).await {
         return None;
     }
-    let names = refs.values().map(|s| s.object.clone()).collect();
     if let Err(e) = ctx.ack(epoch, size, alignment_ms, names).await {
         tracing::warn!(actor, epoch, "checkpoint ack failed: {e:#}");
     }
-    Some(refs)
+    Some(next)
 }
 
 fn segment(window_start: i64, object: &str, bytes: usize) -> WindowSegment {
@@ -113,7 +154,7 @@ fn segment(window_start: i64, object: &str, bytes: usize) -> WindowSegment {
     }
 }
 
-fn failed(actor: &str, epoch: u64, why: &str) -> Option<WrittenWindows> {
+fn failed(actor: &str, epoch: u64, why: &str) -> Option<Written> {
     metrics::counter!("snapshot_write_failures_total").increment(1);
     tracing::error!(
         actor,
@@ -185,18 +226,19 @@ pub(super) async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Resu
         // Only owned key groups and needed output are decoded.
         let what = format!("snapshot {epoch}/{name}");
         let owns = owned.clone();
-        let (part, pending, segments) = tokio::task::spawn_blocking(move || {
+        let (part, pending, refs, segments) = tokio::task::spawn_blocking(move || {
             let parts = aggregate_parts(bytes.into(), &what)?;
             let part = aggregate_from_parts(&parts, |kg| owns(kg), &what)?;
-            let pending = if wants_output {
-                pending_from_parts(&parts, &what)?
+            let (pending, refs) = if wants_output {
+                (pending_from_parts(&parts, &what)?, parts.output_refs)
             } else {
-                Vec::new()
+                (Vec::new(), Vec::new())
             };
-            anyhow::Ok((part, pending, parts.segments))
+            anyhow::Ok((part, pending, refs, parts.segments))
         })
         .await
         .context("snapshot decoding task")??;
+        let pending = with_shared_output(ctx, pending, refs).await?;
         if id == ctx.id {
             own = pending;
         } else if wants_output {
@@ -241,4 +283,23 @@ async fn read_segment(
     })
     .await
     .context("segment decoding task")?
+}
+
+/// The saved output of a snapshot: the epochs it holds inline and those it
+/// references, in epoch order.
+async fn with_shared_output(
+    ctx: &ActorCtx,
+    mut pending: Vec<PendingEpoch>,
+    refs: Vec<OutputRef>,
+) -> Result<Vec<PendingEpoch>> {
+    for r in refs {
+        let bytes = ctx.snapshots.get_shared(&r.object).await?;
+        let epoch = tokio::task::spawn_blocking(move || PendingEpoch::decode(bytes.as_slice()))
+            .await
+            .context("output decoding task")?
+            .with_context(|| format!("decoding saved output {}", r.object))?;
+        pending.push(epoch);
+    }
+    pending.sort_by_key(|p| p.epoch);
+    Ok(pending)
 }

@@ -26,16 +26,47 @@ pub struct SavedOutput {
 impl SavedOutput {
     /// The snapshot's form: one entry per epoch.
     pub fn to_pb(&self) -> Vec<PendingEpoch> {
+        self.to_pb_except(|_| false)
+    }
+
+    /// The snapshot's form of the epochs `skip` does not name (their
+    /// output is durable already, as a shared object an earlier snapshot
+    /// wrote); those are not converted at all.
+    pub fn to_pb_except(&self, skip: impl Fn(u64) -> bool) -> Vec<PendingEpoch> {
         let mut saved: Vec<PendingEpoch> = Vec::new();
         for records in &self.inflight {
-            saved.extend(by_epoch(records, &self.producer));
+            saved.extend(
+                records
+                    .chunk_by(|a, b| a.version().0 == b.version().0)
+                    .filter(|chunk| !skip(chunk[0].version().0))
+                    .map(|chunk| pending_to_pb(chunk[0].version().0, &self.producer, chunk)),
+            );
         }
         saved.extend(
             self.pending
                 .iter()
+                .filter(|(e, _)| !skip(*e))
                 .map(|(e, recs)| pending_to_pb(*e, &self.producer, recs)),
         );
         saved
+    }
+
+    /// Every epoch the saved output holds records of.
+    pub fn epochs(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .inflight
+            .iter()
+            .flat_map(|records| {
+                records
+                    .chunk_by(|a, b| a.version().0 == b.version().0)
+                    .map(|chunk| chunk[0].version().0)
+                    .collect::<Vec<_>>()
+            })
+            .chain(self.pending.iter().map(|(e, _)| *e))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 }
 
@@ -234,13 +265,4 @@ pub async fn commit_retired(
         tracing::info!(retired, "initialised the retired actor's transactional id (its open transaction, if any, is aborted)");
     }
     commit_saved(&sink, retired, epoch, saved).await
-}
-
-/// Records handed over together (oldest epoch first) → one saved entry per
-/// epoch, so every record keeps its own epoch.
-fn by_epoch(records: &[OutputRecord], producer: &str) -> Vec<PendingEpoch> {
-    records
-        .chunk_by(|a, b| a.version().0 == b.version().0)
-        .map(|chunk| pending_to_pb(chunk[0].version().0, producer, chunk))
-        .collect()
 }

@@ -1,0 +1,171 @@
+//! Size and pause of an Aggregate's checkpoint, full against incremental
+//! (issue 11: "checkpoint size when 1 % of the cells changed").
+//!
+//! Builds one Aggregate's state the way steady state looks: `--windows`
+//! one-minute windows (default 60, the top-N history of the cost model),
+//! every window but the newest closed, `--cells` (ad, window) cells in all
+//! (default 2,000,000; ads drawn from `--ads` distinct ids, default
+//! 2,000,000), two slices each and one dedup key per event. Then events
+//! change `--changed-permille` of the cells (default 10 = 1 %), and the
+//! tool takes the snapshot the node takes, encoded with the node's codec:
+//!
+//! - `newest`: the changes land in the open window, as new clicks do;
+//! - `spread`: the same number of changes spread over every window (late
+//!   events everywhere, the worst case for per-window increments).
+//!
+//! For each it prints the bytes a full snapshot writes, the bytes the
+//! incremental one writes, their ratio, and the time the actor is paused
+//! to freeze each (the copy taken at the barrier; encoding and writing
+//! happen off the actor).
+//!
+//! `cargo run --release -p adclick-benches --features snapshot --bin snapshot_size`
+
+use adclick_benches::arg;
+use adclick_core::aggregate::{AggregateSettings, AggregateState, FrozenAggregate};
+use adclick_core::map_batch::PartialCount;
+use adclick_node::snapshot_codec::{aggregate_manifest, aggregate_to_pb, WindowSegment};
+use prost::Message as _;
+use std::time::{Duration, Instant};
+
+const W: i64 = 60_000;
+const KEY_GROUPS: u32 = 128;
+
+fn settings(windows: usize) -> AggregateSettings {
+    AggregateSettings {
+        window_ms: W,
+        allowed_lateness_ms: windows as i64 * W,
+        top_n: 10,
+        top_windows: vec![1, windows as u32],
+        producer: "aggregate-0".into(),
+        max_ads_per_window: usize::MAX,
+    }
+}
+
+/// A deterministic pseudo-random sequence (splitmix64).
+struct Mix(u64);
+
+impl Mix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+fn event(ad: u64, window: usize, key: u64) -> PartialCount {
+    PartialCount {
+        ad_id: format!("ad{ad:09}"),
+        window_start: window as i64 * W,
+        slices: vec!["*".into(), "country=US".into()],
+        click_keys: vec![key],
+        ..Default::default()
+    }
+}
+
+/// Bytes the node writes for `frozen`: one object per copied window and
+/// the manifest (no saved output, which is the same in both kinds).
+fn written_bytes(frozen: &FrozenAggregate) -> usize {
+    let windows: usize = frozen
+        .window_snapshots()
+        .map(|(_, snap)| aggregate_to_pb(snap, KEY_GROUPS, Vec::new()).encoded_len())
+        .sum();
+    let segments = frozen
+        .held()
+        .iter()
+        .map(|start| segment_ref(*start))
+        .collect();
+    let manifest = aggregate_manifest(
+        frozen.watermark(),
+        frozen.last_boundary(),
+        Vec::new(),
+        segments,
+        Vec::new(),
+    );
+    windows + manifest.encoded_len()
+}
+
+fn segment_ref(start: i64) -> WindowSegment {
+    WindowSegment {
+        window_start: start,
+        object: format!("aggregate-0/w{start}.e{:020}", 1),
+        bytes: 0,
+    }
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let v = f();
+    (v, t.elapsed())
+}
+
+fn main() {
+    let windows = arg("--windows", 60).max(1);
+    let cells = arg("--cells", 2_000_000);
+    let ads = arg("--ads", 2_000_000).max(1) as u64;
+    let permille = arg("--changed-permille", 10);
+    let changed = cells * permille / 1000;
+    println!(
+        "state: {cells} (ad, window) cells over {windows} windows, ads from {ads} ids, \
+         2 slices; {changed} cells changed ({permille}‰)\n"
+    );
+    println!("| changes | full snapshot | incremental | ratio | pause full | pause incremental |");
+    println!("|---|---|---|---|---|---|");
+    for spread in [false, true] {
+        let mut state = AggregateState::new(settings(windows));
+        let mut mix = Mix(42);
+        let per_window = cells / windows;
+        let mut key = 0u64;
+        let mut held: Vec<Vec<u64>> = Vec::with_capacity(windows);
+        for w in 0..windows {
+            let ids: Vec<u64> = (0..per_window).map(|_| mix.next() % ads).collect();
+            for chunk in ids.chunks(4096) {
+                let parts = chunk
+                    .iter()
+                    .map(|ad| {
+                        key += 1;
+                        event(*ad, w, key)
+                    })
+                    .collect();
+                state.apply(parts);
+            }
+            held.push(ids);
+        }
+        // Every window but the newest closed.
+        state.advance((windows as i64 - 1) * W);
+        // The first incremental checkpoint writes everything.
+        let _ = state.freeze_changed(|_| false);
+        // Applied in batches, as a node applies what a Map sends.
+        let changes: Vec<PartialCount> = (0..changed)
+            .map(|i| {
+                let w = if spread { i % windows } else { windows - 1 };
+                let ids = &held[w];
+                let ad = ids[(mix.next() as usize) % ids.len()];
+                key += 1;
+                event(ad, w, key)
+            })
+            .collect();
+        for chunk in changes.chunks(4096) {
+            state.apply(chunk.to_vec());
+        }
+        let (full, pause_full) = timed(|| state.freeze());
+        let (incremental, pause_inc) = timed(|| state.freeze_changed(|_| true));
+        let (full_bytes, inc_bytes) = (written_bytes(&full), written_bytes(&incremental));
+        println!(
+            "| {} | {:.1} MB | {:.2} MB ({} of {} windows) | {:.1} % | {:.1} ms | {:.1} ms |",
+            if spread {
+                "spread over every window"
+            } else {
+                "in the open window"
+            },
+            full_bytes as f64 / 1e6,
+            inc_bytes as f64 / 1e6,
+            incremental.copied_windows(),
+            incremental.held().len(),
+            100.0 * inc_bytes as f64 / full_bytes.max(1) as f64,
+            pause_full.as_secs_f64() * 1e3,
+            pause_inc.as_secs_f64() * 1e3,
+        );
+    }
+}
