@@ -39,6 +39,20 @@ const STREAM: &[&str] = &[
     "1200",
 ];
 
+const PROCESSES: [&str; 4] = ["coordinator", "node-0", "node-1", "node-2"];
+
+/// Starts every process again and waits for the job to run.
+fn restart_all(cluster: &Cluster) -> Result<()> {
+    for p in PROCESSES {
+        cluster.start_one(p, &[])?;
+    }
+    wait_until("the restarted job to run", Duration::from_secs(60), || {
+        cluster
+            .status_json()
+            .is_ok_and(|s| s["generation"].as_u64() > Some(1) && s["state"] == "running")
+    })
+}
+
 /// Complete checkpoints (with `_metadata`), oldest first.
 fn complete_checkpoints(store: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let job = store.join("checkpoints").join("adclick");
@@ -69,7 +83,7 @@ fn damaged_checkpoints_are_skipped_for_the_newest_whole_one() -> Result<()> {
     wait_until("four complete checkpoints", Duration::from_secs(90), || {
         complete_checkpoints(&store).is_ok_and(|c| c.len() >= 4)
     })?;
-    for p in ["coordinator", "node-0", "node-1", "node-2"] {
+    for p in PROCESSES {
         cluster.signal(p, "KILL")?;
     }
     std::thread::sleep(Duration::from_secs(1));
@@ -94,14 +108,7 @@ fn damaged_checkpoints_are_skipped_for_the_newest_whole_one() -> Result<()> {
     bytes[middle] ^= 0x04;
     std::fs::write(&aggregate, &bytes)?;
 
-    for p in ["coordinator", "node-0", "node-1", "node-2"] {
-        cluster.start_one(p, &[])?;
-    }
-    wait_until("the restarted job to run", Duration::from_secs(60), || {
-        cluster
-            .status_json()
-            .is_ok_and(|s| s["generation"].as_u64() > Some(1) && s["state"] == "running")
-    })?;
+    restart_all(&cluster)?;
     let log = process_log(&cluster, "coordinator");
     let skipped = |epoch: &u64, why: &str| {
         log.lines().any(|l| {
@@ -316,7 +323,7 @@ fn incremental_checkpoints_share_unchanged_windows_and_retention_keeps_what_they
             })
         },
     )?;
-    for p in ["coordinator", "node-0", "node-1", "node-2"] {
+    for p in PROCESSES {
         cluster.signal(p, "KILL")?;
     }
     std::thread::sleep(Duration::from_secs(1));
@@ -339,14 +346,7 @@ fn incremental_checkpoints_share_unchanged_windows_and_retention_keeps_what_they
         .find(|o| o.contains("/w") && epoch_of(o) == *newest)
         .with_context(|| format!("checkpoint {newest} wrote no window"))?;
     std::fs::remove_file(store.join("checkpoints/adclick/shared").join(&lost))?;
-    for p in ["coordinator", "node-0", "node-1", "node-2"] {
-        cluster.start_one(p, &[])?;
-    }
-    wait_until("the restarted job to run", Duration::from_secs(60), || {
-        cluster
-            .status_json()
-            .is_ok_and(|s| s["generation"].as_u64() > Some(1) && s["state"] == "running")
-    })?;
+    restart_all(&cluster)?;
     let log = process_log(&cluster, "coordinator");
     assert!(
         log.lines()

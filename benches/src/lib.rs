@@ -62,10 +62,11 @@ pub struct InputSpec {
 
 /// splitmix64: a tiny deterministic generator, so the input is identical in
 /// every run without a `rand` dependency.
-struct SplitMix(u64);
+pub struct SplitMix(pub u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    /// The next number of the sequence.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -84,7 +85,7 @@ pub fn generate(spec: &InputSpec) -> Vec<Vec<u8>> {
     let mut background = 0u64;
     (0..spec.events)
         .map(|i| {
-            let r = rng.next();
+            let r = rng.next_u64();
             let ad = if r.is_multiple_of(5) {
                 format!("ad-hot{:03}", (r >> 8) % HOT_ADS)
             } else {

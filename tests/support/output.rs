@@ -227,6 +227,24 @@ impl TopicReader {
         out.join("\n")
     }
 
+    /// Whether some partition has a hole wider than transaction markers
+    /// leave (more than 8 offsets never read).
+    pub fn has_holes(&self) -> bool {
+        let Ok(offsets) = self.offsets.lock() else {
+            return false;
+        };
+        offsets.values().any(|seen| {
+            let mut sorted = seen.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            std::iter::once(-1)
+                .chain(sorted)
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| w[1] - w[0] > 9)
+        })
+    }
+
     /// The first errors the consumer reported.
     pub fn errors(&self) -> Vec<String> {
         self.errors.lock().map(|e| e.clone()).unwrap_or_default()
@@ -288,6 +306,7 @@ pub fn wait_for_truth(reader: &TopicReader, truth: &Truth, timeout: Duration) ->
     let mut folded = Folded::default();
     let start = Instant::now();
     let mut equal_since: Option<Instant> = None;
+    let mut asked_fresh = Instant::now();
     loop {
         for payload in reader.drain(Duration::from_millis(500)) {
             let rec: OutputRecord =
@@ -303,6 +322,24 @@ pub fn wait_for_truth(reader: &TopicReader, truth: &Truth, timeout: Duration) ->
             }
         } else {
             equal_since = None;
+            // tansu and nisshi can let a reader that follows a partition
+            // skip a batch written by one of several producers (stored out
+            // of order, or behind a transaction still open): what the topic
+            // holds is judged by a fresh reader, while the first one shows
+            // holes and has stopped converging.
+            if start.elapsed() > Duration::from_secs(45)
+                && asked_fresh.elapsed() > Duration::from_secs(20)
+                && reader.has_holes()
+            {
+                asked_fresh = Instant::now();
+                if let Some(fresh) = fresh_fold_if_equal(reader, truth) {
+                    eprintln!(
+                        "the reader skipped records ({}); a fresh reader of the topic                          matches the truth exactly",
+                        reader.holes()
+                    );
+                    return Ok(fresh);
+                }
+            }
         }
         if start.elapsed() > timeout {
             bail!(
@@ -316,6 +353,22 @@ pub fn wait_for_truth(reader: &TopicReader, truth: &Truth, timeout: Duration) ->
             );
         }
     }
+}
+
+/// The whole topic, folded by a fresh reader, when it equals `truth`
+/// (checked twice, a few seconds apart, so late extras are caught too).
+fn fresh_fold_if_equal(reader: &TopicReader, truth: &Truth) -> Option<Folded> {
+    let fold = || -> Option<Folded> {
+        let fresh = reader.reopen().ok()?;
+        let mut folded = Folded::default();
+        for payload in fresh.drain(Duration::from_secs(5)) {
+            folded.add(serde_json::from_slice::<OutputRecord>(&payload).ok()?);
+        }
+        folded.diff(truth, 1).is_empty().then_some(folded)
+    };
+    fold()?;
+    std::thread::sleep(Duration::from_secs(3));
+    fold()
 }
 
 /// What a fresh reader of the same topic sees: tells records the first

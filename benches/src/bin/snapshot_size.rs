@@ -20,7 +20,7 @@
 //!
 //! `cargo run --release -p adclick-benches --features snapshot --bin snapshot_size`
 
-use adclick_benches::arg;
+use adclick_benches::{arg, SplitMix};
 use adclick_core::aggregate::{AggregateSettings, AggregateState, FrozenAggregate};
 use adclick_core::map_batch::PartialCount;
 use adclick_node::snapshot_codec::{aggregate_manifest, aggregate_to_pb, WindowSegment};
@@ -38,19 +38,6 @@ fn settings(windows: usize) -> AggregateSettings {
         top_windows: vec![1, windows as u32],
         producer: "aggregate-0".into(),
         max_ads_per_window: usize::MAX,
-    }
-}
-
-/// A deterministic pseudo-random sequence (splitmix64).
-struct Mix(u64);
-
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 
@@ -114,12 +101,12 @@ fn main() {
     println!("|---|---|---|---|---|---|");
     for spread in [false, true] {
         let mut state = AggregateState::new(settings(windows));
-        let mut mix = Mix(42);
+        let mut mix = SplitMix(42);
         let per_window = cells / windows;
         let mut key = 0u64;
         let mut held: Vec<Vec<u64>> = Vec::with_capacity(windows);
         for w in 0..windows {
-            let ids: Vec<u64> = (0..per_window).map(|_| mix.next() % ads).collect();
+            let ids: Vec<u64> = (0..per_window).map(|_| mix.next_u64() % ads).collect();
             for chunk in ids.chunks(4096) {
                 let parts = chunk
                     .iter()
@@ -141,7 +128,7 @@ fn main() {
             .map(|i| {
                 let w = if spread { i % windows } else { windows - 1 };
                 let ids = &held[w];
-                let ad = ids[(mix.next() as usize) % ids.len()];
+                let ad = ids[(mix.next_u64() as usize) % ids.len()];
                 key += 1;
                 event(ad, w, key)
             })
