@@ -34,22 +34,38 @@ const STREAM: &[&str] = &[
 ];
 
 /// Bytes of the newest checkpoint directory in the store.
+/// Bytes the snapshots of the newest complete checkpoint hold: its own
+/// files and the shared objects (windows, saved output) it references.
 fn newest_checkpoint_bytes(store: &Path) -> u64 {
     let job = store.join("checkpoints").join("adclick");
-    let newest = std::fs::read_dir(job)
+    let newest = std::fs::read_dir(&job)
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| e.path().join("_metadata").is_file())
         .max_by_key(|e| e.file_name());
-    newest
-        .and_then(|e| std::fs::read_dir(e.path()).ok())
+    let Some(newest) = newest else {
+        return 0;
+    };
+    let own: u64 = std::fs::read_dir(newest.path())
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|f| f.metadata().ok())
         .map(|m| m.len())
-        .sum()
+        .sum();
+    let meta = std::fs::read(newest.path().join("_metadata")).unwrap_or_default();
+    let shared: u64 = adclick_core::snapshot_frame::decode(meta)
+        .ok()
+        .and_then(|(json, _)| serde_json::from_slice::<serde_json::Value>(&json).ok())
+        .and_then(|m| m["shared"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|o| o.as_str())
+        .filter_map(|o| std::fs::metadata(job.join("shared").join(o)).ok())
+        .map(|m| m.len())
+        .sum();
+    own + shared
 }
 
 fn failed_checkpoints(c: &Cluster) -> u64 {
