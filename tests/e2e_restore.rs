@@ -301,11 +301,8 @@ fn incremental_checkpoints_share_unchanged_windows_and_retention_keeps_what_they
     })?;
     let (gen, truth_path) = spawn_generate(&dir, &broker.bootstrap, &config, STREAM)?;
     let store = cluster.run_dir.join("snapshots");
-    let epoch_of = |o: &str| -> u64 {
-        o.rsplit_once(".e")
-            .and_then(|(_, e)| e.parse().ok())
-            .unwrap_or(0)
-    };
+    // The checkpoint that wrote a shared object, from its name.
+    let epoch_of = |o: &str| adclick_core::checkpoint::shared::object_epoch(o).unwrap_or(0);
     // A checkpoint that wrote a window and referenced others written
     // before it: only what changed was written.
     wait_until(
