@@ -22,8 +22,8 @@ mod support;
 
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
+use support::checkpoint_files::*;
 use support::*;
 
 const STREAM: &[&str] = &[
@@ -51,23 +51,6 @@ fn restart_all(cluster: &Cluster) -> Result<()> {
             .status_json()
             .is_ok_and(|s| s["generation"].as_u64() > Some(1) && s["state"] == "running")
     })
-}
-
-/// Complete checkpoints (with `_metadata`), oldest first.
-fn complete_checkpoints(store: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let job = store.join("checkpoints").join("adclick");
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(&job).with_context(|| format!("{}", job.display()))? {
-        let e = e?;
-        let Ok(epoch) = e.file_name().to_string_lossy().parse::<u64>() else {
-            continue;
-        };
-        if e.path().join("_metadata").is_file() {
-            out.push((epoch, e.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 #[test]
@@ -254,42 +237,6 @@ fn partitions_keep_their_saved_offsets_when_the_maps_change() -> Result<()> {
     Ok(())
 }
 
-/// Shared objects (incremental snapshots' windows) on disk.
-fn shared_objects(store: &Path) -> Result<BTreeSet<String>> {
-    let shared = store.join("checkpoints/adclick/shared");
-    let mut out = BTreeSet::new();
-    let Ok(actors) = std::fs::read_dir(&shared) else {
-        return Ok(out);
-    };
-    for actor in actors {
-        let actor = actor?;
-        for o in std::fs::read_dir(actor.path())? {
-            let o = o?;
-            out.insert(format!(
-                "{}/{}",
-                actor.file_name().to_string_lossy(),
-                o.file_name().to_string_lossy()
-            ));
-        }
-    }
-    Ok(out)
-}
-
-/// The shared objects complete checkpoint `dir`'s metadata references
-/// (windows, `…/w<start>.e<epoch>`, and saved output, `…/out<e>.e<epoch>`).
-fn referenced(dir: &Path) -> Result<BTreeSet<String>> {
-    let bytes = std::fs::read(dir.join("_metadata"))?;
-    let (json, _) = adclick_core::snapshot_frame::decode(bytes)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    let meta: serde_json::Value = serde_json::from_slice(&json)?;
-    Ok(meta["shared"]
-        .as_array()
-        .context("metadata lists no shared objects")?
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect())
-}
-
 #[test]
 fn incremental_checkpoints_share_unchanged_windows_and_retention_keeps_what_they_reference(
 ) -> Result<()> {
@@ -301,8 +248,7 @@ fn incremental_checkpoints_share_unchanged_windows_and_retention_keeps_what_they
     })?;
     let (gen, truth_path) = spawn_generate(&dir, &broker.bootstrap, &config, STREAM)?;
     let store = cluster.run_dir.join("snapshots");
-    // The checkpoint that wrote a shared object, from its name.
-    let epoch_of = |o: &str| adclick_core::checkpoint::shared::object_epoch(o).unwrap_or(0);
+    let epoch_of = object_epoch;
     // A checkpoint that wrote a window and referenced others written
     // before it: only what changed was written.
     wait_until(
@@ -352,6 +298,23 @@ fn incremental_checkpoints_share_unchanged_windows_and_retention_keeps_what_they
                 && l.contains(&format!("shared object {lost} missing"))),
         "the coordinator skips checkpoint {newest}, whose window {lost} is lost:\n{log}"
     );
+    // The restored Aggregates reference the windows they restored instead
+    // of writing them again: a checkpoint of the new generation references
+    // windows written before the kill.
+    wait_until(
+        "a restored generation's checkpoint referencing restored windows",
+        Duration::from_secs(90),
+        || {
+            complete_checkpoints(&store).is_ok_and(|c| {
+                c.iter().any(|(e, d)| {
+                    *e > *newest
+                        && referenced(d).is_ok_and(|r| {
+                            r.iter().any(|o| o.contains("/w") && epoch_of(o) < *newest)
+                        })
+                })
+            })
+        },
+    )?;
     let truth = finish_generate(gen, &truth_path)?;
     let reader = TopicReader::new(&broker.bootstrap, "ad-click-aggregates")?;
     let folded = wait_for_truth(&reader, &truth, Duration::from_secs(240))?;

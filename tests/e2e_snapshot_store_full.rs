@@ -15,8 +15,9 @@
 mod support;
 
 use anyhow::Result;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+use support::checkpoint_files::{complete_checkpoints, job_dir, referenced};
 use support::store_fault::{fill, Tmpfs};
 use support::*;
 
@@ -33,39 +34,29 @@ const STREAM: &[&str] = &[
     "1000",
 ];
 
-/// Bytes of the newest checkpoint directory in the store.
 /// Bytes the snapshots of the newest complete checkpoint hold: its own
 /// files and the shared objects (windows, saved output) it references.
 fn newest_checkpoint_bytes(store: &Path) -> u64 {
-    let job = store.join("checkpoints").join("adclick");
-    let newest = std::fs::read_dir(&job)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("_metadata").is_file())
-        .max_by_key(|e| e.file_name());
-    let Some(newest) = newest else {
+    let Some((_, newest)) = complete_checkpoints(store)
+        .ok()
+        .and_then(|c| c.last().cloned())
+    else {
         return 0;
     };
-    let own: u64 = std::fs::read_dir(newest.path())
+    let size = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+    let own: u64 = std::fs::read_dir(&newest)
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|f| f.metadata().ok())
-        .map(|m| m.len())
+        .map(|f| size(f.path()))
         .sum();
-    let meta = std::fs::read(newest.path().join("_metadata")).unwrap_or_default();
-    let shared: u64 = adclick_core::snapshot_frame::decode(meta)
-        .ok()
-        .and_then(|(json, _)| serde_json::from_slice::<serde_json::Value>(&json).ok())
-        .and_then(|m| m["shared"].as_array().cloned())
+    let shared = job_dir(store).join("shared");
+    let referenced: u64 = referenced(&newest)
         .unwrap_or_default()
         .iter()
-        .filter_map(|o| o.as_str())
-        .filter_map(|o| std::fs::metadata(job.join("shared").join(o)).ok())
-        .map(|m| m.len())
+        .map(|o| size(shared.join(o)))
         .sum();
-    own + shared
+    own + referenced
 }
 
 fn failed_checkpoints(c: &Cluster) -> u64 {

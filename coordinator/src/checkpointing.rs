@@ -110,10 +110,18 @@ impl Checkpointer {
                 }
             }
             // And every window an incremental snapshot references, charged
-            // to the actor whose snapshot references it.
+            // to the actor that wrote it, or, when that one is gone (a
+            // rescaled Aggregate references its predecessors' windows), to
+            // the first Aggregate the checkpoint lists.
             for object in self.store.shared_refs(epoch).await.unwrap_or_default() {
                 if let Some(why) = self.store.shared_problem(&object).await? {
-                    let actor = object.split('/').next().unwrap_or(&object).to_owned();
+                    let writer = object.split('/').next().unwrap_or(&object);
+                    let names = listed.iter().flatten();
+                    let actor = names
+                        .clone()
+                        .find(|a| a.as_str() == writer)
+                        .or_else(|| names.clone().find(|a| a.starts_with("aggregate-")))
+                        .map_or_else(|| writer.to_owned(), String::clone);
                     damaged
                         .entry(actor)
                         .or_insert_with(|| format!("shared object {object} {why}"));
@@ -378,6 +386,7 @@ impl Checkpointer {
         let savepoints = {
             let mut s = state.lock().await;
             s.last_complete = Some((f.epoch, Instant::now()));
+            s.checkpoint_completed(f.generation);
             s.history
                 .finish(f.epoch, Outcome::Completed, took.as_millis() as u64, "");
             if crate::savepoints::is_savepoint_trigger(f.trigger) {

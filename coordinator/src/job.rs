@@ -261,6 +261,7 @@ async fn deploy(
         anyhow::ensure!(!alive.is_empty(), "no live nodes");
         let reported = s.nodes.values().map(|n| n.generation).max().unwrap_or(0);
         s.generation = s.generation.max(reported) + 1;
+        s.restored_from = (restore_epoch > 0).then_some(restore_epoch);
         let started = Event::DeployStarted {
             first: s.placements.is_empty(),
             rescale: s.rescale.is_some(),

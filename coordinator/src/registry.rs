@@ -99,6 +99,10 @@ pub struct ClusterState {
     pub stopped: Option<crate::savepoints::Stopped>,
     /// Checkpoints of the history a restored savepoint abandoned.
     pub superseded: Option<crate::savepoints::Superseded>,
+    /// The checkpoint the current generation restored from, until that
+    /// generation completes a checkpoint of its own: restored Aggregates
+    /// reference its shared objects, so it must not be deleted before.
+    pub restored_from: Option<u64>,
     /// The last failed deployment, while retrying.
     pub deploy_failure: Option<crate::retry::DeployFailure>,
     /// Nodes an operator cordoned (`adclickctl drain`): they get no actors,
@@ -237,6 +241,15 @@ impl ClusterState {
             self.state_since = Some((Instant::now(), adclick_runtime::now_ms()));
             self.state_reason = reason.into();
             tracing::info!(state = state.as_str(), reason = %self.state_reason, "job state");
+        }
+    }
+
+    /// Records that a checkpoint of `generation` completed: once the
+    /// current generation has one of its own, the checkpoint it restored
+    /// from is no longer needed for the objects its Aggregates reference.
+    pub fn checkpoint_completed(&mut self, generation: u64) {
+        if generation == self.generation {
+            self.restored_from = None;
         }
     }
 

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 
 /// Current snapshot format version. 2: pending output in protobuf.
 /// 3: an Aggregate's windows are shared objects its snapshot references.
-pub const VERSION: u32 = 3;
+/// 4: a window reference may name the key groups it covers (a restored
+/// Aggregate references the objects it restored from).
+pub const VERSION: u32 = 4;
 
 /// Refuses a snapshot written by a newer release: reading it with this
 /// one could silently skip fields it does not know (such as saved output).
@@ -126,6 +128,49 @@ pub fn aggregate_from_parts(
         last_boundary: p.last_boundary,
         cells,
     })
+}
+
+/// The key groups an encoded Aggregate snapshot holds, in its order; only
+/// their numbers are decoded.
+pub fn key_groups_in(p: &pb::AggregateSnapshotParts, what: &str) -> anyhow::Result<Vec<u32>> {
+    p.key_groups
+        .iter()
+        .map(|blob| {
+            pb::KeyGroupHead::decode(blob.clone())
+                .map(|h| h.key_group)
+                .map_err(|e| anyhow::anyhow!("decoding a key group of {what}: {e}"))
+        })
+        .collect()
+}
+
+/// The part of a referenced window object (`bytes`) this actor restores:
+/// the key groups it owns that `seg` covers. Also returns the reference
+/// the actor's next snapshot makes instead of writing them again: `None`
+/// when it keeps none of them, the whole object when it keeps all, else
+/// narrowed to the kept key groups.
+pub fn narrow_segment(
+    seg: pb::WindowSegment,
+    bytes: prost::bytes::Bytes,
+    owned: impl Fn(u32) -> bool,
+) -> anyhow::Result<(AggregateSnapshot, Option<pb::WindowSegment>)> {
+    let what = format!("window {} ({})", seg.window_start, seg.object);
+    let parts = aggregate_parts(bytes, &what)?;
+    let covered: std::collections::BTreeSet<u32> = seg.key_groups.iter().copied().collect();
+    let accept = |kg: u32| owned(kg) && (covered.is_empty() || covered.contains(&kg));
+    let held = key_groups_in(&parts, &what)?;
+    let kept: Vec<u32> = held.iter().copied().filter(|kg| accept(*kg)).collect();
+    let reference = match kept.len() {
+        0 => None,
+        n if n == held.len() => Some(pb::WindowSegment {
+            key_groups: Vec::new(),
+            ..seg
+        }),
+        _ => Some(pb::WindowSegment {
+            key_groups: kept,
+            ..seg
+        }),
+    };
+    Ok((aggregate_from_parts(&parts, accept, &what)?, reference))
 }
 
 /// The saved, possibly uncommitted output of an Aggregate snapshot.
@@ -308,6 +353,62 @@ mod tests {
             .unwrap()
             .cells
             .is_empty());
+    }
+
+    #[test]
+    fn a_restored_reference_covers_exactly_the_key_groups_kept() {
+        // Three ads in three different key groups, one window.
+        let mut ads: Vec<(String, u32)> = Vec::new();
+        for i in 0.. {
+            let ad = format!("ad-{i}");
+            let kg = key_group_of(&ad, 16).0;
+            if ads.iter().all(|(_, k)| *k != kg) {
+                ads.push((ad, kg));
+            }
+            if ads.len() == 3 {
+                break;
+            }
+        }
+        let cells = ads
+            .iter()
+            .map(|(ad, _)| CellSnapshot {
+                ad_id: ad.clone(),
+                window_start: 0,
+                slices: vec![],
+                seen: vec![],
+            })
+            .collect();
+        let snap = AggregateSnapshot {
+            watermark: None,
+            last_boundary: None,
+            cells,
+        };
+        let bytes: prost::bytes::Bytes = aggregate_to_pb(snap, 16, vec![]).encode_to_vec().into();
+        let (a, b, c) = (ads[0].1, ads[1].1, ads[2].1);
+        let seg = |key_groups: Vec<u32>| pb::WindowSegment {
+            window_start: 0,
+            object: "aggregate-4/w0.e7".into(),
+            bytes: bytes.len() as u64,
+            key_groups,
+        };
+        let ads_of = |s: &AggregateSnapshot| {
+            let mut v: Vec<String> = s.cells.iter().map(|c| c.ad_id.clone()).collect();
+            v.sort();
+            v
+        };
+        // Everything owned: the whole object, unnarrowed.
+        let (all, r) = narrow_segment(seg(vec![]), bytes.clone(), |_| true).unwrap();
+        assert_eq!(all.cells.len(), 3);
+        assert_eq!(r.unwrap().key_groups, Vec::<u32>::new());
+        // A reference narrowed to {a, b}, read by an owner of {b, c}: only b.
+        let mut ab = vec![a, b];
+        ab.sort();
+        let (part, r) = narrow_segment(seg(ab), bytes.clone(), |kg| kg == b || kg == c).unwrap();
+        assert_eq!(ads_of(&part), vec![ads[1].0.clone()]);
+        assert_eq!(r.unwrap().key_groups, vec![b]);
+        // Owning none of what the reference covers: nothing, no reference.
+        let (none, r) = narrow_segment(seg(vec![a]), bytes, |kg| kg == c).unwrap();
+        assert!(none.cells.is_empty() && r.is_none());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod checkpoint_files;
 pub mod event_time;
 mod events;
 pub mod netns;

@@ -78,6 +78,7 @@ fn segment_ref(start: i64) -> WindowSegment {
         window_start: start,
         object: format!("aggregate-0/w{start}.e{:020}", 1),
         bytes: 0,
+        key_groups: Vec::new(),
     }
 }
 

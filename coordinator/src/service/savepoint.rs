@@ -78,6 +78,12 @@ impl CoordinatorService {
                      another, before deleting it"
                 )));
             }
+            if s.restored_from == Some(s.savepoints[i].epoch) {
+                return Err(Status::failed_precondition(format!(
+                    "{id} is the savepoint the running job restored from, and the job has not \
+                     completed a checkpoint of its own yet; delete it after that"
+                )));
+            }
             let epoch = s.savepoints.remove(i).epoch;
             (s.savepoints.clone(), epoch)
         };
@@ -192,4 +198,52 @@ fn not_found(id: &str, list: &[savepoints::Savepoint]) -> Status {
             known.join(", ")
         }
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::ClusterState;
+    use crate::savepoints::Savepoint;
+    use adclick_runtime::snapshots::SnapshotStore;
+    use std::sync::Arc;
+    use tokio::sync::Mutex;
+
+    #[tokio::test]
+    async fn the_savepoint_a_generation_restored_from_stays_until_that_generation_checkpoints() {
+        let mut cfg = adclick_core::config::Config::default();
+        cfg.checkpoint.store = "memory://".into();
+        let state = Arc::new(Mutex::new(ClusterState::default()));
+        {
+            let mut s = state.lock().await;
+            s.savepoints.push(Savepoint {
+                id: id_of(5),
+                epoch: 5,
+                created_ms: 0,
+                trigger: "savepoint".into(),
+                bytes: 0,
+                aggregates: 3,
+            });
+            s.generation = 2;
+            s.restored_from = Some(5);
+        }
+        let replays = crate::replay::Replays::load(cfg.clone(), None, state.clone())
+            .await
+            .unwrap();
+        let store = SnapshotStore::open("memory://", "adclick").unwrap();
+        let svc = CoordinatorService::new(state.clone(), 1000, true, replays, store, &cfg);
+        let refused = |e: Status| {
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+            assert!(e.message().contains("restored from"), "{e}");
+        };
+        refused(svc.savepoint_delete("sp-5").await.unwrap_err());
+        // A late completion of the previous generation does not count.
+        state.lock().await.checkpoint_completed(1);
+        refused(svc.savepoint_delete("sp-5").await.unwrap_err());
+        assert_eq!(state.lock().await.savepoints.len(), 1, "nothing changed");
+        state.lock().await.checkpoint_completed(2);
+        let done = svc.savepoint_delete("sp-5").await.unwrap();
+        assert!(done.message.contains("deleted"), "{}", done.message);
+        assert!(state.lock().await.savepoints.is_empty());
+    }
 }

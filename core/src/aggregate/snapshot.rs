@@ -177,6 +177,17 @@ impl AggregateState {
         }
     }
 
+    /// Marks every window unchanged, right after a restore: the restored
+    /// windows have durable copies (the objects they were restored from),
+    /// which the next incremental checkpoint references instead of writing
+    /// again. [`AggregateState::freeze_changed`] still copies any window
+    /// its `written` does not cover.
+    pub fn clear_changed(&mut self) {
+        for win in self.windows.values_mut() {
+            win.take_changed();
+        }
+    }
+
     /// Windows changed since the last incremental freeze, for tests and
     /// metrics.
     pub fn changed_windows(&self) -> usize {

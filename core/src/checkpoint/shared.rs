@@ -39,11 +39,13 @@ pub fn object_epoch(name: &str) -> Option<u64> {
 /// newer than the newest complete one.
 ///
 /// A newer object may belong to a checkpoint still in progress. An older
-/// one that a checkpoint in progress references is also referenced by the
-/// newest complete checkpoint: the actor wrote it before that checkpoint
-/// and it has not changed since (an actor restarted from a checkpoint
-/// rewrites every window before it references any). A name that does not
-/// parse is kept: retention deletes only what it understands.
+/// one that a checkpoint in progress references is also referenced by a
+/// complete checkpoint retention keeps: either the newest complete one of
+/// the actor's generation (the actor wrote the object before it and has
+/// not changed the window since), or, before its generation completed
+/// any, the checkpoint it restored from, which the coordinator keeps until
+/// then (`ClusterState::restored_from`). A name that does not parse is
+/// kept: retention deletes only what it understands.
 pub fn to_delete(
     objects: &[String],
     referenced: &BTreeSet<String>,

@@ -94,9 +94,11 @@ impl Aggregate {
                 own: None,
                 retired: Vec::new(),
                 rescaled: false,
+                written: Written::default(),
             }
         };
         let state = restored.state;
+        let written = restored.written;
         let reduce = ctx.connect(&ActorId::new(ActorKind::Reduce, 0)).await?;
         let output = Output::open(&cfg, &actor, restored.own).await?;
         for (name, saved) in restored.retired {
@@ -129,7 +131,7 @@ impl Aggregate {
             align_started: None,
             barrier_trace: String::new(),
             snapshot_write: None,
-            written: Written::default(),
+            written,
         })
     }
 

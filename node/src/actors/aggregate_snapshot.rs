@@ -7,11 +7,18 @@
 //! steady state only the open window changes, so a checkpoint writes that
 //! window and the saved output, not the hours of closed windows kept for
 //! top-N.
+//!
+//! A restored Aggregate references the objects it restored from, each
+//! narrowed to the key groups it now owns, so its first checkpoint after a
+//! recovery or a rescale does not write its whole state again. The
+//! coordinator keeps the checkpoint a generation restored from until that
+//! generation completes one of its own, so those objects stay.
 
 use super::output::SavedOutput;
 use super::ActorCtx;
 use crate::snapshot_codec::{
-    aggregate_from_parts, aggregate_manifest, aggregate_parts, aggregate_to_pb, pending_from_parts,
+    aggregate_from_parts, aggregate_manifest, aggregate_parts, aggregate_to_pb, narrow_segment,
+    pending_from_parts,
 };
 use adclick_core::aggregate::{
     AggregateSettings, AggregateSnapshot, AggregateState, FrozenAggregate,
@@ -29,8 +36,9 @@ use std::sync::Arc;
 /// what the next snapshot may reference instead of writing again.
 #[derive(Default)]
 pub(super) struct Written {
-    /// Every window held, by window start.
-    windows: BTreeMap<i64, WindowSegment>,
+    /// Every window held, by window start: one object, or after a restore
+    /// the parts of the objects it was restored from.
+    windows: BTreeMap<i64, Vec<WindowSegment>>,
     /// Epochs of uncommitted output, by epoch.
     output: BTreeMap<u64, OutputRef>,
 }
@@ -42,7 +50,7 @@ impl Written {
     }
 
     fn names(&self) -> Vec<String> {
-        let windows = self.windows.values().map(|s| s.object.clone());
+        let windows = self.windows.values().flatten().map(|s| s.object.clone());
         windows
             .chain(self.output.values().map(|r| r.object.clone()))
             .collect()
@@ -79,7 +87,7 @@ pub(super) async fn write(
             if let Some(bytes) = fresh.remove(start) {
                 let object = shared::object_name(&name, *start, epoch);
                 next.windows
-                    .insert(*start, segment(*start, &object, bytes.len()));
+                    .insert(*start, vec![segment(*start, &object, bytes.len())]);
                 objects.push((object, bytes));
             } else if let Some(old) = written.windows.get(start) {
                 next.windows.insert(*start, old.clone());
@@ -114,7 +122,7 @@ pub(super) async fn write(
             frozen.watermark(),
             frozen.last_boundary(),
             inline,
-            next.windows.values().cloned().collect(),
+            next.windows.values().flatten().cloned().collect(),
             next.output.values().cloned().collect(),
         )
         .encode_to_vec();
@@ -151,6 +159,7 @@ fn segment(window_start: i64, object: &str, bytes: usize) -> WindowSegment {
         window_start,
         object: object.to_owned(),
         bytes: bytes as u64,
+        key_groups: Vec::new(),
     }
 }
 
@@ -177,6 +186,9 @@ pub(super) struct Restored {
     pub retired: Vec<(String, Vec<PendingEpoch>)>,
     /// The checkpoint had a different number of Aggregates.
     pub rescaled: bool,
+    /// The objects the restored windows came from, for the next snapshot
+    /// to reference.
+    pub written: Written,
 }
 
 /// Loads every Aggregate snapshot of the restored epoch and keeps the key
@@ -187,6 +199,9 @@ pub(super) async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Resu
     let owners = ctx.key_group_owner.clone();
     let owned: Owned = Arc::new(move |kg: u32| owners.get(kg as usize).is_some_and(|o| *o == me));
     let mut parts = Vec::new();
+    let mut restored_from: BTreeMap<i64, Vec<WindowSegment>> = BTreeMap::new();
+    // Cells held inline (format 2) have no object to reference.
+    let mut inline_cells = false;
     let mut own = Vec::new();
     let mut retired = Vec::new();
     // Every Aggregate the checkpoint's metadata lists must be there: a key
@@ -244,14 +259,19 @@ pub(super) async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Resu
         } else if wants_output {
             retired.push((name.clone(), pending));
         }
+        inline_cells |= !part.cells.is_empty();
         parts.push(part);
         for seg in segments {
-            parts.push(read_segment(ctx, &seg, owned.clone()).await?);
+            let (part, reference) = read_segment(ctx, seg, owned.clone()).await?;
+            if let Some(r) = reference {
+                restored_from.entry(r.window_start).or_default().push(r);
+            }
+            parts.push(part);
         }
     }
     let kgs = ctx.cfg.job.key_groups;
     let owners = ctx.key_group_owner.clone();
-    let state = tokio::task::spawn_blocking(move || {
+    let mut state = tokio::task::spawn_blocking(move || {
         AggregateState::restore(settings, parts, |ad| {
             owners
                 .get(key_group_of(ad, kgs).0 as usize)
@@ -260,29 +280,36 @@ pub(super) async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Resu
     })
     .await
     .context("state restore task")?;
+    let written = if inline_cells {
+        Written::default()
+    } else {
+        state.clear_changed();
+        Written {
+            windows: restored_from,
+            output: BTreeMap::new(),
+        }
+    };
     tracing::info!(actor = %ctx.id, epoch, cells = state.cells(), rescaled, "restored aggregate state");
     Ok(Restored {
         state,
         own: Some((epoch, own)),
         retired,
         rescaled,
+        written,
     })
 }
 
-/// One referenced window, with only the key groups `owned` accepts decoded.
+/// One referenced window, read and narrowed to what this actor owns
+/// (`snapshot_codec::narrow_segment`).
 async fn read_segment(
     ctx: &ActorCtx,
-    seg: &WindowSegment,
+    seg: WindowSegment,
     owned: Owned,
-) -> Result<AggregateSnapshot> {
+) -> Result<(AggregateSnapshot, Option<WindowSegment>)> {
     let bytes = ctx.snapshots.get_shared(&seg.object).await?;
-    let what = format!("window {} ({})", seg.window_start, seg.object);
-    tokio::task::spawn_blocking(move || {
-        let parts = aggregate_parts(bytes.into(), &what)?;
-        aggregate_from_parts(&parts, |kg| owned(kg), &what)
-    })
-    .await
-    .context("segment decoding task")?
+    tokio::task::spawn_blocking(move || narrow_segment(seg, bytes.into(), |kg| owned(kg)))
+        .await
+        .context("segment decoding task")?
 }
 
 /// The saved output of a snapshot: the epochs it holds inline and those it
