@@ -132,7 +132,13 @@ impl ActorManager {
             );
         }
         if let Some(r) = guard.take() {
+            let (old, started) = (r.generation, std::time::Instant::now());
             stop(r).await;
+            tracing::info!(
+                generation = old,
+                ms = started.elapsed().as_millis() as u64,
+                "stopped the previous generation's actors"
+            );
         }
         self.routing.retain_generation(req.generation);
         self.status.clear();

@@ -173,6 +173,29 @@ pub fn narrow_segment(
     Ok((aggregate_from_parts(&parts, accept, &what)?, reference))
 }
 
+/// One reference per object: after a rescale several old snapshots
+/// reference the same object, each narrowed to the key groups its actor
+/// owned; together they cover the union (all of it if any covers all).
+pub fn merge_references(refs: Vec<pb::WindowSegment>) -> Vec<pb::WindowSegment> {
+    let mut by_object: BTreeMap<String, pb::WindowSegment> = BTreeMap::new();
+    for r in refs {
+        match by_object.get_mut(&r.object) {
+            None => {
+                by_object.insert(r.object.clone(), r);
+            }
+            Some(m) if m.key_groups.is_empty() || r.key_groups.is_empty() => {
+                m.key_groups.clear();
+            }
+            Some(m) => {
+                m.key_groups.extend(r.key_groups);
+                m.key_groups.sort_unstable();
+                m.key_groups.dedup();
+            }
+        }
+    }
+    by_object.into_values().collect()
+}
+
 /// The saved, possibly uncommitted output of an Aggregate snapshot.
 pub fn pending_from_parts(
     p: &pb::AggregateSnapshotParts,
@@ -409,6 +432,31 @@ mod tests {
         // Owning none of what the reference covers: nothing, no reference.
         let (none, r) = narrow_segment(seg(vec![a]), bytes, |kg| kg == c).unwrap();
         assert!(none.cells.is_empty() && r.is_none());
+    }
+
+    #[test]
+    fn references_to_one_object_merge_into_the_union_of_their_key_groups() {
+        let r = |object: &str, key_groups: Vec<u32>| pb::WindowSegment {
+            window_start: 0,
+            object: object.into(),
+            bytes: 1,
+            key_groups,
+        };
+        let merged = merge_references(vec![
+            r("a", vec![3, 1]),
+            r("b", vec![2]),
+            r("a", vec![2, 3]),
+            r("c", vec![5]),
+            r("c", vec![]),
+        ]);
+        let got: Vec<(&str, &[u32])> = merged
+            .iter()
+            .map(|m| (m.object.as_str(), m.key_groups.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("a", &[1, 2, 3][..]), ("b", &[2][..]), ("c", &[][..])]
+        );
     }
 
     #[test]

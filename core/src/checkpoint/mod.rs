@@ -30,6 +30,11 @@ impl PendingOutput {
         }
     }
 
+    /// Records held, over every epoch.
+    pub fn records(&self) -> usize {
+        self.epochs.values().map(|v| v.len()).sum()
+    }
+
     /// Every uncommitted epoch up to `epoch`, for the snapshot of `epoch`
     /// (shared, not copied).
     pub fn upto(&self, epoch: u64) -> impl Iterator<Item = (u64, Arc<Vec<OutputRecord>>)> + '_ {

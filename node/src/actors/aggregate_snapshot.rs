@@ -17,8 +17,8 @@
 use super::output::SavedOutput;
 use super::ActorCtx;
 use crate::snapshot_codec::{
-    aggregate_from_parts, aggregate_manifest, aggregate_parts, aggregate_to_pb, narrow_segment,
-    pending_from_parts,
+    aggregate_from_parts, aggregate_manifest, aggregate_parts, aggregate_to_pb, merge_references,
+    narrow_segment, pending_from_parts,
 };
 use adclick_core::aggregate::{
     AggregateSettings, AggregateSnapshot, AggregateState, FrozenAggregate,
@@ -28,6 +28,7 @@ use adclick_core::ids::{ActorId, ActorKind};
 use adclick_core::keygroup::key_group_of;
 use adclick_proto::snapshot::{OutputRef, PendingEpoch, WindowSegment};
 use anyhow::{Context, Result};
+use futures::StreamExt as _;
 use prost::Message as _;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -173,6 +174,9 @@ fn failed(actor: &str, epoch: u64, why: &str) -> Option<Written> {
     None
 }
 
+/// Shared objects a restore reads at once.
+const RESTORE_READS: usize = 4;
+
 /// Whether this actor now owns a key group.
 type Owned = Arc<dyn Fn(u32) -> bool + Send + Sync>;
 
@@ -202,6 +206,7 @@ pub(super) async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Resu
     let mut restored_from: BTreeMap<i64, Vec<WindowSegment>> = BTreeMap::new();
     // Cells held inline (format 2) have no object to reference.
     let mut inline_cells = false;
+    let mut segments_of_all = Vec::new();
     let mut own = Vec::new();
     let mut retired = Vec::new();
     // Every Aggregate the checkpoint's metadata lists must be there: a key
@@ -261,14 +266,22 @@ pub(super) async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Resu
         }
         inline_cells |= !part.cells.is_empty();
         parts.push(part);
-        for seg in segments {
-            let (part, reference) = read_segment(ctx, seg, owned.clone()).await?;
-            if let Some(r) = reference {
-                restored_from.entry(r.window_start).or_default().push(r);
-            }
-            parts.push(part);
-        }
+        segments_of_all.extend(segments);
     }
+    // After a rescale, old snapshots reference the same objects narrowed
+    // to different key groups: each object is read once, a few at a time
+    // (reading overlaps decoding).
+    let mut reads = futures::stream::iter(merge_references(segments_of_all))
+        .map(|seg| read_segment(ctx, seg, owned.clone()))
+        .buffer_unordered(RESTORE_READS);
+    while let Some(read) = reads.next().await {
+        let (part, reference) = read?;
+        if let Some(r) = reference {
+            restored_from.entry(r.window_start).or_default().push(r);
+        }
+        parts.push(part);
+    }
+    drop(reads);
     let kgs = ctx.cfg.job.key_groups;
     let owners = ctx.key_group_owner.clone();
     let mut state = tokio::task::spawn_blocking(move || {

@@ -143,6 +143,11 @@ impl Output {
         x.forget_committed();
         let open = std::mem::take(&mut x.open);
         x.pending.push(epoch, open);
+        let waiting: usize = x.inflight.values().map(|v| v.len()).sum();
+        // A sink slower than the job shows here first (and makes every
+        // snapshot carry the backlog).
+        metrics::gauge!("output_uncommitted_records", "actor" => x.producer.clone())
+            .set((waiting + x.pending.records()) as f64);
         Ok(SavedOutput {
             producer: x.producer.clone(),
             inflight: x.inflight.values().cloned().collect(),
