@@ -302,7 +302,14 @@ pub(super) async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Resu
             output: BTreeMap::new(),
         }
     };
-    tracing::info!(actor = %ctx.id, epoch, cells = state.cells(), rescaled, "restored aggregate state");
+    tracing::info!(
+        actor = %ctx.id,
+        epoch,
+        cells = state.cells(),
+        rescaled,
+        windows_referenced = written.windows.len(),
+        "restored aggregate state"
+    );
     Ok(Restored {
         state,
         own: Some((epoch, own)),
