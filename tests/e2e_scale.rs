@@ -113,20 +113,28 @@ fn scale_up_and_down_while_the_stream_flows_stays_exact() -> Result<()> {
     // Every rescaled Aggregate that restored cells references the windows
     // it restored them from (narrowed to its key groups) rather than
     // writing them again at its next checkpoint.
-    let restores: Vec<String> = ["node-0", "node-1", "node-2"]
-        .iter()
-        .flat_map(|n| {
-            process_log(&cluster, n)
-                .lines()
-                .filter(|l| l.contains("restored aggregate state") && l.contains("rescaled=true"))
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    assert!(
-        restores.len() >= 7,
-        "3 -> 5 and 5 -> 2 restores: {restores:#?}"
-    );
+    let restores = || -> Vec<String> {
+        ["node-0", "node-1", "node-2"]
+            .iter()
+            .flat_map(|n| {
+                process_log(&cluster, n)
+                    .lines()
+                    .filter(|l| {
+                        l.contains("restored aggregate state") && l.contains("rescaled=true")
+                    })
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    // `scale` returns once the new generation is deployed; its Aggregates
+    // may still be restoring.
+    wait_until(
+        "the 3 -> 5 and 5 -> 2 restores",
+        Duration::from_secs(60),
+        || restores().len() >= 7,
+    )?;
+    let restores = restores();
     let field = |l: &str, name: &str| {
         l.split_whitespace()
             .find_map(|w| w.strip_prefix(name)?.parse::<u64>().ok())
