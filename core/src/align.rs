@@ -78,6 +78,18 @@ impl<T> BarrierAligner<T> {
         self.arrived.contains(&input)
     }
 
+    /// Every input's blocked flag, by index; empty when none is blocked
+    /// (no allocation outside an alignment). An actor stops reading the
+    /// blocked inputs, so their senders wait instead of this buffering.
+    pub fn blocked_inputs(&self) -> Vec<bool> {
+        if self.arrived.is_empty() {
+            return Vec::new();
+        }
+        (0..self.inputs)
+            .map(|i| self.arrived.contains(&i))
+            .collect()
+    }
+
     /// Offers a data message from `input`.
     pub fn offer(&mut self, input: usize, msg: T) -> Aligned<T> {
         if self.is_blocked(input) {

@@ -1,7 +1,7 @@
 //! Deployment on a node: the coordinator's `Deploy` replaces every actor of
 //! the previous generation with the actors of the new one.
 
-use crate::actors::{self, ActorCtx, ActorStatus, CheckpointCmd, Control, Inbound, Placement};
+use crate::actors::{self, ActorCtx, ActorStatus, CheckpointCmd, Control, Placement};
 use crate::routing::{Route, RoutingTable};
 use adclick_core::ids::{ActorId, ActorKind};
 use adclick_proto::cluster::coordinator_client::CoordinatorClient;
@@ -173,7 +173,14 @@ impl ActorManager {
                 pb::ActorKind::Reduce => ActorKind::Reduce,
             };
             let id = ActorId::new(kind, spec.index);
-            let (tx, rx) = mpsc::channel::<Inbound>(cfg.job.mailbox_capacity);
+            // Aggregates read every Map, Reduce every Aggregate; a Map
+            // reads Kafka, not a mailbox.
+            let inputs = match kind {
+                ActorKind::Map => 1,
+                ActorKind::Aggregate => req.num_maps,
+                ActorKind::Reduce => req.num_aggregates,
+            };
+            let (tx, rx) = crate::inputs::channels(inputs as usize, cfg.job.mailbox_capacity);
             let telemetry = Arc::new(crate::telemetry::ActorTelemetry::new(&id.to_string()));
             telemetry.mailbox(&tx);
             self.telemetry.insert(id.to_string(), telemetry);
@@ -181,7 +188,7 @@ impl ActorManager {
                 id.to_string(),
                 Route {
                     generation: req.generation,
-                    mailbox: tx,
+                    inputs: tx,
                 },
             );
             mailboxes.push((id, spec.partitions.clone(), rx));
@@ -241,7 +248,7 @@ async fn stop(r: Running) {
 async fn supervise(
     ctx: ActorCtx,
     partitions: Vec<i32>,
-    rx: mpsc::Receiver<Inbound>,
+    rx: crate::inputs::Inputs,
     control: mpsc::Receiver<Control>,
 ) {
     let span = tracing::info_span!("actor", actor = %ctx.id, generation = ctx.generation);
@@ -270,6 +277,16 @@ async fn supervise(
             metrics::counter!("actor_failures_total").increment(1);
             ctx.report(&format!("failed: {e:#}"), None);
         }
+    }
+    // A gauge of a stopped actor would otherwise keep its last value, and
+    // after a scale-down the retired actors' cells would still add up.
+    let actor = ctx.id.to_string();
+    for gauge in [
+        "aggregate_cells",
+        "output_uncommitted_records",
+        "mailbox_fill",
+    ] {
+        metrics::gauge!(gauge, "actor" => actor.clone()).set(0.0);
     }
 }
 

@@ -56,8 +56,11 @@ impl DataPlane for DataPlaneService {
         let mailbox = {
             let start = tokio::time::Instant::now();
             loop {
-                if let Some(tx) = self.routing.get(&header.dst_actor, header.generation) {
-                    break tx;
+                if let Some(tx) = self
+                    .routing
+                    .get(&header.dst_actor, header.generation, input)
+                {
+                    break tx.map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
                 }
                 match self.routing.generation_of(&header.dst_actor) {
                     Some(g) if g > header.generation => {

@@ -90,12 +90,13 @@ pub async fn connect(
         Target::Local => {
             let start = tokio::time::Instant::now();
             loop {
-                if let Some(tx) = routing.get(dst, generation) {
+                let input = input_of(src)?;
+                if let Some(tx) = routing.get(dst, generation, input) {
                     return Ok(Edge {
                         src: src.into(),
-                        input: input_of(src)?,
+                        input,
                         dst: dst.into(),
-                        tx,
+                        tx: tx?,
                         stats: Arc::new(EdgeStats::new(src, dst)),
                     });
                 }

@@ -10,6 +10,7 @@ pub mod dataplane;
 mod drain;
 pub mod edge;
 pub mod heartbeat;
+pub mod inputs;
 pub mod kafka;
 pub mod message;
 pub mod pending_codec;

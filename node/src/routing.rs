@@ -6,13 +6,13 @@ use crate::message::Inbound;
 use dashmap::DashMap;
 use tokio::sync::mpsc;
 
-/// A local actor's mailbox and the generation it belongs to.
+/// A local actor's input channels and the generation it belongs to.
 #[derive(Clone)]
 pub struct Route {
     /// Deployment generation of the actor.
     pub generation: u64,
-    /// Its bounded mailbox.
-    pub mailbox: mpsc::Sender<Inbound>,
+    /// One bounded channel per input (`crate::inputs`), by input index.
+    pub inputs: Vec<mpsc::Sender<Inbound>>,
 }
 
 /// Actor id (`map-0`) → route.
@@ -27,12 +27,24 @@ impl RoutingTable {
         self.routes.insert(actor, route);
     }
 
-    /// The route for `actor` if it runs here in `generation`.
-    pub fn get(&self, actor: &str, generation: u64) -> Option<mpsc::Sender<Inbound>> {
-        self.routes
+    /// The channel of `actor`'s input `input` if the actor runs here in
+    /// `generation`; an error names an input it does not have.
+    pub fn get(
+        &self,
+        actor: &str,
+        generation: u64,
+        input: u32,
+    ) -> Option<anyhow::Result<mpsc::Sender<Inbound>>> {
+        let route = self
+            .routes
             .get(actor)
-            .filter(|r| r.generation == generation)
-            .map(|r| r.mailbox.clone())
+            .filter(|r| r.generation == generation)?;
+        Some(route.inputs.get(input as usize).cloned().ok_or_else(|| {
+            anyhow::anyhow!(
+                "actor {actor} has {} input(s); there is no input {input}",
+                route.inputs.len()
+            )
+        }))
     }
 
     /// The generation `actor` runs in here, if any.

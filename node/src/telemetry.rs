@@ -70,7 +70,7 @@ pub struct ActorTelemetry {
     duplicates: AtomicU64,
     edges: Mutex<Vec<Arc<EdgeStats>>>,
     partitions: Mutex<Vec<PartitionReport>>,
-    mailbox: Mutex<Option<mpsc::WeakSender<crate::actors::Inbound>>>,
+    mailbox: Mutex<Vec<mpsc::WeakSender<crate::actors::Inbound>>>,
 }
 
 impl ActorTelemetry {
@@ -122,11 +122,12 @@ impl ActorTelemetry {
         }
     }
 
-    /// The actor's mailbox, to report how full it is (weak, so a stopped
-    /// actor's mailbox is not kept open by its telemetry).
-    pub fn mailbox(&self, tx: &mpsc::Sender<crate::actors::Inbound>) {
+    /// The actor's input channels, to report how full they are together
+    /// (weak, so a stopped actor's inputs are not kept open by its
+    /// telemetry).
+    pub fn mailbox(&self, inputs: &[mpsc::Sender<crate::actors::Inbound>]) {
         if let Ok(mut m) = self.mailbox.lock() {
-            *m = Some(tx.downgrade());
+            *m = inputs.iter().map(mpsc::Sender::downgrade).collect();
         }
     }
 
@@ -135,11 +136,14 @@ impl ActorTelemetry {
         let (len, cap) = self
             .mailbox
             .lock()
-            .ok()
-            .and_then(|m| m.as_ref().and_then(|w| w.upgrade()))
-            .map(|tx| {
-                let max = tx.max_capacity();
-                ((max - tx.capacity()) as u32, max as u32)
+            .map(|m| {
+                m.iter()
+                    .filter_map(mpsc::WeakSender::upgrade)
+                    .map(|tx| {
+                        let max = tx.max_capacity();
+                        ((max - tx.capacity()) as u32, max as u32)
+                    })
+                    .fold((0, 0), |(l, c), (dl, dc)| (l + dl, c + dc))
             })
             .unwrap_or((0, 0));
         if cap > 0 {
@@ -229,7 +233,7 @@ mod tests {
     async fn counters_report_edges_mailbox_and_partitions() {
         let t = ActorTelemetry::default();
         let (tx, _rx) = mpsc::channel(10);
-        t.mailbox(&tx);
+        t.mailbox(std::slice::from_ref(&tx));
         for _ in 0..3 {
             tx.try_send(crate::actors::Inbound {
                 input: 0,

@@ -16,6 +16,27 @@ fn blocks_inputs_that_delivered_the_barrier() {
     assert_eq!(a.offer(0, "a3"), Aligned::Process("a3"));
 }
 
+#[test]
+fn blocked_inputs_are_listed_only_during_an_alignment() {
+    let mut a = BarrierAligner::new(3);
+    assert!(a.blocked_inputs().is_empty());
+    assert_eq!(a.barrier(1, 7, "B7"), BarrierStep::Waiting);
+    assert_eq!(a.blocked_inputs(), vec![false, true, false]);
+    assert_eq!(a.barrier(0, 7, "A7"), BarrierStep::Waiting);
+    assert_eq!(a.barrier(2, 7, "C7"), BarrierStep::Aligned(7));
+    // Still blocked until released after the snapshot.
+    assert_eq!(a.blocked_inputs(), vec![true, true, true]);
+    a.release();
+    assert!(a.blocked_inputs().is_empty());
+    // A newer barrier that supersedes the alignment unblocks the others.
+    assert_eq!(a.barrier(0, 8, "A8"), BarrierStep::Waiting);
+    assert!(matches!(
+        a.barrier(2, 9, "C9"),
+        BarrierStep::Superseded { abandoned: 8, .. }
+    ));
+    assert!(a.blocked_inputs().is_empty());
+}
+
 /// Input 1 never got barrier 7. Before, its barrier 8 reset the alignment
 /// but left input 0's held-back "a2" in the buffer, so input 0's "a3" was
 /// processed first and "a2" only after snapshot 8, which missed it.

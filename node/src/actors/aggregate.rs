@@ -46,7 +46,7 @@ struct Aggregate {
 /// Runs an Aggregate actor until cancelled or its inputs close.
 pub async fn run(
     ctx: ActorCtx,
-    mut mailbox: mpsc::Receiver<Inbound>,
+    mut mailbox: crate::inputs::Inputs,
     mut control: mpsc::Receiver<Control>,
 ) -> Result<()> {
     let mut agg = Aggregate::start(ctx).await?;
@@ -56,6 +56,7 @@ pub async fn run(
             agg.handle(msg, &mut work).await?;
             continue;
         }
+        let blocked = agg.aligner.blocked_inputs();
         tokio::select! {
             _ = agg.ctx.cancel.cancelled() => return Ok(()),
             c = control.recv() => match c {
@@ -66,7 +67,7 @@ pub async fn run(
                 Some(Control::Barrier(_)) => {}
                 None => return Ok(()),
             },
-            m = mailbox.recv() => match m {
+            m = mailbox.recv(&blocked) => match m {
                 Some(msg) => agg.handle(msg, &mut work).await?,
                 None => return Ok(()),
             },

@@ -23,7 +23,7 @@ use tracing::Instrument;
 /// Runs the Reduce actor until cancelled or its inputs close.
 pub async fn run(
     ctx: ActorCtx,
-    mut mailbox: mpsc::Receiver<Inbound>,
+    mut mailbox: crate::inputs::Inputs,
     mut control: mpsc::Receiver<Control>,
 ) -> Result<()> {
     let cfg = ctx.cfg.clone();
@@ -74,7 +74,9 @@ pub async fn run(
     loop {
         let msg = match work.pop_front() {
             Some(m) => m,
-            None => tokio::select! {
+            None => {
+                let blocked = aligner.blocked_inputs();
+                tokio::select! {
                 _ = ctx.cancel.cancelled() => return Ok(()),
                 c = control.recv() => {
                     match c {
@@ -87,11 +89,12 @@ pub async fn run(
                     }
                     continue;
                 }
-                m = mailbox.recv() => match m {
+                m = mailbox.recv(&blocked) => match m {
                     Some(m) => m,
                     None => return Ok(()),
                 },
-            },
+                }
+            }
         };
         let input = msg.input;
         if let Body::Barrier(Barrier { epoch, traceparent }) = &msg.body {
