@@ -243,6 +243,7 @@ fn snapshot_seeds() -> Vec<Vec<u8>> {
                     seen: vec![i as u64, 77],
                 })
                 .collect(),
+            columns: Vec::new(),
         },
         16,
         Vec::new(),

@@ -1,6 +1,8 @@
 //! Core state ↔ versioned protobuf snapshots.
 
-use adclick_core::aggregate::{AggregateSnapshot, CellSnapshot, Counts};
+use adclick_core::aggregate::{
+    AggregateSnapshot, CellSnapshot, ColumnParts, Counts, WindowColumns,
+};
 use adclick_core::keygroup::key_group_of;
 use adclick_core::reduce::ReduceWindowSnapshot;
 use adclick_core::topn::AdClicks;
@@ -16,7 +18,8 @@ use std::collections::BTreeMap;
 /// 3: an Aggregate's windows are shared objects its snapshot references.
 /// 4: a window reference may name the key groups it covers (a restored
 /// Aggregate references the objects it restored from).
-pub const VERSION: u32 = 4;
+/// 5: window objects hold their key groups as columns (`PackedCells`).
+pub const VERSION: u32 = 5;
 
 /// Refuses a snapshot written by a newer release: reading it with this
 /// one could silently skip fields it does not know (such as saved output).
@@ -30,7 +33,57 @@ pub fn check_version(version: u32, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Aggregate state → protobuf, split by key group.
+/// One window's object: its key groups as columns
+/// (`FrozenAggregate::window_columns`).
+pub fn window_to_pb(groups: Vec<ColumnParts>) -> pb::AggregateSnapshot {
+    pb::AggregateSnapshot {
+        version: VERSION,
+        key_groups: groups
+            .into_iter()
+            .map(|g| pb::KeyGroupState {
+                key_group: g.key_group,
+                cells: Vec::new(),
+                packed: Some(pb::PackedCells {
+                    window_start: g.window_start,
+                    ad_ids: g.ad_ids,
+                    ad_id_lens: g.ad_id_lens,
+                    slices: g.slices,
+                    cell_ads: g.cell_ads,
+                    cell_slices: g.cell_slices,
+                    clicks: g.clicks,
+                    impressions: g.impressions,
+                    revisions: g.revisions,
+                    dirty: g.dirty,
+                    seen_ads: g.seen_ads,
+                    seen_keys: g.seen_keys,
+                }),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn columns_from_pb(key_group: u32, p: pb::PackedCells) -> Result<WindowColumns, String> {
+    WindowColumns::try_from(ColumnParts {
+        key_group,
+        window_start: p.window_start,
+        ad_ids: p.ad_ids,
+        ad_id_lens: p.ad_id_lens,
+        slices: p.slices,
+        cell_ads: p.cell_ads,
+        cell_slices: p.cell_slices,
+        clicks: p.clicks,
+        impressions: p.impressions,
+        revisions: p.revisions,
+        dirty: p.dirty,
+        seen_ads: p.seen_ads,
+        seen_keys: p.seen_keys,
+    })
+}
+
+/// Aggregate state → protobuf, split by key group, one message per cell:
+/// format 4, which nodes still read. Kept to test that they do, and to
+/// compare the formats in `benches`.
 pub fn aggregate_to_pb(
     s: AggregateSnapshot,
     key_groups: u32,
@@ -62,7 +115,11 @@ pub fn aggregate_to_pb(
         last_boundary: s.last_boundary,
         key_groups: groups
             .into_iter()
-            .map(|(key_group, cells)| pb::KeyGroupState { key_group, cells })
+            .map(|(key_group, cells)| pb::KeyGroupState {
+                key_group,
+                cells,
+                packed: None,
+            })
             .collect(),
         pending,
         segments: Vec::new(),
@@ -113,6 +170,7 @@ pub fn aggregate_from_parts(
     what: &str,
 ) -> anyhow::Result<AggregateSnapshot> {
     let mut cells = Vec::new();
+    let mut columns = Vec::new();
     for blob in &p.key_groups {
         let head = pb::KeyGroupHead::decode(blob.clone())
             .map_err(|e| anyhow::anyhow!("decoding a key group of {what}: {e}"))?;
@@ -122,11 +180,17 @@ pub fn aggregate_from_parts(
         let group = pb::KeyGroupState::decode(blob.clone())
             .map_err(|e| anyhow::anyhow!("decoding key group {} of {what}: {e}", head.key_group))?;
         cells.extend(group.cells.into_iter().map(cell_from_pb));
+        if let Some(packed) = group.packed {
+            let cols = columns_from_pb(head.key_group, packed)
+                .map_err(|e| anyhow::anyhow!("{what} is damaged: {e}"))?;
+            columns.push(cols);
+        }
     }
     Ok(AggregateSnapshot {
         watermark: p.watermark,
         last_boundary: p.last_boundary,
         cells,
+        columns,
     })
 }
 
@@ -298,178 +362,5 @@ pub fn reduce_from_pb(p: &pb::ReduceSnapshot) -> Vec<ReduceWindowSnapshot> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn aggregate_round_trip_filters_key_groups() {
-        let snap = AggregateSnapshot {
-            watermark: Some(5),
-            last_boundary: Some(4),
-            cells: vec![
-                CellSnapshot {
-                    ad_id: "a".into(),
-                    window_start: 0,
-                    slices: vec![(
-                        "*".into(),
-                        Counts {
-                            clicks: 1,
-                            impressions: 2,
-                            revision: 3,
-                        },
-                        true,
-                    )],
-                    seen: vec![9],
-                },
-                CellSnapshot {
-                    ad_id: "b".into(),
-                    window_start: 0,
-                    slices: vec![],
-                    seen: vec![],
-                },
-            ],
-        };
-        let pending = vec![pb::PendingEpoch {
-            epoch: 7,
-            producer: "aggregate-1".into(),
-            ..Default::default()
-        }];
-        let bytes = aggregate_to_pb(snap.clone(), 16, pending.clone()).encode_to_vec();
-        let parts = aggregate_parts(bytes.into(), "test").unwrap();
-        assert_eq!(pending_from_parts(&parts, "test").unwrap(), pending);
-        let all = aggregate_from_parts(&parts, |_| true, "test").unwrap();
-        assert_eq!(all.cells.len(), 2);
-        assert_eq!((all.watermark, all.last_boundary), (Some(5), Some(4)));
-        let kg_a = key_group_of("a", 16).0;
-        let only_a = aggregate_from_parts(&parts, |kg| kg == kg_a, "test").unwrap();
-        assert!(only_a
-            .cells
-            .iter()
-            .all(|c| key_group_of(&c.ad_id, 16).0 == kg_a));
-        assert!(only_a
-            .cells
-            .iter()
-            .any(|c| c.ad_id == "a" && c.slices == snap.cells[0].slices && c.seen == vec![9]));
-    }
-
-    #[test]
-    fn key_group_zero_is_found_though_protobuf_omits_it() {
-        let ad = (0..1000)
-            .map(|i| format!("ad-{i}"))
-            .find(|a| key_group_of(a, 16).0 == 0)
-            .unwrap();
-        let snap = AggregateSnapshot {
-            watermark: None,
-            last_boundary: None,
-            cells: vec![CellSnapshot {
-                ad_id: ad.clone(),
-                window_start: 60_000,
-                slices: vec![],
-                seen: vec![],
-            }],
-        };
-        let bytes = aggregate_to_pb(snap, 16, vec![]).encode_to_vec();
-        let parts = aggregate_parts(bytes.into(), "test").unwrap();
-        let zero = aggregate_from_parts(&parts, |kg| kg == 0, "test").unwrap();
-        assert_eq!(zero.cells.len(), 1);
-        assert!(aggregate_from_parts(&parts, |kg| kg != 0, "test")
-            .unwrap()
-            .cells
-            .is_empty());
-    }
-
-    #[test]
-    fn a_restored_reference_covers_exactly_the_key_groups_kept() {
-        // Three ads in three different key groups, one window.
-        let mut ads: Vec<(String, u32)> = Vec::new();
-        for i in 0.. {
-            let ad = format!("ad-{i}");
-            let kg = key_group_of(&ad, 16).0;
-            if ads.iter().all(|(_, k)| *k != kg) {
-                ads.push((ad, kg));
-            }
-            if ads.len() == 3 {
-                break;
-            }
-        }
-        let cells = ads
-            .iter()
-            .map(|(ad, _)| CellSnapshot {
-                ad_id: ad.clone(),
-                window_start: 0,
-                slices: vec![],
-                seen: vec![],
-            })
-            .collect();
-        let snap = AggregateSnapshot {
-            watermark: None,
-            last_boundary: None,
-            cells,
-        };
-        let bytes: prost::bytes::Bytes = aggregate_to_pb(snap, 16, vec![]).encode_to_vec().into();
-        let (a, b, c) = (ads[0].1, ads[1].1, ads[2].1);
-        let seg = |key_groups: Vec<u32>| pb::WindowSegment {
-            window_start: 0,
-            object: "aggregate-4/w0.e7".into(),
-            bytes: bytes.len() as u64,
-            key_groups,
-        };
-        let ads_of = |s: &AggregateSnapshot| {
-            let mut v: Vec<String> = s.cells.iter().map(|c| c.ad_id.clone()).collect();
-            v.sort();
-            v
-        };
-        // Everything owned: the whole object, unnarrowed.
-        let (all, r) = narrow_segment(seg(vec![]), bytes.clone(), |_| true).unwrap();
-        assert_eq!(all.cells.len(), 3);
-        assert_eq!(r.unwrap().key_groups, Vec::<u32>::new());
-        // A reference narrowed to {a, b}, read by an owner of {b, c}: only b.
-        let mut ab = vec![a, b];
-        ab.sort();
-        let (part, r) = narrow_segment(seg(ab), bytes.clone(), |kg| kg == b || kg == c).unwrap();
-        assert_eq!(ads_of(&part), vec![ads[1].0.clone()]);
-        assert_eq!(r.unwrap().key_groups, vec![b]);
-        // Owning none of what the reference covers: nothing, no reference.
-        let (none, r) = narrow_segment(seg(vec![a]), bytes, |kg| kg == c).unwrap();
-        assert!(none.cells.is_empty() && r.is_none());
-    }
-
-    #[test]
-    fn references_to_one_object_merge_into_the_union_of_their_key_groups() {
-        let r = |object: &str, key_groups: Vec<u32>| pb::WindowSegment {
-            window_start: 0,
-            object: object.into(),
-            bytes: 1,
-            key_groups,
-        };
-        let merged = merge_references(vec![
-            r("a", vec![3, 1]),
-            r("b", vec![2]),
-            r("a", vec![2, 3]),
-            r("c", vec![5]),
-            r("c", vec![]),
-        ]);
-        let got: Vec<(&str, &[u32])> = merged
-            .iter()
-            .map(|m| (m.object.as_str(), m.key_groups.as_slice()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![("a", &[1, 2, 3][..]), ("b", &[2][..]), ("c", &[][..])]
-        );
-    }
-
-    #[test]
-    fn a_truncated_snapshot_is_an_error_that_names_it() {
-        let snap = AggregateSnapshot {
-            watermark: Some(1),
-            last_boundary: None,
-            cells: vec![],
-        };
-        let mut bytes =
-            aggregate_to_pb(snap, 16, vec![pb::PendingEpoch::default()]).encode_to_vec();
-        bytes.truncate(bytes.len() - 1);
-        let err = aggregate_parts(bytes.into(), "1/aggregate-0").unwrap_err();
-        assert!(format!("{err:#}").contains("1/aggregate-0"), "{err:#}");
-    }
-}
+#[path = "snapshot_codec_tests.rs"]
+mod tests;

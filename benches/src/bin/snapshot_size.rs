@@ -18,12 +18,23 @@
 //! to freeze each (the copy taken at the barrier; encoding and writing
 //! happen off the actor).
 //!
+//! Then it compares the two encodings of a window object on the full
+//! state: format 4 (a protobuf message per cell, string ids) and format 5
+//! (columns per key group, what nodes write now). For each: the bytes, the
+//! time to encode every window, and the time a rescaled Aggregate that now
+//! owns a third of the key groups takes to decode its part and rebuild its
+//! state, as a node's restore does.
+//!
 //! `cargo run --release -p adclick-benches --features snapshot --bin snapshot_size`
 
 use adclick_benches::{arg, SplitMix};
 use adclick_core::aggregate::{AggregateSettings, AggregateState, FrozenAggregate};
+use adclick_core::keygroup::key_group_of;
 use adclick_core::map_batch::PartialCount;
-use adclick_node::snapshot_codec::{aggregate_manifest, aggregate_to_pb, WindowSegment};
+use adclick_node::snapshot_codec::{
+    aggregate_from_parts, aggregate_manifest, aggregate_parts, aggregate_to_pb, window_to_pb,
+    WindowSegment,
+};
 use prost::Message as _;
 use std::time::{Duration, Instant};
 
@@ -55,8 +66,8 @@ fn event(ad: u64, window: usize, key: u64) -> PartialCount {
 /// the manifest (no saved output, which is the same in both kinds).
 fn written_bytes(frozen: &FrozenAggregate) -> usize {
     let windows: usize = frozen
-        .window_snapshots()
-        .map(|(_, snap)| aggregate_to_pb(snap, KEY_GROUPS, Vec::new()).encoded_len())
+        .window_columns(KEY_GROUPS)
+        .map(|(_, groups)| window_to_pb(groups).encoded_len())
         .sum();
     let segments = frozen
         .held()
@@ -79,6 +90,62 @@ fn segment_ref(start: i64) -> WindowSegment {
         object: format!("aggregate-0/w{start}.e{:020}", 1),
         bytes: 0,
         key_groups: Vec::new(),
+    }
+}
+
+/// Encodes every window of `frozen` in format 4 or 5.
+fn encode(frozen: &FrozenAggregate, columns: bool) -> Vec<Vec<u8>> {
+    if columns {
+        frozen
+            .window_columns(KEY_GROUPS)
+            .map(|(_, groups)| window_to_pb(groups).encode_to_vec())
+            .collect()
+    } else {
+        frozen
+            .window_snapshots()
+            .map(|(_, snap)| aggregate_to_pb(snap, KEY_GROUPS, Vec::new()).encode_to_vec())
+            .collect()
+    }
+}
+
+/// What a node's restore does with window objects after a rescale to
+/// three Aggregates, as Aggregate 0: decode the key groups it owns, then
+/// rebuild the state keeping its ads. Returns the cells restored.
+fn restore_third(windows: usize, objects: &[Vec<u8>]) -> usize {
+    let owned = |kg: u32| kg.is_multiple_of(3);
+    let parts = objects
+        .iter()
+        .map(|o| {
+            let p = aggregate_parts(o.clone().into(), "window").expect("decodes");
+            aggregate_from_parts(&p, owned, "window").expect("decodes")
+        })
+        .collect();
+    AggregateState::restore(settings(windows), parts, |ad| {
+        owned(key_group_of(ad, KEY_GROUPS).0)
+    })
+    .cells()
+}
+
+/// Format 4 against format 5 on the full state of `state`.
+fn compare_formats(windows: usize, state: &AggregateState) {
+    println!("\n| window objects | bytes | encode (all windows) | restore a third (decode + rebuild) | cells restored |");
+    println!("|---|---|---|---|---|");
+    let frozen = state.freeze();
+    for columns in [false, true] {
+        let (objects, encode_time) = timed(|| encode(&frozen, columns));
+        let bytes: usize = objects.iter().map(Vec::len).sum();
+        let (cells, restore_time) = timed(|| restore_third(windows, &objects));
+        println!(
+            "| {} | {:.1} MB | {:.0} ms | {:.0} ms | {cells} |",
+            if columns {
+                "format 5: columns per key group"
+            } else {
+                "format 4: a message per cell"
+            },
+            bytes as f64 / 1e6,
+            encode_time.as_secs_f64() * 1e3,
+            restore_time.as_secs_f64() * 1e3,
+        );
     }
 }
 
@@ -155,5 +222,8 @@ fn main() {
             pause_full.as_secs_f64() * 1e3,
             pause_inc.as_secs_f64() * 1e3,
         );
+        if spread {
+            compare_formats(windows, &state);
+        }
     }
 }

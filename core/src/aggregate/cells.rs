@@ -154,6 +154,19 @@ impl Window {
         &mut self.cells[i]
     }
 
+    /// Makes room for `ads`, `cells` and `seen` more entries at once, so a
+    /// restore sizes each table once instead of growing it step by step.
+    pub(super) fn reserve(&mut self, ads: usize, cells: usize, seen: usize) {
+        self.ads.reserve(ads);
+        self.seen.reserve(seen);
+        self.cells.reserve(cells);
+        let (all, hasher) = (&self.cells, &self.hasher);
+        self.index.reserve(cells, |&j| {
+            let c = &all[j as usize];
+            hasher.hash_one(key(c.ad, c.slice))
+        });
+    }
+
     /// All cells, in the order they were created.
     pub(super) fn cells(&self) -> &[Cell] {
         &self.cells

@@ -66,6 +66,36 @@ impl AdDict {
         id
     }
 
+    /// The id of `name`, adding it (without a reference) if it is new.
+    /// Borrows the id: one hash, and no allocation for ids that fit inline
+    /// (a restore interns millions of ids read from a buffer).
+    pub(super) fn intern_str(&mut self, name: &str) -> u32 {
+        let hash = self.hasher.hash_one(name);
+        let names = &self.names;
+        let found = self
+            .index
+            .find(hash, |&i| &*names[i as usize] == name)
+            .copied();
+        if let Some(id) = found {
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.names[id as usize] = SmolStr::new(name);
+                id
+            }
+            None => {
+                self.names.push(SmolStr::new(name));
+                self.refs.push(0);
+                (self.names.len() - 1) as u32
+            }
+        };
+        let (names, hasher) = (&self.names, &self.hasher);
+        self.index
+            .insert_unique(hash, id, |&i| hasher.hash_one(&*names[i as usize]));
+        id
+    }
+
     /// One more window holds `id`.
     pub(super) fn acquire(&mut self, id: u32) {
         self.refs[id as usize] += 1;

@@ -74,7 +74,18 @@ fn incremental(
     store: &mut BTreeMap<i64, AggregateSnapshot>,
 ) -> Vec<AggregateSnapshot> {
     let f = s.freeze_changed(|w| store.contains_key(&w));
-    for (start, snap) in f.window_snapshots() {
+    // Stored the way the node writes them: as columns, by key group.
+    for (start, groups) in f.window_columns(5) {
+        let columns = groups
+            .into_iter()
+            .map(|g| WindowColumns::try_from(g).expect("columns the state wrote are valid"))
+            .collect();
+        let snap = AggregateSnapshot {
+            watermark: None,
+            last_boundary: None,
+            cells: Vec::new(),
+            columns,
+        };
         store.insert(start, snap);
     }
     store.retain(|w, _| f.held().contains(w));
@@ -82,6 +93,7 @@ fn incremental(
         watermark: f.watermark(),
         last_boundary: f.last_boundary(),
         cells: Vec::new(),
+        columns: Vec::new(),
     }];
     parts.extend(store.values().cloned());
     parts

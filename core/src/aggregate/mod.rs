@@ -15,11 +15,13 @@ use crate::topn::{top_n, AdClicks};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 mod cells;
+mod columns;
 mod dict;
 mod running;
 mod side;
 mod snapshot;
 use cells::Window;
+pub use columns::{ColumnParts, WindowColumns};
 use dict::{AdDict, SliceDict};
 use running::{sum_windows, RunningSums};
 use side::{late_event, overflow_event};

@@ -341,6 +341,7 @@ impl ReferenceState {
             watermark: self.watermark,
             last_boundary: self.last_boundary,
             cells,
+            columns: Vec::new(),
         }
     }
 

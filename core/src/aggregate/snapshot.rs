@@ -1,7 +1,7 @@
 //! Snapshot and restore of the Aggregate state, split so that any new
 //! key-group assignment can restore any subset of it.
 
-use super::{AggregateSettings, AggregateState, Counts, FastMap, Window};
+use super::{AggregateSettings, AggregateState, Counts, FastMap, Window, WindowColumns};
 use smol_str::SmolStr;
 use std::collections::BTreeMap;
 
@@ -26,8 +26,11 @@ pub struct AggregateSnapshot {
     pub watermark: Option<i64>,
     /// Last window end whose top-N was emitted.
     pub last_boundary: Option<i64>,
-    /// Every (ad, window) held.
+    /// Every (ad, window) held, one message per cell (format 4 and
+    /// before).
     pub cells: Vec<CellSnapshot>,
+    /// Key groups of windows held as columns (format 5).
+    pub columns: Vec<WindowColumns>,
 }
 
 /// A copy of an Aggregate's state at a barrier, taken cheaply so the actor
@@ -46,9 +49,9 @@ pub struct FrozenAggregate {
     /// Every window held at the barrier, copied or not.
     held: Vec<i64>,
     /// The windows copied (all of them for a full freeze).
-    windows: BTreeMap<i64, Window>,
-    ad_names: Vec<SmolStr>,
-    slice_names: Vec<String>,
+    pub(super) windows: BTreeMap<i64, Window>,
+    pub(super) ad_names: Vec<SmolStr>,
+    pub(super) slice_names: Vec<String>,
 }
 
 impl FrozenAggregate {
@@ -89,6 +92,7 @@ impl FrozenAggregate {
             watermark: self.watermark,
             last_boundary: self.last_boundary,
             cells,
+            columns: Vec::new(),
         }
     }
 
@@ -102,6 +106,7 @@ impl FrozenAggregate {
                 watermark: None,
                 last_boundary: None,
                 cells,
+                columns: Vec::new(),
             };
             (*start, snap)
         })
@@ -212,6 +217,9 @@ impl AggregateState {
         let w = s.settings.window_ms;
         let wm = s.watermark;
         for p in parts {
+            for cols in &p.columns {
+                s.restore_columns(cols, &keep);
+            }
             for c in p.cells.into_iter().filter(|c| keep(&c.ad_id)) {
                 let window = s.windows.entry(c.window_start).or_insert_with(|| {
                     Window::new(wm.is_some_and(|wm| c.window_start.saturating_add(w) <= wm))

@@ -279,6 +279,7 @@ fn incremental_freezes_copy_only_changed_windows_and_restore_exactly() {
         watermark: third.watermark(),
         last_boundary: third.last_boundary(),
         cells: Vec::new(),
+        columns: Vec::new(),
     }];
     parts.extend(store.into_values());
     let mut back = AggregateState::restore(settings(), parts, |_| true);

@@ -17,8 +17,8 @@
 use super::output::SavedOutput;
 use super::ActorCtx;
 use crate::snapshot_codec::{
-    aggregate_from_parts, aggregate_manifest, aggregate_parts, aggregate_to_pb, merge_references,
-    narrow_segment, pending_from_parts,
+    aggregate_from_parts, aggregate_manifest, aggregate_parts, merge_references, narrow_segment,
+    pending_from_parts, window_to_pb,
 };
 use adclick_core::aggregate::{
     AggregateSettings, AggregateSnapshot, AggregateState, FrozenAggregate,
@@ -78,11 +78,8 @@ pub(super) async fn write(
         let mut next = Written::default();
         let mut objects = Vec::new();
         let mut fresh: BTreeMap<i64, Vec<u8>> = frozen
-            .window_snapshots()
-            .map(|(start, snap)| {
-                let bytes = aggregate_to_pb(snap, key_groups, Vec::new()).encode_to_vec();
-                (start, bytes)
-            })
+            .window_columns(key_groups)
+            .map(|(start, groups)| (start, window_to_pb(groups).encode_to_vec()))
             .collect();
         for start in frozen.held() {
             if let Some(bytes) = fresh.remove(start) {
