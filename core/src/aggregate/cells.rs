@@ -47,7 +47,24 @@ pub(super) struct Window {
     /// ever taken for another ad's duplicate; packed into three `u32`s
     /// (12 bytes, where a `(u32, u64)` tuple takes 16).
     seen: HashSet<[u32; 3], Hasher>,
+    /// What a restore added without indexing it (see [`Window::restore_bulk`]).
+    unindexed: Option<Box<Unindexed>>,
     hasher: Hasher,
+}
+
+/// Restored ads and dedup keys whose hash sets are not built yet; the
+/// restored cells are in `Window::cells`, missing from its index.
+///
+/// A rescale restores a few million cells at once, and building the three
+/// hash tables of every window was most of that work. Most restored
+/// windows are closed and only read (top-N, expiry, the next snapshot),
+/// which lists serve as well; the tables are built the first time a window
+/// is looked up or changed (a late event), so that cost is paid only for
+/// the windows that need it, after output has resumed.
+#[derive(Clone, Debug, Default)]
+struct Unindexed {
+    ads: Vec<u32>,
+    seen: Vec<[u32; 3]>,
 }
 
 fn seen_entry(ad: u32, dedup_key: u64) -> [u32; 3] {
@@ -85,41 +102,91 @@ impl Window {
     }
 
     /// Whether `ad` has any cell or dedup key here.
-    pub(super) fn has_ad(&self, ad: u32) -> bool {
+    pub(super) fn has_ad(&mut self, ad: u32) -> bool {
+        self.index_now();
         self.ads.contains(&ad)
     }
 
     /// Distinct ads held.
     pub(super) fn ad_count(&self) -> usize {
-        self.ads.len()
+        self.ads.len() + self.unindexed.as_ref().map_or(0, |u| u.ads.len())
     }
 
     /// Records that `ad` is held; true the first time.
     pub(super) fn add_ad(&mut self, ad: u32) -> bool {
+        self.index_now();
         self.changed = true;
         self.ads.insert(ad)
     }
 
     /// The distinct ads held.
     pub(super) fn ads(&self) -> impl Iterator<Item = u32> + '_ {
-        self.ads.iter().copied()
+        let restored = self.unindexed.iter().flat_map(|u| u.ads.iter());
+        self.ads.iter().chain(restored).copied()
     }
 
     /// Records a dedup key of `ad`; true if it is new (the event counts).
     pub(super) fn see(&mut self, ad: u32, dedup_key: u64) -> bool {
+        self.index_now();
         self.changed = true;
         self.seen.insert(seen_entry(ad, dedup_key))
     }
 
     /// Every (ad, dedup key) seen.
     pub(super) fn seen(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        let restored = self.unindexed.iter().flat_map(|u| u.seen.iter());
         self.seen
             .iter()
+            .chain(restored)
             .map(|e| (e[0], u64::from(e[1]) | (u64::from(e[2]) << 32)))
+    }
+
+    /// Whether [`Window::restore_bulk`] may add to this window: it holds
+    /// nothing indexed yet.
+    pub(super) fn takes_bulk(&self) -> bool {
+        self.ads.is_empty() && self.seen.is_empty() && self.index.is_empty()
+    }
+
+    /// Adds restored ads, cells and dedup keys without indexing them. The
+    /// caller guarantees what one restore of one key group guarantees: the
+    /// ads are new to this window and distinct, and so are the cells' (ad,
+    /// slice) pairs; and that [`Window::takes_bulk`] holds.
+    pub(super) fn restore_bulk(
+        &mut self,
+        ads: impl Iterator<Item = u32>,
+        cells: impl Iterator<Item = Cell>,
+        seen: impl Iterator<Item = (u32, u64)>,
+    ) {
+        debug_assert!(self.takes_bulk());
+        self.changed = true;
+        let u = self.unindexed.get_or_insert_with(Box::default);
+        u.ads.extend(ads);
+        u.seen.extend(seen.map(|(ad, key)| seen_entry(ad, key)));
+        self.cells.extend(cells);
+    }
+
+    /// Builds the hash tables of what a restore added in bulk. A repeated
+    /// (ad, slice) keeps the last counts, as restoring cell by cell did.
+    fn index_now(&mut self) {
+        let Some(u) = self.unindexed.take() else {
+            return;
+        };
+        // Indexing changes no content: a lookup must not make the next
+        // checkpoint write the window again.
+        let changed = self.changed;
+        self.ads.extend(u.ads);
+        self.seen.extend(u.seen);
+        let restored = std::mem::take(&mut self.cells);
+        self.cells.reserve(restored.len());
+        for c in restored {
+            *self.cell(c.ad, c.slice) = c;
+        }
+        self.changed = changed;
     }
 
     /// The cell of (ad, slice), created with zero counts if missing.
     pub(super) fn cell(&mut self, ad: u32, slice: u32) -> &mut Cell {
+        self.index_now();
         self.changed = true;
         let k = key(ad, slice);
         let hash = self.hasher.hash_one(k);
@@ -157,6 +224,12 @@ impl Window {
     /// Makes room for `ads`, `cells` and `seen` more entries at once, so a
     /// restore sizes each table once instead of growing it step by step.
     pub(super) fn reserve(&mut self, ads: usize, cells: usize, seen: usize) {
+        if let Some(u) = &mut self.unindexed {
+            u.ads.reserve(ads);
+            u.seen.reserve(seen);
+            self.cells.reserve(cells);
+            return;
+        }
         self.ads.reserve(ads);
         self.seen.reserve(seen);
         self.cells.reserve(cells);
@@ -184,6 +257,10 @@ impl Window {
             + self.index.capacity() * (4 + 1)
             + self.ads.capacity() * (4 + 1)
             + self.seen.capacity() * (12 + 1)
+            + self
+                .unindexed
+                .as_ref()
+                .map_or(0, |u| u.ads.capacity() * 4 + u.seen.capacity() * 12)
     }
 }
 
@@ -205,6 +282,50 @@ mod tests {
             .map(|c| (c.ad, c.slice, c.clicks, c.impressions))
             .collect();
         assert_eq!(got, vec![(1, 0, 3, 0), (2, 0, 1, 0), (1, 1, 0, 1)]);
+    }
+
+    #[test]
+    fn a_bulk_restored_window_is_indexed_on_first_use_without_counting_as_a_change() {
+        let cell = |ad, slice, clicks| Cell {
+            clicks,
+            impressions: 0,
+            ad,
+            slice,
+            revision: 1,
+            dirty: false,
+        };
+        let mut w = Window::new(true);
+        assert!(w.takes_bulk());
+        w.restore_bulk(
+            [1, 2].into_iter(),
+            [cell(1, 0, 3), cell(2, 0, 4), cell(1, 1, 5)].into_iter(),
+            [(1, 7), (2, 8)].into_iter(),
+        );
+        // Readable before any index exists.
+        assert_eq!(w.ad_count(), 2);
+        let mut ads: Vec<u32> = w.ads().collect();
+        ads.sort_unstable();
+        assert_eq!(ads, vec![1, 2]);
+        assert_eq!(w.seen().count(), 2);
+        assert_eq!(w.cells().len(), 3);
+        // A lookup indexes it, and is no change to checkpoint.
+        assert!(w.take_changed());
+        assert!(w.has_ad(2) && !w.has_ad(3));
+        assert!(!w.is_changed());
+        assert!(!w.takes_bulk());
+        // Everything restored is found again.
+        assert!(!w.see(1, 7), "a restored dedup key is still a duplicate");
+        assert!(w.see(1, 8));
+        w.cell(1, 1).clicks += 1;
+        let mut got: Vec<(u32, u32, u64)> = w
+            .cells()
+            .iter()
+            .map(|c| (c.ad, c.slice, c.clicks))
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![(1, 0, 3), (1, 1, 6), (2, 0, 4)]);
+        assert!(!w.add_ad(1) && w.add_ad(3));
+        assert_eq!(w.ad_count(), 3);
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //! straight into the flat state: no string is allocated for an id that fits
 //! inline, and every table is sized once.
 
+use super::cells::Cell;
 use super::{FastMap, FrozenAggregate, Window};
 use crate::keygroup::key_group_of;
+use std::collections::HashSet;
 
 /// The columns as stored. Any values may come from a damaged object, so
 /// they are only used once [`WindowColumns::try_from`] has checked them.
@@ -138,8 +140,17 @@ const SKIPPED: u32 = u32::MAX;
 
 impl super::AggregateState {
     /// Restores one checked key group of one window into this state,
-    /// keeping only the ads `keep` accepts.
-    pub(super) fn restore_columns(&mut self, cols: &WindowColumns, keep: &impl Fn(&str) -> bool) {
+    /// keeping only the ads `keep` accepts. `restored` holds the (window,
+    /// key group) pairs restored so far: the first copy of a key group of a
+    /// window that holds nothing indexed goes in without building its hash
+    /// tables ([`Window::restore_bulk`]); anything else (a key group seen
+    /// twice, a window that already took other cells) cell by cell.
+    pub(super) fn restore_columns(
+        &mut self,
+        cols: &WindowColumns,
+        keep: &impl Fn(&str) -> bool,
+        restored: &mut HashSet<(i64, u32)>,
+    ) {
         let p = cols.parts();
         let w = self.settings.window_ms;
         let wm = self.watermark;
@@ -164,27 +175,43 @@ impl super::AggregateState {
             .or_insert_with(|| Window::new(wm.is_some_and(|wm| start.saturating_add(w) <= wm)));
         window.reserve(p.ad_id_lens.len(), p.cell_ads.len(), p.seen_keys.len());
         let slices: Vec<u32> = p.slices.iter().map(|n| self.slices.intern(n)).collect();
+        let kept = |i: &u32| ids[*i as usize] != SKIPPED;
+        let cells = (0..p.cell_ads.len())
+            .filter(|i| kept(&p.cell_ads[*i]))
+            .map(|i| Cell {
+                clicks: p.clicks[i],
+                impressions: p.impressions[i],
+                ad: ids[p.cell_ads[i] as usize],
+                slice: slices[p.cell_slices[i] as usize],
+                revision: p.revisions[i],
+                dirty: p.dirty[i],
+            });
+        let seen = p
+            .seen_ads
+            .iter()
+            .zip(&p.seen_keys)
+            .filter(|(ad, _)| kept(ad))
+            .map(|(ad, key)| (ids[*ad as usize], *key));
+        if window.takes_bulk() && restored.insert((start, p.key_group)) {
+            // The ids of one key group are distinct (the writer lists a
+            // set) and no other key group holds them.
+            let ads = ids.iter().copied().filter(|id| *id != SKIPPED);
+            for ad in ads.clone() {
+                self.ads.acquire(ad);
+            }
+            window.restore_bulk(ads, cells, seen);
+            return;
+        }
         for ad in &ids {
             if *ad != SKIPPED && window.add_ad(*ad) {
                 self.ads.acquire(*ad);
             }
         }
-        for (ad, key) in p.seen_ads.iter().zip(&p.seen_keys) {
-            let ad = ids[*ad as usize];
-            if ad != SKIPPED {
-                window.see(ad, *key);
-            }
+        for (ad, key) in seen {
+            window.see(ad, key);
         }
-        for i in 0..p.cell_ads.len() {
-            let ad = ids[p.cell_ads[i] as usize];
-            if ad == SKIPPED {
-                continue;
-            }
-            let cell = window.cell(ad, slices[p.cell_slices[i] as usize]);
-            cell.clicks = p.clicks[i];
-            cell.impressions = p.impressions[i];
-            cell.revision = p.revisions[i];
-            cell.dirty = p.dirty[i];
+        for c in cells {
+            *window.cell(c.ad, c.slice) = c;
         }
     }
 }

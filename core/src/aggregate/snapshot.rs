@@ -216,9 +216,10 @@ impl AggregateState {
         s.last_boundary = parts.iter().filter_map(|p| p.last_boundary).min();
         let w = s.settings.window_ms;
         let wm = s.watermark;
+        let mut restored = std::collections::HashSet::new();
         for p in parts {
             for cols in &p.columns {
-                s.restore_columns(cols, &keep);
+                s.restore_columns(cols, &keep, &mut restored);
             }
             for c in p.cells.into_iter().filter(|c| keep(&c.ad_id)) {
                 let window = s.windows.entry(c.window_start).or_insert_with(|| {

@@ -196,6 +196,7 @@ pub(super) struct Restored {
 /// groups this actor owns now; its own uncommitted output comes back too.
 pub(super) async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Result<Restored> {
     let epoch = ctx.restore_epoch;
+    let started = std::time::Instant::now();
     let me = ctx.id.index;
     let owners = ctx.key_group_owner.clone();
     let owned: Owned = Arc::new(move |kg: u32| owners.get(kg as usize).is_some_and(|o| *o == me));
@@ -279,6 +280,7 @@ pub(super) async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Resu
         parts.push(part);
     }
     drop(reads);
+    let read_ms = started.elapsed().as_millis() as u64;
     let kgs = ctx.cfg.job.key_groups;
     let owners = ctx.key_group_owner.clone();
     let mut state = tokio::task::spawn_blocking(move || {
@@ -305,6 +307,8 @@ pub(super) async fn restore(ctx: &ActorCtx, settings: AggregateSettings) -> Resu
         cells = state.cells(),
         rescaled,
         windows_referenced = written.windows.len(),
+        read_ms,
+        rebuild_ms = (started.elapsed().as_millis() as u64).saturating_sub(read_ms),
         "restored aggregate state"
     );
     Ok(Restored {
