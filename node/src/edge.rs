@@ -36,7 +36,7 @@ impl Edge {
     /// it is the backpressure the console shows.
     pub async fn send(&self, body: Body) -> Result<()> {
         let records = match &body {
-            Body::Counts(b) => b.counts.len() as u64,
+            Body::Counts(b) => crate::convert::batch_records(b),
             Body::Top(t) => t.lists.len() as u64,
             _ => 0,
         };

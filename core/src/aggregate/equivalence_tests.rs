@@ -5,6 +5,7 @@
 
 use super::reference::ReferenceState;
 use super::*;
+use crate::partials::{CheckedPartials, PackedPartials};
 use proptest::prelude::*;
 
 const W: i64 = 60_000;
@@ -145,7 +146,10 @@ proptest! {
                         routed[owner(&p.ad_id, n, salt)].push(p);
                     }
                     for (i, parts) in routed.into_iter().enumerate() {
-                        let a = normalized(new[i].apply(parts.clone()));
+                        // The new state takes the batch as a Map sends it.
+                        let packed = CheckedPartials::try_from(PackedPartials::pack(&parts))
+                            .expect("a packed batch is valid");
+                        let a = normalized(new[i].apply_packed(&packed));
                         let b = normalized(old[i].apply(parts));
                         prop_assert_eq!(a, b, "step {} apply on actor {}", step, i);
                     }

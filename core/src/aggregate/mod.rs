@@ -11,6 +11,7 @@
 
 use crate::map_batch::PartialCount;
 use crate::output::CountRecord;
+use crate::partials::{CheckedPartials, PartialRef};
 use crate::topn::{top_n, AdClicks};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -215,14 +216,26 @@ impl AggregateState {
 
     /// Applies one batch of partial counts.
     pub fn apply(&mut self, partials: Vec<PartialCount>) -> AggregateOutput {
+        self.apply_refs(partials.iter().map(PartialCount::as_partial_ref))
+    }
+
+    /// Applies one packed batch, reading its records in place.
+    pub fn apply_packed(&mut self, batch: &CheckedPartials) -> AggregateOutput {
+        self.apply_refs(batch.iter())
+    }
+
+    fn apply_refs<'a>(
+        &mut self,
+        partials: impl Iterator<Item = PartialRef<'a>>,
+    ) -> AggregateOutput {
         let mut out = AggregateOutput::default();
         let w = self.settings.window_ms;
         let mut touched_closed = BTreeSet::new();
-        for mut p in partials {
+        for p in partials {
             let end = p.window_start.saturating_add(w);
             if let Some(wm) = self.watermark {
                 if end.saturating_add(self.settings.allowed_lateness_ms) <= wm {
-                    out.late.push(late_event(p, end, wm));
+                    out.late.push(late_event(&p, end, wm));
                     continue;
                 }
             }
@@ -231,10 +244,7 @@ impl AggregateState {
                 .windows
                 .entry(p.window_start)
                 .or_insert_with(|| Window::new(wm.is_some_and(|wm| end <= wm)));
-            let known = self
-                .ads
-                .get(p.ad_id.as_str())
-                .filter(|&id| window.has_ad(id));
+            let known = self.ads.get(p.ad_id).filter(|&id| window.has_ad(id));
             let cap = self.settings.max_ads_per_window;
             // A window's ad set only grows while it is held, so a refused
             // (ad, window) stays refused: its count is never half-reported.
@@ -242,11 +252,11 @@ impl AggregateState {
                 Some(id) => id,
                 None if window.ad_count() >= cap => {
                     out.overflow_events += p.events();
-                    out.overflow.push(overflow_event(p, end, cap, wm));
+                    out.overflow.push(overflow_event(&p, end, cap, wm));
                     continue;
                 }
                 None => {
-                    let id = self.ads.intern(std::mem::take(&mut p.ad_id));
+                    let id = self.ads.intern_str(p.ad_id);
                     if window.add_ad(id) {
                         self.ads.acquire(id);
                     }
@@ -255,14 +265,14 @@ impl AggregateState {
             };
             let mut clicks = p.clicks;
             let mut impressions = p.impressions;
-            for k in &p.click_keys {
+            for k in p.click_keys {
                 if window.see(ad, *k) {
                     clicks += 1;
                 } else {
                     out.duplicates += 1;
                 }
             }
-            for k in &p.impression_keys {
+            for k in p.impression_keys {
                 if window.see(ad, *k) {
                     impressions += 1;
                 } else {
@@ -272,7 +282,7 @@ impl AggregateState {
             if clicks == 0 && impressions == 0 {
                 continue;
             }
-            for s in &p.slices {
+            for s in p.slices.iter() {
                 let slice = self.slices.intern(s);
                 let cell = window.cell(ad, slice);
                 cell.clicks += clicks;

@@ -79,7 +79,7 @@ impl ReferenceState {
             let end = p.window_start.saturating_add(w);
             if let Some(wm) = self.watermark {
                 if end.saturating_add(self.settings.allowed_lateness_ms) <= wm {
-                    out.late.push(late_event(p, end, wm));
+                    out.late.push(late_event(&p.as_partial_ref(), end, wm));
                     continue;
                 }
             }
@@ -97,7 +97,8 @@ impl ReferenceState {
             // (ad, window) stays refused: its count is never half-reported.
             if minute.ads.len() >= cap && !minute.ads.contains_key(p.ad_id.as_str()) {
                 out.overflow_events += p.events();
-                out.overflow.push(overflow_event(p, end, cap, wm));
+                out.overflow
+                    .push(overflow_event(&p.as_partial_ref(), end, cap, wm));
                 continue;
             }
             let ad = match minute.ads.get_mut(p.ad_id.as_str()) {

@@ -5,7 +5,7 @@
 //! the maximum number of ads goes to the dead-letter topic. Both carry the
 //! reason and the watermark, and enough content to replay them.
 
-use crate::map_batch::PartialCount;
+use crate::partials::PartialRef;
 use serde::Serialize;
 
 /// An event (or pre-aggregated group of events) that was not counted.
@@ -34,7 +34,7 @@ pub struct PartialSummary<'a> {
     /// Window end, epoch ms.
     pub window_end: i64,
     /// Slices the events would have counted in.
-    pub slices: &'a [String],
+    pub slices: Vec<&'a str>,
     /// Clicks, including those with event ids.
     pub clicks: u64,
     /// Impressions, including those with event ids.
@@ -43,16 +43,16 @@ pub struct PartialSummary<'a> {
 
 /// Bytes that stand for `p` on a side topic: the original record, or a
 /// summary of its counts.
-fn raw_or_summary(p: PartialCount, window_end: i64) -> Vec<u8> {
+fn raw_or_summary(p: &PartialRef<'_>, window_end: i64) -> Vec<u8> {
     if let Some(raw) = p.raw {
-        return raw;
+        return raw.to_vec();
     }
     let summary = PartialSummary {
         kind: "partial_count",
-        ad_id: &p.ad_id,
+        ad_id: p.ad_id,
         window_start: p.window_start,
         window_end,
-        slices: &p.slices,
+        slices: p.slices.iter().collect(),
         clicks: p.clicks + p.click_keys.len() as u64,
         impressions: p.impressions + p.impression_keys.len() as u64,
     };
@@ -61,7 +61,7 @@ fn raw_or_summary(p: PartialCount, window_end: i64) -> Vec<u8> {
 }
 
 /// An event behind its window's end plus the allowed lateness.
-pub(super) fn late_event(p: PartialCount, end: i64, wm: i64) -> SideEvent {
+pub(super) fn late_event(p: &PartialRef<'_>, end: i64, wm: i64) -> SideEvent {
     let reason = format!(
         "window [{}, {end}) closed and its allowed lateness expired (watermark {wm})",
         p.window_start
@@ -76,7 +76,12 @@ pub(super) fn late_event(p: PartialCount, end: i64, wm: i64) -> SideEvent {
 }
 
 /// A new ad for a window that already holds `cap` ads on this actor.
-pub(super) fn overflow_event(p: PartialCount, end: i64, cap: usize, wm: Option<i64>) -> SideEvent {
+pub(super) fn overflow_event(
+    p: &PartialRef<'_>,
+    end: i64,
+    cap: usize,
+    wm: Option<i64>,
+) -> SideEvent {
     let reason = format!(
         "window [{}, {end}) already holds job.max_ads_per_window = {cap} ads on this \
          aggregate; {} events of a new ad were not counted",

@@ -8,7 +8,7 @@
 use super::aggregate_snapshot::{self, restore, Restored, Written};
 use super::output::Output;
 use super::{superseded, ActorCtx, Control, Inbound};
-use crate::convert::{partial_from_pb, top_to_pb};
+use crate::convert::{batch_from_pb, batch_records, top_to_pb, ReceivedBatch};
 use crate::edge::Edge;
 use crate::kafka::side::{bounded, ORIGINAL_SIZE};
 use adclick_core::aggregate::{AggregateOutput, AggregateSettings, AggregateState, SideEvent};
@@ -162,9 +162,15 @@ impl Aggregate {
         };
         let out = match msg.body {
             Body::Counts(batch) => {
-                self.ctx.telemetry.records_in(batch.counts.len() as u64);
-                self.state
-                    .apply(batch.counts.into_iter().map(partial_from_pb).collect())
+                self.ctx.telemetry.records_in(batch_records(&batch));
+                // A batch that fails its checks fails the actor, which
+                // restarts from the last checkpoint: nothing is half-counted.
+                match batch_from_pb(batch)
+                    .map_err(|e| anyhow::anyhow!("count batch from map-{input}: {e}"))?
+                {
+                    ReceivedBatch::Records(parts) => self.state.apply(parts),
+                    ReceivedBatch::Packed(packed) => self.state.apply_packed(&packed),
+                }
             }
             Body::Watermark(Watermark { timestamp_ms, idle }) => {
                 let before = self.inputs.current();

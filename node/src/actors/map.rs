@@ -4,7 +4,7 @@
 //! watermarks (with idleness) and, at a barrier, the source offsets.
 
 use super::{ActorCtx, CheckpointCmd, Control};
-use crate::convert::partial_to_pb;
+use crate::convert::batch_to_pb;
 use crate::edge::Edge;
 use crate::kafka::side::SideOutput;
 use adclick_core::config::StartFrom;
@@ -14,7 +14,7 @@ use adclick_core::map_batch::MapBatcher;
 use adclick_core::slice::Slicer;
 use adclick_core::watermark::SourceWatermarks;
 use adclick_proto::dataflow::stream_message::Body;
-use adclick_proto::dataflow::{Barrier, CountBatch, Watermark};
+use adclick_proto::dataflow::{Barrier, Watermark};
 use adclick_proto::snapshot::{MapSnapshot, PartitionOffset};
 use adclick_runtime::now_ms;
 use anyhow::{Context, Result};
@@ -192,10 +192,7 @@ pub async fn run(
                 if parts.is_empty() {
                     continue;
                 }
-                let batch = CountBatch {
-                    counts: parts.into_iter().map(partial_to_pb).collect(),
-                };
-                outputs[i].send(Body::Counts(batch)).await?;
+                outputs[i].send(Body::Counts(batch_to_pb(&parts))).await?;
             }
         }
         let now = now_ms();

@@ -1,0 +1,424 @@
+//! Partial counts as they travel from a Map to an Aggregate: a batch of
+//! columns, read in place through [`PartialRef`].
+//!
+//! A batch of protobuf `PartialCount` messages costs several allocations
+//! per record on both sides (the id, each slice name, the key lists). As
+//! columns, a batch is a dozen vectors whatever its size: ids in one byte
+//! buffer, slices as indexes into the batch's few names, counts and dedup
+//! keys as packed arrays. The Aggregate reads each record in place.
+
+use crate::map_batch::PartialCount;
+
+/// One partial count, borrowed from an owned [`PartialCount`] or from a
+/// checked packed batch.
+#[derive(Clone, Copy, Debug)]
+pub struct PartialRef<'a> {
+    /// The ad.
+    pub ad_id: &'a str,
+    /// Window start, epoch ms.
+    pub window_start: i64,
+    /// Slices these events count in.
+    pub slices: SliceNames<'a>,
+    /// Clicks without a dedup key.
+    pub clicks: u64,
+    /// Impressions without a dedup key.
+    pub impressions: u64,
+    /// Dedup keys of clicks.
+    pub click_keys: &'a [u64],
+    /// Dedup keys of impressions.
+    pub impression_keys: &'a [u64],
+    /// The original record, for events behind the Map's watermark.
+    pub raw: Option<&'a [u8]>,
+}
+
+/// The slice names of one partial count.
+#[derive(Clone, Copy, Debug)]
+pub enum SliceNames<'a> {
+    /// Names held by the record itself.
+    Owned(&'a [String]),
+    /// Indexes into the batch's names (checked to be in range).
+    Indexed {
+        /// The record's slices.
+        ids: &'a [u32],
+        /// The batch's slice names.
+        names: &'a [String],
+    },
+}
+
+impl<'a> SliceNames<'a> {
+    /// Number of slices.
+    pub fn len(self) -> usize {
+        match self {
+            Self::Owned(n) => n.len(),
+            Self::Indexed { ids, .. } => ids.len(),
+        }
+    }
+
+    /// Whether the record counts in no slice.
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    /// The names, in order.
+    pub fn iter(self) -> impl Iterator<Item = &'a str> {
+        (0..self.len()).map(move |i| match self {
+            Self::Owned(n) => n[i].as_str(),
+            Self::Indexed { ids, names } => names[ids[i] as usize].as_str(),
+        })
+    }
+}
+
+impl PartialRef<'_> {
+    /// Number of events this partial carries.
+    pub fn events(&self) -> u64 {
+        self.clicks
+            + self.impressions
+            + self.click_keys.len() as u64
+            + self.impression_keys.len() as u64
+    }
+
+    /// An owned copy (for the rare record that is side-output).
+    pub fn to_owned_partial(&self) -> PartialCount {
+        PartialCount {
+            ad_id: self.ad_id.to_owned(),
+            window_start: self.window_start,
+            slices: self.slices.iter().map(str::to_owned).collect(),
+            clicks: self.clicks,
+            impressions: self.impressions,
+            click_keys: self.click_keys.to_vec(),
+            impression_keys: self.impression_keys.to_vec(),
+            raw: self.raw.map(<[u8]>::to_vec),
+        }
+    }
+}
+
+impl PartialCount {
+    /// This record, borrowed.
+    pub fn as_partial_ref(&self) -> PartialRef<'_> {
+        PartialRef {
+            ad_id: &self.ad_id,
+            window_start: self.window_start,
+            slices: SliceNames::Owned(&self.slices),
+            clicks: self.clicks,
+            impressions: self.impressions,
+            click_keys: &self.click_keys,
+            impression_keys: &self.impression_keys,
+            raw: self.raw.as_deref(),
+        }
+    }
+}
+
+/// A batch of partial counts as columns, as sent on the wire. Any value may
+/// come from a faulty peer, so it is read only through [`CheckedPartials`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PackedPartials {
+    /// The ad ids, UTF-8, one after another.
+    pub ad_ids: Vec<u8>,
+    /// Byte length of each record's id: one entry per record.
+    pub ad_id_lens: Vec<u32>,
+    /// Per record: its window start minus the previous record's (the first
+    /// record's minus 0), so a batch of one window costs a byte per record.
+    pub window_deltas: Vec<i64>,
+    /// The batch's slice names.
+    pub slices: Vec<String>,
+    /// Per record: how many entries of `slice_ids` are its.
+    pub slice_counts: Vec<u32>,
+    /// The records' slices, record after record, as indexes into `slices`.
+    pub slice_ids: Vec<u32>,
+    /// Per record: clicks without a dedup key.
+    pub clicks: Vec<u64>,
+    /// Per record: impressions without a dedup key.
+    pub impressions: Vec<u64>,
+    /// Per record: how many entries of `click_keys` are its.
+    pub click_key_counts: Vec<u32>,
+    /// Click dedup keys, record after record.
+    pub click_keys: Vec<u64>,
+    /// Per record: how many entries of `impression_keys` are its.
+    pub impression_key_counts: Vec<u32>,
+    /// Impression dedup keys, record after record.
+    pub impression_keys: Vec<u64>,
+    /// Per record: 0 without an original record, else its length + 1.
+    pub raw_lens: Vec<u32>,
+    /// The original records, one after another.
+    pub raws: Vec<u8>,
+}
+
+impl PackedPartials {
+    /// Packs `parts`, in order.
+    pub fn pack(parts: &[PartialCount]) -> Self {
+        let n = parts.len();
+        let mut b = Self {
+            ad_id_lens: Vec::with_capacity(n),
+            window_deltas: Vec::with_capacity(n),
+            slice_counts: Vec::with_capacity(n),
+            clicks: Vec::with_capacity(n),
+            impressions: Vec::with_capacity(n),
+            click_key_counts: Vec::with_capacity(n),
+            impression_key_counts: Vec::with_capacity(n),
+            raw_lens: Vec::with_capacity(n),
+            ..Self::default()
+        };
+        let mut previous = 0i64;
+        for p in parts {
+            b.ad_ids.extend_from_slice(p.ad_id.as_bytes());
+            b.ad_id_lens.push(p.ad_id.len() as u32);
+            b.window_deltas.push(p.window_start.wrapping_sub(previous));
+            previous = p.window_start;
+            b.slice_counts.push(p.slices.len() as u32);
+            for s in &p.slices {
+                // A batch has a handful of slices: a scan beats hashing.
+                let id = match b.slices.iter().position(|n| n == s) {
+                    Some(i) => i,
+                    None => {
+                        b.slices.push(s.clone());
+                        b.slices.len() - 1
+                    }
+                };
+                b.slice_ids.push(id as u32);
+            }
+            b.clicks.push(p.clicks);
+            b.impressions.push(p.impressions);
+            b.click_key_counts.push(p.click_keys.len() as u32);
+            b.click_keys.extend_from_slice(&p.click_keys);
+            b.impression_key_counts.push(p.impression_keys.len() as u32);
+            b.impression_keys.extend_from_slice(&p.impression_keys);
+            match &p.raw {
+                Some(raw) => {
+                    b.raw_lens.push(raw.len() as u32 + 1);
+                    b.raws.extend_from_slice(raw);
+                }
+                None => b.raw_lens.push(0),
+            }
+        }
+        b
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.ad_id_lens.len()
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.ad_id_lens.is_empty()
+    }
+}
+
+/// A packed batch whose lengths, indexes and ids have been checked, so
+/// reading it cannot panic or give one record another's data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedPartials(PackedPartials);
+
+fn total(counts: &[u32]) -> u64 {
+    counts.iter().map(|c| u64::from(*c)).sum()
+}
+
+impl TryFrom<PackedPartials> for CheckedPartials {
+    type Error = String;
+
+    fn try_from(b: PackedPartials) -> Result<Self, String> {
+        let n = b.ad_id_lens.len();
+        let per_record = [
+            ("window starts", b.window_deltas.len()),
+            ("slice counts", b.slice_counts.len()),
+            ("clicks", b.clicks.len()),
+            ("impressions", b.impressions.len()),
+            ("click key counts", b.click_key_counts.len()),
+            ("impression key counts", b.impression_key_counts.len()),
+            ("raw lengths", b.raw_lens.len()),
+        ];
+        if let Some((name, got)) = per_record.iter().find(|(_, got)| *got != n) {
+            return Err(format!("packed batch: {n} records but {got} {name}"));
+        }
+        let raw_total: u64 = b
+            .raw_lens
+            .iter()
+            .map(|l| u64::from(l.saturating_sub(1)))
+            .sum();
+        let sums = [
+            ("ad id lengths", total(&b.ad_id_lens), b.ad_ids.len()),
+            ("slice counts", total(&b.slice_counts), b.slice_ids.len()),
+            (
+                "click key counts",
+                total(&b.click_key_counts),
+                b.click_keys.len(),
+            ),
+            (
+                "impression key counts",
+                total(&b.impression_key_counts),
+                b.impression_keys.len(),
+            ),
+            ("raw lengths", raw_total, b.raws.len()),
+        ];
+        if let Some((name, sum, len)) = sums.iter().find(|(_, sum, len)| *sum != *len as u64) {
+            return Err(format!(
+                "packed batch: {name} add up to {sum}, but {len} are held"
+            ));
+        }
+        if b.slice_ids.iter().any(|i| *i as usize >= b.slices.len()) {
+            return Err(format!(
+                "packed batch: a record names a slice beyond the {} held",
+                b.slices.len()
+            ));
+        }
+        let mut at = 0usize;
+        for len in &b.ad_id_lens {
+            let end = at + *len as usize;
+            if std::str::from_utf8(&b.ad_ids[at..end]).is_err() {
+                return Err("packed batch: an ad id is not UTF-8".to_owned());
+            }
+            at = end;
+        }
+        Ok(Self(b))
+    }
+}
+
+impl CheckedPartials {
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The records, in order, read in place.
+    pub fn iter(&self) -> impl Iterator<Item = PartialRef<'_>> + '_ {
+        let b = &self.0;
+        let (mut id_at, mut slice_at, mut ck_at, mut ik_at, mut raw_at) = (0, 0, 0, 0, 0);
+        let mut start = 0i64;
+        (0..b.len()).map(move |i| {
+            let take = |at: &mut usize, len: u32| {
+                let from = *at;
+                *at += len as usize;
+                from..*at
+            };
+            let id = take(&mut id_at, b.ad_id_lens[i]);
+            start = start.wrapping_add(b.window_deltas[i]);
+            let raw = match b.raw_lens[i] {
+                0 => None,
+                len => Some(&b.raws[take(&mut raw_at, len - 1)]),
+            };
+            PartialRef {
+                ad_id: std::str::from_utf8(&b.ad_ids[id]).unwrap_or_default(),
+                window_start: start,
+                slices: SliceNames::Indexed {
+                    ids: &b.slice_ids[take(&mut slice_at, b.slice_counts[i])],
+                    names: &b.slices,
+                },
+                clicks: b.clicks[i],
+                impressions: b.impressions[i],
+                click_keys: &b.click_keys[take(&mut ck_at, b.click_key_counts[i])],
+                impression_keys: &b.impression_keys[take(&mut ik_at, b.impression_key_counts[i])],
+                raw,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn partial() -> impl Strategy<Value = PartialCount> {
+        (
+            "[a-z0-9é]{0,12}",
+            -3i64..3,
+            proptest::collection::vec(prop_oneof!["\\*", "country=[A-Z]{2}"], 0..3),
+            0u64..5,
+            0u64..5,
+            proptest::collection::vec(any::<u64>(), 0..3),
+            proptest::collection::vec(any::<u64>(), 0..3),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..6)),
+        )
+            .prop_map(|(ad_id, w, slices, clicks, impressions, ck, ik, raw)| {
+                PartialCount {
+                    ad_id,
+                    window_start: w * 60_000 + 1_700_000_000_000,
+                    slices,
+                    clicks,
+                    impressions,
+                    click_keys: ck,
+                    impression_keys: ik,
+                    raw,
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn a_packed_batch_reads_back_every_record_unchanged(
+            parts in proptest::collection::vec(partial(), 0..20)
+        ) {
+            let checked = CheckedPartials::try_from(PackedPartials::pack(&parts)).unwrap();
+            prop_assert_eq!(checked.len(), parts.len());
+            let back: Vec<PartialCount> = checked.iter().map(|p| p.to_owned_partial()).collect();
+            prop_assert_eq!(back, parts);
+        }
+    }
+
+    #[test]
+    fn a_damaged_batch_is_refused_with_what_is_wrong() {
+        let p = PartialCount {
+            ad_id: "ad-1".into(),
+            window_start: 60_000,
+            slices: vec!["*".into()],
+            click_keys: vec![7],
+            raw: Some(b"{}".to_vec()),
+            ..Default::default()
+        };
+        let good = PackedPartials::pack(&[p]);
+        assert!(CheckedPartials::try_from(good.clone()).is_ok());
+        let cases: Vec<(PackedPartials, &str)> = vec![
+            (
+                PackedPartials {
+                    clicks: vec![],
+                    ..good.clone()
+                },
+                "1 records but 0 clicks",
+            ),
+            (
+                PackedPartials {
+                    ad_id_lens: vec![9],
+                    ..good.clone()
+                },
+                "ad id lengths add up to 9",
+            ),
+            (
+                PackedPartials {
+                    slice_ids: vec![3],
+                    ..good.clone()
+                },
+                "slice beyond",
+            ),
+            (
+                PackedPartials {
+                    click_keys: vec![],
+                    ..good.clone()
+                },
+                "click key counts add up to 1",
+            ),
+            (
+                PackedPartials {
+                    raw_lens: vec![9],
+                    ..good.clone()
+                },
+                "raw lengths add up to 8",
+            ),
+            (
+                PackedPartials {
+                    ad_ids: vec![0xff, 0xfe, 0xfd, 0xfc],
+                    ..good
+                },
+                "not UTF-8",
+            ),
+        ];
+        for (b, want) in cases {
+            let err = CheckedPartials::try_from(b).unwrap_err();
+            assert!(err.contains(want), "{err}");
+        }
+    }
+}
