@@ -13,6 +13,7 @@ pub mod follow;
 use adclick_core::aggregate::{AggregateOutput, AggregateSettings, AggregateState};
 use adclick_core::event::{parse_event, DedupMode, Limits};
 use adclick_core::map_batch::MapBatcher;
+use adclick_core::partials::CheckedPartials;
 use adclick_core::ring::Ring;
 use adclick_core::slice::{SliceConfig, Slicer};
 use serde::Deserialize;
@@ -207,9 +208,11 @@ pub fn core_path_with(
                 Err(_) => rejected += 1,
             }
         }
-        for (agg, parts) in aggs.iter_mut().zip(batcher.flush()) {
-            if !parts.is_empty() {
-                sink(agg.apply(parts));
+        // As a node does: packed columns, checked, read in place.
+        for (agg, packed) in aggs.iter_mut().zip(batcher.flush_packed()) {
+            if !packed.is_empty() {
+                let packed = CheckedPartials::try_from(packed).expect("a Map's own batch is valid");
+                sink(agg.apply_packed(&packed));
             }
         }
         if let Some(m) = max_ts {

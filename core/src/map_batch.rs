@@ -8,6 +8,7 @@
 
 use crate::event::{ClickEvent, DedupMode, EventType};
 use crate::keygroup::key_group_of;
+use crate::partials::{PackedBuilder, PackedPartials, PartialRef, SliceNames};
 use crate::slice::Slicer;
 use crate::window::window_start;
 use std::collections::HashMap;
@@ -65,6 +66,35 @@ pub struct MapBatcher {
     groups: HashMap<String, Vec<Group>, foldhash::fast::RandomState>,
     singles: Vec<PartialCount>,
     events: usize,
+    /// Slice names by country, then filter mask: built once, not once per
+    /// group (see [`MapBatcher::flush_packed`]).
+    slice_cache: SliceCache,
+}
+
+type SliceCache = hashbrown::HashMap<String, Vec<(u64, Vec<String>)>, foldhash::fast::RandomState>;
+
+/// Countries cached at most; input may carry any string, so the cache is
+/// emptied beyond this rather than grown without bound.
+const SLICE_CACHE_COUNTRIES: usize = 4096;
+
+fn cached_slices<'c>(
+    cache: &'c mut SliceCache,
+    slicer: &Slicer,
+    country: &str,
+    mask: u64,
+) -> &'c [String] {
+    if cache.len() >= SLICE_CACHE_COUNTRIES && !cache.contains_key(country) {
+        cache.clear();
+    }
+    let masks = cache.entry_ref(country).or_default();
+    let i = match masks.iter().position(|(m, _)| *m == mask) {
+        Some(i) => i,
+        None => {
+            masks.push((mask, slicer.slices(country, mask)));
+            masks.len() - 1
+        }
+    };
+    &masks[i].1
 }
 
 impl MapBatcher {
@@ -86,6 +116,7 @@ impl MapBatcher {
             groups: HashMap::default(),
             singles: Vec::new(),
             events: 0,
+            slice_cache: SliceCache::default(),
         }
     }
 
@@ -179,6 +210,42 @@ impl MapBatcher {
     }
 }
 
+impl MapBatcher {
+    /// Drains the batch as one packed batch per aggregate index, as a Map
+    /// sends it. Groups are packed as they are drained: no owned record, id
+    /// copy or list of slice names is built per group.
+    pub fn flush_packed(&mut self) -> Vec<PackedPartials> {
+        let mut out: Vec<PackedBuilder> = (0..self.num_aggregates)
+            .map(|_| PackedBuilder::default())
+            .collect();
+        let (owners, num_key_groups, num_aggregates) =
+            (&self.owners, self.num_key_groups, self.num_aggregates);
+        let (slicer, cache) = (&self.slicer, &mut self.slice_cache);
+        for (ad, groups) in self.groups.drain() {
+            let owner = owner_index(owners, num_key_groups, num_aggregates, &ad);
+            for g in &groups {
+                let slices = cached_slices(cache, slicer, &g.country, g.mask);
+                out[owner].push(&PartialRef {
+                    ad_id: &ad,
+                    window_start: g.window_start,
+                    slices: SliceNames::Owned(slices),
+                    clicks: g.counts.clicks,
+                    impressions: g.counts.impressions,
+                    click_keys: &g.counts.click_keys,
+                    impression_keys: &g.counts.impression_keys,
+                    raw: None,
+                });
+            }
+        }
+        for p in std::mem::take(&mut self.singles) {
+            let owner = self.owner_of(&p.ad_id);
+            out[owner].push(&p.as_partial_ref());
+        }
+        self.events = 0;
+        out.into_iter().map(PackedBuilder::finish).collect()
+    }
+}
+
 fn owner_index(owners: &[u32], num_key_groups: u32, num_aggregates: usize, ad_id: &str) -> usize {
     let kg = key_group_of(ad_id, num_key_groups).0 as usize;
     owners
@@ -238,5 +305,53 @@ mod tests {
         assert_eq!(first.slices, vec!["*", "country=US"]);
         assert_eq!(parts.iter().find(|p| p.raw.is_some()).unwrap().events(), 1);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn packed_flushes_hold_exactly_the_records_of_plain_ones() {
+        use crate::partials::CheckedPartials;
+        let slicer = Arc::new(Slicer::new(&SliceConfig::default()).unwrap());
+        let owners = Arc::new(crate::ring::Ring::new(3).assign(64));
+        let mut plain = MapBatcher::new(
+            slicer.clone(),
+            60_000,
+            owners.clone(),
+            3,
+            DedupMode::EventId,
+        );
+        let mut packed = MapBatcher::new(slicer, 60_000, owners, 3, DedupMode::EventId);
+        for round in 0..3 {
+            for i in 0..200i64 {
+                let mut e = ev(
+                    &format!("ad-{}", i % 37),
+                    i * 1_000 + round,
+                    if i % 3 == 0 {
+                        EventType::Impression
+                    } else {
+                        EventType::Click
+                    },
+                    (i % 5 == 0).then_some("dup"),
+                );
+                e.country = ["US", "DE", "KR"][(i % 3) as usize].into();
+                let behind = i % 50 == 0;
+                plain.add(e.clone(), b"raw", behind);
+                packed.add(e, b"raw", behind);
+            }
+            let sorted = |mut v: Vec<PartialCount>| {
+                v.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+                v
+            };
+            let want: Vec<Vec<PartialCount>> = plain.flush().into_iter().map(sorted).collect();
+            let got: Vec<Vec<PartialCount>> = packed
+                .flush_packed()
+                .into_iter()
+                .map(|b| {
+                    let b = CheckedPartials::try_from(b).unwrap();
+                    sorted(b.iter().map(|p| p.to_owned_partial()).collect())
+                })
+                .collect();
+            assert_eq!(got, want, "round {round}");
+            assert!(packed.is_empty());
+        }
     }
 }

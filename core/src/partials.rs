@@ -146,51 +146,11 @@ pub struct PackedPartials {
 impl PackedPartials {
     /// Packs `parts`, in order.
     pub fn pack(parts: &[PartialCount]) -> Self {
-        let n = parts.len();
-        let mut b = Self {
-            ad_id_lens: Vec::with_capacity(n),
-            window_deltas: Vec::with_capacity(n),
-            slice_counts: Vec::with_capacity(n),
-            clicks: Vec::with_capacity(n),
-            impressions: Vec::with_capacity(n),
-            click_key_counts: Vec::with_capacity(n),
-            impression_key_counts: Vec::with_capacity(n),
-            raw_lens: Vec::with_capacity(n),
-            ..Self::default()
-        };
-        let mut previous = 0i64;
+        let mut b = PackedBuilder::with_capacity(parts.len());
         for p in parts {
-            b.ad_ids.extend_from_slice(p.ad_id.as_bytes());
-            b.ad_id_lens.push(p.ad_id.len() as u32);
-            b.window_deltas.push(p.window_start.wrapping_sub(previous));
-            previous = p.window_start;
-            b.slice_counts.push(p.slices.len() as u32);
-            for s in &p.slices {
-                // A batch has a handful of slices: a scan beats hashing.
-                let id = match b.slices.iter().position(|n| n == s) {
-                    Some(i) => i,
-                    None => {
-                        b.slices.push(s.clone());
-                        b.slices.len() - 1
-                    }
-                };
-                b.slice_ids.push(id as u32);
-            }
-            b.clicks.push(p.clicks);
-            b.impressions.push(p.impressions);
-            b.click_key_counts.push(p.click_keys.len() as u32);
-            b.click_keys.extend_from_slice(&p.click_keys);
-            b.impression_key_counts.push(p.impression_keys.len() as u32);
-            b.impression_keys.extend_from_slice(&p.impression_keys);
-            match &p.raw {
-                Some(raw) => {
-                    b.raw_lens.push(raw.len() as u32 + 1);
-                    b.raws.extend_from_slice(raw);
-                }
-                None => b.raw_lens.push(0),
-            }
+            b.push(&p.as_partial_ref());
         }
-        b
+        b.finish()
     }
 
     /// Number of records.
@@ -201,6 +161,84 @@ impl PackedPartials {
     /// Whether the batch holds no record.
     pub fn is_empty(&self) -> bool {
         self.ad_id_lens.is_empty()
+    }
+}
+
+/// Builds a packed batch one record at a time (a Map packs its groups as
+/// it drains them, without an owned record per group).
+#[derive(Debug, Default)]
+pub struct PackedBuilder {
+    batch: PackedPartials,
+    last_start: i64,
+}
+
+impl PackedBuilder {
+    /// A builder with room for `records` records.
+    pub fn with_capacity(records: usize) -> Self {
+        Self {
+            batch: PackedPartials {
+                ad_id_lens: Vec::with_capacity(records),
+                window_deltas: Vec::with_capacity(records),
+                slice_counts: Vec::with_capacity(records),
+                clicks: Vec::with_capacity(records),
+                impressions: Vec::with_capacity(records),
+                click_key_counts: Vec::with_capacity(records),
+                impression_key_counts: Vec::with_capacity(records),
+                raw_lens: Vec::with_capacity(records),
+                ..PackedPartials::default()
+            },
+            last_start: 0,
+        }
+    }
+
+    /// Appends one record.
+    pub fn push(&mut self, p: &PartialRef<'_>) {
+        let b = &mut self.batch;
+        b.ad_ids.extend_from_slice(p.ad_id.as_bytes());
+        b.ad_id_lens.push(p.ad_id.len() as u32);
+        b.window_deltas
+            .push(p.window_start.wrapping_sub(self.last_start));
+        self.last_start = p.window_start;
+        b.slice_counts.push(p.slices.len() as u32);
+        for s in p.slices.iter() {
+            // A batch has a handful of slices: a scan beats hashing.
+            let id = match b.slices.iter().position(|n| n == s) {
+                Some(i) => i,
+                None => {
+                    b.slices.push(s.to_owned());
+                    b.slices.len() - 1
+                }
+            };
+            b.slice_ids.push(id as u32);
+        }
+        b.clicks.push(p.clicks);
+        b.impressions.push(p.impressions);
+        b.click_key_counts.push(p.click_keys.len() as u32);
+        b.click_keys.extend_from_slice(p.click_keys);
+        b.impression_key_counts.push(p.impression_keys.len() as u32);
+        b.impression_keys.extend_from_slice(p.impression_keys);
+        match p.raw {
+            Some(raw) => {
+                b.raw_lens.push(raw.len() as u32 + 1);
+                b.raws.extend_from_slice(raw);
+            }
+            None => b.raw_lens.push(0),
+        }
+    }
+
+    /// Records pushed so far.
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// Whether nothing was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// The batch.
+    pub fn finish(self) -> PackedPartials {
+        self.batch
     }
 }
 

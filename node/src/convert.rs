@@ -6,9 +6,8 @@ use adclick_core::partials::{CheckedPartials, PackedPartials};
 use adclick_core::topn::AdClicks;
 use adclick_proto::dataflow as pb;
 
-/// A Map's batch for one Aggregate, packed as columns.
-pub fn batch_to_pb(parts: &[PartialCount]) -> pb::CountBatch {
-    let b = PackedPartials::pack(parts);
+/// A Map's packed batch for one Aggregate, in its protobuf form.
+pub fn batch_to_pb(b: PackedPartials) -> pb::CountBatch {
     pb::CountBatch {
         counts: Vec::new(),
         packed: Some(pb::PackedCounts {
@@ -146,7 +145,7 @@ mod tests {
     fn a_batch_crosses_the_wire_packed_and_unchanged() {
         use prost::Message as _;
         let parts = vec![part("ad-1"), part("ad-2")];
-        let sent = batch_to_pb(&parts);
+        let sent = batch_to_pb(PackedPartials::pack(&parts));
         assert!(sent.counts.is_empty() && sent.packed.is_some());
         assert_eq!(batch_records(&sent), 2);
         let wire = pb::CountBatch::decode(sent.encode_to_vec().as_slice()).unwrap();
@@ -174,10 +173,10 @@ mod tests {
             records(batch_from_pb(legacy.clone()).unwrap()),
             vec![part("ad-1")]
         );
-        let mut mixed = batch_to_pb(&[part("ad-2")]);
+        let mut mixed = batch_to_pb(PackedPartials::pack(&[part("ad-2")]));
         mixed.counts = legacy.counts;
         assert!(batch_from_pb(mixed).err().unwrap().contains("both"));
-        let mut damaged = batch_to_pb(&[part("ad-2")]);
+        let mut damaged = batch_to_pb(PackedPartials::pack(&[part("ad-2")]));
         if let Some(p) = damaged.packed.as_mut() {
             p.clicks.clear();
         }

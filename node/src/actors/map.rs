@@ -188,11 +188,11 @@ pub async fn run(
             }
         }
         if !batcher.is_empty() {
-            for (i, parts) in batcher.flush().into_iter().enumerate() {
-                if parts.is_empty() {
+            for (i, packed) in batcher.flush_packed().into_iter().enumerate() {
+                if packed.is_empty() {
                     continue;
                 }
-                outputs[i].send(Body::Counts(batch_to_pb(&parts))).await?;
+                outputs[i].send(Body::Counts(batch_to_pb(packed))).await?;
             }
         }
         let now = now_ms();
