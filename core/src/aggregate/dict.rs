@@ -43,27 +43,8 @@ impl AdDict {
     }
 
     /// The id of `name`, adding it (without a reference) if it is new.
-    /// Takes the owned id so a new entry moves it instead of copying.
     pub(super) fn intern(&mut self, name: String) -> u32 {
-        if let Some(id) = self.get(&name) {
-            return id;
-        }
-        let hash = self.hasher.hash_one(name.as_str());
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.names[id as usize] = SmolStr::from(name);
-                id
-            }
-            None => {
-                self.names.push(SmolStr::from(name));
-                self.refs.push(0);
-                (self.names.len() - 1) as u32
-            }
-        };
-        let (names, hasher) = (&self.names, &self.hasher);
-        self.index
-            .insert_unique(hash, id, |&i| hasher.hash_one(&*names[i as usize]));
-        id
+        self.intern_str(&name)
     }
 
     /// The id of `name`, adding it (without a reference) if it is new.
