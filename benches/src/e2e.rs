@@ -226,8 +226,8 @@ pub fn checkpoints(log: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// How long each Aggregate stopped for a checkpoint (freezing its state
-/// and forwarding the barrier), in microseconds, from the nodes' log lines.
+/// How long each actor stopped for a checkpoint (freezing its state and
+/// forwarding the barrier), in microseconds, from the nodes' log lines.
 pub fn checkpoint_pauses_us(log: &str) -> Vec<u64> {
     log.lines()
         .filter(|l| l.contains("checkpoint state frozen"))

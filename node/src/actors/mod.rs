@@ -1,11 +1,14 @@
-//! The actors a node hosts. Each is a tokio task reading a bounded mailbox
-//! (Map reads Kafka instead) and writing to [`Edge`]s and Kafka sinks.
+//! The actors a node hosts. Each is a tokio task that [`runner`] drives:
+//! it reads the actor's bounded mailboxes (Map reads Kafka instead), aligns
+//! barriers and writes snapshots; the actor writes to [`Edge`]s and Kafka
+//! sinks.
 
 pub mod aggregate;
 mod aggregate_snapshot;
 pub mod map;
 pub mod output;
 pub mod reduce;
+pub mod runner;
 
 use crate::edge::{self, Edge, Target};
 use crate::routing::RoutingTable;
@@ -116,7 +119,6 @@ impl ActorCtx {
         );
     }
 
-    /// Tells the coordinator this actor's snapshot of `epoch` is written.
     /// The span of this actor's part in checkpoint `epoch`: a child of the
     /// coordinator's checkpoint span when `traceparent` names it.
     pub fn snapshot_span(&self, epoch: u64, traceparent: &str) -> tracing::Span {
@@ -163,21 +165,6 @@ impl ActorCtx {
                 );
                 false
             }
-        }
-    }
-
-    /// Acks `epoch` to the coordinator, when its snapshot was `saved`.
-    pub async fn ack_if_saved(
-        &self,
-        saved: bool,
-        epoch: u64,
-        bytes: usize,
-        alignment_ms: u64,
-    ) -> Result<()> {
-        if saved {
-            self.ack(epoch, bytes, alignment_ms, Vec::new()).await
-        } else {
-            Ok(())
         }
     }
 
