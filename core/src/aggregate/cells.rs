@@ -1,31 +1,73 @@
 //! One window's state in flat, fixed-size cells.
 //!
-//! A cell is one (ad, slice) of the window: 32 bytes, no heap. Cells live in
+//! A cell is one (ad, slice) of the window: 20 bytes, no heap. Cells live in
 //! one vector, found through a hash table of their positions, so walking a
 //! window is a linear scan and expiring it frees a handful of allocations in
 //! one step instead of millions of strings, vectors and sets.
 
-use hashbrown::HashTable;
+use hashbrown::{HashMap, HashTable};
 use std::collections::HashSet;
 use std::hash::BuildHasher;
 
 type Hasher = foldhash::fast::RandomState;
 
-/// Counts of one (ad, window, slice), with the ids interned per actor.
+/// The revision bits of [`Cell::meta`].
+const REVISION: u32 = (1 << 30) - 1;
+/// [`Cell::meta`]: changed since it was last emitted.
+const DIRTY: u32 = 1 << 31;
+/// [`Cell::meta`]: a count outgrew 32 bits, and the window's `wide` table
+/// holds both counts in full.
+const WIDE: u32 = 1 << 30;
+
+/// Counts of one (ad, window, slice), with the ids interned per actor,
+/// packed into five `u32`s: counts are exact at any size (a count that
+/// outgrows 32 bits moves to the window's `wide` table, which a real
+/// stream never fills), the revision has 30 bits, and the flags share its
+/// word.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Cell {
-    /// Clicks.
-    pub clicks: u64,
-    /// Impressions.
-    pub impressions: u64,
+    clicks: u32,
+    impressions: u32,
+    ad: u32,
+    slice: u32,
+    meta: u32,
+}
+
+/// A cell as read, written and restored: full-width counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct CellValue {
     /// Interned ad id.
     pub ad: u32,
     /// Interned slice.
     pub slice: u32,
+    /// Clicks.
+    pub clicks: u64,
+    /// Impressions.
+    pub impressions: u64,
     /// Re-emissions after the first one.
     pub revision: u32,
     /// Changed since it was last emitted.
     pub dirty: bool,
+}
+
+impl Cell {
+    fn empty(ad: u32, slice: u32) -> Self {
+        Self {
+            clicks: 0,
+            impressions: 0,
+            ad,
+            slice,
+            meta: 0,
+        }
+    }
+
+    fn key(&self) -> u64 {
+        key(self.ad, self.slice)
+    }
+
+    fn is_wide(&self) -> bool {
+        self.meta & WIDE != 0
+    }
 }
 
 /// One window held by an Aggregate actor.
@@ -47,6 +89,8 @@ pub(super) struct Window {
     /// ever taken for another ad's duplicate; packed into three `u32`s
     /// (12 bytes, where a `(u32, u64)` tuple takes 16).
     seen: HashSet<[u32; 3], Hasher>,
+    /// Full counts of the cells flagged wide, by (ad, slice).
+    wide: HashMap<u64, (u64, u64), Hasher>,
     /// What a restore added without indexing it (see [`Window::restore_bulk`]).
     unindexed: Option<Box<Unindexed>>,
     hasher: Hasher,
@@ -154,7 +198,7 @@ impl Window {
     pub(super) fn restore_bulk(
         &mut self,
         ads: impl Iterator<Item = u32>,
-        cells: impl Iterator<Item = Cell>,
+        cells: impl Iterator<Item = CellValue>,
         seen: impl Iterator<Item = (u32, u64)>,
     ) {
         debug_assert!(self.takes_bulk());
@@ -162,7 +206,11 @@ impl Window {
         let u = self.unindexed.get_or_insert_with(Box::default);
         u.ads.extend(ads);
         u.seen.extend(seen.map(|(ad, key)| seen_entry(ad, key)));
-        self.cells.extend(cells);
+        for v in cells {
+            let mut cell = Cell::empty(v.ad, v.slice);
+            write(&mut cell, &mut self.wide, &v);
+            self.cells.push(cell);
+        }
     }
 
     /// Builds the hash tables of what a restore added in bulk. A repeated
@@ -184,8 +232,40 @@ impl Window {
         self.changed = changed;
     }
 
-    /// The cell of (ad, slice), created with zero counts if missing.
-    pub(super) fn cell(&mut self, ad: u32, slice: u32) -> &mut Cell {
+    /// Adds counts to the cell of (ad, slice), creating it if missing,
+    /// and marks it for emission.
+    pub(super) fn add(&mut self, ad: u32, slice: u32, clicks: u64, impressions: u64) {
+        let i = self.position(ad, slice);
+        let cell = &mut self.cells[i];
+        cell.meta |= DIRTY;
+        if !cell.is_wide() {
+            let c = u32::try_from(u64::from(cell.clicks) + clicks);
+            let m = u32::try_from(u64::from(cell.impressions) + impressions);
+            if let (Ok(c), Ok(m)) = (c, m) {
+                cell.clicks = c;
+                cell.impressions = m;
+                return;
+            }
+            // Outgrew 32 bits: from now on the counts live in `wide`.
+            let full = (u64::from(cell.clicks), u64::from(cell.impressions));
+            (cell.clicks, cell.impressions) = (0, 0);
+            cell.meta |= WIDE;
+            self.wide.insert(cell.key(), full);
+        }
+        let full = self.wide.entry(cell.key()).or_default();
+        full.0 += clicks;
+        full.1 += impressions;
+    }
+
+    /// Sets the cell of (ad, slice) to `v` (a restore, cell by cell).
+    pub(super) fn put(&mut self, v: &CellValue) {
+        let i = self.position(v.ad, v.slice);
+        write(&mut self.cells[i], &mut self.wide, v);
+    }
+
+    /// The position of the cell of (ad, slice), created with zero counts
+    /// if missing.
+    fn position(&mut self, ad: u32, slice: u32) -> usize {
         self.index_now();
         self.changed = true;
         let k = key(ad, slice);
@@ -193,31 +273,24 @@ impl Window {
         let cells = &self.cells;
         let found = self
             .index
-            .find(hash, |&i| {
-                let c = &cells[i as usize];
-                key(c.ad, c.slice) == k
-            })
+            .find(hash, |&i| cells[i as usize].key() == k)
             .copied();
-        let i = match found {
+        match found {
             Some(i) => i as usize,
             None => {
-                self.cells.push(Cell {
-                    clicks: 0,
-                    impressions: 0,
-                    ad,
-                    slice,
-                    revision: 0,
-                    dirty: false,
-                });
+                self.cells.push(Cell::empty(ad, slice));
                 let i = self.cells.len() - 1;
                 let (cells, hasher) = (&self.cells, &self.hasher);
                 self.index.insert_unique(hash, i as u32, |&j| {
-                    let c = &cells[j as usize];
-                    hasher.hash_one(key(c.ad, c.slice))
+                    hasher.hash_one(cells[j as usize].key())
                 });
                 i
             }
-        };
+        }
+    }
+
+    fn cell(&mut self, ad: u32, slice: u32) -> &mut Cell {
+        let i = self.position(ad, slice);
         &mut self.cells[i]
     }
 
@@ -234,26 +307,45 @@ impl Window {
         self.seen.reserve(seen);
         self.cells.reserve(cells);
         let (all, hasher) = (&self.cells, &self.hasher);
-        self.index.reserve(cells, |&j| {
-            let c = &all[j as usize];
-            hasher.hash_one(key(c.ad, c.slice))
-        });
+        self.index
+            .reserve(cells, |&j| hasher.hash_one(all[j as usize].key()));
+    }
+
+    /// Number of cells.
+    pub(super) fn cell_count(&self) -> usize {
+        self.cells.len()
     }
 
     /// All cells, in the order they were created.
-    pub(super) fn cells(&self) -> &[Cell] {
-        &self.cells
+    pub(super) fn cells(&self) -> impl Iterator<Item = CellValue> + '_ {
+        self.cells.iter().map(|c| read(c, &self.wide))
     }
 
-    /// All cells, mutable (emitting clears `dirty`).
-    pub(super) fn cells_mut(&mut self) -> &mut [Cell] {
+    /// Emits the cells (the dirty ones, with their revision raised, when
+    /// `only_dirty`): each is handed to `emit` as it is now, and is no
+    /// longer dirty.
+    pub(super) fn emit(&mut self, only_dirty: bool, mut emit: impl FnMut(CellValue)) {
         self.changed = true;
-        &mut self.cells
+        for c in &mut self.cells {
+            if only_dirty {
+                if c.meta & DIRTY == 0 {
+                    continue;
+                }
+                // 2^30 re-emissions of one cell would take a late batch
+                // every millisecond for 12 days: the revision cannot run out
+                // within any allowed lateness; it stops rather than wraps.
+                let revision = (c.meta & REVISION).saturating_add(1).min(REVISION);
+                c.meta = (c.meta & !REVISION) | revision;
+            }
+            c.meta &= !DIRTY;
+            emit(read(c, &self.wide));
+        }
     }
 
     /// Heap bytes held, for the bytes-per-cell figure.
     pub(super) fn heap_bytes(&self) -> usize {
         self.cells.capacity() * std::mem::size_of::<Cell>()
+            + self.wide.capacity() * (24 + 1)
             + self.index.capacity() * (4 + 1)
             + self.ads.capacity() * (4 + 1)
             + self.seen.capacity() * (12 + 1)
@@ -264,29 +356,111 @@ impl Window {
     }
 }
 
+/// The full value of `c`.
+fn read(c: &Cell, wide: &HashMap<u64, (u64, u64), Hasher>) -> CellValue {
+    let (clicks, impressions) = if c.is_wide() {
+        wide.get(&c.key()).copied().unwrap_or_default()
+    } else {
+        (u64::from(c.clicks), u64::from(c.impressions))
+    };
+    CellValue {
+        ad: c.ad,
+        slice: c.slice,
+        clicks,
+        impressions,
+        revision: c.meta & REVISION,
+        dirty: c.meta & DIRTY != 0,
+    }
+}
+
+/// Sets `c` (of the same ad and slice) to `v`, in `wide` if its counts
+/// need more than 32 bits.
+fn write(c: &mut Cell, wide: &mut HashMap<u64, (u64, u64), Hasher>, v: &CellValue) {
+    let mut meta = v.revision.min(REVISION);
+    if v.dirty {
+        meta |= DIRTY;
+    }
+    match (u32::try_from(v.clicks), u32::try_from(v.impressions)) {
+        (Ok(clicks), Ok(impressions)) => {
+            if c.is_wide() {
+                wide.remove(&c.key());
+            }
+            (c.clicks, c.impressions) = (clicks, impressions);
+        }
+        _ => {
+            (c.clicks, c.impressions) = (0, 0);
+            meta |= WIDE;
+            wide.insert(c.key(), (v.clicks, v.impressions));
+        }
+    }
+    c.meta = meta;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_cell_is_found_again_and_stays_small() {
-        assert_eq!(std::mem::size_of::<Cell>(), 32);
+        assert_eq!(std::mem::size_of::<Cell>(), 20);
         let mut w = Window::new(false);
-        w.cell(1, 0).clicks += 2;
-        w.cell(2, 0).clicks += 1;
-        w.cell(1, 1).impressions += 1;
-        w.cell(1, 0).clicks += 1;
+        w.add(1, 0, 2, 0);
+        w.add(2, 0, 1, 0);
+        w.add(1, 1, 0, 1);
+        w.add(1, 0, 1, 0);
         let got: Vec<(u32, u32, u64, u64)> = w
             .cells()
-            .iter()
             .map(|c| (c.ad, c.slice, c.clicks, c.impressions))
             .collect();
         assert_eq!(got, vec![(1, 0, 3, 0), (2, 0, 1, 0), (1, 1, 0, 1)]);
     }
 
     #[test]
+    fn counts_past_32_bits_stay_exact_through_adds_emits_and_restores() {
+        let big = u64::from(u32::MAX);
+        let mut w = Window::new(false);
+        w.add(1, 0, big - 1, 5);
+        w.add(2, 0, 1, 1);
+        w.add(1, 0, 3, big);
+        w.add(1, 0, 1, 1);
+        let full = |w: &Window| -> Vec<(u32, u64, u64)> {
+            w.cells().map(|c| (c.ad, c.clicks, c.impressions)).collect()
+        };
+        assert_eq!(full(&w), vec![(1, big + 3, big + 6), (2, 1, 1)]);
+        let mut emitted = Vec::new();
+        w.emit(true, |c| {
+            emitted.push((c.ad, c.clicks, c.revision, c.dirty))
+        });
+        assert_eq!(emitted, vec![(1, big + 3, 1, false), (2, 1, 1, false)]);
+        // Restored in bulk (as a checkpoint of columns is) and by cell.
+        let values: Vec<CellValue> = w.cells().collect();
+        let mut bulk = Window::new(true);
+        bulk.restore_bulk(
+            [1, 2].into_iter(),
+            values.clone().into_iter(),
+            [].into_iter(),
+        );
+        assert_eq!(bulk.cells().collect::<Vec<_>>(), values);
+        bulk.add(1, 0, 1, 0);
+        assert_eq!(full(&bulk)[..1], [(1, big + 4, big + 6)]);
+        let mut by_cell = Window::new(true);
+        for v in &values {
+            by_cell.put(v);
+        }
+        assert_eq!(by_cell.cells().collect::<Vec<_>>(), values);
+        // A small value put over a wide cell leaves it narrow again.
+        by_cell.put(&CellValue {
+            clicks: 7,
+            impressions: 1,
+            ..values[0]
+        });
+        assert_eq!(full(&by_cell)[0], (1, 7, 1));
+        assert_eq!(by_cell.cells().next().map(|c| c.revision), Some(1));
+    }
+
+    #[test]
     fn a_bulk_restored_window_is_indexed_on_first_use_without_counting_as_a_change() {
-        let cell = |ad, slice, clicks| Cell {
+        let cell = |ad, slice, clicks| CellValue {
             clicks,
             impressions: 0,
             ad,
@@ -307,7 +481,7 @@ mod tests {
         ads.sort_unstable();
         assert_eq!(ads, vec![1, 2]);
         assert_eq!(w.seen().count(), 2);
-        assert_eq!(w.cells().len(), 3);
+        assert_eq!(w.cell_count(), 3);
         // A lookup indexes it, and is no change to checkpoint.
         assert!(w.take_changed());
         assert!(w.has_ad(2) && !w.has_ad(3));
@@ -316,12 +490,8 @@ mod tests {
         // Everything restored is found again.
         assert!(!w.see(1, 7), "a restored dedup key is still a duplicate");
         assert!(w.see(1, 8));
-        w.cell(1, 1).clicks += 1;
-        let mut got: Vec<(u32, u32, u64)> = w
-            .cells()
-            .iter()
-            .map(|c| (c.ad, c.slice, c.clicks))
-            .collect();
+        w.add(1, 1, 1, 0);
+        let mut got: Vec<(u32, u32, u64)> = w.cells().map(|c| (c.ad, c.slice, c.clicks)).collect();
         got.sort_unstable();
         assert_eq!(got, vec![(1, 0, 3), (1, 1, 6), (2, 0, 4)]);
         assert!(!w.add_ad(1) && w.add_ad(3));

@@ -8,7 +8,7 @@
 //! straight into the flat state: no string is allocated for an id that fits
 //! inline, and every table is sized once.
 
-use super::cells::Cell;
+use super::cells::CellValue;
 use super::{FastMap, FrozenAggregate, Window};
 use crate::keygroup::key_group_of;
 use std::collections::HashSet;
@@ -178,7 +178,7 @@ impl super::AggregateState {
         let kept = |i: &u32| ids[*i as usize] != SKIPPED;
         let cells = (0..p.cell_ads.len())
             .filter(|i| kept(&p.cell_ads[*i]))
-            .map(|i| Cell {
+            .map(|i| CellValue {
                 clicks: p.clicks[i],
                 impressions: p.impressions[i],
                 ad: ids[p.cell_ads[i] as usize],
@@ -211,7 +211,7 @@ impl super::AggregateState {
             window.see(ad, key);
         }
         for c in cells {
-            *window.cell(c.ad, c.slice) = c;
+            window.put(&c);
         }
     }
 }

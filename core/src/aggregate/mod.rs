@@ -21,7 +21,7 @@ mod dict;
 mod running;
 mod side;
 mod snapshot;
-use cells::Window;
+use cells::{CellValue, Window};
 pub use columns::{ColumnParts, WindowColumns};
 use dict::{AdDict, SliceDict};
 use running::{sum_windows, RunningSums};
@@ -284,10 +284,7 @@ impl AggregateState {
             }
             for s in p.slices.iter() {
                 let slice = self.slices.intern(s);
-                let cell = window.cell(ad, slice);
-                cell.clicks += clicks;
-                cell.impressions += impressions;
-                cell.dirty = true;
+                window.add(ad, slice, clicks, impressions);
                 if window.closed && clicks > 0 {
                     self.running.add(p.window_start, slice, ad, clicks);
                 }
@@ -381,26 +378,20 @@ impl AggregateState {
         let Some(win) = self.windows.get_mut(&start) else {
             return;
         };
-        for c in win.cells_mut() {
-            if only_dirty && !c.dirty {
-                continue;
-            }
-            if only_dirty {
-                c.revision += 1;
-            }
-            c.dirty = false;
+        let (ads, slices, producer) = (&self.ads, &self.slices, &self.settings.producer);
+        win.emit(only_dirty, |c| {
             out.push(CountRecord {
-                ad_id: self.ads.name(c.ad).to_owned(),
+                ad_id: ads.name(c.ad).to_owned(),
                 window_start: start,
                 window_end: start + w,
-                slice: self.slices.name(c.slice).to_owned(),
+                slice: slices.name(c.slice).to_owned(),
                 clicks: c.clicks,
                 impressions: c.impressions,
                 revision: c.revision,
                 epoch: 0,
-                producer: self.settings.producer.clone(),
+                producer: producer.clone(),
             });
-        }
+        });
     }
 
     /// Local top-N for every M and slice of the window ending at `t`, at

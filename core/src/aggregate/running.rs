@@ -24,7 +24,7 @@ pub(super) fn sum_windows(
     from: i64,
     to: i64,
 ) -> FastMap<u64, u64> {
-    let cap: usize = windows.range(from..to).map(|(_, s)| s.cells().len()).sum();
+    let cap: usize = windows.range(from..to).map(|(_, s)| s.cell_count()).sum();
     let mut sums = FastMap::with_capacity_and_hasher(cap, Default::default());
     for (_, window) in windows.range(from..to) {
         add_window(&mut sums, window);
@@ -138,7 +138,7 @@ mod tests {
     fn window(cells: &[(u32, u32, u64)]) -> Window {
         let mut w = Window::new(true);
         for &(ad, slice, clicks) in cells {
-            w.cell(ad, slice).clicks += clicks;
+            w.add(ad, slice, clicks, 0);
         }
         w
     }
@@ -163,7 +163,7 @@ mod tests {
         );
         // A late click into the window starting at W, inside the range.
         if let Some(w) = windows.get_mut(&W) {
-            w.cell(2, 0).clicks += 3;
+            w.add(2, 0, 3, 0);
         }
         r.add(W, 0, 2, 3);
         // The window at 0 expires while still inside the range.

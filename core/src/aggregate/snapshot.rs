@@ -1,7 +1,7 @@
 //! Snapshot and restore of the Aggregate state, split so that any new
 //! key-group assignment can restore any subset of it.
 
-use super::{AggregateSettings, AggregateState, Counts, FastMap, Window, WindowColumns};
+use super::{AggregateSettings, AggregateState, CellValue, Counts, FastMap, Window, WindowColumns};
 use smol_str::SmolStr;
 use std::collections::BTreeMap;
 
@@ -233,11 +233,14 @@ impl AggregateState {
                     window.see(ad, key);
                 }
                 for (slice, counts, dirty) in c.slices {
-                    let cell = window.cell(ad, s.slices.intern(&slice));
-                    cell.clicks = counts.clicks;
-                    cell.impressions = counts.impressions;
-                    cell.revision = counts.revision;
-                    cell.dirty = dirty;
+                    window.put(&CellValue {
+                        ad,
+                        slice: s.slices.intern(&slice),
+                        clicks: counts.clicks,
+                        impressions: counts.impressions,
+                        revision: counts.revision,
+                        dirty,
+                    });
                 }
             }
         }

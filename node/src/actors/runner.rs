@@ -393,3 +393,7 @@ fn failed<W>(ctx: &ActorCtx, epoch: u64, why: &str) -> Option<W> {
     );
     None
 }
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod tests;
