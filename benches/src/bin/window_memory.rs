@@ -12,7 +12,13 @@
 //! (`AggregateState::heap_bytes`: cells, their index, dedup keys and the ad
 //! dictionary), the figure issue 11 targets at 64 bytes or less.
 //!
+//! With `--windows K` (default 1) the same ads get one click in each of K
+//! consecutive windows, as an Aggregate holding an hour of top-N history
+//! does: the dictionary is then shared by K windows' cells, where one
+//! window of new ads (the default) is the worst case for it.
+//!
 //! `cargo run --release -p adclick-benches --bin window_memory -- --ads 10000000`
+//! `cargo run --release -p adclick-benches --bin window_memory -- --ads 100000 --windows 60`
 
 use adclick_benches::arg;
 use adclick_core::aggregate::{AggregateSettings, AggregateState};
@@ -34,6 +40,7 @@ fn peak_rss_mib() -> f64 {
 fn main() {
     let ads = arg("--ads", 10_000_000);
     let cap = arg("--cap", 1_000_000);
+    let windows = arg("--windows", 1).max(1);
     let batch = 4_096;
     let mut state = AggregateState::new(AggregateSettings {
         window_ms: 60_000,
@@ -46,30 +53,32 @@ fn main() {
     let slices = vec!["*".to_string(), "country=US".to_string()];
     let (mut refused, mut refused_events) = (0usize, 0u64);
     let t = Instant::now();
-    let mut i = 0;
-    while i < ads {
-        let parts: Vec<PartialCount> = (i..(i + batch).min(ads))
-            .map(|n| PartialCount {
-                ad_id: format!("ad{n:09}"),
-                window_start: 0,
-                slices: slices.clone(),
-                click_keys: vec![n as u64 ^ 0x9e37_79b9_7f4a_7c15],
-                ..Default::default()
-            })
-            .collect();
-        let out = state.apply(parts);
-        refused += out.overflow.len();
-        refused_events += out.overflow_events;
-        i += batch;
+    for window in 0..windows {
+        let mut i = 0;
+        while i < ads {
+            let parts: Vec<PartialCount> = (i..(i + batch).min(ads))
+                .map(|n| PartialCount {
+                    ad_id: format!("ad{n:09}"),
+                    window_start: window as i64 * 60_000,
+                    slices: slices.clone(),
+                    click_keys: vec![(n * windows + window) as u64 ^ 0x9e37_79b9_7f4a_7c15],
+                    ..Default::default()
+                })
+                .collect();
+            let out = state.apply(parts);
+            refused += out.overflow.len();
+            refused_events += out.overflow_events;
+            i += batch;
+        }
     }
     let fed = t.elapsed();
     let state_rss = peak_rss_mib();
     // An (ad, window) here has two slices, so two (ad, window, slice) cells.
     let slice_cells = state.cells() * slices.len();
     let heap = state.heap_bytes();
-    let closed = state.advance(60_000);
+    let closed = state.advance(windows as i64 * 60_000);
     println!(
-        "ads {ads} · cap {cap} · cells held {} · refused partials {refused} ({refused_events} events) · \
+        "ads {ads} · windows {windows} · cap {cap} · cells held {} · refused partials {refused} ({refused_events} events) · \
          count records emitted {} · peak RSS with the state {:.0} MiB, after emitting its \
          count records {:.0} MiB · {:.1} s\n\
          state heap {:.1} MiB = {:.1} bytes per (ad, window, slice) cell ({slice_cells} cells, \

@@ -5,6 +5,7 @@
 //! window is a linear scan and expiring it frees a handful of allocations in
 //! one step instead of millions of strings, vectors and sets.
 
+use super::adset::AdSet;
 use hashbrown::{HashMap, HashTable};
 use std::collections::HashSet;
 use std::hash::BuildHasher;
@@ -84,7 +85,7 @@ pub(super) struct Window {
     index: HashTable<u32>,
     /// Distinct ads, for the per-window ad limit and for releasing their
     /// dictionary entries when the window expires.
-    ads: HashSet<u32, Hasher>,
+    ads: AdSet,
     /// Dedup keys seen, per ad: exact (ad, key) pairs, so no real click is
     /// ever taken for another ad's duplicate; packed into three `u32`s
     /// (12 bytes, where a `(u32, u64)` tuple takes 16).
@@ -96,8 +97,9 @@ pub(super) struct Window {
     hasher: Hasher,
 }
 
-/// Restored ads and dedup keys whose hash sets are not built yet; the
-/// restored cells are in `Window::cells`, missing from its index.
+/// Restored dedup keys whose hash set is not built yet; the restored cells
+/// are in `Window::cells`, missing from its index, and the restored ads in
+/// `Window::ads` (a bitmap costs nothing to fill).
 ///
 /// A rescale restores a few million cells at once, and building the three
 /// hash tables of every window was most of that work. Most restored
@@ -107,7 +109,8 @@ pub(super) struct Window {
 /// the windows that need it, after output has resumed.
 #[derive(Clone, Debug, Default)]
 struct Unindexed {
-    ads: Vec<u32>,
+    /// How many of the window's ads came in bulk.
+    ads: usize,
     seen: Vec<[u32; 3]>,
 }
 
@@ -146,27 +149,24 @@ impl Window {
     }
 
     /// Whether `ad` has any cell or dedup key here.
-    pub(super) fn has_ad(&mut self, ad: u32) -> bool {
-        self.index_now();
-        self.ads.contains(&ad)
+    pub(super) fn has_ad(&self, ad: u32) -> bool {
+        self.ads.contains(ad)
     }
 
     /// Distinct ads held.
     pub(super) fn ad_count(&self) -> usize {
-        self.ads.len() + self.unindexed.as_ref().map_or(0, |u| u.ads.len())
+        self.ads.len()
     }
 
     /// Records that `ad` is held; true the first time.
     pub(super) fn add_ad(&mut self, ad: u32) -> bool {
-        self.index_now();
         self.changed = true;
         self.ads.insert(ad)
     }
 
     /// The distinct ads held.
     pub(super) fn ads(&self) -> impl Iterator<Item = u32> + '_ {
-        let restored = self.unindexed.iter().flat_map(|u| u.ads.iter());
-        self.ads.iter().chain(restored).copied()
+        self.ads.iter()
     }
 
     /// Records a dedup key of `ad`; true if it is new (the event counts).
@@ -186,9 +186,10 @@ impl Window {
     }
 
     /// Whether [`Window::restore_bulk`] may add to this window: it holds
-    /// nothing indexed yet.
+    /// nothing but what earlier bulk restores added.
     pub(super) fn takes_bulk(&self) -> bool {
-        self.ads.is_empty() && self.seen.is_empty() && self.index.is_empty()
+        let bulk_ads = self.unindexed.as_ref().map_or(0, |u| u.ads);
+        self.seen.is_empty() && self.index.is_empty() && self.ads.len() == bulk_ads
     }
 
     /// Adds restored ads, cells and dedup keys without indexing them. The
@@ -204,7 +205,9 @@ impl Window {
         debug_assert!(self.takes_bulk());
         self.changed = true;
         let u = self.unindexed.get_or_insert_with(Box::default);
-        u.ads.extend(ads);
+        for ad in ads {
+            u.ads += usize::from(self.ads.insert(ad));
+        }
         u.seen.extend(seen.map(|(ad, key)| seen_entry(ad, key)));
         for v in cells {
             let mut cell = Cell::empty(v.ad, v.slice);
@@ -222,7 +225,6 @@ impl Window {
         // Indexing changes no content: a lookup must not make the next
         // checkpoint write the window again.
         let changed = self.changed;
-        self.ads.extend(u.ads);
         self.seen.extend(u.seen);
         let restored = std::mem::take(&mut self.cells);
         self.cells.reserve(restored.len());
@@ -294,16 +296,14 @@ impl Window {
         &mut self.cells[i]
     }
 
-    /// Makes room for `ads`, `cells` and `seen` more entries at once, so a
+    /// Makes room for `cells` and `seen` more entries at once, so a
     /// restore sizes each table once instead of growing it step by step.
-    pub(super) fn reserve(&mut self, ads: usize, cells: usize, seen: usize) {
+    pub(super) fn reserve(&mut self, cells: usize, seen: usize) {
         if let Some(u) = &mut self.unindexed {
-            u.ads.reserve(ads);
             u.seen.reserve(seen);
             self.cells.reserve(cells);
             return;
         }
-        self.ads.reserve(ads);
         self.seen.reserve(seen);
         self.cells.reserve(cells);
         let (all, hasher) = (&self.cells, &self.hasher);
@@ -347,12 +347,12 @@ impl Window {
         self.cells.capacity() * std::mem::size_of::<Cell>()
             + self.wide.capacity() * (24 + 1)
             + self.index.capacity() * (4 + 1)
-            + self.ads.capacity() * (4 + 1)
+            + self.ads.heap_bytes()
             + self.seen.capacity() * (12 + 1)
             + self
                 .unindexed
                 .as_ref()
-                .map_or(0, |u| u.ads.capacity() * 4 + u.seen.capacity() * 12)
+                .map_or(0, |u| u.seen.capacity() * 12)
     }
 }
 
@@ -482,13 +482,14 @@ mod tests {
         assert_eq!(ads, vec![1, 2]);
         assert_eq!(w.seen().count(), 2);
         assert_eq!(w.cell_count(), 3);
-        // A lookup indexes it, and is no change to checkpoint.
+        // Looking an ad up needs no index and is no change to checkpoint.
         assert!(w.take_changed());
         assert!(w.has_ad(2) && !w.has_ad(3));
         assert!(!w.is_changed());
-        assert!(!w.takes_bulk());
+        assert!(w.takes_bulk(), "it still holds only what came in bulk");
         // Everything restored is found again.
         assert!(!w.see(1, 7), "a restored dedup key is still a duplicate");
+        assert!(!w.takes_bulk());
         assert!(w.see(1, 8));
         w.add(1, 1, 1, 0);
         let mut got: Vec<(u32, u32, u64)> = w.cells().map(|c| (c.ad, c.slice, c.clicks)).collect();

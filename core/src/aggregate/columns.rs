@@ -173,7 +173,7 @@ impl super::AggregateState {
             .windows
             .entry(start)
             .or_insert_with(|| Window::new(wm.is_some_and(|wm| start.saturating_add(w) <= wm)));
-        window.reserve(p.ad_id_lens.len(), p.cell_ads.len(), p.seen_keys.len());
+        window.reserve(p.cell_ads.len(), p.seen_keys.len());
         let slices: Vec<u32> = p.slices.iter().map(|n| self.slices.intern(n)).collect();
         let kept = |i: &u32| ids[*i as usize] != SKIPPED;
         let cells = (0..p.cell_ads.len())

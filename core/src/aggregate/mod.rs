@@ -15,6 +15,7 @@ use crate::partials::{CheckedPartials, PartialRef};
 use crate::topn::{top_n, AdClicks};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+mod adset;
 mod cells;
 mod columns;
 mod dict;
