@@ -146,28 +146,6 @@ impl ActorCtx {
         span
     }
 
-    /// Writes this actor's snapshot of `epoch`; `false` when it could not.
-    /// A failed write (store full, read-only or unreachable) fails only the
-    /// checkpoint: the actor keeps running and forwards the barrier but does
-    /// not ack, so the coordinator aborts the checkpoint at its timeout and
-    /// counts it, and the epoch's output goes out with the next complete
-    /// checkpoint. Killing the actor instead would stop the job for a
-    /// problem that checkpoints alone suffer from.
-    pub async fn save_snapshot(&self, epoch: u64, bytes: Vec<u8>) -> bool {
-        match self.snapshots.put(epoch, &self.id.to_string(), bytes).await {
-            Ok(()) => true,
-            Err(e) => {
-                metrics::counter!("snapshot_write_failures_total").increment(1);
-                tracing::error!(
-                    actor = %self.id,
-                    epoch,
-                    "snapshot not written, so checkpoint {epoch} fails: {e:#}"
-                );
-                false
-            }
-        }
-    }
-
     /// Acks `epoch`; `shared` names the shared snapshot objects this
     /// actor's snapshot references (incremental Aggregate snapshots).
     pub async fn ack(

@@ -311,6 +311,7 @@ impl<W: Default + Send + 'static> Checkpoints<W> {
             .on_barrier(cmd, previous)
             .instrument(span.clone())
             .await?;
+        let frozen = paused.elapsed();
         let barrier = Body::Barrier(Barrier {
             epoch: cmd.epoch,
             traceparent: cmd.traceparent.clone(),
@@ -324,6 +325,7 @@ impl<W: Default + Send + 'static> Checkpoints<W> {
             actor = %ctx.id,
             epoch = cmd.epoch,
             pause_us = pause.as_micros() as u64,
+            freeze_us = frozen.as_micros() as u64,
             "checkpoint state frozen; encoding and writing it off the actor"
         );
         let write = write(ctx, cmd.epoch, encode, alignment_ms);
@@ -375,8 +377,14 @@ async fn write<W: Send + 'static>(
         metrics::counter!("snapshot_objects_referenced_total")
             .increment(references.len().saturating_sub(new_objects) as u64);
     }
-    if !ctx.save_snapshot(epoch, snapshot).await {
-        return None;
+    // A failed write fails only the checkpoint: the actor keeps running
+    // and forwards the barrier but does not ack, so the coordinator aborts
+    // the checkpoint at its timeout and counts it, and the epoch's output
+    // goes out with the next complete checkpoint. Killing the actor instead
+    // would stop the job for a problem that checkpoints alone suffer from.
+    let name = ctx.id.to_string();
+    if let Err(e) = ctx.snapshots.put(epoch, &name, snapshot).await {
+        return failed(&ctx, epoch, &format!("{e:#}"));
     }
     if let Err(e) = ctx.ack(epoch, size, alignment_ms, references).await {
         tracing::warn!(actor = %ctx.id, epoch, "checkpoint ack failed: {e:#}");

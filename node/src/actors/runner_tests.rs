@@ -198,15 +198,44 @@ async fn wait_for(seen: &Arc<Mutex<Vec<String>>>, what: &str) {
     panic!("never saw {what}: {:?}", seen.lock().unwrap());
 }
 
-#[tokio::test]
-async fn a_snapshot_holds_exactly_what_every_input_sent_before_its_barrier() {
-    let store = TempStore::new("aligned");
-    let ctx = ctx(ActorKind::Aggregate, store.store.clone());
+/// A recording actor of `kind` with two inputs, run by [`run`].
+struct Operator {
+    store: TempStore,
+    seen: Arc<Mutex<Vec<String>>>,
+    tx: Vec<mpsc::Sender<Inbound>>,
+    control: mpsc::Sender<Control>,
+    cancel: CancellationToken,
+    runner: JoinHandle<Result<()>>,
+}
+
+fn operator(kind: ActorKind, name: &str) -> Operator {
+    let store = TempStore::new(name);
+    let ctx = ctx(kind, store.store.clone());
     let cancel = ctx.cancel.clone();
     let (actor, seen) = Recorder::new(ctx);
     let (tx, inputs) = channels(2, 16);
-    let (control_tx, control) = mpsc::channel(4);
-    let runner = tokio::spawn(run(actor, 0, inputs, 2, control));
+    let (control, control_rx) = mpsc::channel(4);
+    let runner = tokio::spawn(run(actor, 0, inputs, 2, control_rx));
+    Operator {
+        store,
+        seen,
+        tx,
+        control,
+        cancel,
+        runner,
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_holds_exactly_what_every_input_sent_before_its_barrier() {
+    let Operator {
+        store,
+        seen,
+        tx,
+        control: control_tx,
+        cancel,
+        runner,
+    } = operator(ActorKind::Aggregate, "aligned");
     // Input 0 delivers its barrier first; what it sends after must wait
     // for input 1's barrier, and input 1's earlier message must not.
     tx[0].send(wm(0, 1)).await.unwrap();
@@ -243,12 +272,14 @@ async fn a_snapshot_holds_exactly_what_every_input_sent_before_its_barrier() {
 
 #[tokio::test]
 async fn a_newer_barrier_abandons_the_alignment_and_replays_held_messages_first() {
-    let store = TempStore::new("superseded");
-    let ctx = ctx(ActorKind::Reduce, store.store.clone());
-    let (actor, _seen) = Recorder::new(ctx);
-    let (tx, inputs) = channels(2, 16);
-    let (_control_tx, control) = mpsc::channel(4);
-    let runner = tokio::spawn(run(actor, 0, inputs, 2, control));
+    let Operator {
+        store,
+        tx,
+        runner,
+        // Kept: a closed control channel stops the actor.
+        control: _control,
+        ..
+    } = operator(ActorKind::Reduce, "superseded");
     tx[0].send(barrier(0, 1)).await.unwrap();
     tx[0].send(wm(0, 5)).await.unwrap();
     // Input 1 skipped epoch 1.
