@@ -226,12 +226,14 @@ pub fn checkpoints(log: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// How long each Aggregate stopped for a checkpoint (freezing its state
-/// and forwarding the barrier), in microseconds, from the nodes' log lines.
-pub fn checkpoint_pauses_us(log: &str) -> Vec<u64> {
+/// How long each actor of `kind` (`map`, `aggregate`, `reduce`) stopped
+/// for a checkpoint, and how much of it was freezing its state (the rest
+/// is forwarding the barrier), in microseconds, from the nodes' log lines.
+pub fn checkpoint_pauses_us(log: &str, kind: &str) -> Vec<(u64, u64)> {
+    let actor = format!("actor={kind}-");
     log.lines()
-        .filter(|l| l.contains("checkpoint state frozen"))
-        .filter_map(|l| field(l, "pause_us="))
+        .filter(|l| l.contains("checkpoint state frozen") && l.contains(&actor))
+        .filter_map(|l| Some((field(l, "pause_us=")?, field(l, "freeze_us=")?)))
         .collect()
 }
 

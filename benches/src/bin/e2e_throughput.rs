@@ -529,15 +529,23 @@ fn report(
             .collect();
         println!("  each: {}", all.join(" "));
     }
-    let pauses = checkpoint_pauses_us(log);
-    if !pauses.is_empty() {
-        let (min, med, _, max) = stats(&pauses);
+    for kind in ["map", "aggregate", "reduce"] {
+        let pauses = checkpoint_pauses_us(log, kind);
+        if pauses.is_empty() {
+            continue;
+        }
+        let paused: Vec<u64> = pauses.iter().map(|p| p.0).collect();
+        let frozen: Vec<u64> = pauses.iter().map(|p| p.1).collect();
+        let (min, med, _, max) = stats(&paused);
+        let (_, fmed, _, fmax) = stats(&frozen);
         println!(
-            "aggregate paused per checkpoint ({} snapshots): min {:.1} / median {:.1} / max {:.1} ms",
+            "{kind} paused per checkpoint ({} snapshots): min {:.1} / median {:.1} / max {:.1} ms; freezing median {:.1} / max {:.1} ms, the rest forwarding the barrier",
             pauses.len(),
             min / 1e3,
             med / 1e3,
-            max / 1e3
+            max / 1e3,
+            fmed / 1e3,
+            fmax / 1e3
         );
     }
 }

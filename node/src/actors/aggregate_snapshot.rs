@@ -15,6 +15,7 @@
 //! generation completes one of its own, so those objects stay.
 
 use super::output::SavedOutput;
+use super::runner::Encoded;
 use super::ActorCtx;
 use crate::snapshot_codec::{
     aggregate_from_parts, aggregate_manifest, aggregate_parts, merge_references, narrow_segment,
@@ -58,98 +59,73 @@ impl Written {
     }
 }
 
-/// Encodes and writes `frozen` and `saved` as this actor's snapshot of
-/// `epoch`, then acks it. Windows `frozen` did not copy, and output epochs
-/// written before, are referenced from `written`. Returns what the
-/// snapshot references when it is durable, `None` when any write failed
-/// (the next snapshot then writes everything).
-pub(super) async fn write(
-    ctx: ActorCtx,
+/// Encodes `frozen` and `saved` as `actor`'s snapshot of `epoch` (run off
+/// the actor's task). Windows `frozen` did not copy, and output epochs
+/// written before, are referenced from `written`; the result says what the
+/// next snapshot may reference once this one is durable.
+pub(super) fn encode(
+    actor: &str,
+    key_groups: u32,
     epoch: u64,
     frozen: FrozenAggregate,
     saved: SavedOutput,
     written: Written,
-    alignment_ms: u64,
-) -> Option<Written> {
-    let actor = ctx.id.to_string();
-    let key_groups = ctx.cfg.job.key_groups;
-    let name = actor.clone();
-    let encoded = tokio::task::spawn_blocking(move || {
-        let mut next = Written::default();
-        let mut objects = Vec::new();
-        let mut fresh: BTreeMap<i64, Vec<u8>> = frozen
-            .window_columns(key_groups)
-            .map(|(start, groups)| (start, window_to_pb(groups).encode_to_vec()))
-            .collect();
-        for start in frozen.held() {
-            if let Some(bytes) = fresh.remove(start) {
-                let object = shared::object_name(&name, *start, epoch);
-                next.windows
-                    .insert(*start, vec![segment(*start, &object, bytes.len())]);
-                objects.push((object, bytes));
-            } else if let Some(old) = written.windows.get(start) {
-                next.windows.insert(*start, old.clone());
-            } else {
-                anyhow::bail!("window {start} was neither copied nor written before");
-            }
-        }
-        // Output: an epoch written before is referenced; a new one with
-        // records gets its own object; empty ones stay inline.
-        let mut inline = Vec::new();
-        for pe in saved.to_pb_except(|e| written.output.contains_key(&e)) {
-            if pe.typed.is_empty() && pe.records.is_empty() {
-                inline.push(pe);
-                continue;
-            }
-            let object = shared::output_object_name(&name, pe.epoch, epoch);
-            let bytes = pe.encode_to_vec();
-            let r = OutputRef {
-                epoch: pe.epoch,
-                object: object.clone(),
-                bytes: bytes.len() as u64,
-            };
-            next.output.insert(pe.epoch, r);
+) -> Result<Encoded<Written>> {
+    let mut next = Written::default();
+    let mut objects = Vec::new();
+    let mut fresh: BTreeMap<i64, Vec<u8>> = frozen
+        .window_columns(key_groups)
+        .map(|(start, groups)| (start, window_to_pb(groups).encode_to_vec()))
+        .collect();
+    for start in frozen.held() {
+        if let Some(bytes) = fresh.remove(start) {
+            let object = shared::object_name(actor, *start, epoch);
+            next.windows
+                .insert(*start, vec![segment(*start, &object, bytes.len())]);
             objects.push((object, bytes));
+        } else if let Some(old) = written.windows.get(start) {
+            next.windows.insert(*start, old.clone());
+        } else {
+            anyhow::bail!("window {start} was neither copied nor written before");
         }
-        for e in saved.epochs() {
-            if let Some(r) = written.output.get(&e) {
-                next.output.insert(e, r.clone());
-            }
+    }
+    // Output: an epoch written before is referenced; a new one with
+    // records gets its own object; empty ones stay inline.
+    let mut inline = Vec::new();
+    for pe in saved.to_pb_except(|e| written.output.contains_key(&e)) {
+        if pe.typed.is_empty() && pe.records.is_empty() {
+            inline.push(pe);
+            continue;
         }
-        let manifest = aggregate_manifest(
-            frozen.watermark(),
-            frozen.last_boundary(),
-            inline,
-            next.windows.values().flatten().cloned().collect(),
-            next.output.values().cloned().collect(),
-        )
-        .encode_to_vec();
-        Ok((manifest, objects, next))
+        let object = shared::output_object_name(actor, pe.epoch, epoch);
+        let bytes = pe.encode_to_vec();
+        let r = OutputRef {
+            epoch: pe.epoch,
+            object: object.clone(),
+            bytes: bytes.len() as u64,
+        };
+        next.output.insert(pe.epoch, r);
+        objects.push((object, bytes));
+    }
+    for e in saved.epochs() {
+        if let Some(r) = written.output.get(&e) {
+            next.output.insert(e, r.clone());
+        }
+    }
+    let manifest = aggregate_manifest(
+        frozen.watermark(),
+        frozen.last_boundary(),
+        inline,
+        next.windows.values().flatten().cloned().collect(),
+        next.output.values().cloned().collect(),
+    )
+    .encode_to_vec();
+    Ok(Encoded {
+        shared: objects,
+        snapshot: manifest,
+        references: next.names(),
+        next,
     })
-    .await;
-    let (manifest, objects, next) = match encoded {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => return failed(&actor, epoch, &format!("{e:#}")),
-        Err(e) => return failed(&actor, epoch, &format!("encoding task: {e}")),
-    };
-    let mut size = manifest.len();
-    let new_objects = objects.len();
-    for (object, bytes) in objects {
-        size += bytes.len();
-        if let Err(e) = ctx.snapshots.put_shared(&object, bytes).await {
-            return failed(&actor, epoch, &format!("{e:#}"));
-        }
-    }
-    let names = next.names();
-    metrics::counter!("snapshot_objects_referenced_total")
-        .increment(names.len().saturating_sub(new_objects) as u64);
-    if !ctx.save_snapshot(epoch, manifest).await {
-        return None;
-    }
-    if let Err(e) = ctx.ack(epoch, size, alignment_ms, names).await {
-        tracing::warn!(actor, epoch, "checkpoint ack failed: {e:#}");
-    }
-    Some(next)
 }
 
 fn segment(window_start: i64, object: &str, bytes: usize) -> WindowSegment {
@@ -159,16 +135,6 @@ fn segment(window_start: i64, object: &str, bytes: usize) -> WindowSegment {
         bytes: bytes as u64,
         key_groups: Vec::new(),
     }
-}
-
-fn failed(actor: &str, epoch: u64, why: &str) -> Option<Written> {
-    metrics::counter!("snapshot_write_failures_total").increment(1);
-    tracing::error!(
-        actor,
-        epoch,
-        "snapshot not written, so checkpoint {epoch} fails: {why}"
-    );
-    None
 }
 
 /// Shared objects a restore reads at once.

@@ -3,6 +3,7 @@
 //! each micro-batch and routes it by key group. It owns the per-partition
 //! watermarks (with idleness) and, at a barrier, the source offsets.
 
+use super::runner::{self, Actor, Encode, Encoded, Source};
 use super::{ActorCtx, CheckpointCmd, Control};
 use crate::convert::batch_to_pb;
 use crate::edge::Edge;
@@ -14,7 +15,7 @@ use adclick_core::map_batch::MapBatcher;
 use adclick_core::slice::Slicer;
 use adclick_core::watermark::SourceWatermarks;
 use adclick_proto::dataflow::stream_message::Body;
-use adclick_proto::dataflow::{Barrier, Watermark};
+use adclick_proto::dataflow::Watermark;
 use adclick_proto::snapshot::{MapSnapshot, PartitionOffset};
 use adclick_runtime::now_ms;
 use anyhow::{Context, Result};
@@ -26,257 +27,204 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 /// How often an idle Map repeats its idle declaration.
 const IDLE_REPEAT: Duration = Duration::from_millis(200);
+
+struct Map {
+    ctx: ActorCtx,
+    actor: String,
+    /// One edge per Aggregate, by index.
+    outputs: Vec<Edge>,
+    consumer: StreamConsumer,
+    watermarks: SourceWatermarks,
+    /// Next offset to read per partition: what a snapshot saves.
+    offsets: BTreeMap<i32, i64>,
+    /// Restored offsets: records below them were processed before the
+    /// checkpoint and are skipped after the rewind.
+    resume_at: BTreeMap<i32, i64>,
+    batcher: MapBatcher,
+    limits: adclick_core::event::Limits,
+    batch_window: Duration,
+    batch_max_events: usize,
+    dlq: SideOutput,
+    /// Rejected records read since the last tick, sent to the DLQ there
+    /// (outside the cancellable read, so none is dropped half-sent).
+    rejected: Vec<Rejected>,
+    input_topic: String,
+    last_sent_wm: Option<i64>,
+    last_idle_sent: Option<Instant>,
+    read_since_yield: u32,
+    events_in: metrics::Counter,
+    dlq_count: metrics::Counter,
+}
+
+/// A record that failed validation, bound for the dead-letter topic.
+struct Rejected {
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    reason: String,
+    partition: i32,
+    offset: i64,
+}
 
 /// Runs a Map actor over `partitions` until cancelled.
 pub async fn run(
     ctx: ActorCtx,
     partitions: Vec<i32>,
-    mut control: mpsc::Receiver<Control>,
+    control: mpsc::Receiver<Control>,
 ) -> Result<()> {
-    let cfg = ctx.cfg.clone();
-    let job = &cfg.job;
-    let actor = ctx.id.to_string();
-    let mut outputs: Vec<Edge> = Vec::new();
-    for i in 0..ctx.num_aggregates {
-        outputs.push(ctx.connect(&ActorId::new(ActorKind::Aggregate, i)).await?);
-    }
-    let mut watermarks = SourceWatermarks::new(
-        &partitions,
-        job.max_out_of_orderness_ms as i64,
-        job.idle_timeout_ms as i64,
-        now_ms(),
-    );
-    // Next offset to read per partition: restored from the checkpoint, so a
-    // recovered source neither skips nor repeats records.
-    let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
-    if ctx.restore_epoch > 0 {
-        let (restored, watermark) = restore_offsets(&ctx, &partitions).await?;
-        offsets = restored;
-        // The coordinator refuses a mismatched checkpoint before deploying
-        // (`fail`); this applies `reset`, and guards against a topic
-        // recreated in between.
-        let check = (
-            cfg.kafka.bootstrap.clone(),
-            cfg.kafka.input_topic.clone(),
-            offsets.clone(),
-            job.on_offset_mismatch,
-            job.source_rewind_records,
+    let map = Map::start(ctx, partitions).await?;
+    runner::run_source(map, control).await
+}
+
+impl Map {
+    async fn start(ctx: ActorCtx, partitions: Vec<i32>) -> Result<Self> {
+        let cfg = ctx.cfg.clone();
+        let job = &cfg.job;
+        let actor = ctx.id.to_string();
+        let mut outputs: Vec<Edge> = Vec::new();
+        for i in 0..ctx.num_aggregates {
+            outputs.push(ctx.connect(&ActorId::new(ActorKind::Aggregate, i)).await?);
+        }
+        let mut watermarks = SourceWatermarks::new(
+            &partitions,
+            job.max_out_of_orderness_ms as i64,
+            job.idle_timeout_ms as i64,
+            now_ms(),
         );
-        let reset = tokio::task::spawn_blocking(move || {
-            adclick_runtime::kafka::check_stored_offsets(
-                &check.0, &check.1, &check.2, check.4, check.3, "map",
-            )
+        // Next offset to read per partition: restored from the checkpoint,
+        // so a recovered source neither skips nor repeats records.
+        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        if ctx.restore_epoch > 0 {
+            let (restored, watermark) = restore_offsets(&ctx, &partitions).await?;
+            offsets = restored;
+            // The coordinator refuses a mismatched checkpoint before
+            // deploying (`fail`); this applies `reset`, and guards against
+            // a topic recreated in between.
+            let check = (
+                cfg.kafka.bootstrap.clone(),
+                cfg.kafka.input_topic.clone(),
+                offsets.clone(),
+                job.on_offset_mismatch,
+                job.source_rewind_records,
+            );
+            let reset = tokio::task::spawn_blocking(move || {
+                adclick_runtime::kafka::check_stored_offsets(
+                    &check.0, &check.1, &check.2, check.4, check.3, "map",
+                )
+            })
+            .await??;
+            for p in reset {
+                offsets.remove(&p);
+            }
+            watermarks.restore(watermark);
+            tracing::info!(actor = %actor, epoch = ctx.restore_epoch, ?offsets, "restored source offsets");
+        }
+        let consumer: StreamConsumer = adclick_runtime::kafka::source_consumer(
+            &cfg.kafka,
+            &format!("{}-map", cfg.cluster.job_name),
+        )?;
+        let mut tpl = TopicPartitionList::new();
+        // `job.start_from` is for a job without a checkpoint. A restored
+        // job reads a partition the checkpoint does not know (added to the
+        // topic since) from its start, so none of its records is skipped.
+        let start = match job.start_from {
+            _ if ctx.restore_epoch > 0 => adclick_runtime::kafka::PARTITION_START,
+            StartFrom::Earliest => adclick_runtime::kafka::PARTITION_START,
+            StartFrom::Latest => Offset::End,
+        };
+        for p in &partitions {
+            let at = offsets.get(p).map_or(start, |o| {
+                Offset::Offset((*o - job.source_rewind_records).max(0))
+            });
+            tpl.add_partition_offset(&cfg.kafka.input_topic, *p, at)
+                .context("building assignment")?;
+        }
+        consumer.assign(&tpl).context("assigning partitions")?;
+        let dlq = SideOutput::new(
+            adclick_runtime::kafka::producer(&cfg.kafka.bootstrap)?,
+            cfg.kafka.dlq_topic.clone(),
+        );
+        let slicer = Arc::new(Slicer::new(&cfg.slices)?);
+        let batcher = MapBatcher::new(
+            slicer,
+            job.window_ms(),
+            ctx.key_group_owner.clone(),
+            outputs.len(),
+            job.dedup,
+        );
+        ctx.report("running", None);
+        tracing::info!(actor = %actor, ?partitions, "map started");
+        Ok(Self {
+            events_in: metrics::counter!("events_in_total", "actor" => actor.clone()),
+            dlq_count: metrics::counter!("dlq_events_total"),
+            resume_at: offsets.clone(),
+            offsets,
+            outputs,
+            consumer,
+            watermarks,
+            batcher,
+            limits: job.limits(),
+            batch_window: Duration::from_millis(job.batch_max_ms.max(1)),
+            batch_max_events: job.batch_max_events,
+            dlq,
+            rejected: Vec::new(),
+            input_topic: cfg.kafka.input_topic.clone(),
+            last_sent_wm: None,
+            last_idle_sent: None,
+            read_since_yield: 0,
+            actor,
+            ctx,
         })
-        .await??;
-        for p in reset {
-            offsets.remove(&p);
-        }
-        watermarks.restore(watermark);
-        tracing::info!(actor = %actor, epoch = ctx.restore_epoch, ?offsets, "restored source offsets");
     }
-    let consumer: StreamConsumer = adclick_runtime::kafka::source_consumer(
-        &cfg.kafka,
-        &format!("{}-map", cfg.cluster.job_name),
-    )?;
-    let mut tpl = TopicPartitionList::new();
-    // `job.start_from` is for a job without a checkpoint. A restored job
-    // reads a partition the checkpoint does not know (added to the topic
-    // since) from its start, so none of its records is skipped.
-    let start = match job.start_from {
-        _ if ctx.restore_epoch > 0 => adclick_runtime::kafka::PARTITION_START,
-        StartFrom::Earliest => adclick_runtime::kafka::PARTITION_START,
-        StartFrom::Latest => Offset::End,
-    };
-    // Restored offsets: records below them were processed before the
-    // checkpoint and are skipped after the rewind.
-    let resume_at = offsets.clone();
-    for p in &partitions {
-        let at = offsets.get(p).map_or(start, |o| {
-            Offset::Offset((*o - job.source_rewind_records).max(0))
-        });
-        tpl.add_partition_offset(&cfg.kafka.input_topic, *p, at)
-            .context("building assignment")?;
+
+    /// Sends `body` to every Aggregate.
+    async fn broadcast(&self, body: Body) -> Result<()> {
+        for out in &self.outputs {
+            out.send(body.clone()).await?;
+        }
+        Ok(())
     }
-    consumer.assign(&tpl).context("assigning partitions")?;
-    let dlq = SideOutput::new(
-        adclick_runtime::kafka::producer(&cfg.kafka.bootstrap)?,
-        cfg.kafka.dlq_topic.clone(),
-    );
-    let slicer = Arc::new(Slicer::new(&cfg.slices)?);
-    let mut batcher = MapBatcher::new(
-        slicer,
-        job.window_ms(),
-        ctx.key_group_owner.clone(),
-        outputs.len(),
-        job.dedup,
-    );
-    let limits = job.limits();
-    let batch_window = Duration::from_millis(job.batch_max_ms.max(1));
-    let mut last_sent_wm: Option<i64> = None;
-    let mut read_since_yield = 0u32;
-    let mut last_idle_sent: Option<Instant> = None;
-    let events_in = metrics::counter!("events_in_total", "actor" => actor.clone());
-    let dlq_count = metrics::counter!("dlq_events_total");
-    ctx.report("running", None);
-    tracing::info!(actor = %actor, ?partitions, "map started");
-    loop {
-        let deadline = Instant::now() + batch_window;
-        let mut barrier = None;
-        while batcher.len() < job.batch_max_events && barrier.is_none() {
-            let msg = tokio::select! {
-                _ = ctx.cancel.cancelled() => return Ok(()),
-                c = control.recv() => {
-                    match c {
-                        Some(Control::Barrier(cmd)) => barrier = Some(cmd),
-                        Some(Control::Complete(_)) => {}
-                        None => return Ok(()),
-                    }
-                    continue;
-                }
-                r = tokio::time::timeout_at(deadline, consumer.recv()) => r,
-            };
-            let msg = match msg {
-                Err(_) => break,
-                Ok(Err(e)) => {
-                    tracing::warn!(actor = %actor, "kafka fetch error: {e}");
-                    break;
-                }
-                Ok(Ok(m)) => m,
-            };
-            if resume_at
-                .get(&msg.partition())
-                .is_some_and(|o| msg.offset() < *o)
-            {
-                continue;
-            }
-            // rdkafka's recv() is often ready at once and does not count
-            // toward tokio's budget: yield now and then so heartbeats and
-            // other actors on this worker thread are not starved.
-            read_since_yield += 1;
-            if read_since_yield >= 1024 {
-                read_since_yield = 0;
-                tokio::task::yield_now().await;
-            }
-            let now = now_ms();
-            let payload = msg.payload().unwrap_or_default();
-            events_in.increment(1);
-            ctx.telemetry.records_in(1);
-            offsets.insert(msg.partition(), msg.offset() + 1);
-            let reference = future_reference(msg.timestamp().to_millis(), now);
-            match parse_event(payload, &limits, reference) {
-                Ok(ev) => {
-                    let behind = watermarks.last().is_some_and(|w| ev.ts_ms < w);
-                    watermarks.observe(msg.partition(), Some(ev.ts_ms), now);
-                    batcher.add(ev, payload, behind);
-                }
-                Err(reason) => {
-                    watermarks.observe(msg.partition(), None, now);
-                    dlq_count.increment(1);
-                    ctx.telemetry.dead_lettered(1);
-                    let headers = [
-                        ("reason", reason.to_string()),
-                        ("source.topic", cfg.kafka.input_topic.clone()),
-                        ("source.partition", msg.partition().to_string()),
-                        ("source.offset", msg.offset().to_string()),
-                    ];
-                    dlq.send(msg.key(), payload, &headers).await?;
-                }
-            }
-        }
-        if !batcher.is_empty() {
-            for (i, packed) in batcher.flush_packed().into_iter().enumerate() {
-                if packed.is_empty() {
-                    continue;
-                }
-                outputs[i].send(Body::Counts(batch_to_pb(packed))).await?;
-            }
-        }
-        let now = now_ms();
-        if watermarks.all_idle(now) {
+
+    /// Sends the watermark on when it moved, or the idle declaration.
+    async fn send_watermark(&mut self, now: i64) -> Result<()> {
+        if self.watermarks.all_idle(now) {
             // Every partition is quiet: tell the aggregates to leave this
             // source out of their minimum. Repeated, because when all their
             // inputs are idle these messages are what moves time forward.
-            if last_idle_sent.is_none_or(|t: Instant| t.elapsed() >= IDLE_REPEAT) {
-                for out in &outputs {
-                    out.send(Body::Watermark(Watermark {
-                        timestamp_ms: watermarks.current(now).unwrap_or(0),
-                        idle: true,
-                    }))
-                    .await?;
-                }
-                last_idle_sent = Some(Instant::now());
+            if self
+                .last_idle_sent
+                .is_none_or(|t: Instant| t.elapsed() >= IDLE_REPEAT)
+            {
+                let timestamp_ms = self.watermarks.current(now).unwrap_or(0);
+                self.broadcast(Body::Watermark(Watermark {
+                    timestamp_ms,
+                    idle: true,
+                }))
+                .await?;
+                self.last_idle_sent = Some(Instant::now());
                 // Rejoin with the current watermark as soon as data returns.
-                last_sent_wm = None;
+                self.last_sent_wm = None;
             }
-        } else if let Some(wm) = watermarks.current(now) {
-            last_idle_sent = None;
-            if last_sent_wm.is_none_or(|l| wm > l) {
-                for out in &outputs {
-                    out.send(Body::Watermark(Watermark {
-                        timestamp_ms: wm,
-                        idle: false,
-                    }))
-                    .await?;
-                }
-                last_sent_wm = Some(wm);
-                ctx.report("running", Some(wm));
+        } else if let Some(wm) = self.watermarks.current(now) {
+            self.last_idle_sent = None;
+            if self.last_sent_wm.is_none_or(|l| wm > l) {
+                self.broadcast(Body::Watermark(Watermark {
+                    timestamp_ms: wm,
+                    idle: false,
+                }))
+                .await?;
+                self.last_sent_wm = Some(wm);
+                self.ctx.report("running", Some(wm));
             }
         }
-        if let Some(CheckpointCmd {
-            epoch,
-            traceparent,
-            drain,
-        }) = barrier
-        {
-            if drain {
-                // `stop --drain`: event time ends here, so the Aggregates
-                // close every window (and Reduce every top-N) before the
-                // barrier, and this checkpoint commits them all.
-                tracing::info!(actor = %actor, epoch, "draining: watermark to the end of time");
-                for out in &outputs {
-                    out.send(Body::Watermark(Watermark {
-                        timestamp_ms: i64::MAX,
-                        idle: false,
-                    }))
-                    .await?;
-                }
-            }
-            // Everything read before the barrier has been sent above; the
-            // offsets are exactly the position after it.
-            let span = ctx.snapshot_span(epoch, &traceparent);
-            let snap = MapSnapshot {
-                version: crate::snapshot_codec::VERSION,
-                offsets: offsets
-                    .iter()
-                    .map(|(p, o)| PartitionOffset {
-                        partition: *p,
-                        offset: *o,
-                    })
-                    .collect(),
-                watermark: watermarks.last(),
-            };
-            let bytes = snap.encode_to_vec();
-            let size = bytes.len();
-            async {
-                let saved = ctx.save_snapshot(epoch, bytes).await;
-                for out in &outputs {
-                    out.send(Body::Barrier(Barrier {
-                        epoch,
-                        traceparent: traceparent.clone(),
-                    }))
-                    .await?;
-                }
-                ctx.ack_if_saved(saved, epoch, size, 0).await
-            }
-            .instrument(span)
-            .await?;
-        }
-        let reports = watermarks.report(now);
-        ctx.telemetry.partitions(reports.clone());
+        Ok(())
+    }
+
+    fn report_partitions(&self, now: i64) {
+        let reports = self.watermarks.report(now);
+        self.ctx.telemetry.partitions(reports.clone());
         for r in reports {
             let p = r.partition.to_string();
             metrics::gauge!("partition_idle", "partition" => p.clone()).set(if r.idle {
@@ -288,6 +236,144 @@ pub async fn run(
                 metrics::gauge!("watermark_lag_ms", "partition" => p).set((now - w) as f64);
             }
         }
+    }
+}
+
+impl Actor for Map {
+    type Written = ();
+
+    fn ctx(&self) -> &ActorCtx {
+        &self.ctx
+    }
+
+    fn downstream(&self) -> &[Edge] {
+        &self.outputs
+    }
+
+    /// Sends the batch's rejects to the DLQ and its counts to the
+    /// Aggregates, then the watermark.
+    async fn on_tick(&mut self) -> Result<()> {
+        for r in std::mem::take(&mut self.rejected) {
+            let headers = [
+                ("reason", r.reason),
+                ("source.topic", self.input_topic.clone()),
+                ("source.partition", r.partition.to_string()),
+                ("source.offset", r.offset.to_string()),
+            ];
+            self.dlq
+                .send(r.key.as_deref(), &r.payload, &headers)
+                .await?;
+        }
+        if !self.batcher.is_empty() {
+            for (i, packed) in self.batcher.flush_packed().into_iter().enumerate() {
+                if packed.is_empty() {
+                    continue;
+                }
+                self.outputs[i]
+                    .send(Body::Counts(batch_to_pb(packed)))
+                    .await?;
+            }
+        }
+        let now = now_ms();
+        self.send_watermark(now).await?;
+        self.report_partitions(now);
+        Ok(())
+    }
+
+    /// Everything read before the barrier was sent by the tick before
+    /// this: the offsets are exactly the position after it.
+    async fn on_barrier(&mut self, cmd: &CheckpointCmd, _previous: ()) -> Result<Encode<()>> {
+        if cmd.drain {
+            // `stop --drain`: event time ends here, so the Aggregates close
+            // every window (and Reduce every top-N) before the barrier, and
+            // this checkpoint commits them all.
+            tracing::info!(actor = %self.actor, epoch = cmd.epoch, "draining: watermark to the end of time");
+            self.broadcast(Body::Watermark(Watermark {
+                timestamp_ms: i64::MAX,
+                idle: false,
+            }))
+            .await?;
+        }
+        let snap = MapSnapshot {
+            version: crate::snapshot_codec::VERSION,
+            offsets: self
+                .offsets
+                .iter()
+                .map(|(p, o)| PartitionOffset {
+                    partition: *p,
+                    offset: *o,
+                })
+                .collect(),
+            watermark: self.watermarks.last(),
+        };
+        Ok(Box::new(move || Ok(Encoded::whole(snap.encode_to_vec()))))
+    }
+}
+
+impl Source for Map {
+    fn batch_window(&self) -> Duration {
+        self.batch_window
+    }
+
+    fn batch_full(&self) -> bool {
+        self.batcher.len() >= self.batch_max_events
+    }
+
+    /// Cancel safe: the only awaits are rdkafka's `recv` (which hands over
+    /// a message only when it returns it) and a yield after the record
+    /// was taken in.
+    async fn read_until(&mut self, deadline: Instant) -> Result<bool> {
+        let msg = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+            Err(_) => return Ok(false),
+            Ok(Err(e)) => {
+                tracing::warn!(actor = %self.actor, "kafka fetch error: {e}");
+                return Ok(false);
+            }
+            Ok(Ok(m)) => m,
+        };
+        if self
+            .resume_at
+            .get(&msg.partition())
+            .is_some_and(|o| msg.offset() < *o)
+        {
+            return Ok(true);
+        }
+        let now = now_ms();
+        let payload = msg.payload().unwrap_or_default();
+        self.events_in.increment(1);
+        self.ctx.telemetry.records_in(1);
+        self.offsets.insert(msg.partition(), msg.offset() + 1);
+        let reference = future_reference(msg.timestamp().to_millis(), now);
+        match parse_event(payload, &self.limits, reference) {
+            Ok(ev) => {
+                let behind = self.watermarks.last().is_some_and(|w| ev.ts_ms < w);
+                self.watermarks
+                    .observe(msg.partition(), Some(ev.ts_ms), now);
+                self.batcher.add(ev, payload, behind);
+            }
+            Err(reason) => {
+                self.watermarks.observe(msg.partition(), None, now);
+                self.dlq_count.increment(1);
+                self.ctx.telemetry.dead_lettered(1);
+                self.rejected.push(Rejected {
+                    key: msg.key().map(<[u8]>::to_vec),
+                    payload: payload.to_vec(),
+                    reason: reason.to_string(),
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                });
+            }
+        }
+        drop(msg);
+        // rdkafka's recv() is often ready at once and does not count toward
+        // tokio's budget: yield now and then so heartbeats and other actors
+        // on this worker thread are not starved.
+        self.read_since_yield += 1;
+        if self.read_since_yield >= 1024 {
+            self.read_since_yield = 0;
+            tokio::task::yield_now().await;
+        }
+        Ok(true)
     }
 }
 

@@ -1,11 +1,14 @@
-//! The actors a node hosts. Each is a tokio task reading a bounded mailbox
-//! (Map reads Kafka instead) and writing to [`Edge`]s and Kafka sinks.
+//! The actors a node hosts. Each is a tokio task that [`runner`] drives:
+//! it reads the actor's bounded mailboxes (Map reads Kafka instead), aligns
+//! barriers and writes snapshots; the actor writes to [`Edge`]s and Kafka
+//! sinks.
 
 pub mod aggregate;
 mod aggregate_snapshot;
 pub mod map;
 pub mod output;
 pub mod reduce;
+pub mod runner;
 
 use crate::edge::{self, Edge, Target};
 use crate::routing::RoutingTable;
@@ -116,7 +119,6 @@ impl ActorCtx {
         );
     }
 
-    /// Tells the coordinator this actor's snapshot of `epoch` is written.
     /// The span of this actor's part in checkpoint `epoch`: a child of the
     /// coordinator's checkpoint span when `traceparent` names it.
     pub fn snapshot_span(&self, epoch: u64, traceparent: &str) -> tracing::Span {
@@ -142,43 +144,6 @@ impl ActorCtx {
         );
         adclick_runtime::telemetry::adopt(&span, &cmd.traceparent);
         span
-    }
-
-    /// Writes this actor's snapshot of `epoch`; `false` when it could not.
-    /// A failed write (store full, read-only or unreachable) fails only the
-    /// checkpoint: the actor keeps running and forwards the barrier but does
-    /// not ack, so the coordinator aborts the checkpoint at its timeout and
-    /// counts it, and the epoch's output goes out with the next complete
-    /// checkpoint. Killing the actor instead would stop the job for a
-    /// problem that checkpoints alone suffer from.
-    pub async fn save_snapshot(&self, epoch: u64, bytes: Vec<u8>) -> bool {
-        match self.snapshots.put(epoch, &self.id.to_string(), bytes).await {
-            Ok(()) => true,
-            Err(e) => {
-                metrics::counter!("snapshot_write_failures_total").increment(1);
-                tracing::error!(
-                    actor = %self.id,
-                    epoch,
-                    "snapshot not written, so checkpoint {epoch} fails: {e:#}"
-                );
-                false
-            }
-        }
-    }
-
-    /// Acks `epoch` to the coordinator, when its snapshot was `saved`.
-    pub async fn ack_if_saved(
-        &self,
-        saved: bool,
-        epoch: u64,
-        bytes: usize,
-        alignment_ms: u64,
-    ) -> Result<()> {
-        if saved {
-            self.ack(epoch, bytes, alignment_ms, Vec::new()).await
-        } else {
-            Ok(())
-        }
     }
 
     /// Acks `epoch`; `shared` names the shared snapshot objects this
