@@ -250,19 +250,31 @@ fn incremental_checkpoints_share_unchanged_windows_and_retention_keeps_what_they
     let store = cluster.run_dir.join("snapshots");
     let epoch_of = object_epoch;
     // A checkpoint that wrote a window and referenced others written
-    // before it: only what changed was written.
+    // before it: only what changed was written. The kill waits until the
+    // two newest checkpoints (the one restored below is one of them) also
+    // hold a window left unchanged for two checkpoints, which is closed:
+    // the replay after the restore cannot touch it, so the restored
+    // generation has a window it must reference rather than write. (An
+    // open window is rightly rewritten once the replay adds to it.)
+    let settled =
+        |e: u64, r: &BTreeSet<String>| r.iter().any(|o| o.contains("/w") && epoch_of(o) + 2 <= e);
     wait_until(
         "a checkpoint referencing unchanged windows",
         Duration::from_secs(90),
         || {
             complete_checkpoints(&store).is_ok_and(|c| {
-                c.last().is_some_and(|(e, d)| {
+                let wrote_and_referenced = c.last().is_some_and(|(e, d)| {
                     referenced(d).is_ok_and(|r| {
                         let windows: Vec<&String> = r.iter().filter(|o| o.contains("/w")).collect();
                         windows.iter().any(|o| epoch_of(o) == *e)
                             && windows.iter().any(|o| epoch_of(o) < *e)
                     })
-                })
+                });
+                wrote_and_referenced
+                    && c.len() >= 2
+                    && c[c.len() - 2..]
+                        .iter()
+                        .all(|(e, d)| referenced(d).is_ok_and(|r| settled(*e, &r)))
             })
         },
     )?;
