@@ -11,7 +11,7 @@ pub mod e2e;
 pub mod follow;
 
 use adclick_core::aggregate::{AggregateOutput, AggregateSettings, AggregateState};
-use adclick_core::event::{parse_event, DedupMode, Limits};
+use adclick_core::event::{parse_event_borrowed, DedupMode, Limits};
 use adclick_core::map_batch::MapBatcher;
 use adclick_core::partials::CheckedPartials;
 use adclick_core::ring::Ring;
@@ -155,7 +155,7 @@ pub struct CoreSummary {
 
 /// Runs the core path over `input` exactly as one Map actor feeding
 /// `settings.aggregates` Aggregate actors would, single-threaded:
-/// `parse_event` → `MapBatcher::add` (slices, window, key group) → `flush`
+/// `parse_event_borrowed` → `MapBatcher::add` (slices, window, key group) → `flush`
 /// per micro-batch → `AggregateState::apply`, then `advance` to the Map's
 /// watermark after every batch (which emits counts and local top-N), and a
 /// final `advance` that closes every window.
@@ -198,7 +198,7 @@ pub fn core_path_with(
     let mut wm: Option<i64> = None;
     for chunk in input.chunks(settings.batch_max_events.max(1)) {
         for raw in chunk {
-            match parse_event(raw, &limits, now) {
+            match parse_event_borrowed(raw, &limits, now) {
                 Ok(ev) => {
                     parsed += 1;
                     let behind = wm.is_some_and(|w| ev.ts_ms < w);

@@ -22,19 +22,19 @@ pub enum EventType {
 
 /// A validated click or impression.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClickEvent {
+pub struct ClickEvent<S = String> {
     /// The ad that was clicked.
-    pub ad_id: String,
+    pub ad_id: S,
     /// Event time in epoch milliseconds.
     pub ts_ms: i64,
     /// The user who clicked.
-    pub user_id: String,
+    pub user_id: S,
     /// Client address, used by CIDR filters.
     pub ip: IpAddr,
     /// Country code, a group-by dimension.
-    pub country: String,
+    pub country: S,
     /// Producer-assigned unique id, used for deduplication.
-    pub event_id: Option<String>,
+    pub event_id: Option<S>,
     /// Click or impression.
     pub event_type: EventType,
 }
@@ -163,7 +163,19 @@ pub fn future_reference(record_timestamp_ms: Option<i64>, wall_clock_ms: i64) ->
 /// Parses and validates one JSON event. `now_ms` is the reference of the
 /// future-skew limit ([`future_reference`]).
 pub fn parse_event(bytes: &[u8], limits: &Limits, now_ms: i64) -> Result<ClickEvent, Rejection> {
-    let raw: RawEvent<'_> =
+    parse_event_borrowed(bytes, limits, now_ms).map(ClickEvent::into_owned)
+}
+
+/// [`parse_event`] without copying the strings: they borrow from `bytes`
+/// unless the JSON escaped them. The Map's hot path: it keeps an id or a
+/// country only when it starts a new group, so most events allocate
+/// nothing. Accepts and rejects exactly what [`parse_event`] does.
+pub fn parse_event_borrowed<'a>(
+    bytes: &'a [u8],
+    limits: &Limits,
+    now_ms: i64,
+) -> Result<ClickEvent<Cow<'a, str>>, Rejection> {
+    let raw: RawEvent<'a> =
         serde_json::from_slice(bytes).map_err(|e| Rejection::Malformed(e.to_string()))?;
     let ts_ms = match &raw.click_timestamp {
         RawTimestamp::Millis(ms) => *ms,
@@ -174,8 +186,8 @@ pub fn parse_event(bytes: &[u8], limits: &Limits, now_ms: i64) -> Result<ClickEv
             ))
         })?,
     };
-    build_event(
-        FieldsRef {
+    let ip = validate(
+        &FieldsRef {
             ad_id: &raw.ad_id,
             ts_ms,
             user_id: &raw.user_id,
@@ -186,7 +198,16 @@ pub fn parse_event(bytes: &[u8], limits: &Limits, now_ms: i64) -> Result<ClickEv
         },
         limits,
         now_ms,
-    )
+    )?;
+    Ok(ClickEvent {
+        ad_id: raw.ad_id,
+        ts_ms,
+        user_id: raw.user_id,
+        ip,
+        country: raw.country,
+        event_id: raw.event_id,
+        event_type: raw.event_type,
+    })
 }
 
 /// Borrowed fields of an event before validation, shared by the JSON and
@@ -214,6 +235,20 @@ pub fn build_event(
     limits: &Limits,
     now_ms: i64,
 ) -> Result<ClickEvent, Rejection> {
+    let ip = validate(&f, limits, now_ms)?;
+    Ok(ClickEvent {
+        ad_id: f.ad_id.to_owned(),
+        ts_ms: f.ts_ms,
+        user_id: f.user_id.to_owned(),
+        ip,
+        country: f.country.to_owned(),
+        event_id: f.event_id.map(str::to_owned),
+        event_type: f.event_type,
+    })
+}
+
+/// The checks every parser applies; the parsed client address on success.
+fn validate(f: &FieldsRef<'_>, limits: &Limits, now_ms: i64) -> Result<IpAddr, Rejection> {
     check_field("ad_id", f.ad_id, limits, false)?;
     check_field("user_id", f.user_id, limits, true)?;
     check_field("country", f.country, limits, false)?;
@@ -232,19 +267,9 @@ pub fn build_event(
             f.ts_ms, limits.max_future_skew_ms, now_ms
         )));
     }
-    let ip: IpAddr =
-        f.ip.trim().parse().map_err(|_| {
-            Rejection::Invalid(format!("ip {:?} is not an IP address", truncate(f.ip)))
-        })?;
-    Ok(ClickEvent {
-        ad_id: f.ad_id.to_owned(),
-        ts_ms: f.ts_ms,
-        user_id: f.user_id.to_owned(),
-        ip,
-        country: f.country.to_owned(),
-        event_id: f.event_id.map(str::to_owned),
-        event_type: f.event_type,
-    })
+    f.ip.trim()
+        .parse()
+        .map_err(|_| Rejection::Invalid(format!("ip {:?} is not an IP address", truncate(f.ip))))
 }
 
 fn check_field(
@@ -314,12 +339,30 @@ pub fn parse_log_line(line: &str, limits: &Limits, now_ms: i64) -> Result<ClickE
     )
 }
 
-impl ClickEvent {
+impl<S: AsRef<str>> ClickEvent<S> {
+    /// The event with its strings owned.
+    pub fn into_owned(self) -> ClickEvent
+    where
+        S: Into<String>,
+    {
+        ClickEvent {
+            ad_id: self.ad_id.into(),
+            ts_ms: self.ts_ms,
+            user_id: self.user_id.into(),
+            ip: self.ip,
+            country: self.country.into(),
+            event_id: self.event_id.map(Into::into),
+            event_type: self.event_type,
+        }
+    }
+
     /// The key used to recognise a duplicate of this event, or `None` when it
     /// cannot be deduplicated under `mode`. Keys are scoped to one
     /// (ad, window) by the caller, which keeps 64-bit collisions negligible.
     pub fn dedup_key(&self, mode: DedupMode) -> Option<u64> {
-        if let (DedupMode::EventId | DedupMode::Content, Some(id)) = (mode, &self.event_id) {
+        if let (DedupMode::EventId | DedupMode::Content, Some(id)) =
+            (mode, self.event_id.as_ref().map(AsRef::as_ref))
+        {
             // Hot path, once per event: hash the same bytes as the streaming
             // form below in one shot from a stack buffer (xxh3 gives the same
             // digest either way), avoiding the streaming state's set-up.
@@ -333,7 +376,7 @@ impl ClickEvent {
         }
         let mut h = Xxh3::new();
         h.update(&[self.event_type as u8]);
-        match (mode, &self.event_id) {
+        match (mode, self.event_id.as_ref().map(AsRef::as_ref)) {
             (DedupMode::None, _) => return None,
             (_, Some(id)) => {
                 h.update(b"id\0");
@@ -343,9 +386,9 @@ impl ClickEvent {
             (DedupMode::Content, None) => {
                 h.update(b"content\0");
                 for part in [
-                    self.ad_id.as_bytes(),
-                    self.user_id.as_bytes(),
-                    self.country.as_bytes(),
+                    self.ad_id.as_ref().as_bytes(),
+                    self.user_id.as_ref().as_bytes(),
+                    self.country.as_ref().as_bytes(),
                 ] {
                     h.update(&(part.len() as u64).to_le_bytes());
                     h.update(part);
@@ -366,6 +409,61 @@ mod tests {
 
     fn parse(s: &str) -> Result<ClickEvent, Rejection> {
         parse_event(s.as_bytes(), &Limits::default(), NOW)
+    }
+
+    #[test]
+    fn borrowed_parse_borrows_plain_strings_and_unescapes_escaped_ones() {
+        let line = r#"{"ad_id":"ad\u0030\u00301","click_timestamp":1700000000000,"user_id":"user 1","ip":"10.0.0.1","country":"US","event_id":"e1"}"#;
+        let e = parse_event_borrowed(line.as_bytes(), &Limits::default(), NOW).unwrap();
+        assert!(
+            matches!(e.ad_id, Cow::Owned(_)),
+            "escaped: unescaped into a copy"
+        );
+        assert!(
+            matches!(e.country, Cow::Borrowed(_)),
+            "plain: borrowed from the input"
+        );
+        let owned = e.clone().into_owned();
+        assert_eq!(owned.ad_id, "ad001");
+        assert_eq!(owned.user_id, "user 1");
+        assert_eq!(
+            e.dedup_key(DedupMode::Content),
+            owned.dedup_key(DedupMode::Content)
+        );
+        let no_id = r#"{"ad_id":"ad1","click_timestamp":1700000000000,"user_id":"u","ip":"10.0.0.1","country":"US"}"#;
+        let e = parse_event_borrowed(no_id.as_bytes(), &Limits::default(), NOW).unwrap();
+        assert_eq!(
+            e.dedup_key(DedupMode::Content),
+            e.clone().into_owned().dedup_key(DedupMode::Content)
+        );
+        // Rejections are the same as the owned parser's, reason included.
+        for bad in [
+            r#"{"ad_id":"","click_timestamp":1,"user_id":"u","ip":"10.0.0.1","country":"US"}"#,
+            r#"{"ad_id":"a b","click_timestamp":1,"user_id":"u","ip":"10.0.0.1","country":"US"}"#,
+            r#"{"ad_id":"a","click_timestamp":1,"user_id":"u","ip":"nope","country":"US"}"#,
+            r#"{"ad_id":"a","click_timestamp":-1,"user_id":"u","ip":"10.0.0.1","country":"US"}"#,
+            r#"not json"#,
+        ] {
+            let borrowed = parse_event_borrowed(bad.as_bytes(), &Limits::default(), NOW);
+            let fields = serde_json::from_str::<serde_json::Value>(bad).ok();
+            assert!(borrowed.is_err(), "{bad}");
+            if let Some(v) = fields {
+                let built = build_event(
+                    FieldsRef {
+                        ad_id: v["ad_id"].as_str().unwrap_or_default(),
+                        ts_ms: v["click_timestamp"].as_i64().unwrap_or_default(),
+                        user_id: v["user_id"].as_str().unwrap_or_default(),
+                        ip: v["ip"].as_str().unwrap_or_default(),
+                        country: v["country"].as_str().unwrap_or_default(),
+                        event_id: None,
+                        event_type: EventType::Click,
+                    },
+                    &Limits::default(),
+                    NOW,
+                );
+                assert_eq!(borrowed.map(ClickEvent::into_owned), built, "{bad}");
+            }
+        }
     }
 
     #[test]

@@ -132,34 +132,44 @@ impl MapBatcher {
 
     /// Adds a validated event. `behind_watermark` events keep their raw
     /// bytes and are sent on their own, so they can be side-output as late.
-    pub fn add(&mut self, e: ClickEvent, raw: &[u8], behind_watermark: bool) {
+    pub fn add<S: AsRef<str> + Into<String>>(
+        &mut self,
+        e: ClickEvent<S>,
+        raw: &[u8],
+        behind_watermark: bool,
+    ) {
         self.events += 1;
         let ws = window_start(e.ts_ms, self.window_ms);
         let mask = self.slicer.filter_mask(&e);
         let key = e.dedup_key(self.dedup);
         if behind_watermark {
             let mut p = PartialCount {
-                slices: self.slicer.slices(&e.country, mask),
+                slices: self.slicer.slices(e.country.as_ref(), mask),
                 window_start: ws,
                 raw: Some(raw.to_vec()),
                 ..Default::default()
             };
             add_one(&mut p, e.event_type, key);
-            p.ad_id = e.ad_id;
+            p.ad_id = e.ad_id.into();
             self.singles.push(p);
             return;
         }
-        // The event is owned: its id becomes the key without a copy.
-        let groups = self.groups.entry(e.ad_id).or_default();
+        // The id and the country are copied (or, owned, moved) only when
+        // they start a new group.
+        let groups = match self.groups.get_mut(e.ad_id.as_ref()) {
+            Some(groups) => groups,
+            None => self.groups.entry(e.ad_id.into()).or_default(),
+        };
+        let country = e.country.as_ref();
         let idx = match groups
             .iter()
-            .position(|g| g.window_start == ws && g.mask == mask && g.country == e.country)
+            .position(|g| g.window_start == ws && g.mask == mask && g.country == country)
         {
             Some(i) => i,
             None => {
                 groups.push(Group {
                     window_start: ws,
-                    country: e.country,
+                    country: e.country.into(),
                     mask,
                     counts: PartialCount::default(),
                 });
@@ -305,6 +315,53 @@ mod tests {
         assert_eq!(first.slices, vec!["*", "country=US"]);
         assert_eq!(parts.iter().find(|p| p.raw.is_some()).unwrap().events(), 1);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn borrowed_events_batch_exactly_like_owned_ones() {
+        let slicer = Arc::new(Slicer::new(&SliceConfig::default()).unwrap());
+        let owners = Arc::new(crate::ring::Ring::new(2).assign(64));
+        let batcher = || {
+            MapBatcher::new(
+                slicer.clone(),
+                60_000,
+                owners.clone(),
+                2,
+                DedupMode::EventId,
+            )
+        };
+        let (mut owned, mut borrowed) = (batcher(), batcher());
+        for i in 0..500i64 {
+            let e = ev(
+                &format!("ad{}", i % 37),
+                i * 311,
+                if i % 3 == 0 {
+                    EventType::Impression
+                } else {
+                    EventType::Click
+                },
+                (i % 2 == 0).then(|| format!("e{i}")).as_deref(),
+            );
+            let behind = i % 50 == 0;
+            let view = ClickEvent {
+                ad_id: std::borrow::Cow::Borrowed(e.ad_id.as_str()),
+                ts_ms: e.ts_ms,
+                user_id: std::borrow::Cow::Borrowed(e.user_id.as_str()),
+                ip: e.ip,
+                country: std::borrow::Cow::Borrowed(e.country.as_str()),
+                event_id: e.event_id.as_deref().map(std::borrow::Cow::Borrowed),
+                event_type: e.event_type,
+            };
+            borrowed.add(view, b"raw", behind);
+            owned.add(e, b"raw", behind);
+        }
+        let sorted = |mut v: Vec<Vec<PartialCount>>| {
+            for parts in &mut v {
+                parts.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+            }
+            v
+        };
+        assert_eq!(sorted(owned.flush()), sorted(borrowed.flush()));
     }
 
     #[test]

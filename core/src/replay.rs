@@ -22,7 +22,7 @@
 //! produce, and are deleted.
 
 use crate::aggregate::{AggregateSettings, AggregateState, LocalTopN};
-use crate::event::{future_reference, parse_event, DedupMode, Limits};
+use crate::event::{future_reference, parse_event_borrowed, DedupMode, Limits};
 use crate::map_batch::MapBatcher;
 use crate::output::OutputRecord;
 use crate::reconcile::{fmt_ms, RangeError};
@@ -344,7 +344,7 @@ impl Replayer {
     pub fn add(&mut self, partition: i32, payload: &[u8], record_timestamp_ms: Option<i64>) {
         self.stats.records += 1;
         let reference = future_reference(record_timestamp_ms, self.settings.now_ms);
-        match parse_event(payload, &self.settings.limits, reference) {
+        match parse_event_borrowed(payload, &self.settings.limits, reference) {
             Ok(e) => {
                 let clock = self.partitions.entry(partition).or_default();
                 clock.max_ts = Some(clock.max_ts.map_or(e.ts_ms, |m| m.max(e.ts_ms)));

@@ -89,10 +89,10 @@ struct CompiledFilter {
 }
 
 impl CompiledFilter {
-    fn matches(&self, e: &ClickEvent) -> bool {
-        let hit = (self.countries.is_empty() || self.countries.contains(&e.country))
+    fn matches<S: AsRef<str>>(&self, e: &ClickEvent<S>) -> bool {
+        let hit = (self.countries.is_empty() || self.countries.contains(e.country.as_ref()))
             && (self.nets.is_empty() || self.nets.iter().any(|n| n.contains(&e.ip)))
-            && (self.users.is_empty() || self.users.contains(&e.user_id));
+            && (self.users.is_empty() || self.users.contains(e.user_id.as_ref()));
         match self.mode {
             FilterMode::Include => hit,
             FilterMode::Exclude => !hit,
@@ -177,7 +177,7 @@ impl Slicer {
     }
 
     /// Bit mask of the filters `e` belongs to (bit i = filter i).
-    pub fn filter_mask(&self, e: &ClickEvent) -> u64 {
+    pub fn filter_mask<S: AsRef<str>>(&self, e: &ClickEvent<S>) -> u64 {
         self.filters
             .iter()
             .enumerate()

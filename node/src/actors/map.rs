@@ -9,7 +9,7 @@ use crate::convert::batch_to_pb;
 use crate::edge::Edge;
 use crate::kafka::side::SideOutput;
 use adclick_core::config::StartFrom;
-use adclick_core::event::{future_reference, parse_event};
+use adclick_core::event::{future_reference, parse_event_borrowed};
 use adclick_core::ids::{ActorId, ActorKind};
 use adclick_core::map_batch::MapBatcher;
 use adclick_core::slice::Slicer;
@@ -344,7 +344,7 @@ impl Source for Map {
         self.ctx.telemetry.records_in(1);
         self.offsets.insert(msg.partition(), msg.offset() + 1);
         let reference = future_reference(msg.timestamp().to_millis(), now);
-        match parse_event(payload, &self.limits, reference) {
+        match parse_event_borrowed(payload, &self.limits, reference) {
             Ok(ev) => {
                 let behind = self.watermarks.last().is_some_and(|w| ev.ts_ms < w);
                 self.watermarks
