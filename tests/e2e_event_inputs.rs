@@ -231,7 +231,7 @@ fn adversarial_inputs_stay_bounded() -> Result<()> {
     counts.wait(Duration::from_secs(60), "every distinct ad", |c| {
         c.all
             .iter()
-            .filter(|r| r.slice == "*" && r.window_start == T0)
+            .filter(|r| &*r.slice == "*" && r.window_start == T0)
             .count()
             >= ads as usize
     })?;

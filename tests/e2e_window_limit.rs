@@ -69,9 +69,9 @@ fn distinct_ads_beyond_the_window_limit_go_to_the_dlq() -> Result<()> {
             let flood = c
                 .all
                 .iter()
-                .filter(|r| r.slice == "*" && r.window_start == T0)
+                .filter(|r| &*r.slice == "*" && r.window_start == T0)
                 .count();
-            let tick = c.all.iter().any(|r| r.ad_id == "tick" && r.slice == "*");
+            let tick = c.all.iter().any(|r| r.ad_id == "tick" && &*r.slice == "*");
             flood >= want_counted && tick
         },
     )?;
@@ -80,10 +80,10 @@ fn distinct_ads_beyond_the_window_limit_go_to_the_dlq() -> Result<()> {
     for c in counts
         .all
         .iter()
-        .filter(|r| r.slice == "*" && r.window_start == T0)
+        .filter(|r| &*r.slice == "*" && r.window_start == T0)
     {
         ads_per_agg
-            .entry(c.producer.clone())
+            .entry(c.producer.to_string())
             .or_default()
             .insert(c.ad_id.clone());
     }

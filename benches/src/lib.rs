@@ -241,7 +241,7 @@ fn summarise(sum: &mut CoreSummary, out: AggregateOutput) {
     sum.clicks += out
         .counts
         .iter()
-        .filter(|c| c.slice == "*")
+        .filter(|c| &*c.slice == "*")
         .map(|c| c.clicks)
         .sum::<u64>();
     sum.top_lists += out.top.len() as u64;
@@ -332,7 +332,7 @@ mod tests {
             let mut sums: HashMap<&str, u64> = HashMap::new();
             for c in counts
                 .iter()
-                .filter(|c| &c.slice == slice && c.window_start >= from && c.window_start < *end)
+                .filter(|c| *c.slice == **slice && c.window_start >= from && c.window_start < *end)
             {
                 *sums.entry(c.ad_id.as_str()).or_default() += c.clicks;
             }

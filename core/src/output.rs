@@ -5,6 +5,7 @@
 
 use crate::topn::AdClicks;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Clicks and impressions of one ad in one window and slice.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,8 +16,10 @@ pub struct CountRecord {
     pub window_start: i64,
     /// Window end, epoch ms (exclusive).
     pub window_end: i64,
-    /// `*`, `country=US`, or a named filter id.
-    pub slice: String,
+    /// `*`, `country=US`, or a named filter id. Shared: every record of a
+    /// window's slice names the same one, so emitting a record copies no
+    /// string but the ad's.
+    pub slice: Arc<str>,
     /// Absolute click count.
     pub clicks: u64,
     /// Absolute impression count.
@@ -25,8 +28,8 @@ pub struct CountRecord {
     pub revision: u32,
     /// Checkpoint epoch the record was produced in.
     pub epoch: u64,
-    /// Producing actor, e.g. `aggregate-2`.
-    pub producer: String,
+    /// Producing actor, e.g. `aggregate-2`. Shared, like the slice.
+    pub producer: Arc<str>,
 }
 
 /// The global top-N of one window of `window_minutes` minutes ending at `window_end`.

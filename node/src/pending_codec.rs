@@ -21,7 +21,7 @@ pub fn pending_to_pb(epoch: u64, producer: &str, records: &[OutputRecord]) -> pb
                     ad_id: c.ad_id.clone(),
                     window_start: c.window_start,
                     window_end: c.window_end,
-                    slice: c.slice.clone(),
+                    slice: c.slice.to_string(),
                     clicks: c.clicks,
                     impressions: c.impressions,
                     revision: c.revision,
@@ -69,7 +69,7 @@ pub fn pending_from_pb(p: pb::PendingEpoch) -> Result<Vec<OutputRecord>> {
             .collect::<Result<Vec<_>, _>>()
             .context("decoding saved output (version 1)");
     }
-    let (epoch, producer) = (p.epoch, p.producer);
+    let (epoch, producer): (u64, std::sync::Arc<str>) = (p.epoch, p.producer.into());
     p.typed
         .into_iter()
         .map(|r| {
@@ -79,7 +79,7 @@ pub fn pending_from_pb(p: pb::PendingEpoch) -> Result<Vec<OutputRecord>> {
                         ad_id: c.ad_id,
                         window_start: c.window_start,
                         window_end: c.window_end,
-                        slice: c.slice,
+                        slice: c.slice.into(),
                         clicks: c.clicks,
                         impressions: c.impressions,
                         revision: c.revision,
@@ -98,7 +98,7 @@ pub fn pending_from_pb(p: pb::PendingEpoch) -> Result<Vec<OutputRecord>> {
                             .collect(),
                         revision: t.revision,
                         epoch,
-                        producer: producer.clone(),
+                        producer: producer.to_string(),
                     }),
                     Kind::Side(s) => OutputRecord::Side(SideRecord {
                         topic: if s.topic == 0 {
@@ -108,7 +108,7 @@ pub fn pending_from_pb(p: pb::PendingEpoch) -> Result<Vec<OutputRecord>> {
                         },
                         payload: s.payload,
                         headers: s.header_keys.into_iter().zip(s.header_values).collect(),
-                        producer: producer.clone(),
+                        producer: producer.to_string(),
                         epoch,
                         seq: s.seq,
                     }),

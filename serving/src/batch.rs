@@ -103,7 +103,7 @@ impl BatchBuilder {
                     impressions: int(c.impressions, "impressions")?,
                     epoch: int(c.epoch, "epoch")?,
                     revision: i64::from(c.revision),
-                    slice: c.slice,
+                    slice: c.slice.to_string(),
                     ad_id: c.ad_id,
                 };
                 self.latest = self.latest.max(Some(c.window_end));

@@ -168,7 +168,7 @@ fn records_for(rng: &mut ChaCha8Rng, counts: &CountTruth, top: &TopTruth) -> Vec
                 ad_id: ad.clone(),
                 window_start: *ws,
                 window_end: ws + MINUTE,
-                slice: slice.clone(),
+                slice: slice.as_str().into(),
                 clicks: clicks as u64,
                 impressions: imps as u64,
                 revision,

@@ -57,7 +57,7 @@ impl Counts {
         let set: BTreeSet<_> = self
             .all
             .iter()
-            .filter(|c| c.ad_id == ad && c.window_start == start && c.slice == slice)
+            .filter(|c| c.ad_id == ad && c.window_start == start && &*c.slice == slice)
             .map(|c| (c.revision, c.clicks, c.impressions))
             .collect();
         set.into_iter().collect()
@@ -68,7 +68,7 @@ impl Counts {
         let mut best: HashMap<(String, i64, String), (u32, u64, u64)> = HashMap::new();
         for c in &self.all {
             let e = best
-                .entry((c.ad_id.clone(), c.window_start, c.slice.clone()))
+                .entry((c.ad_id.clone(), c.window_start, c.slice.to_string()))
                 .or_insert((c.revision, c.clicks, c.impressions));
             if c.revision > e.0 {
                 *e = (c.revision, c.clicks, c.impressions);

@@ -10,6 +10,7 @@
 use hashbrown::HashTable;
 use smol_str::SmolStr;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 /// Seeded once per dictionary; foldhash is far faster than SipHash on short
 /// ids, and the random seed keeps adversarial ids from colliding on purpose.
@@ -136,17 +137,18 @@ impl AdDict {
 /// and they recur in every window, so they are never freed.
 #[derive(Clone, Debug, Default)]
 pub(super) struct SliceDict {
-    names: Vec<String>,
+    /// Shared with the count records that name them.
+    names: Vec<Arc<str>>,
 }
 
 impl SliceDict {
     /// The id of `name`, adding it if it is new. A linear scan: a job has a
     /// handful of slices, and this beats hashing for that size.
     pub(super) fn intern(&mut self, name: &str) -> u32 {
-        if let Some(i) = self.names.iter().position(|n| n == name) {
+        if let Some(i) = self.names.iter().position(|n| &**n == name) {
             return i as u32;
         }
-        self.names.push(name.to_owned());
+        self.names.push(name.into());
         (self.names.len() - 1) as u32
     }
 
@@ -155,9 +157,14 @@ impl SliceDict {
         &self.names[id as usize]
     }
 
+    /// The slice name behind `id`, shared (a count record's).
+    pub(super) fn shared(&self, id: u32) -> Arc<str> {
+        self.names[id as usize].clone()
+    }
+
     /// Every slice name, indexed by id.
-    pub(super) fn names(&self) -> &[String] {
-        &self.names
+    pub(super) fn names(&self) -> Vec<String> {
+        self.names.iter().map(|n| n.to_string()).collect()
     }
 
     /// Number of slices seen.

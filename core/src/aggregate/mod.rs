@@ -14,6 +14,7 @@ use crate::output::CountRecord;
 use crate::partials::{CheckedPartials, PartialRef};
 use crate::topn::{top_n, AdClicks};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 mod adset;
 mod cells;
@@ -379,13 +380,14 @@ impl AggregateState {
         let Some(win) = self.windows.get_mut(&start) else {
             return;
         };
-        let (ads, slices, producer) = (&self.ads, &self.slices, &self.settings.producer);
+        let (ads, slices) = (&self.ads, &self.slices);
+        let producer: Arc<str> = self.settings.producer.as_str().into();
         win.emit(only_dirty, |c| {
             out.push(CountRecord {
                 ad_id: ads.name(c.ad).to_owned(),
                 window_start: start,
                 window_end: start + w,
-                slice: slices.name(c.slice).to_owned(),
+                slice: slices.shared(c.slice),
                 clicks: c.clicks,
                 impressions: c.impressions,
                 revision: c.revision,

@@ -233,12 +233,12 @@ impl ReferenceState {
                     ad_id: ad_id.clone(),
                     window_start: start,
                     window_end: start + w,
-                    slice: e.slice.clone(),
+                    slice: e.slice.as_str().into(),
                     clicks: e.counts.clicks,
                     impressions: e.counts.impressions,
                     revision: e.counts.revision,
                     epoch: 0,
-                    producer: self.settings.producer.clone(),
+                    producer: self.settings.producer.as_str().into(),
                 });
             }
         }

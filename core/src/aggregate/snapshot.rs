@@ -155,7 +155,7 @@ impl AggregateState {
             held: self.windows.keys().copied().collect(),
             windows: self.windows.clone(),
             ad_names: self.ads.names().to_vec(),
-            slice_names: self.slices.names().to_vec(),
+            slice_names: self.slices.names(),
         }
     }
 
@@ -178,7 +178,7 @@ impl AggregateState {
             held: self.windows.keys().copied().collect(),
             windows,
             ad_names: self.ads.names().to_vec(),
-            slice_names: self.slices.names().to_vec(),
+            slice_names: self.slices.names(),
         }
     }
 

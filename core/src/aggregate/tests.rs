@@ -64,7 +64,7 @@ fn late_within_lateness_reemits_with_next_revision() {
     s.apply(vec![part("a", 0, 2, &[])]);
     s.advance(W + 10);
     let out = s.apply(vec![part("a", 0, 1, &[])]);
-    let star = out.counts.iter().find(|c| c.slice == "*").unwrap();
+    let star = out.counts.iter().find(|c| &*c.slice == "*").unwrap();
     assert_eq!((star.clicks, star.revision), (3, 1));
     assert!(out
         .top
@@ -93,7 +93,7 @@ fn duplicates_are_dropped_and_counted() {
     let out = s.apply(vec![part("a", 0, 0, &[1, 2]), part("a", 0, 0, &[2, 3])]);
     assert_eq!(out.duplicates, 1);
     let out = s.advance(W);
-    let star = out.counts.iter().find(|c| c.slice == "*").unwrap();
+    let star = out.counts.iter().find(|c| &*c.slice == "*").unwrap();
     assert_eq!(star.clicks, 3);
 }
 
@@ -179,7 +179,7 @@ fn ads_beyond_the_window_limit_go_to_the_dlq_and_stay_out() {
     assert_eq!(out.overflow.len(), 1);
     assert_eq!(s.cells(), 3);
     let closed = s.advance(W);
-    let star: Vec<_> = closed.counts.iter().filter(|c| c.slice == "*").collect();
+    let star: Vec<_> = closed.counts.iter().filter(|c| &*c.slice == "*").collect();
     assert_eq!(star.len(), 2);
     assert!(star.iter().any(|c| c.ad_id == "a" && c.clicks == 2));
     assert!(star.iter().all(|c| c.ad_id != "c"));
