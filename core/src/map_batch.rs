@@ -11,6 +11,7 @@ use crate::keygroup::key_group_of;
 use crate::partials::{PackedBuilder, PackedPartials, PartialRef, SliceNames};
 use crate::slice::Slicer;
 use crate::window::window_start;
+use smol_str::SmolStr;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -50,7 +51,8 @@ impl PartialCount {
 #[derive(Default)]
 struct Group {
     window_start: i64,
-    country: String,
+    /// Inline (no allocation) for any real country code.
+    country: SmolStr,
     mask: u64,
     counts: PartialCount,
 }
@@ -63,7 +65,8 @@ pub struct MapBatcher {
     owners: Arc<Vec<u32>>,
     num_aggregates: usize,
     dedup: DedupMode,
-    groups: HashMap<String, Vec<Group>, foldhash::fast::RandomState>,
+    /// By ad id, inline (no allocation) up to 23 bytes.
+    groups: HashMap<SmolStr, Vec<Group>, foldhash::fast::RandomState>,
     singles: Vec<PartialCount>,
     events: usize,
     /// Slice names by country, then filter mask: built once, not once per
@@ -154,11 +157,15 @@ impl MapBatcher {
             self.singles.push(p);
             return;
         }
-        // The id and the country are copied (or, owned, moved) only when
-        // they start a new group.
+        // The id and the country are copied only when they start a new
+        // group, inline (no allocation) when short, as they nearly always
+        // are.
         let groups = match self.groups.get_mut(e.ad_id.as_ref()) {
             Some(groups) => groups,
-            None => self.groups.entry(e.ad_id.into()).or_default(),
+            None => self
+                .groups
+                .entry(SmolStr::new(e.ad_id.as_ref()))
+                .or_default(),
         };
         let country = e.country.as_ref();
         let idx = match groups
@@ -169,7 +176,7 @@ impl MapBatcher {
             None => {
                 groups.push(Group {
                     window_start: ws,
-                    country: e.country.into(),
+                    country: SmolStr::new(e.country.as_ref()),
                     mask,
                     counts: PartialCount::default(),
                 });
@@ -195,19 +202,13 @@ impl MapBatcher {
         let (owners, num_key_groups, num_aggregates) =
             (&self.owners, self.num_key_groups, self.num_aggregates);
         // `drain` keeps the map's capacity for the next batch.
-        for (mut ad, groups) in self.groups.drain() {
+        for (ad, groups) in self.groups.drain() {
             let owner = owner_index(owners, num_key_groups, num_aggregates, &ad);
-            let last = groups.len().saturating_sub(1);
-            for (i, g) in groups.into_iter().enumerate() {
+            for g in groups {
                 let mut p = g.counts;
                 p.slices = self.slicer.slices(&g.country, g.mask);
                 p.window_start = g.window_start;
-                // Copy the id for all but the last group, which takes it.
-                p.ad_id = if i == last {
-                    std::mem::take(&mut ad)
-                } else {
-                    ad.clone()
-                };
+                p.ad_id = ad.to_string();
                 out[owner].push(p);
             }
         }
