@@ -14,6 +14,13 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// mimalloc keeps freed memory mapped for reuse. A checkpoint copies the
+/// windows that changed (over 100 MB at 2M ads), and glibc's allocator maps
+/// and zero-fills every such copy afresh: the page faults were most of the
+/// time an Aggregate is paused at a barrier (BENCHMARKS.md, session 20).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "adclick",

@@ -5,6 +5,12 @@
 //! Everything here is pure (no I/O), so the criterion benchmark in
 //! `benches/core_path.rs` and a profiler see exactly the same work.
 
+/// The allocator the `adclick` binary runs with, so that every benchmark
+/// and its baseline measure the work a node does (a `#[global_allocator]`
+/// in this library applies to each benchmark binary that links it).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[cfg(feature = "e2e")]
 pub mod e2e;
 #[cfg(feature = "e2e")]
