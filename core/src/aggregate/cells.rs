@@ -71,15 +71,11 @@ impl Cell {
     }
 }
 
-/// One window held by an Aggregate actor.
+/// The cells, dedup keys and ads of one window (held through
+/// [`super::window::Window`], which shares it copy-on-write with
+/// checkpoints).
 #[derive(Clone, Debug, Default)]
-pub(super) struct Window {
-    /// The watermark passed its end: its counts were emitted.
-    pub closed: bool,
-    /// Changed since the last checkpoint froze it: an incremental snapshot
-    /// writes only such windows and references the others. Every `&mut`
-    /// method sets it, so no mutation can be missed.
-    changed: bool,
+pub(super) struct WindowCells {
     cells: Vec<Cell>,
     /// Positions in `cells`, hashed by (ad, slice).
     index: HashTable<u32>,
@@ -92,14 +88,14 @@ pub(super) struct Window {
     seen: HashSet<[u32; 3], Hasher>,
     /// Full counts of the cells flagged wide, by (ad, slice).
     wide: HashMap<u64, (u64, u64), Hasher>,
-    /// What a restore added without indexing it (see [`Window::restore_bulk`]).
+    /// What a restore added without indexing it (see [`WindowCells::restore_bulk`]).
     unindexed: Option<Box<Unindexed>>,
     hasher: Hasher,
 }
 
 /// Restored dedup keys whose hash set is not built yet; the restored cells
-/// are in `Window::cells`, missing from its index, and the restored ads in
-/// `Window::ads` (a bitmap costs nothing to fill).
+/// are in `WindowCells::cells`, missing from its index, and the restored ads in
+/// `WindowCells::ads` (a bitmap costs nothing to fill).
 ///
 /// A rescale restores a few million cells at once, and building the three
 /// hash tables of every window was most of that work. Most restored
@@ -122,30 +118,21 @@ fn key(ad: u32, slice: u32) -> u64 {
     (u64::from(slice) << 32) | u64::from(ad)
 }
 
-impl Window {
-    /// An empty window.
-    pub(super) fn new(closed: bool) -> Self {
+impl WindowCells {
+    /// A read-only copy for a checkpoint: everything but the table of
+    /// cell positions, which only lookups need and which a snapshot never
+    /// reads (a fifth of the copy at a barrier). Nothing may add to the
+    /// copy; [`super::FrozenAggregate`] only reads its windows.
+    pub(super) fn frozen_copy(&self) -> Self {
         Self {
-            closed,
-            changed: true,
-            ..Self::default()
+            cells: self.cells.clone(),
+            index: HashTable::new(),
+            ads: self.ads.clone(),
+            seen: self.seen.clone(),
+            wide: self.wide.clone(),
+            unindexed: self.unindexed.clone(),
+            hasher: self.hasher.clone(),
         }
-    }
-
-    /// Marks the window closed (its counts are being emitted).
-    pub(super) fn close(&mut self) {
-        self.closed = true;
-        self.changed = true;
-    }
-
-    /// Whether the window changed since [`Window::take_changed`] last ran.
-    pub(super) fn is_changed(&self) -> bool {
-        self.changed
-    }
-
-    /// Clears the changed mark, returning what it was (at a checkpoint).
-    pub(super) fn take_changed(&mut self) -> bool {
-        std::mem::replace(&mut self.changed, false)
     }
 
     /// Whether `ad` has any cell or dedup key here.
@@ -160,7 +147,6 @@ impl Window {
 
     /// Records that `ad` is held; true the first time.
     pub(super) fn add_ad(&mut self, ad: u32) -> bool {
-        self.changed = true;
         self.ads.insert(ad)
     }
 
@@ -172,7 +158,6 @@ impl Window {
     /// Records a dedup key of `ad`; true if it is new (the event counts).
     pub(super) fn see(&mut self, ad: u32, dedup_key: u64) -> bool {
         self.index_now();
-        self.changed = true;
         self.seen.insert(seen_entry(ad, dedup_key))
     }
 
@@ -185,7 +170,7 @@ impl Window {
             .map(|e| (e[0], u64::from(e[1]) | (u64::from(e[2]) << 32)))
     }
 
-    /// Whether [`Window::restore_bulk`] may add to this window: it holds
+    /// Whether [`WindowCells::restore_bulk`] may add to this window: it holds
     /// nothing but what earlier bulk restores added.
     pub(super) fn takes_bulk(&self) -> bool {
         let bulk_ads = self.unindexed.as_ref().map_or(0, |u| u.ads);
@@ -195,7 +180,7 @@ impl Window {
     /// Adds restored ads, cells and dedup keys without indexing them. The
     /// caller guarantees what one restore of one key group guarantees: the
     /// ads are new to this window and distinct, and so are the cells' (ad,
-    /// slice) pairs; and that [`Window::takes_bulk`] holds.
+    /// slice) pairs; and that [`WindowCells::takes_bulk`] holds.
     pub(super) fn restore_bulk(
         &mut self,
         ads: impl Iterator<Item = u32>,
@@ -203,7 +188,6 @@ impl Window {
         seen: impl Iterator<Item = (u32, u64)>,
     ) {
         debug_assert!(self.takes_bulk());
-        self.changed = true;
         let u = self.unindexed.get_or_insert_with(Box::default);
         for ad in ads {
             u.ads += usize::from(self.ads.insert(ad));
@@ -222,16 +206,12 @@ impl Window {
         let Some(u) = self.unindexed.take() else {
             return;
         };
-        // Indexing changes no content: a lookup must not make the next
-        // checkpoint write the window again.
-        let changed = self.changed;
         self.seen.extend(u.seen);
         let restored = std::mem::take(&mut self.cells);
         self.cells.reserve(restored.len());
         for c in restored {
             *self.cell(c.ad, c.slice) = c;
         }
-        self.changed = changed;
     }
 
     /// Adds counts to the cell of (ad, slice), creating it if missing,
@@ -269,7 +249,6 @@ impl Window {
     /// if missing.
     fn position(&mut self, ad: u32, slice: u32) -> usize {
         self.index_now();
-        self.changed = true;
         let k = key(ad, slice);
         let hash = self.hasher.hash_one(k);
         let cells = &self.cells;
@@ -325,7 +304,6 @@ impl Window {
     /// `only_dirty`): each is handed to `emit` as it is now, and is no
     /// longer dirty.
     pub(super) fn emit(&mut self, only_dirty: bool, mut emit: impl FnMut(CellValue)) {
-        self.changed = true;
         for c in &mut self.cells {
             if only_dirty {
                 if c.meta & DIRTY == 0 {
@@ -399,6 +377,7 @@ fn write(c: &mut Cell, wide: &mut HashMap<u64, (u64, u64), Hasher>, v: &CellValu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregate::window::Window;
 
     #[test]
     fn a_cell_is_found_again_and_stays_small() {

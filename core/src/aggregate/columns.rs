@@ -236,7 +236,7 @@ impl FrozenAggregate {
         let mut at: FastMap<u32, (u32, u32)> =
             FastMap::with_capacity_and_hasher(win.ad_count(), Default::default());
         for ad in win.ads() {
-            let name = self.ad_names[ad as usize].as_str();
+            let name = self.ad_names.get(ad).as_str();
             let kg = key_group_of(name, key_groups).0;
             let g = *group_at.entry(kg).or_insert_with(|| {
                 groups.push(ColumnParts {

@@ -7,6 +7,7 @@
 //! last window holding it expires, so the dictionary follows the held state
 //! instead of growing with every ad ever seen.
 
+use super::names::SharedNames;
 use hashbrown::HashTable;
 use smol_str::SmolStr;
 use std::hash::BuildHasher;
@@ -19,12 +20,12 @@ type Hasher = foldhash::fast::RandomState;
 /// Dense ids for ad ids, reference-counted by the windows holding them.
 ///
 /// Names are `SmolStr`: ids up to 23 bytes (all real ones) sit inline, with
-/// no allocation of their own, and longer ones are shared, so a checkpoint
-/// freezes the dictionary by copying it ([`AdDict::names`]) without
-/// allocating a string.
+/// no allocation of their own, and longer ones are shared. They are kept in
+/// copy-on-write chunks, so a checkpoint freezes the dictionary
+/// ([`AdDict::names`]) by sharing them.
 #[derive(Clone, Debug, Default)]
 pub(super) struct AdDict {
-    names: Vec<SmolStr>,
+    names: SharedNames,
     /// Windows holding each ad; 0 means the slot is free.
     refs: Vec<u32>,
     free: Vec<u32>,
@@ -39,7 +40,7 @@ impl AdDict {
     pub(super) fn get(&self, name: &str) -> Option<u32> {
         let hash = self.hasher.hash_one(name);
         self.index
-            .find(hash, |&i| &*self.names[i as usize] == name)
+            .find(hash, |&i| &**self.names.get(i) == name)
             .copied()
     }
 
@@ -54,16 +55,13 @@ impl AdDict {
     pub(super) fn intern_str(&mut self, name: &str) -> u32 {
         let hash = self.hasher.hash_one(name);
         let names = &self.names;
-        let found = self
-            .index
-            .find(hash, |&i| &*names[i as usize] == name)
-            .copied();
+        let found = self.index.find(hash, |&i| &**names.get(i) == name).copied();
         if let Some(id) = found {
             return id;
         }
         let id = match self.free.pop() {
             Some(id) => {
-                self.names[id as usize] = SmolStr::new(name);
+                self.names.replace(id, SmolStr::new(name));
                 id
             }
             None => {
@@ -74,7 +72,7 @@ impl AdDict {
         };
         let (names, hasher) = (&self.names, &self.hasher);
         self.index
-            .insert_unique(hash, id, |&i| hasher.hash_one(&*names[i as usize]));
+            .insert_unique(hash, id, |&i| hasher.hash_one(&**names.get(i)));
         id
     }
 
@@ -93,7 +91,7 @@ impl AdDict {
         if *r > 0 {
             return;
         }
-        let name = std::mem::replace(&mut self.names[id as usize], self.empty.clone());
+        let name = self.names.replace(id, self.empty.clone());
         let hash = self.hasher.hash_one(&*name);
         if let Ok(entry) = self.index.find_entry(hash, |&i| i == id) {
             entry.remove();
@@ -103,12 +101,13 @@ impl AdDict {
 
     /// The ad id behind `id`.
     pub(super) fn name(&self, id: u32) -> &str {
-        &self.names[id as usize]
+        self.names.get(id)
     }
 
-    /// Every slot's name (free slots hold an empty name), indexed by id.
-    pub(super) fn names(&self) -> &[SmolStr] {
-        &self.names
+    /// Every slot's name (free slots hold an empty name), indexed by id,
+    /// sharing its chunks with the dictionary.
+    pub(super) fn names(&self) -> SharedNames {
+        self.names.clone()
     }
 
     /// Ads currently interned (held by at least one window, or just added).
@@ -126,7 +125,7 @@ impl AdDict {
             .map(|n| n.len() + 16)
             .sum();
         names
-            + self.names.capacity() * std::mem::size_of::<SmolStr>()
+            + self.names.slot_bytes()
             + self.refs.capacity() * 4
             + self.free.capacity() * 4
             + self.index.capacity() * 5

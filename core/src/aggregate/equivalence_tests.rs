@@ -257,3 +257,29 @@ fn a_frozen_copy_does_not_see_later_changes() {
     assert_eq!(normalized_snapshot(frozen.snapshot()), at_barrier);
     assert_eq!(frozen.cells(), 2);
 }
+
+#[test]
+fn a_frozen_closed_window_keeps_its_counts_when_a_late_event_revises_it() {
+    let mut s = AggregateState::new(settings());
+    let part = |ad: &str, window_start, clicks, key| PartialCount {
+        ad_id: ad.into(),
+        window_start,
+        slices: vec!["*".into()],
+        clicks,
+        click_keys: vec![key],
+        ..Default::default()
+    };
+    s.apply(vec![part("a", 0, 1, 1), part("b", 0, 2, 2)]);
+    s.apply(vec![part("a", W, 1, 3)]);
+    // The first window closes (its lateness still admits late events).
+    s.advance(W + 1);
+    let at_barrier = normalized_snapshot(s.snapshot());
+    let frozen = s.freeze_changed(|_| false);
+    assert_eq!(frozen.copied_windows(), 2);
+    // A late event to the closed window, and more to the open one.
+    s.apply(vec![part("a", 0, 4, 4), part("c", W, 1, 5)]);
+    assert_ne!(normalized_snapshot(s.snapshot()), at_barrier);
+    assert_eq!(normalized_snapshot(frozen.snapshot()), at_barrier);
+    // The next incremental freeze writes both windows again.
+    assert_eq!(s.freeze_changed(|_| true).copied_windows(), 2);
+}

@@ -20,16 +20,19 @@ mod adset;
 mod cells;
 mod columns;
 mod dict;
+mod names;
 mod running;
 mod side;
 mod snapshot;
-use cells::{CellValue, Window};
+mod window;
+use cells::CellValue;
 pub use columns::{ColumnParts, WindowColumns};
 use dict::{AdDict, SliceDict};
 use running::{sum_windows, RunningSums};
 use side::{late_event, overflow_event};
 pub use side::{PartialSummary, SideEvent};
 pub use snapshot::{AggregateSnapshot, CellSnapshot, FrozenAggregate};
+use window::Window;
 
 /// Static settings of an Aggregate actor.
 #[derive(Clone, Debug)]

@@ -9,7 +9,7 @@
 //! and windows expiring while still inside it update the sums directly, so
 //! they stay equal to a recomputation (the property test checks this).
 
-use super::cells::Window;
+use super::window::Window;
 use super::FastMap;
 use std::collections::BTreeMap;
 

@@ -1,8 +1,8 @@
 //! Snapshot and restore of the Aggregate state, split so that any new
 //! key-group assignment can restore any subset of it.
 
+use super::names::SharedNames;
 use super::{AggregateSettings, AggregateState, CellValue, Counts, FastMap, Window, WindowColumns};
-use smol_str::SmolStr;
 use std::collections::BTreeMap;
 
 /// Saved state of one (ad, window): per-slice counts and the dedup keys.
@@ -36,10 +36,12 @@ pub struct AggregateSnapshot {
 /// A copy of an Aggregate's state at a barrier, taken cheaply so the actor
 /// can go on while the copy is encoded and written elsewhere.
 ///
-/// Freezing copies the flat windows (vectors and tables of plain integers)
-/// and the dictionary's inline names, never allocating a string: at 2M ads it is a
-/// memory copy, where building the string snapshot took seconds inside the
-/// actor. It costs a second copy of the state until the write finishes.
+/// Freezing copies the flat windows (vectors and tables of plain integers,
+/// without the position tables only lookups need) and shares the
+/// dictionary's names copy-on-write, never allocating a string: at 2M ads
+/// it is a memory copy, where building the string snapshot took seconds
+/// inside the actor. It costs a second copy of the changed windows until
+/// the write finishes.
 /// An incremental freeze ([`AggregateState::freeze_changed`]) copies only
 /// the windows that changed since the last one.
 #[derive(Clone, Debug)]
@@ -50,7 +52,7 @@ pub struct FrozenAggregate {
     held: Vec<i64>,
     /// The windows copied (all of them for a full freeze).
     pub(super) windows: BTreeMap<i64, Window>,
-    pub(super) ad_names: Vec<SmolStr>,
+    pub(super) ad_names: SharedNames,
     pub(super) slice_names: Vec<String>,
 }
 
@@ -119,7 +121,7 @@ impl FrozenAggregate {
         for ad in win.ads() {
             at.insert(ad, cells.len());
             cells.push(CellSnapshot {
-                ad_id: self.ad_names[ad as usize].to_string(),
+                ad_id: self.ad_names.get(ad).to_string(),
                 window_start: start,
                 slices: Vec::new(),
                 seen: Vec::new(),
@@ -153,8 +155,12 @@ impl AggregateState {
             watermark: self.watermark,
             last_boundary: self.last_boundary,
             held: self.windows.keys().copied().collect(),
-            windows: self.windows.clone(),
-            ad_names: self.ads.names().to_vec(),
+            windows: self
+                .windows
+                .iter()
+                .map(|(start, win)| (*start, win.frozen_copy()))
+                .collect(),
+            ad_names: self.ads.names(),
             slice_names: self.slices.names(),
         }
     }
@@ -169,7 +175,7 @@ impl AggregateState {
         for (start, win) in &mut self.windows {
             let changed = win.take_changed();
             if changed || !written(*start) {
-                windows.insert(*start, win.clone());
+                windows.insert(*start, win.frozen_copy());
             }
         }
         FrozenAggregate {
@@ -177,7 +183,7 @@ impl AggregateState {
             last_boundary: self.last_boundary,
             held: self.windows.keys().copied().collect(),
             windows,
-            ad_names: self.ads.names().to_vec(),
+            ad_names: self.ads.names(),
             slice_names: self.slices.names(),
         }
     }
