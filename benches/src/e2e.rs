@@ -226,14 +226,29 @@ pub fn checkpoints(log: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// One actor's stop for one checkpoint, in microseconds.
+pub struct Pause {
+    /// Wall time the actor stopped.
+    pub wall: u64,
+    /// Of which freezing its state (the rest is forwarding the barrier).
+    pub freeze: u64,
+    /// CPU the freeze used (less than `freeze` when it waited for a core).
+    pub freeze_cpu: Option<u64>,
+}
+
 /// How long each actor of `kind` (`map`, `aggregate`, `reduce`) stopped
-/// for a checkpoint, and how much of it was freezing its state (the rest
-/// is forwarding the barrier), in microseconds, from the nodes' log lines.
-pub fn checkpoint_pauses_us(log: &str, kind: &str) -> Vec<(u64, u64)> {
+/// for a checkpoint, from the nodes' log lines.
+pub fn checkpoint_pauses_us(log: &str, kind: &str) -> Vec<Pause> {
     let actor = format!("actor={kind}-");
     log.lines()
         .filter(|l| l.contains("checkpoint state frozen") && l.contains(&actor))
-        .filter_map(|l| Some((field(l, "pause_us=")?, field(l, "freeze_us=")?)))
+        .filter_map(|l| {
+            Some(Pause {
+                wall: field(l, "pause_us=")?,
+                freeze: field(l, "freeze_us=")?,
+                freeze_cpu: field(l, "freeze_cpu_us="),
+            })
+        })
         .collect()
 }
 

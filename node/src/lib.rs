@@ -17,6 +17,7 @@ pub mod pending_codec;
 pub mod routing;
 pub mod snapshot_codec;
 pub mod telemetry;
+pub mod thread_cpu;
 
 use adclick_proto::cluster::node_server::NodeServer;
 use adclick_proto::dataflow::data_plane_server::DataPlaneServer;

@@ -534,18 +534,22 @@ fn report(
         if pauses.is_empty() {
             continue;
         }
-        let paused: Vec<u64> = pauses.iter().map(|p| p.0).collect();
-        let frozen: Vec<u64> = pauses.iter().map(|p| p.1).collect();
+        let paused: Vec<u64> = pauses.iter().map(|p| p.wall).collect();
+        let frozen: Vec<u64> = pauses.iter().map(|p| p.freeze).collect();
+        let cpu: Vec<u64> = pauses.iter().filter_map(|p| p.freeze_cpu).collect();
         let (min, med, _, max) = stats(&paused);
         let (_, fmed, _, fmax) = stats(&frozen);
+        let (_, cmed, _, cmax) = stats(&cpu);
         println!(
-            "{kind} paused per checkpoint ({} snapshots): min {:.1} / median {:.1} / max {:.1} ms; freezing median {:.1} / max {:.1} ms, the rest forwarding the barrier",
+            "{kind} paused per checkpoint ({} snapshots): min {:.1} / median {:.1} / max {:.1} ms; freezing median {:.1} / max {:.1} ms, the rest forwarding the barrier; CPU used freezing median {:.1} / max {:.1} ms, the rest of the freeze waiting for a core",
             pauses.len(),
             min / 1e3,
             med / 1e3,
             max / 1e3,
             fmed / 1e3,
-            fmax / 1e3
+            fmax / 1e3,
+            cmed / 1e3,
+            cmax / 1e3
         );
     }
 }

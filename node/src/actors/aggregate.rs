@@ -217,11 +217,15 @@ impl Actor for Aggregate {
         cmd: &CheckpointCmd,
         previous: Written,
     ) -> Result<Encode<Written>> {
+        let started = std::time::Instant::now();
         let pending = self.output.on_barrier(cmd.epoch)?;
+        let output_us = started.elapsed().as_micros() as u64;
         let frozen = self
             .state
             .freeze_changed(|start| previous.has_window(start));
         tracing::debug!(
+            output_us,
+            state_us = started.elapsed().as_micros() as u64 - output_us,
             actor = %self.actor,
             epoch = cmd.epoch,
             cells = frozen.cells(),

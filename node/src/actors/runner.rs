@@ -306,12 +306,17 @@ impl<W: Default + Send + 'static> Checkpoints<W> {
                 .record(waited.elapsed().as_secs_f64() * 1e3);
         }
         let paused = Instant::now();
+        let (thread, cpu) = (std::thread::current().id(), crate::thread_cpu::now());
         let previous = std::mem::take(&mut self.written);
         let encode = actor
             .on_barrier(cmd, previous)
             .instrument(span.clone())
             .await?;
         let frozen = paused.elapsed();
+        // The freeze's own CPU, if it ran on one thread (it does not
+        // yield): the rest of its wall time was spent waiting for a core.
+        let freeze_cpu = (std::thread::current().id() == thread)
+            .then(|| crate::thread_cpu::now().saturating_sub(cpu).as_micros() as u64);
         let barrier = Body::Barrier(Barrier {
             epoch: cmd.epoch,
             traceparent: cmd.traceparent.clone(),
@@ -326,6 +331,7 @@ impl<W: Default + Send + 'static> Checkpoints<W> {
             epoch = cmd.epoch,
             pause_us = pause.as_micros() as u64,
             freeze_us = frozen.as_micros() as u64,
+            freeze_cpu_us = freeze_cpu,
             "checkpoint state frozen; encoding and writing it off the actor"
         );
         let write = write(ctx, cmd.epoch, encode, alignment_ms);
