@@ -265,6 +265,10 @@ struct PipelineRun {
     secs: f64,
     /// CPU seconds per cluster process over the same interval.
     cpu: Vec<(String, f64)>,
+    /// CPU seconds per cluster process from the first record read to the
+    /// last output record (the closing windows' output and the idle wait
+    /// for the last window to close included).
+    cpu_to_last_output: Vec<(String, f64)>,
     /// Records per second between 10 % and 90 % of the input: insensitive
     /// to when the first counter sample lands and to the tail.
     steady: f64,
@@ -318,22 +322,27 @@ fn wait_for_pipeline(
         if seen >= records {
             let f = first.expect("set above");
             let secs = f.elapsed().as_secs_f64();
-            let cpu = cpu_secs(&run_dir.join("pids"))
-                .into_iter()
-                .map(|(name, end)| {
-                    let start = cpu_at_first
-                        .iter()
-                        .find(|(n, _)| *n == name)
-                        .map_or(0.0, |(_, s)| *s);
-                    (name, end - start)
-                })
-                .collect();
+            let since_first = |at_end: Vec<(String, f64)>| -> Vec<(String, f64)> {
+                at_end
+                    .into_iter()
+                    .map(|(name, end)| {
+                        let start = cpu_at_first
+                            .iter()
+                            .find(|(n, _)| *n == name)
+                            .map_or(0.0, |(_, s)| *s);
+                        (name, end - start)
+                    })
+                    .collect()
+            };
+            let cpu = since_first(cpu_secs(&run_dir.join("pids")));
             let (last_output, cells) = wait_for_output(base, nodes, settle);
+            let cpu_to_last_output = since_first(cpu_secs(&run_dir.join("pids")));
             return Ok(PipelineRun {
                 startup: f.duration_since(started).as_secs_f64(),
                 secs,
                 steady: steady_rate(&samples, records),
                 cpu,
+                cpu_to_last_output,
                 to_last_output: last_output.duration_since(f).as_secs_f64(),
                 peak_cells: peak_cells.max(cells),
             });
@@ -516,6 +525,16 @@ fn report(
         .map(|(n, s)| format!("{n} {s:.1}s"))
         .collect();
     println!("cpu: {}", cpu_list.join(", "));
+    let total: f64 = run.cpu_to_last_output.iter().map(|(_, s)| s).sum();
+    let cpu_list: Vec<String> = run
+        .cpu_to_last_output
+        .iter()
+        .map(|(n, s)| format!("{n} {s:.1}s"))
+        .collect();
+    println!(
+        "cpu to last output: {} (total {total:.1}s)",
+        cpu_list.join(", ")
+    );
     println!("deployments             {deployments}  (more than 1 means a redeploy re-read input: the run is not valid)");
     let cps = checkpoints(log);
     if !cps.is_empty() {
