@@ -27,18 +27,28 @@ pub fn now() -> Duration {
 
 #[cfg(test)]
 mod tests {
+    /// Fixed work, not a fixed time: the test compares what the clock
+    /// charged for it against what it charged for sleeping, in one run.
+    fn busy(iterations: u64) -> u64 {
+        let mut x = 0u64;
+        for i in 0..iterations {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+        x
+    }
+
     #[test]
-    fn grows_with_work_and_not_with_sleep() {
+    fn charges_work_and_not_sleep() {
         let start = super::now();
         std::thread::sleep(std::time::Duration::from_millis(50));
         let slept = super::now() - start;
-        let mut x = 0u64;
-        let spin = std::time::Instant::now();
-        while spin.elapsed() < std::time::Duration::from_millis(50) {
-            x = std::hint::black_box(x.wrapping_add(1));
-        }
-        let worked = super::now() - start - slept;
-        assert!(slept < std::time::Duration::from_millis(20), "{slept:?}");
-        assert!(worked > slept, "{worked:?} vs {slept:?}");
+        let before_work = super::now();
+        std::hint::black_box(busy(50_000_000));
+        let worked = super::now() - before_work;
+        assert!(worked > std::time::Duration::ZERO, "the clock did not move");
+        assert!(
+            worked > slept * 10,
+            "{worked:?} of work vs {slept:?} asleep"
+        );
     }
 }
