@@ -10,14 +10,51 @@ use anyhow::{bail, Context, Result};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (racy by nature, but good enough for tests).
+/// A free TCP port on 127.0.0.1, taken from *below* the kernel's ephemeral
+/// range. Tests kill servers and restart them on the same port; a port from
+/// the ephemeral range can meanwhile become the local end of some outgoing
+/// connection (or of a client's self-connect while it retries the stopped
+/// server), and the restart then cannot bind. Still racy against other
+/// processes picking ports, as any free-port helper is.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = non_ephemeral_ports();
+    let span = high.saturating_sub(low);
+    if span >= 1000 {
+        // Different processes start at different places in the range.
+        let seed = std::process::id().wrapping_mul(7919)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+        for _ in 0..256 {
+            let step = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = low + seed.wrapping_add(step.wrapping_mul(104_729)) % span;
+            let Ok(port) = u16::try_from(port) else {
+                continue;
+            };
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
+}
+
+/// Ports no outgoing connection is given: from 10000 up to the start of
+/// `net.ipv4.ip_local_port_range` (32768 when it cannot be read).
+fn non_ephemeral_ports() -> (u32, u32) {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    (10_000, ephemeral_start.min(65_536))
 }
 
 /// Where test runs keep their files: `$ADCLICK_TEST_RUNS`, or
@@ -196,15 +233,40 @@ impl Broker {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", kind.program()))?;
-        let broker = Self {
+        let mut broker = Self {
             child,
             bootstrap,
             dir: dir.to_owned(),
             persistent,
             kind,
         };
-        wait_for_port(&broker.bootstrap, Duration::from_secs(30))?;
+        broker.wait_listening(Duration::from_secs(30))?;
         Ok(broker)
+    }
+
+    /// Waits for the broker to accept connections; fails at once, with its
+    /// log's tail, if it exits first (say, because it could not bind).
+    fn wait_listening(&mut self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if TcpStream::connect(&self.bootstrap).is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log =
+                    std::fs::read_to_string(self.dir.join(format!("{}.log", self.kind.program())))
+                        .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                bail!(
+                    "{} on {} exited with {status} before listening; its log ends:\n{}",
+                    self.kind.program(),
+                    self.bootstrap,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("nothing listens on {} after {timeout:?}", self.bootstrap)
     }
 
     /// Kills the broker (SIGKILL) and waits for it to exit.
