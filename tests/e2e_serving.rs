@@ -147,7 +147,16 @@ fn writer_behind_live_cluster_matches_ground_truth_after_kill9() -> Result<()> {
         !differences(&at_kill, &truth).is_empty(),
         "the database was already complete when the writer was killed"
     );
-    let d = wait_for_database(&url, &truth, Duration::from_secs(120))?;
+    let d = wait_for_database(&url, &truth, Duration::from_secs(120));
+    // What the writer's gap re-reads did (serving/src/gaps.rs): records
+    // recovered there are ones the broker served a following reader late.
+    eprintln!(
+        "writer offset gaps {}, re-reads {}, records recovered {}",
+        metric(&writer_ops, "writer_offset_gaps_total") as u64,
+        metric(&writer_ops, "writer_gap_rereads_total") as u64,
+        metric(&writer_ops, "writer_gap_records_recovered_total") as u64
+    );
+    let d = d?;
     assert_eq!(
         d.counts.len(),
         truth.counts.len(),

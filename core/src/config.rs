@@ -314,6 +314,13 @@ pub struct WriterConfig {
     /// (exit with an error naming topic, partition and both offsets) or
     /// `reset` (read that partition from its start, logged and counted).
     pub on_offset_mismatch: OnOffsetMismatch,
+    /// Re-read every gap in a partition's offsets once, this long after it
+    /// was seen, and store no offset past it until then. The test brokers
+    /// can serve a following reader a later batch before an earlier one;
+    /// on Apache Kafka gaps are transaction markers and the re-read finds
+    /// nothing (`writer_gap_records_recovered_total` stays 0). 0 turns it
+    /// off.
+    pub recheck_gaps_after_ms: u64,
 }
 
 impl Default for WriterConfig {
@@ -325,6 +332,7 @@ impl Default for WriterConfig {
             ops_addr: "127.0.0.1:9640".into(),
             resume_rewind_records: 10_000,
             on_offset_mismatch: OnOffsetMismatch::Fail,
+            recheck_gaps_after_ms: 1_000,
         }
     }
 }

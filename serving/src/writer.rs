@@ -13,6 +13,7 @@
 
 use crate::batch::BatchBuilder;
 use crate::db::{self, Batch, Store};
+use crate::gaps::{GapTracker, Seen};
 use adclick_core::config::Config;
 use adclick_runtime::kafka;
 use adclick_runtime::ops::{self, Readiness};
@@ -78,6 +79,17 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<()> {
 
     // Records before these offsets were already applied (see `resume_rewind_records`).
     let resume = stored.clone();
+    let mut reader = Reader {
+        consumer: consumer.clone(),
+        topic: topic.clone(),
+        resume,
+        gaps: GapTracker::default(),
+        recheck_after: (cfg.writer.recheck_gaps_after_ms > 0)
+            .then(|| Duration::from_millis(cfg.writer.recheck_gaps_after_ms)),
+    };
+    for (p, o) in &stored {
+        reader.gaps.starts_at(*p, *o);
+    }
     let positions: Arc<Mutex<HashMap<i32, i64>>> = Arc::new(Mutex::new(stored));
     tokio::spawn(report_lag(
         consumer.clone(),
@@ -91,13 +103,17 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<()> {
     let max_records = cfg.writer.batch_max_records;
     let max_wait = Duration::from_millis(cfg.writer.batch_max_ms);
     while !shutdown.is_cancelled() {
-        let batch = collect(&consumer, &topic, &resume, max_records, max_wait, &shutdown).await;
+        let batch = reader.collect(max_records, max_wait, &shutdown).await;
         if batch.is_empty() {
+            reader.recheck_due_gaps().await;
             continue;
         }
         let superseded = batch.superseded();
         let records = batch.len();
-        let batch = batch.finish();
+        let mut batch = batch.finish();
+        for (p, next) in &mut batch.offsets {
+            *next = reader.gaps.storable(*p, *next);
+        }
         let span = tracing::info_span!(
             "batch",
             records,
@@ -113,6 +129,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<()> {
         if let Ok(mut pos) = positions.lock() {
             pos.extend(batch.offsets.iter().copied());
         }
+        reader.recheck_due_gaps().await;
     }
     tracing::info!("writer stopped");
     Ok(())
@@ -131,51 +148,116 @@ async fn assigned_partitions(cfg: &Config) -> Result<Vec<i32>> {
     Ok((0..n).collect())
 }
 
-/// Reads one batch: waits for a first record, then takes more until the
-/// batch is full or `max_wait` has passed since the first.
-async fn collect(
-    consumer: &StreamConsumer,
-    topic: &str,
-    resume: &HashMap<i32, i64>,
-    max_records: usize,
-    max_wait: Duration,
-    shutdown: &CancellationToken,
-) -> BatchBuilder {
-    let mut batch = BatchBuilder::new(topic);
-    let mut deadline: Option<tokio::time::Instant> = None;
-    while batch.len() < max_records {
-        let recv = consumer.recv();
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
-            m = recv => m,
-        };
-        match msg {
-            Ok(m) => {
-                if resume.get(&m.partition()).is_some_and(|r| m.offset() < *r) {
-                    metrics::counter!("writer_rewound_skipped_total").increment(1);
-                    continue;
+/// The consumer and what the writer knows about the offsets it read.
+struct Reader {
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    /// Records before these offsets were already applied (see
+    /// `resume_rewind_records`).
+    resume: HashMap<i32, i64>,
+    gaps: GapTracker,
+    /// `writer.recheck_gaps_after_ms`; `None` when 0 (gaps are not tracked).
+    recheck_after: Option<Duration>,
+}
+
+impl Reader {
+    /// Reads one batch: waits for a first record, then takes more until the
+    /// batch is full or `max_wait` has passed since the first. An idle
+    /// writer also returns, empty, when a gap is due for its re-read.
+    async fn collect(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+        shutdown: &CancellationToken,
+    ) -> BatchBuilder {
+        let mut batch = BatchBuilder::new(&self.topic);
+        let mut deadline: Option<tokio::time::Instant> = self
+            .recheck_after
+            .and_then(|d| self.gaps.next_due(d))
+            // Past due means its seek failed: retried after the next batch.
+            .filter(|due| *due > Instant::now())
+            .map(tokio::time::Instant::from_std);
+        let mut recovered = 0u64;
+        while batch.len() < max_records {
+            let recv = self.consumer.recv();
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+                m = recv => m,
+            };
+            match msg {
+                Ok(m) => {
+                    let (partition, offset) = (m.partition(), m.offset());
+                    if self.resume.get(&partition).is_some_and(|r| offset < *r) {
+                        metrics::counter!("writer_rewound_skipped_total").increment(1);
+                        continue;
+                    }
+                    if self.recheck_after.is_some() {
+                        let before = self.gaps.gaps_seen();
+                        if self.gaps.observe(partition, offset, Instant::now()) == Seen::Recovered {
+                            metrics::counter!("writer_gap_records_recovered_total").increment(1);
+                            recovered += 1;
+                        }
+                        if self.gaps.gaps_seen() > before {
+                            metrics::counter!("writer_offset_gaps_total").increment(1);
+                        }
+                    }
+                    if let Err(e) = batch.push(partition, offset, m.payload()) {
+                        metrics::counter!("writer_bad_records_total").increment(1);
+                        tracing::warn!(partition, offset, "skipping record: {e}");
+                    }
+                    if batch.len() == 1 {
+                        deadline = Some(tokio::time::Instant::now() + max_wait);
+                    }
                 }
-                if let Err(e) = batch.push(m.partition(), m.offset(), m.payload()) {
-                    metrics::counter!("writer_bad_records_total").increment(1);
-                    tracing::warn!(
-                        partition = m.partition(),
-                        offset = m.offset(),
-                        "skipping record: {e}"
-                    );
-                }
-                deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_wait);
-            }
-            Err(e) => {
-                metrics::counter!("writer_kafka_errors_total").increment(1);
-                tracing::warn!("kafka: {e}");
-                if batch.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                Err(e) => {
+                    metrics::counter!("writer_kafka_errors_total").increment(1);
+                    tracing::warn!("kafka: {e}");
+                    if batch.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             }
         }
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "re-reading an offset gap found records the broker had not served the first time"
+            );
+        }
+        batch
     }
-    batch
+
+    /// Moves the reader of every partition with a gap older than
+    /// `recheck_gaps_after_ms` back to its earliest gap, so what a broker
+    /// served late is read after all. A failed seek is retried after the
+    /// next batch; the stored offset stays at the gap meanwhile.
+    async fn recheck_due_gaps(&mut self) {
+        let Some(delay) = self.recheck_after else {
+            return;
+        };
+        for (partition, from) in self.gaps.due(Instant::now(), delay) {
+            let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
+            let seek = tokio::task::spawn_blocking(move || {
+                consumer.seek(
+                    &topic,
+                    partition,
+                    Offset::Offset(from),
+                    Duration::from_secs(5),
+                )
+            })
+            .await;
+            match seek {
+                Ok(Ok(())) => {
+                    self.gaps.rechecking(partition);
+                    metrics::counter!("writer_gap_rereads_total").increment(1);
+                    tracing::debug!(partition, from, "re-reading an offset gap");
+                }
+                Ok(Err(e)) => tracing::warn!(partition, from, "seeking back to a gap: {e}"),
+                Err(e) => tracing::warn!(partition, from, "seeking back to a gap: {e}"),
+            }
+        }
+    }
 }
 
 /// Applies `batch`, retrying database errors until it succeeds. Returns
