@@ -10,10 +10,15 @@
 use adclick_core::config::KafkaConfig;
 use adclick_core::output::{OutputRecord, SideTopic};
 use anyhow::{Context, Result};
-use futures::future::try_join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use std::time::Duration;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How long a write waits for room in a full producer queue it has no
+/// delivery of its own to wait for (another writer shares the producer).
+const QUEUE_FULL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The topics an actor's output can go to.
 #[derive(Clone, Debug)]
@@ -106,48 +111,88 @@ impl OutputSink {
     }
 
     /// Writes a batch and waits until the broker acknowledged all of it.
+    ///
+    /// Records are queued in the producer one after another and their
+    /// deliveries awaited afterwards, oldest first. A closing window
+    /// writes a record per cell, and a future per record joined over the
+    /// whole batch cost more CPU than producing the records. When the
+    /// producer's queue is full, the oldest delivery is awaited to make
+    /// room.
     pub async fn write(&self, records: &[OutputRecord]) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
-        let encoded: Vec<Encoded> = records
-            .iter()
-            .map(|r| encode(&self.topics, r))
-            .collect::<Result<_>>()?;
-        let sends = encoded.into_iter().map(|e| {
-            let producer = &self.producer;
-            let side = e.topic != self.topics.output;
-            async move {
-                let topic = e.topic;
-                if let Some(err) = side.then(super::side::injected_failure).flatten() {
-                    super::side::count_failure(topic);
+        let mut deliveries: VecDeque<(DeliveryFuture, &str)> = VecDeque::new();
+        for r in records {
+            let e = encode(&self.topics, r)?;
+            if e.topic != self.topics.output {
+                if let Some(err) = super::side::injected_failure() {
+                    self.count_failure(e.topic);
                     return Err(err);
                 }
-                let mut rec = FutureRecord::to(topic)
-                    .key(e.key.as_bytes())
-                    .payload(e.payload.as_slice());
-                if let Some(h) = e.headers {
-                    rec = rec.headers(h);
-                }
-                let sent = producer
-                    .send(rec, Duration::from_secs(30))
-                    .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| anyhow::Error::new(e));
-                if sent.is_err() {
-                    if side {
-                        super::side::count_failure(topic);
-                    } else {
-                        metrics::counter!("output_write_failures_total").increment(1);
+            }
+            let mut rec = FutureRecord::to(e.topic)
+                .key(e.key.as_bytes())
+                .payload(e.payload.as_slice());
+            if let Some(h) = e.headers {
+                rec = rec.headers(h);
+            }
+            let mut full_since: Option<Instant> = None;
+            loop {
+                match self.producer.send_result(rec) {
+                    Ok(delivery) => {
+                        deliveries.push_back((delivery, e.topic));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        rec = back;
+                        if let Some((delivery, topic)) = deliveries.pop_front() {
+                            self.settle(delivery, topic).await?;
+                        } else if full_since.get_or_insert_with(Instant::now).elapsed()
+                            > QUEUE_FULL_TIMEOUT
+                        {
+                            self.count_failure(e.topic);
+                            anyhow::bail!(
+                                "the producer queue stayed full for {QUEUE_FULL_TIMEOUT:?}"
+                            );
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    Err((err, _)) => {
+                        self.count_failure(e.topic);
+                        return Err(anyhow::Error::new(err))
+                            .with_context(|| format!("writing {} output records", records.len()));
                     }
                 }
-                sent
             }
-        });
-        try_join_all(sends)
-            .await
-            .with_context(|| format!("writing {} output records", records.len()))?;
+        }
+        for (delivery, topic) in deliveries {
+            self.settle(delivery, topic)
+                .await
+                .with_context(|| format!("writing {} output records", records.len()))?;
+        }
         metrics::counter!("output_records_total").increment(records.len() as u64);
         Ok(())
+    }
+
+    /// Waits for one record's delivery report.
+    async fn settle(&self, delivery: DeliveryFuture, topic: &str) -> Result<()> {
+        let failed = match delivery.await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err((e, _))) => anyhow::Error::new(e),
+            Err(_) => anyhow::anyhow!("the producer dropped a delivery report"),
+        };
+        self.count_failure(topic);
+        Err(failed)
+    }
+
+    /// Counts a record that could not be written, by topic.
+    fn count_failure(&self, topic: &str) {
+        if topic == self.topics.output {
+            metrics::counter!("output_write_failures_total").increment(1);
+        } else {
+            super::side::count_failure(topic);
+        }
     }
 }
