@@ -267,8 +267,13 @@ struct PipelineRun {
     cpu: Vec<(String, f64)>,
     /// CPU seconds per cluster process from the first record read to the
     /// last output record (the closing windows' output and the idle wait
-    /// for the last window to close included).
+    /// for the last window to close included), sampled at the first poll
+    /// that saw the output stop growing.
     cpu_to_last_output: Vec<(String, f64)>,
+    /// CPU seconds per second all cluster processes use once the output
+    /// has stopped (timers, heartbeats, fetch polls, idle checkpoints):
+    /// a cost per second, not per event.
+    idle_cpu_rate: f64,
     /// Records per second between 10 % and 90 % of the input: insensitive
     /// to when the first counter sample lands and to the tail.
     steady: f64,
@@ -335,16 +340,17 @@ fn wait_for_pipeline(
                     .collect()
             };
             let cpu = since_first(cpu_secs(&run_dir.join("pids")));
-            let (last_output, cells) = wait_for_output(base, nodes, settle);
-            let cpu_to_last_output = since_first(cpu_secs(&run_dir.join("pids")));
+            let out = wait_for_output(base, nodes, settle, &run_dir.join("pids"));
+            let cpu_to_last_output = since_first(out.cpu_at_last);
             return Ok(PipelineRun {
                 startup: f.duration_since(started).as_secs_f64(),
                 secs,
                 steady: steady_rate(&samples, records),
                 cpu,
                 cpu_to_last_output,
-                to_last_output: last_output.duration_since(f).as_secs_f64(),
-                peak_cells: peak_cells.max(cells),
+                idle_cpu_rate: out.idle_cpu_rate,
+                to_last_output: out.last.duration_since(f).as_secs_f64(),
+                peak_cells: peak_cells.max(out.peak_cells),
             });
         }
         if Instant::now() > deadline {
@@ -357,23 +363,48 @@ fn wait_for_pipeline(
     }
 }
 
+/// When the output stopped, and what the cluster spent up to then and after.
+struct OutputEnd {
+    /// When `output_records_total` last grew.
+    last: Instant,
+    /// CPU per process at the first poll that saw it stop growing.
+    cpu_at_last: Vec<(String, f64)>,
+    /// CPU-seconds per second of all processes over the settle period.
+    idle_cpu_rate: f64,
+    /// Most cells seen meanwhile.
+    peak_cells: f64,
+}
+
 /// Polls the nodes' `output_records_total` until it has not grown for
-/// `settle` (every window closed and, in exactly-once mode, committed);
-/// returns when it last grew and the peak cell count seen meanwhile.
-fn wait_for_output(base: u16, nodes: u32, settle: Duration) -> (Instant, f64) {
-    let (mut last, mut changed, mut peak) = (-1.0, Instant::now(), 0.0f64);
+/// `settle` (every window closed and, in exactly-once mode, committed).
+/// CPU is sampled at every poll, so the figure "to the last output" does
+/// not include the settle wait; that wait gives the idle rate instead.
+fn wait_for_output(base: u16, nodes: u32, settle: Duration, pids: &Path) -> OutputEnd {
+    let total = |cpu: &[(String, f64)]| cpu.iter().map(|(_, s)| s).sum::<f64>();
+    let mut last = -1.0;
+    let mut changed = Instant::now();
+    let mut cpu_at_last = cpu_secs(pids);
+    let mut peak = 0.0f64;
     let deadline = Instant::now() + Duration::from_secs(900);
     while changed.elapsed() < settle && Instant::now() < deadline {
         let now = node_metric(base, nodes, "output_records_total");
+        let cpu = cpu_secs(pids);
         peak = peak.max(node_metric(base, nodes, "aggregate_cells"));
-        std::thread::sleep(Duration::from_millis(400));
         if now != last {
             last = now;
             changed = Instant::now();
+            cpu_at_last = cpu;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(500));
     }
-    (changed, peak)
+    let idle_secs = changed.elapsed().as_secs_f64();
+    let idle_cpu = total(&cpu_secs(pids)) - total(&cpu_at_last);
+    OutputEnd {
+        last: changed,
+        cpu_at_last,
+        idle_cpu_rate: idle_cpu / idle_secs.max(1e-9),
+        peak_cells: peak,
+    }
 }
 
 /// One pipeline run of `mode` over the input already in the broker.
@@ -534,6 +565,13 @@ fn report(
     println!(
         "cpu to last output: {} (total {total:.1}s)",
         cpu_list.join(", ")
+    );
+    let idle = run.idle_cpu_rate * run.to_last_output;
+    println!(
+        "idle cpu of all processes {:.3} cpu-s/s once the output stopped; to last output less that rate over the same {:.1} s: {:.1}s",
+        run.idle_cpu_rate,
+        run.to_last_output,
+        total - idle
     );
     println!("deployments             {deployments}  (more than 1 means a redeploy re-read input: the run is not valid)");
     let cps = checkpoints(log);
