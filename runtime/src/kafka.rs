@@ -51,12 +51,54 @@ pub fn client_config_with(bootstrap: &str, security: Option<&KafkaSecurity>) -> 
 
 /// An idempotent producer (no duplicates from retries).
 pub fn producer(bootstrap: &str) -> Result<FutureProducer> {
-    client_config(bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "60000")
+    idempotent_config(bootstrap)
         .create()
         .context("creating Kafka producer")
+}
+
+fn idempotent_config(bootstrap: &str) -> ClientConfig {
+    let mut c = client_config(bootstrap);
+    c.set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000");
+    c
+}
+
+/// The node's idempotent producer for `bootstrap`, shared by every actor's
+/// non-transactional output (counts, side records, the DLQ).
+///
+/// rdkafka gives each producer a polling thread, and that thread spins for
+/// the last millisecond of every 100 ms poll (the timeout handed to
+/// librdkafka is truncated to whole milliseconds, so the final wait is 0):
+/// about 1 % of a core per producer, idle or not. A producer per actor
+/// made that 8 threads in a 3-node cluster. One per process keeps one.
+/// Sharing changes no guarantee: writes are acknowledged per record, and
+/// a producer that hit a fatal error (the idempotent producer's sequence
+/// broke) is replaced for the next actor that opens its output, as a
+/// per-actor producer was when the failed actor was redeployed.
+pub fn shared_producer(bootstrap: &str) -> Result<FutureProducer> {
+    use rdkafka::producer::Producer;
+    static SHARED: std::sync::Mutex<Vec<(String, FutureProducer)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut shared = SHARED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, p)) = shared
+        .iter()
+        .find(|(b, p)| b == bootstrap && p.client().fatal_error().is_none())
+    {
+        return Ok(p.clone());
+    }
+    // Room for several actors' closing windows at once (librdkafka's
+    // default is 100,000 records per producer); the byte bound (1 GiB)
+    // still applies.
+    let p: FutureProducer = idempotent_config(bootstrap)
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .context("creating the shared Kafka producer")?;
+    shared.retain(|(b, _)| b != bootstrap);
+    shared.push((bootstrap.to_owned(), p.clone()));
+    Ok(p)
 }
 
 /// A consumer for manual assignment. `group` only names committed offsets.
@@ -318,5 +360,19 @@ mod tests {
             .insert("fetch.min.bytez".into(), "1".into());
         let e = check_source_consumer(&k).unwrap_err().to_string();
         assert!(e.contains("fetch.min.bytez"), "{e}");
+    }
+
+    #[test]
+    fn actors_of_one_process_share_one_producer_per_bootstrap() {
+        use rdkafka::producer::Producer;
+        // No broker is needed: creating a client does not connect.
+        let a = shared_producer("127.0.0.1:1").unwrap();
+        let b = shared_producer("127.0.0.1:1").unwrap();
+        let other = shared_producer("127.0.0.1:2").unwrap();
+        assert_eq!(a.client().native_ptr(), b.client().native_ptr());
+        assert_ne!(a.client().native_ptr(), other.client().native_ptr());
+        // Dropping one actor's handle leaves the others' producer working.
+        drop(a);
+        assert!(b.client().fatal_error().is_none());
     }
 }

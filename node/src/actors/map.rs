@@ -143,7 +143,7 @@ impl Map {
         }
         consumer.assign(&tpl).context("assigning partitions")?;
         let dlq = SideOutput::new(
-            adclick_runtime::kafka::producer(&cfg.kafka.bootstrap)?,
+            adclick_runtime::kafka::shared_producer(&cfg.kafka.bootstrap)?,
             cfg.kafka.dlq_topic.clone(),
         );
         let slicer = Arc::new(Slicer::new(&cfg.slices)?);

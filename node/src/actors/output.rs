@@ -104,7 +104,7 @@ impl Output {
         let k = &cfg.kafka;
         if !cfg.checkpoint.exactly_once {
             return Ok(Output::AtLeastOnce(BackgroundWriter::new(OutputSink::new(
-                adclick_runtime::kafka::producer(&k.bootstrap)?,
+                adclick_runtime::kafka::shared_producer(&k.bootstrap)?,
                 Topics::from_config(k),
             ))));
         }

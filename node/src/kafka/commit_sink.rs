@@ -59,7 +59,7 @@ impl CommitSink {
             adclick_runtime::kafka::consumer(&k.bootstrap, &marker_group(job, actor), true)?;
         Ok(CommitSink::Replay {
             out: OutputSink::new(
-                adclick_runtime::kafka::producer(&k.bootstrap)?,
+                adclick_runtime::kafka::shared_producer(&k.bootstrap)?,
                 Topics::from_config(k),
             ),
             marker: Arc::new(marker),
