@@ -18,6 +18,9 @@ use std::path::PathBuf;
 /// windows that changed (over 100 MB at 2M ads), and glibc's allocator maps
 /// and zero-fills every such copy afresh: the page faults were most of the
 /// time an Aggregate is paused at a barrier (BENCHMARKS.md, session 20).
+/// It is built with `no_thp`: with transparent huge pages, each of its
+/// purges and re-uses of a small range faulted in and zeroed a whole 2 MiB
+/// page, a fifth of the nodes' CPU (BENCHMARKS.md, session 22).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
