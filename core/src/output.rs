@@ -120,20 +120,36 @@ impl OutputRecord {
     /// Kafka message key: the identity that later revisions replace. Equal
     /// keys land on one partition, so revisions stay ordered.
     pub fn key(&self) -> String {
-        match self {
-            OutputRecord::Count(c) => format!("count/{}/{}/{}", c.slice, c.window_start, c.ad_id),
+        let mut key = String::new();
+        self.write_key(&mut key);
+        key
+    }
+
+    /// [`key`](Self::key), appended to `out`: a sink writing a closing
+    /// window's records one after another reuses one buffer.
+    pub fn write_key(&self, out: &mut String) {
+        use std::fmt::Write;
+        // Writing to a String cannot fail.
+        let _ = match self {
+            OutputRecord::Count(c) => {
+                write!(out, "count/{}/{}/{}", c.slice, c.window_start, c.ad_id)
+            }
             OutputRecord::TopN(t) => {
-                format!("top_n/{}/{}/{}", t.slice, t.window_minutes, t.window_end)
+                write!(
+                    out,
+                    "top_n/{}/{}/{}",
+                    t.slice, t.window_minutes, t.window_end
+                )
             }
             OutputRecord::Side(s) => {
                 let topic = match s.topic {
                     SideTopic::Late => "late",
                     SideTopic::Dlq => "dlq",
                 };
-                format!("{topic}/{}/{}/{}", s.producer, s.epoch, s.seq)
+                write!(out, "{topic}/{}/{}/{}", s.producer, s.epoch, s.seq)
             }
-            OutputRecord::ReplayDone(r) => format!("replay_done/{}", r.epoch),
-        }
+            OutputRecord::ReplayDone(r) => write!(out, "replay_done/{}", r.epoch),
+        };
     }
 
     /// Stamps the epoch (known only when the epoch closes) and the record's

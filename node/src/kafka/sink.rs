@@ -42,59 +42,82 @@ impl Topics {
     }
 }
 
-/// A record ready to produce.
-pub struct Encoded<'a> {
+/// A record ready to produce, borrowing the [`Encoder`]'s buffers.
+pub struct Encoded<'a, 't> {
     /// Destination topic.
-    pub topic: &'a str,
+    pub topic: &'t str,
     /// Message key.
-    pub key: String,
+    pub key: &'a [u8],
     /// Message value.
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
     /// Kafka headers.
     pub headers: Option<OwnedHeaders>,
 }
 
-/// Turns a record into its Kafka message: JSON on the aggregates topic, the
-/// original bytes plus reason headers on a side topic.
-pub fn encode<'a>(topics: &'a Topics, r: &OutputRecord) -> Result<Encoded<'a>> {
-    let key = r.key();
-    let OutputRecord::Side(s) = r else {
-        let payload = serde_json::to_vec(r).context("encoding output record")?;
-        return Ok(Encoded {
-            topic: &topics.output,
-            key,
-            payload,
-            headers: None,
-        });
-    };
-    let topic = match s.topic {
-        SideTopic::Late => &topics.late,
-        SideTopic::Dlq => &topics.dlq,
-    };
-    let (epoch, seq) = (s.epoch.to_string(), s.seq.to_string());
-    let identity = [
-        ("producer", s.producer.as_str()),
-        ("epoch", epoch.as_str()),
-        ("seq", seq.as_str()),
-    ];
-    let mut h = OwnedHeaders::new();
-    for (k, v) in s
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .chain(identity)
-    {
-        h = h.insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
-        });
+/// Turns records into Kafka messages: JSON on the aggregates topic, the
+/// original bytes plus reason headers on a side topic. It keeps one key
+/// and one payload buffer, so a closing window's records (one per cell)
+/// cost no allocation each; the producer copies both on send.
+pub struct Encoder<'t> {
+    topics: &'t Topics,
+    key: String,
+    payload: Vec<u8>,
+}
+
+impl<'t> Encoder<'t> {
+    /// An encoder for `topics`.
+    pub fn new(topics: &'t Topics) -> Self {
+        Self {
+            topics,
+            key: String::with_capacity(64),
+            payload: Vec::with_capacity(256),
+        }
     }
-    Ok(Encoded {
-        topic,
-        key,
-        payload: s.payload.clone(),
-        headers: Some(h),
-    })
+
+    /// Encodes `r`, replacing the previous record's bytes.
+    pub fn encode<'a>(&'a mut self, r: &'a OutputRecord) -> Result<Encoded<'a, 't>> {
+        self.key.clear();
+        r.write_key(&mut self.key);
+        self.payload.clear();
+        let topics: &'t Topics = self.topics;
+        let OutputRecord::Side(s) = r else {
+            serde_json::to_writer(&mut self.payload, r).context("encoding output record")?;
+            return Ok(Encoded {
+                topic: &topics.output,
+                key: self.key.as_bytes(),
+                payload: &self.payload,
+                headers: None,
+            });
+        };
+        let topic = match s.topic {
+            SideTopic::Late => &topics.late,
+            SideTopic::Dlq => &topics.dlq,
+        };
+        let (epoch, seq) = (s.epoch.to_string(), s.seq.to_string());
+        let identity = [
+            ("producer", s.producer.as_str()),
+            ("epoch", epoch.as_str()),
+            ("seq", seq.as_str()),
+        ];
+        let mut h = OwnedHeaders::new();
+        for (k, v) in s
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(identity)
+        {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        Ok(Encoded {
+            topic,
+            key: self.key.as_bytes(),
+            payload: &s.payload,
+            headers: Some(h),
+        })
+    }
 }
 
 /// Writes output records to their topics.
@@ -123,17 +146,16 @@ impl OutputSink {
             return Ok(());
         }
         let mut deliveries: VecDeque<(DeliveryFuture, &str)> = VecDeque::new();
+        let mut encoder = Encoder::new(&self.topics);
         for r in records {
-            let e = encode(&self.topics, r)?;
+            let e = encoder.encode(r)?;
             if e.topic != self.topics.output {
                 if let Some(err) = super::side::injected_failure() {
                     self.count_failure(e.topic);
                     return Err(err);
                 }
             }
-            let mut rec = FutureRecord::to(e.topic)
-                .key(e.key.as_bytes())
-                .payload(e.payload.as_slice());
+            let mut rec = FutureRecord::to(e.topic).key(e.key).payload(e.payload);
             if let Some(h) = e.headers {
                 rec = rec.headers(h);
             }
@@ -193,6 +215,68 @@ impl OutputSink {
             metrics::counter!("output_write_failures_total").increment(1);
         } else {
             super::side::count_failure(topic);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use adclick_core::output::{CountRecord, SideRecord};
+
+    fn count(ad: &str, clicks: u64) -> OutputRecord {
+        OutputRecord::Count(CountRecord {
+            ad_id: ad.into(),
+            window_start: 60_000,
+            window_end: 120_000,
+            slice: "*".into(),
+            clicks,
+            impressions: 0,
+            revision: 0,
+            epoch: 3,
+            producer: "aggregate-0".into(),
+        })
+    }
+
+    #[test]
+    fn a_reused_encoder_gives_each_record_its_own_bytes() {
+        let topics = Topics {
+            output: "out".into(),
+            late: "late".into(),
+            dlq: "dlq".into(),
+        };
+        let side = OutputRecord::Side(SideRecord {
+            topic: SideTopic::Dlq,
+            payload: b"not json".to_vec(),
+            headers: vec![("reason".into(), "malformed".into())],
+            producer: "map-0".into(),
+            epoch: 3,
+            seq: 7,
+        });
+        // A long record first, so a shorter one after it would show any
+        // bytes left over in the buffers.
+        let records = [
+            count("a-rather-long-ad-identifier", 123_456),
+            side,
+            count("b", 1),
+        ];
+        let mut encoder = Encoder::new(&topics);
+        for r in &records {
+            let e = encoder.encode(r).unwrap();
+            assert_eq!(e.key, r.key().as_bytes());
+            match r {
+                OutputRecord::Side(s) => {
+                    assert_eq!(e.topic, "dlq");
+                    assert_eq!(e.payload, s.payload.as_slice());
+                    assert!(e.headers.is_some());
+                }
+                _ => {
+                    assert_eq!(e.topic, "out");
+                    assert_eq!(e.payload, serde_json::to_vec(r).unwrap().as_slice());
+                    let back: OutputRecord = serde_json::from_slice(e.payload).unwrap();
+                    assert_eq!(&back, r);
+                }
+            }
         }
     }
 }

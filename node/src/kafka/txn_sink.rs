@@ -7,7 +7,7 @@
 //! `transactional.id` is stable per actor, so `init_transactions` on a
 //! restarted sink fences its zombie before the marker is read.
 
-use super::sink::{encode, Topics};
+use super::sink::{Encoder, Topics};
 use adclick_core::output::OutputRecord;
 use anyhow::{anyhow, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -112,11 +112,10 @@ fn run_transaction(
 ) -> Result<()> {
     p.begin_transaction().context("begin_transaction")?;
     let topic = topics.output.as_str();
+    let mut encoder = Encoder::new(topics);
     for r in records {
-        let e = encode(topics, r)?;
-        let mut rec = BaseRecord::to(e.topic)
-            .key(e.key.as_bytes())
-            .payload(e.payload.as_slice());
+        let e = encoder.encode(r)?;
+        let mut rec = BaseRecord::to(e.topic).key(e.key).payload(e.payload);
         if let Some(h) = e.headers {
             rec = rec.headers(h);
         }
