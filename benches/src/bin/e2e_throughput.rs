@@ -363,50 +363,6 @@ fn wait_for_pipeline(
     }
 }
 
-/// When the output stopped, and what the cluster spent up to then and after.
-struct OutputEnd {
-    /// When `output_records_total` last grew.
-    last: Instant,
-    /// CPU per process at the first poll that saw it stop growing.
-    cpu_at_last: Vec<(String, f64)>,
-    /// CPU-seconds per second of all processes over the settle period.
-    idle_cpu_rate: f64,
-    /// Most cells seen meanwhile.
-    peak_cells: f64,
-}
-
-/// Polls the nodes' `output_records_total` until it has not grown for
-/// `settle` (every window closed and, in exactly-once mode, committed).
-/// CPU is sampled at every poll, so the figure "to the last output" does
-/// not include the settle wait; that wait gives the idle rate instead.
-fn wait_for_output(base: u16, nodes: u32, settle: Duration, pids: &Path) -> OutputEnd {
-    let total = |cpu: &[(String, f64)]| cpu.iter().map(|(_, s)| s).sum::<f64>();
-    let mut last = -1.0;
-    let mut changed = Instant::now();
-    let mut cpu_at_last = cpu_secs(pids);
-    let mut peak = 0.0f64;
-    let deadline = Instant::now() + Duration::from_secs(900);
-    while changed.elapsed() < settle && Instant::now() < deadline {
-        let now = node_metric(base, nodes, "output_records_total");
-        let cpu = cpu_secs(pids);
-        peak = peak.max(node_metric(base, nodes, "aggregate_cells"));
-        if now != last {
-            last = now;
-            changed = Instant::now();
-            cpu_at_last = cpu;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let idle_secs = changed.elapsed().as_secs_f64();
-    let idle_cpu = total(&cpu_secs(pids)) - total(&cpu_at_last);
-    OutputEnd {
-        last: changed,
-        cpu_at_last,
-        idle_cpu_rate: idle_cpu / idle_secs.max(1e-9),
-        peak_cells: peak,
-    }
-}
-
 /// One pipeline run of `mode` over the input already in the broker.
 fn run_pipeline(
     a: &Args,
