@@ -79,12 +79,14 @@ launch() { # name, args...
   echo $! >"$PIDS/$name.pid"
 }
 
-# Alive = exists and is not a zombie waiting to be reaped.
+# Alive = exists and is not a zombie waiting to be reaped. One read of
+# /proc decides: a zombie reaped between two checks (kill -0, then a read
+# that finds nothing) must not count as alive.
 alive() {
   [[ -f "$1" ]] || return 1
-  local pid; pid=$(cat "$1")
-  kill -0 "$pid" 2>/dev/null || return 1
-  ! grep -qE '^[0-9]+ \(.*\) Z' "/proc/$pid/stat" 2>/dev/null
+  local pid stat; pid=$(cat "$1")
+  stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+  [[ ! "$stat" =~ ^[0-9]+\ \(.*\)\ Z ]]
 }
 
 start_named() { # name
