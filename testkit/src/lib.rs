@@ -277,6 +277,13 @@ impl Broker {
 
     /// Starts the broker again on the same port (and storage, when
     /// persistent); kills it first if it still runs.
+    ///
+    /// A start that fails on "database is locked" is tried again, up to
+    /// three times a second apart, as a supervisor would: tansu applies its
+    /// schema on several pooled connections at once without a busy
+    /// timeout, so a SQLite handle still closing (a test that edited the
+    /// storage file, or the killed broker's write-ahead log being
+    /// checkpointed) fails the whole start before anything is written.
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
         let (host, port) = self
@@ -284,8 +291,23 @@ impl Broker {
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
             .context("broker address has no port")?;
-        *self = Self::launch(self.kind, &self.dir, &host, port, self.persistent)?;
-        Ok(())
+        let mut attempt = 1;
+        loop {
+            match Self::launch(self.kind, &self.dir, &host, port, self.persistent) {
+                Ok(broker) => {
+                    *self = broker;
+                    return Ok(());
+                }
+                Err(e) if attempt < 3 && format!("{e:#}").contains("database is locked") => {
+                    eprintln!(
+                        "broker restart {attempt} failed on a locked database, retrying: {e:#}"
+                    );
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The SQLite file of a persistent broker.
