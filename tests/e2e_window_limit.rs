@@ -85,7 +85,7 @@ fn distinct_ads_beyond_the_window_limit_go_to_the_dlq() -> Result<()> {
         ads_per_agg
             .entry(c.producer.to_string())
             .or_default()
-            .insert(c.ad_id.clone());
+            .insert(c.ad_id.to_string());
     }
     let counted_per_agg: BTreeMap<String, usize> = ads_per_agg
         .iter()

@@ -45,7 +45,7 @@ fn start(dir: &Path, sub: &str, cfg: &Path) -> Result<Child> {
 
 fn count_record(ad: usize, minute: i64, clicks: u64) -> OutputRecord {
     OutputRecord::Count(CountRecord {
-        ad_id: format!("ad{ad:07}"),
+        ad_id: format!("ad{ad:07}").into(),
         window_start: T0 + minute * MINUTE,
         window_end: T0 + (minute + 1) * MINUTE,
         slice: "*".into(),

@@ -186,14 +186,10 @@ pub fn parse_event_borrowed<'a>(
     limits: &Limits,
     now_ms: i64,
 ) -> Result<ClickEvent<Cow<'a, str>>, Rejection> {
-    // sonic-rs parses in fewer instructions than serde_json, with the same
-    // serde model. It rejects a little more (invalid UTF-8 inside a field
-    // the event ignores), so a record it rejects, which is rare, gets
-    // serde_json's answer and message: the answers are serde_json's
-    // (`parser_tests`).
-    let raw: RawEvent<'a> = match sonic_rs::from_slice(bytes) {
-        Ok(raw) => raw,
-        Err(_) => serde_json::from_slice(bytes).map_err(|e| Rejection::Malformed(e.to_string()))?,
+    // The plain shape is scanned by hand; the rest goes through serde.
+    let raw = match scan::scan(bytes) {
+        Some(raw) => raw,
+        None => parse_with_serde(bytes)?,
     };
     let ts_ms = match &raw.click_timestamp {
         RawTimestamp::Millis(ms) => *ms,
@@ -226,6 +222,20 @@ pub fn parse_event_borrowed<'a>(
         event_id: raw.event_id,
         event_type: raw.event_type,
     })
+}
+
+/// The serde parsers' reading of a record, for whatever the scanner leaves
+/// to them.
+fn parse_with_serde(bytes: &[u8]) -> Result<RawEvent<'_>, Rejection> {
+    // sonic-rs parses in fewer instructions than serde_json, with the same
+    // serde model. It rejects a little more (invalid UTF-8 inside a field
+    // the event ignores), so a record it rejects, which is rare, gets
+    // serde_json's answer and message: the answers are serde_json's
+    // (`parser_tests`).
+    match sonic_rs::from_slice(bytes) {
+        Ok(raw) => Ok(raw),
+        Err(_) => serde_json::from_slice(bytes).map_err(|e| Rejection::Malformed(e.to_string())),
+    }
 }
 
 /// Borrowed fields of an event before validation, shared by the JSON and
@@ -305,6 +315,11 @@ fn check_field(
             value.len(),
             limits.max_field_len
         )));
+    }
+    // Printable ASCII (with the space where allowed) passes the check below
+    // without decoding characters; other bytes take the full check.
+    if scan::printable_ascii(value.as_bytes(), if allow_space { b' ' } else { b'!' }) {
+        return Ok(());
     }
     if value
         .chars()
@@ -418,6 +433,9 @@ impl<S: AsRef<str>> ClickEvent<S> {
         Some(h.digest())
     }
 }
+
+#[path = "event_scan.rs"]
+mod scan;
 
 #[cfg(test)]
 #[path = "event_parser_tests.rs"]

@@ -48,12 +48,12 @@ fn agree(bytes: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-const VALID: &str = r#"{"ad_id":"ad00042","click_timestamp":1699999990000,"user_id":"user 7","ip":"10.1.2.3","country":"US","event_id":"e-1","event_type":"impression"}"#;
+pub(super) const VALID: &str = r#"{"ad_id":"ad00042","click_timestamp":1699999990000,"user_id":"user 7","ip":"10.1.2.3","country":"US","event_id":"e-1","event_type":"impression"}"#;
 
 /// Bytes that change a JSON document's meaning.
 const SIGNIFICANT: &[u8] = b"\"{}[],:\\u0 .-e+1nt\xff\xc3\x00\n";
 
-fn damaged() -> impl Strategy<Value = Vec<u8>> {
+pub(super) fn damaged() -> impl Strategy<Value = Vec<u8>> {
     let edits = prop::collection::vec(
         (
             0..4u8,

@@ -48,13 +48,73 @@ impl PartialCount {
     }
 }
 
-#[derive(Default)]
+/// One (ad, window, country, filter set) group of the open batch. Groups
+/// live in one vector and an ad's groups are chained through `next`, so
+/// a new ad or group allocates nothing once the batch's vectors have grown.
 struct Group {
     window_start: i64,
     /// Inline (no allocation) for any real country code.
     country: SmolStr,
     mask: u64,
-    counts: PartialCount,
+    clicks: u64,
+    impressions: u64,
+    /// The same ad's next group, or [`NO_GROUP`].
+    next: u32,
+}
+
+/// The end of an ad's chain of groups.
+const NO_GROUP: u32 = u32::MAX;
+
+/// An ad's first and last group.
+#[derive(Clone, Copy)]
+struct Chain {
+    first: u32,
+    last: u32,
+}
+
+/// Dedup keys of one type, in arrival order, with the group each belongs
+/// to; put in group order (stably) only when the batch is drained.
+#[derive(Default)]
+struct KeyList {
+    tagged: Vec<(u32, u64)>,
+    /// Where each group's keys start in `sorted` (one more entry than
+    /// groups); scratch of the drain.
+    starts: Vec<u32>,
+    sorted: Vec<u64>,
+}
+
+impl KeyList {
+    /// Puts the keys in group order, keeping arrival order within a group.
+    fn sort(&mut self, groups: usize) {
+        self.starts.clear();
+        self.starts.resize(groups + 1, 0);
+        for &(g, _) in &self.tagged {
+            self.starts[g as usize + 1] += 1;
+        }
+        for i in 1..self.starts.len() {
+            self.starts[i] += self.starts[i - 1];
+        }
+        self.sorted.clear();
+        self.sorted.resize(self.tagged.len(), 0);
+        // `starts[g]` walks through group g's range as it is filled, then
+        // holds where group g + 1 starts: shifted back below.
+        for &(g, key) in &self.tagged {
+            let at = &mut self.starts[g as usize];
+            self.sorted[*at as usize] = key;
+            *at += 1;
+        }
+        self.starts.rotate_right(1);
+        self.starts[0] = 0;
+        self.tagged.clear();
+    }
+
+    /// Group `g`'s keys, once sorted.
+    fn of(&self, g: usize) -> &[u64] {
+        match (self.starts.get(g), self.starts.get(g + 1)) {
+            (Some(&a), Some(&b)) => self.sorted.get(a as usize..b as usize).unwrap_or(&[]),
+            _ => &[],
+        }
+    }
 }
 
 /// Accumulates one micro-batch and splits it by destination aggregate.
@@ -65,8 +125,12 @@ pub struct MapBatcher {
     owners: Arc<Vec<u32>>,
     num_aggregates: usize,
     dedup: DedupMode,
-    /// By ad id, inline (no allocation) up to 23 bytes.
-    groups: HashMap<SmolStr, Vec<Group>, foldhash::fast::RandomState>,
+    /// Each ad's chain of groups, by ad id (inline, no allocation, up to
+    /// 23 bytes).
+    ads: HashMap<SmolStr, Chain, foldhash::fast::RandomState>,
+    groups: Vec<Group>,
+    click_keys: KeyList,
+    impression_keys: KeyList,
     singles: Vec<PartialCount>,
     events: usize,
     /// Slice names by country, then filter mask: built once, not once per
@@ -116,7 +180,10 @@ impl MapBatcher {
             owners,
             num_aggregates: num_aggregates.max(1),
             dedup,
-            groups: HashMap::default(),
+            ads: HashMap::default(),
+            groups: Vec::new(),
+            click_keys: KeyList::default(),
+            impression_keys: KeyList::default(),
             singles: Vec::new(),
             events: 0,
             slice_cache: SliceCache::default(),
@@ -157,33 +224,83 @@ impl MapBatcher {
             self.singles.push(p);
             return;
         }
-        // The id and the country are copied only when they start a new
-        // group, inline (no allocation) when short, as they nearly always
-        // are.
-        let groups = match self.groups.get_mut(e.ad_id.as_ref()) {
-            Some(groups) => groups,
-            None => self
-                .groups
-                .entry(SmolStr::new(e.ad_id.as_ref()))
-                .or_default(),
-        };
-        let country = e.country.as_ref();
-        let idx = match groups
-            .iter()
-            .position(|g| g.window_start == ws && g.mask == mask && g.country == country)
-        {
-            Some(i) => i,
-            None => {
-                groups.push(Group {
-                    window_start: ws,
-                    country: SmolStr::new(e.country.as_ref()),
-                    mask,
-                    counts: PartialCount::default(),
-                });
-                groups.len() - 1
+        let g = self.group_of(e.ad_id.as_ref(), ws, mask, e.country.as_ref());
+        match (e.event_type, key) {
+            (EventType::Click, Some(k)) => self.click_keys.tagged.push((g, k)),
+            (EventType::Impression, Some(k)) => self.impression_keys.tagged.push((g, k)),
+            (EventType::Click, None) => self.groups[g as usize].clicks += 1,
+            (EventType::Impression, None) => self.groups[g as usize].impressions += 1,
+        }
+    }
+
+    /// The index of the event's group, opened if new. The id and the
+    /// country are copied only when they start a new group, inline (no
+    /// allocation) when short, as they nearly always are.
+    fn group_of(&mut self, ad_id: &str, window_start: i64, mask: u64, country: &str) -> u32 {
+        let chain = self.ads.get(ad_id).copied();
+        let mut at = chain.map_or(NO_GROUP, |c| c.first);
+        while let Some(g) = self.groups.get(at as usize) {
+            if g.window_start == window_start && g.mask == mask && g.country == country {
+                return at;
             }
-        };
-        add_one(&mut groups[idx].counts, e.event_type, key);
+            at = g.next;
+        }
+        let new = self.groups.len() as u32;
+        self.groups.push(Group {
+            window_start,
+            country: SmolStr::new(country),
+            mask,
+            clicks: 0,
+            impressions: 0,
+            next: NO_GROUP,
+        });
+        match chain {
+            Some(c) => {
+                if let Some(last) = self.groups.get_mut(c.last as usize) {
+                    last.next = new;
+                }
+                if let Some(c) = self.ads.get_mut(ad_id) {
+                    c.last = new;
+                }
+            }
+            None => {
+                self.ads.insert(
+                    SmolStr::new(ad_id),
+                    Chain {
+                        first: new,
+                        last: new,
+                    },
+                );
+            }
+        }
+        new
+    }
+
+    /// Empties the batch's groups, handing each to `visit` with its owner,
+    /// ad id and dedup keys. The vectors keep their capacity for the next
+    /// batch.
+    fn drain_groups(&mut self, mut visit: impl FnMut(usize, &str, &Group, &[u64], &[u64])) {
+        let n = self.groups.len();
+        self.click_keys.sort(n);
+        self.impression_keys.sort(n);
+        let (owners, num_key_groups, num_aggregates) =
+            (&self.owners, self.num_key_groups, self.num_aggregates);
+        for (ad, chain) in self.ads.drain() {
+            let owner = owner_index(owners, num_key_groups, num_aggregates, &ad);
+            let mut at = chain.first;
+            while let Some(g) = self.groups.get(at as usize) {
+                let i = at as usize;
+                visit(
+                    owner,
+                    &ad,
+                    g,
+                    self.click_keys.of(i),
+                    self.impression_keys.of(i),
+                );
+                at = g.next;
+            }
+        }
+        self.groups.clear();
     }
 
     /// Aggregate index that owns `ad_id`.
@@ -199,19 +316,19 @@ impl MapBatcher {
     /// Drains the batch: one list of partials per aggregate index.
     pub fn flush(&mut self) -> Vec<Vec<PartialCount>> {
         let mut out: Vec<Vec<PartialCount>> = vec![Vec::new(); self.num_aggregates];
-        let (owners, num_key_groups, num_aggregates) =
-            (&self.owners, self.num_key_groups, self.num_aggregates);
-        // `drain` keeps the map's capacity for the next batch.
-        for (ad, groups) in self.groups.drain() {
-            let owner = owner_index(owners, num_key_groups, num_aggregates, &ad);
-            for g in groups {
-                let mut p = g.counts;
-                p.slices = self.slicer.slices(&g.country, g.mask);
-                p.window_start = g.window_start;
-                p.ad_id = ad.to_string();
-                out[owner].push(p);
-            }
-        }
+        let slicer = self.slicer.clone();
+        self.drain_groups(|owner, ad, g, click_keys, impression_keys| {
+            out[owner].push(PartialCount {
+                ad_id: ad.to_owned(),
+                window_start: g.window_start,
+                slices: slicer.slices(&g.country, g.mask),
+                clicks: g.clicks,
+                impressions: g.impressions,
+                click_keys: click_keys.to_vec(),
+                impression_keys: impression_keys.to_vec(),
+                raw: None,
+            });
+        });
         for p in std::mem::take(&mut self.singles) {
             let owner = self.owner_of(&p.ad_id);
             out[owner].push(p);
@@ -227,27 +344,24 @@ impl MapBatcher {
     /// copy or list of slice names is built per group.
     pub fn flush_packed(&mut self) -> Vec<PackedPartials> {
         let mut out: Vec<PackedBuilder> = (0..self.num_aggregates)
-            .map(|_| PackedBuilder::default())
+            .map(|_| PackedBuilder::with_capacity(self.groups.len() / self.num_aggregates + 1))
             .collect();
-        let (owners, num_key_groups, num_aggregates) =
-            (&self.owners, self.num_key_groups, self.num_aggregates);
-        let (slicer, cache) = (&self.slicer, &mut self.slice_cache);
-        for (ad, groups) in self.groups.drain() {
-            let owner = owner_index(owners, num_key_groups, num_aggregates, &ad);
-            for g in &groups {
-                let slices = cached_slices(cache, slicer, &g.country, g.mask);
-                out[owner].push(&PartialRef {
-                    ad_id: &ad,
-                    window_start: g.window_start,
-                    slices: SliceNames::Owned(slices),
-                    clicks: g.counts.clicks,
-                    impressions: g.counts.impressions,
-                    click_keys: &g.counts.click_keys,
-                    impression_keys: &g.counts.impression_keys,
-                    raw: None,
-                });
-            }
-        }
+        let slicer = self.slicer.clone();
+        let mut cache = std::mem::take(&mut self.slice_cache);
+        self.drain_groups(|owner, ad, g, click_keys, impression_keys| {
+            let slices = cached_slices(&mut cache, &slicer, &g.country, g.mask);
+            out[owner].push(&PartialRef {
+                ad_id: ad,
+                window_start: g.window_start,
+                slices: SliceNames::Owned(slices),
+                clicks: g.clicks,
+                impressions: g.impressions,
+                click_keys,
+                impression_keys,
+                raw: None,
+            });
+        });
+        self.slice_cache = cache;
         for p in std::mem::take(&mut self.singles) {
             let owner = self.owner_of(&p.ad_id);
             out[owner].push(&p.as_partial_ref());
@@ -275,141 +389,5 @@ fn add_one(p: &mut PartialCount, t: EventType, key: Option<u64>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::slice::SliceConfig;
-
-    fn ev(ad: &str, ts: i64, t: EventType, id: Option<&str>) -> ClickEvent {
-        ClickEvent {
-            ad_id: ad.into(),
-            ts_ms: ts,
-            user_id: "u".into(),
-            ip: "1.2.3.4".parse().unwrap(),
-            country: "US".into(),
-            event_id: id.map(Into::into),
-            event_type: t,
-        }
-    }
-
-    #[test]
-    fn hot_ad_becomes_one_partial_per_window() {
-        let slicer = Arc::new(Slicer::new(&SliceConfig::default()).unwrap());
-        let owners = Arc::new(crate::ring::Ring::new(2).assign(64));
-        let mut b = MapBatcher::new(slicer, 60_000, owners, 2, DedupMode::EventId);
-        for i in 0..1000 {
-            b.add(ev("hot", i, EventType::Click, None), b"", false);
-        }
-        b.add(ev("hot", 5, EventType::Impression, Some("x")), b"", false);
-        b.add(ev("hot", 60_000, EventType::Click, None), b"", false);
-        b.add(ev("hot", 7, EventType::Click, None), b"raw", true);
-        assert_eq!(b.len(), 1003);
-        let out = b.flush();
-        let owner = out.iter().position(|v| !v.is_empty()).unwrap();
-        let parts = &out[owner];
-        assert_eq!(parts.len(), 3, "{parts:?}");
-        let first = parts
-            .iter()
-            .find(|p| p.window_start == 0 && p.raw.is_none())
-            .unwrap();
-        assert_eq!(first.clicks, 1000);
-        assert_eq!(first.impression_keys.len(), 1);
-        assert_eq!(first.slices, vec!["*", "country=US"]);
-        assert_eq!(parts.iter().find(|p| p.raw.is_some()).unwrap().events(), 1);
-        assert!(b.is_empty());
-    }
-
-    #[test]
-    fn borrowed_events_batch_exactly_like_owned_ones() {
-        let slicer = Arc::new(Slicer::new(&SliceConfig::default()).unwrap());
-        let owners = Arc::new(crate::ring::Ring::new(2).assign(64));
-        let batcher = || {
-            MapBatcher::new(
-                slicer.clone(),
-                60_000,
-                owners.clone(),
-                2,
-                DedupMode::EventId,
-            )
-        };
-        let (mut owned, mut borrowed) = (batcher(), batcher());
-        for i in 0..500i64 {
-            let e = ev(
-                &format!("ad{}", i % 37),
-                i * 311,
-                if i % 3 == 0 {
-                    EventType::Impression
-                } else {
-                    EventType::Click
-                },
-                (i % 2 == 0).then(|| format!("e{i}")).as_deref(),
-            );
-            let behind = i % 50 == 0;
-            let view = ClickEvent {
-                ad_id: std::borrow::Cow::Borrowed(e.ad_id.as_str()),
-                ts_ms: e.ts_ms,
-                user_id: std::borrow::Cow::Borrowed(e.user_id.as_str()),
-                ip: e.ip,
-                country: std::borrow::Cow::Borrowed(e.country.as_str()),
-                event_id: e.event_id.as_deref().map(std::borrow::Cow::Borrowed),
-                event_type: e.event_type,
-            };
-            borrowed.add(view, b"raw", behind);
-            owned.add(e, b"raw", behind);
-        }
-        let sorted = |mut v: Vec<Vec<PartialCount>>| {
-            for parts in &mut v {
-                parts.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-            }
-            v
-        };
-        assert_eq!(sorted(owned.flush()), sorted(borrowed.flush()));
-    }
-
-    #[test]
-    fn packed_flushes_hold_exactly_the_records_of_plain_ones() {
-        use crate::partials::CheckedPartials;
-        let slicer = Arc::new(Slicer::new(&SliceConfig::default()).unwrap());
-        let owners = Arc::new(crate::ring::Ring::new(3).assign(64));
-        let mut plain = MapBatcher::new(
-            slicer.clone(),
-            60_000,
-            owners.clone(),
-            3,
-            DedupMode::EventId,
-        );
-        let mut packed = MapBatcher::new(slicer, 60_000, owners, 3, DedupMode::EventId);
-        for round in 0..3 {
-            for i in 0..200i64 {
-                let mut e = ev(
-                    &format!("ad-{}", i % 37),
-                    i * 1_000 + round,
-                    if i % 3 == 0 {
-                        EventType::Impression
-                    } else {
-                        EventType::Click
-                    },
-                    (i % 5 == 0).then_some("dup"),
-                );
-                e.country = ["US", "DE", "KR"][(i % 3) as usize].into();
-                let behind = i % 50 == 0;
-                plain.add(e.clone(), b"raw", behind);
-                packed.add(e, b"raw", behind);
-            }
-            let sorted = |mut v: Vec<PartialCount>| {
-                v.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-                v
-            };
-            let want: Vec<Vec<PartialCount>> = plain.flush().into_iter().map(sorted).collect();
-            let got: Vec<Vec<PartialCount>> = packed
-                .flush_packed()
-                .into_iter()
-                .map(|b| {
-                    let b = CheckedPartials::try_from(b).unwrap();
-                    sorted(b.iter().map(|p| p.to_owned_partial()).collect())
-                })
-                .collect();
-            assert_eq!(got, want, "round {round}");
-            assert!(packed.is_empty());
-        }
-    }
-}
+#[path = "map_batch_tests.rs"]
+mod tests;

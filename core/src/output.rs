@@ -5,13 +5,14 @@
 
 use crate::topn::AdClicks;
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 use std::sync::Arc;
 
 /// Clicks and impressions of one ad in one window and slice.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountRecord {
     /// The ad.
-    pub ad_id: String,
+    pub ad_id: SmolStr,
     /// Window start, epoch ms (inclusive).
     pub window_start: i64,
     /// Window end, epoch ms (exclusive).

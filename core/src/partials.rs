@@ -173,10 +173,15 @@ pub struct PackedBuilder {
 }
 
 impl PackedBuilder {
-    /// A builder with room for `records` records.
+    /// A builder with room for `records` records (and, as estimates, for
+    /// their ids, two slices and a dedup key each), so that a batch does
+    /// not grow its columns from empty.
     pub fn with_capacity(records: usize) -> Self {
         Self {
             batch: PackedPartials {
+                ad_ids: Vec::with_capacity(records * 8),
+                slice_ids: Vec::with_capacity(records * 2),
+                click_keys: Vec::with_capacity(records),
                 ad_id_lens: Vec::with_capacity(records),
                 window_deltas: Vec::with_capacity(records),
                 slice_counts: Vec::with_capacity(records),
@@ -245,7 +250,14 @@ impl PackedBuilder {
 /// A packed batch whose lengths, indexes and ids have been checked, so
 /// reading it cannot panic or give one record another's data.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckedPartials(PackedPartials);
+pub struct CheckedPartials {
+    /// The batch, its `ad_ids` moved to `ad_ids` below.
+    batch: PackedPartials,
+    /// The ad ids, checked as UTF-8 once for the whole batch (each id's
+    /// ends are checked to be character boundaries), so that reading an
+    /// id costs no second check.
+    ad_ids: String,
+}
 
 fn total(counts: &[u32]) -> u64 {
     counts.iter().map(|c| u64::from(*c)).sum()
@@ -254,7 +266,7 @@ fn total(counts: &[u32]) -> u64 {
 impl TryFrom<PackedPartials> for CheckedPartials {
     type Error = String;
 
-    fn try_from(b: PackedPartials) -> Result<Self, String> {
+    fn try_from(mut b: PackedPartials) -> Result<Self, String> {
         let n = b.ad_id_lens.len();
         let per_record = [
             ("window starts", b.window_deltas.len()),
@@ -299,32 +311,33 @@ impl TryFrom<PackedPartials> for CheckedPartials {
                 b.slices.len()
             ));
         }
+        let not_utf8 = || "packed batch: an ad id is not UTF-8".to_owned();
+        let ad_ids = String::from_utf8(std::mem::take(&mut b.ad_ids)).map_err(|_| not_utf8())?;
         let mut at = 0usize;
         for len in &b.ad_id_lens {
-            let end = at + *len as usize;
-            if std::str::from_utf8(&b.ad_ids[at..end]).is_err() {
-                return Err("packed batch: an ad id is not UTF-8".to_owned());
+            at += *len as usize;
+            if !ad_ids.is_char_boundary(at) {
+                return Err(not_utf8());
             }
-            at = end;
         }
-        Ok(Self(b))
+        Ok(Self { batch: b, ad_ids })
     }
 }
 
 impl CheckedPartials {
     /// Number of records.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.batch.len()
     }
 
     /// Whether the batch holds no record.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.batch.is_empty()
     }
 
     /// The records, in order, read in place.
     pub fn iter(&self) -> impl Iterator<Item = PartialRef<'_>> + '_ {
-        let b = &self.0;
+        let (b, ad_ids) = (&self.batch, &self.ad_ids);
         let (mut id_at, mut slice_at, mut ck_at, mut ik_at, mut raw_at) = (0, 0, 0, 0, 0);
         let mut start = 0i64;
         (0..b.len()).map(move |i| {
@@ -340,7 +353,7 @@ impl CheckedPartials {
                 len => Some(&b.raws[take(&mut raw_at, len - 1)]),
             };
             PartialRef {
-                ad_id: std::str::from_utf8(&b.ad_ids[id]).unwrap_or_default(),
+                ad_id: ad_ids.get(id).unwrap_or_default(),
                 window_start: start,
                 slices: SliceNames::Indexed {
                     ids: &b.slice_ids[take(&mut slice_at, b.slice_counts[i])],
@@ -408,6 +421,7 @@ mod tests {
             raw: Some(b"{}".to_vec()),
             ..Default::default()
         };
+        let two = PackedPartials::pack(&[p.clone(), p.clone()]);
         let good = PackedPartials::pack(&[p]);
         assert!(CheckedPartials::try_from(good.clone()).is_ok());
         let cases: Vec<(PackedPartials, &str)> = vec![
@@ -450,6 +464,15 @@ mod tests {
                 PackedPartials {
                     ad_ids: vec![0xff, 0xfe, 0xfd, 0xfc],
                     ..good
+                },
+                "not UTF-8",
+            ),
+            (
+                // UTF-8 as a whole, but the first id ends inside the `é`.
+                PackedPartials {
+                    ad_ids: "aé".as_bytes().to_vec(),
+                    ad_id_lens: vec![2, 1],
+                    ..two
                 },
                 "not UTF-8",
             ),

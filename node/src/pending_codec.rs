@@ -18,7 +18,7 @@ pub fn pending_to_pb(epoch: u64, producer: &str, records: &[OutputRecord]) -> pb
         .filter_map(|r| {
             let kind = match r {
                 OutputRecord::Count(c) => Kind::Count(pb::PendingCount {
-                    ad_id: c.ad_id.clone(),
+                    ad_id: c.ad_id.to_string(),
                     window_start: c.window_start,
                     window_end: c.window_end,
                     slice: c.slice.to_string(),
@@ -76,7 +76,7 @@ pub fn pending_from_pb(p: pb::PendingEpoch) -> Result<Vec<OutputRecord>> {
             Ok(
                 match r.kind.context("saved output record without a kind")? {
                     Kind::Count(c) => OutputRecord::Count(CountRecord {
-                        ad_id: c.ad_id,
+                        ad_id: c.ad_id.into(),
                         window_start: c.window_start,
                         window_end: c.window_end,
                         slice: c.slice.into(),

@@ -104,7 +104,7 @@ impl BatchBuilder {
                     epoch: int(c.epoch, "epoch")?,
                     revision: i64::from(c.revision),
                     slice: c.slice.to_string(),
-                    ad_id: c.ad_id,
+                    ad_id: c.ad_id.into(),
                 };
                 self.latest = self.latest.max(Some(c.window_end));
                 let key = (row.slice.clone(), row.ad_id.clone(), row.window_start);

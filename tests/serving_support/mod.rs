@@ -165,7 +165,7 @@ fn records_for(rng: &mut ChaCha8Rng, counts: &CountTruth, top: &TopTruth) -> Vec
         let epoch = 10 + ((ws - T0) / MINUTE) as u64;
         let rec = |clicks: i64, imps: i64, epoch: u64, revision: u32| {
             OutputRecord::Count(CountRecord {
-                ad_id: ad.clone(),
+                ad_id: ad.as_str().into(),
                 window_start: *ws,
                 window_end: ws + MINUTE,
                 slice: slice.as_str().into(),

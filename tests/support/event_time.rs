@@ -68,7 +68,7 @@ impl Counts {
         let mut best: HashMap<(String, i64, String), (u32, u64, u64)> = HashMap::new();
         for c in &self.all {
             let e = best
-                .entry((c.ad_id.clone(), c.window_start, c.slice.to_string()))
+                .entry((c.ad_id.to_string(), c.window_start, c.slice.to_string()))
                 .or_insert((c.revision, c.clicks, c.impressions));
             if c.revision > e.0 {
                 *e = (c.revision, c.clicks, c.impressions);

@@ -35,7 +35,7 @@ impl Folded {
         let v = r.version();
         match r {
             OutputRecord::Count(c) => {
-                let key = (c.slice.to_string(), c.window_start, c.ad_id.clone());
+                let key = (c.slice.to_string(), c.window_start, c.ad_id.to_string());
                 match self.counts.get(&key) {
                     Some((old, cl, im)) if *old == v && (*cl, *im) != (c.clicks, c.impressions) => {
                         self.conflicts.push(format!(

@@ -104,6 +104,12 @@ impl AdDict {
         self.names.get(id)
     }
 
+    /// The ad's name as a count record carries it: a copy of the inline
+    /// name (no allocation) for any id up to 23 bytes.
+    pub(super) fn shared_name(&self, id: u32) -> smol_str::SmolStr {
+        self.names.get(id).clone()
+    }
+
     /// Every slot's name (free slots hold an empty name), indexed by id,
     /// sharing its chunks with the dictionary.
     pub(super) fn names(&self) -> SharedNames {

@@ -11,7 +11,7 @@
 
 use crate::map_batch::PartialCount;
 use crate::output::CountRecord;
-use crate::partials::{CheckedPartials, PartialRef};
+use crate::partials::{CheckedPartials, PartialRef, SliceNames};
 use crate::topn::{top_n, AdClicks};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -236,6 +236,10 @@ impl AggregateState {
         let mut out = AggregateOutput::default();
         let w = self.settings.window_ms;
         let mut touched_closed = BTreeSet::new();
+        // A packed batch's slice names are interned once per batch, not
+        // once per record: state slice id by the batch's slice index.
+        let (mut memo, mut memo_names): (Vec<Option<u32>>, &[String]) = (Vec::new(), &[]);
+        let mut slice_ids: Vec<u32> = Vec::new();
         for p in partials {
             let end = p.window_start.saturating_add(w);
             if let Some(wm) = self.watermark {
@@ -287,8 +291,34 @@ impl AggregateState {
             if clicks == 0 && impressions == 0 {
                 continue;
             }
-            for s in p.slices.iter() {
-                let slice = self.slices.intern(s);
+            slice_ids.clear();
+            match p.slices {
+                SliceNames::Indexed { ids, names } => {
+                    if !std::ptr::eq(memo_names, names) {
+                        memo_names = names;
+                        memo.clear();
+                        memo.resize(names.len(), None);
+                    }
+                    for &i in ids {
+                        let i = i as usize;
+                        let id = match memo.get(i).copied().flatten() {
+                            Some(id) => id,
+                            None => {
+                                let id = self.slices.intern(names.get(i).map_or("", |n| n));
+                                if let Some(slot) = memo.get_mut(i) {
+                                    *slot = Some(id);
+                                }
+                                id
+                            }
+                        };
+                        slice_ids.push(id);
+                    }
+                }
+                SliceNames::Owned(names) => {
+                    slice_ids.extend(names.iter().map(|n| self.slices.intern(n)));
+                }
+            }
+            for &slice in &slice_ids {
                 window.add(ad, slice, clicks, impressions);
                 if window.closed && clicks > 0 {
                     self.running.add(p.window_start, slice, ad, clicks);
@@ -385,9 +415,12 @@ impl AggregateState {
         };
         let (ads, slices) = (&self.ads, &self.slices);
         let producer: Arc<str> = self.settings.producer.as_str().into();
+        if !only_dirty {
+            out.reserve(win.cell_count());
+        }
         win.emit(only_dirty, |c| {
             out.push(CountRecord {
-                ad_id: ads.name(c.ad).to_owned(),
+                ad_id: ads.shared_name(c.ad),
                 window_start: start,
                 window_end: start + w,
                 slice: slices.shared(c.slice),

@@ -230,7 +230,7 @@ impl ReferenceState {
                 }
                 e.dirty = false;
                 out.push(CountRecord {
-                    ad_id: ad_id.clone(),
+                    ad_id: ad_id.as_str().into(),
                     window_start: start,
                     window_end: start + w,
                     slice: e.slice.as_str().into(),

@@ -146,7 +146,7 @@ fn run(
         assert_eq!(rec.version().0, s.epoch);
         match rec {
             OutputRecord::Count(c) => {
-                let k = (c.slice.to_string(), c.ad_id.clone(), c.window_start);
+                let k = (c.slice.to_string(), c.ad_id.to_string(), c.window_start);
                 if counts.get(&k).is_none_or(|o| o.revision < c.revision) {
                     counts.insert(k, c);
                 }
