@@ -169,33 +169,10 @@ impl Output {
             );
             std::process::abort();
         }
-        #[cfg(feature = "failpoints")]
-        stop_once_before_commit(epoch);
         x.forget_committed();
         let records = x.pending.take_upto(epoch);
         x.inflight.insert(epoch, records.clone());
         x.committer.commit(epoch, records).await
-    }
-}
-
-/// Test builds: with `ADCLICK_FAILPOINT=stop_before_commit`, the process
-/// stops itself (SIGSTOP) once, between a checkpoint's completion and its
-/// commit, so that it resumes as a zombie after it was replaced.
-#[cfg(feature = "failpoints")]
-fn stop_once_before_commit(epoch: u64) {
-    static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if std::env::var("ADCLICK_FAILPOINT").is_ok_and(|v| v == "stop_before_commit")
-        && !STOPPED.swap(true, std::sync::atomic::Ordering::SeqCst)
-    {
-        tracing::warn!(epoch, "fail point stop_before_commit: stopping the process");
-        // raise(), not a `kill -STOP` child: when that child exits, the
-        // kernel sends SIGCONT to a stopped, orphaned process group (the
-        // node's, once its launcher has exited), which resumed it at once.
-        // SAFETY: raise has no memory-safety preconditions.
-        unsafe {
-            libc::raise(libc::SIGSTOP);
-        }
-        tracing::warn!(epoch, "fail point stop_before_commit: resumed");
     }
 }
 

@@ -75,22 +75,33 @@ impl TxnSink {
         );
         let n = records.len();
         tokio::task::spawn_blocking(move || {
+            #[cfg(feature = "failpoints")]
+            stop_once_before_commit(epoch);
             let result = run_transaction(&p, &c, &topics, epoch, &records);
             if let Err(e) = &result {
-                if is_fenced(e) {
+                // A producer that was already fenced when the transaction
+                // began refuses it with librdkafka's generic `Fatal` code;
+                // the fencing itself is in the client's fatal error.
+                let fatal = p.client().fatal_error();
+                if is_fenced(e)
+                    || fatal
+                        .as_ref()
+                        .is_some_and(|(code, _)| is_fenced_code(*code))
+                {
                     // A newer incarnation of this actor initialised the
                     // same transactional id: this one is a zombie, and the
                     // broker refused its writes.
                     metrics::counter!("sink_fenced_total").increment(1);
                     tracing::warn!(
                         epoch,
+                        ?fatal,
                         "transactional sink fenced by a newer incarnation: {e:#}"
                     );
                 } else {
                     // Its output (counts, late and dead-lettered records)
                     // is written again after the actor's recovery.
                     metrics::counter!("sink_transaction_failures_total").increment(1);
-                    tracing::warn!(epoch, "transaction failed, aborting it: {e:#}");
+                    tracing::warn!(epoch, ?fatal, "transaction failed, aborting it: {e:#}");
                     let _ = p.abort_transaction(TIMEOUT);
                 }
             }
@@ -100,6 +111,27 @@ impl TxnSink {
         metrics::counter!("output_records_total").increment(n as u64);
         metrics::counter!("sink_commits_total").increment(1);
         Ok(())
+    }
+}
+
+/// Test builds: with `ADCLICK_FAILPOINT=stop_before_commit`, the process
+/// stops itself (SIGSTOP) once, between a checkpoint's completion and its
+/// commit, so that it resumes as a zombie after it was replaced.
+#[cfg(feature = "failpoints")]
+fn stop_once_before_commit(epoch: u64) {
+    static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if std::env::var("ADCLICK_FAILPOINT").is_ok_and(|v| v == "stop_before_commit")
+        && !STOPPED.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        tracing::warn!(epoch, "fail point stop_before_commit: stopping the process");
+        // raise(), not a `kill -STOP` child: when that child exits, the
+        // kernel sends SIGCONT to a stopped, orphaned process group (the
+        // node's, once its launcher has exited), which resumed it at once.
+        // SAFETY: raise has no memory-safety preconditions.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+        }
+        tracing::warn!(epoch, "fail point stop_before_commit: resumed");
     }
 }
 
@@ -146,17 +178,22 @@ fn run_transaction(
 /// Whether the broker refused this producer because a newer one with the
 /// same `transactional.id` fenced it.
 fn is_fenced(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| match c.downcast_ref::<KafkaError>() {
-        Some(k) => matches!(
-            k.rdkafka_error_code(),
-            Some(
-                RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-                    // librdkafka's local code once the broker's answer made
-                    // the producer's error fatal.
-                    | RDKafkaErrorCode::Fenced
-            )
-        ),
-        None => false,
+    e.chain().any(|c| {
+        c.downcast_ref::<KafkaError>()
+            .and_then(KafkaError::rdkafka_error_code)
+            .is_some_and(is_fenced_code)
     })
+}
+
+/// Whether `code` says a newer producer with the same `transactional.id`
+/// took over.
+fn is_fenced_code(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            // librdkafka's local code once the broker's answer made the
+            // producer's error fatal.
+            | RDKafkaErrorCode::Fenced
+    )
 }
