@@ -2,6 +2,7 @@
 //! assignment (no consumer-group joins), as Flink does; tansu's group joins
 //! are slow, and the coordinator owns the assignment anyway.
 
+use crate::acked_producer::{AckContext, AckedProducer};
 use adclick_core::config::{KafkaConfig, KafkaSecurity};
 use adclick_core::offsets::{self, OnOffsetMismatch};
 use anyhow::{Context, Result};
@@ -67,18 +68,16 @@ fn idempotent_config(bootstrap: &str) -> ClientConfig {
 /// The node's idempotent producer for `bootstrap`, shared by every actor's
 /// non-transactional output (counts, side records, the DLQ).
 ///
-/// rdkafka gives each producer a polling thread, and that thread spins for
-/// the last millisecond of every 100 ms poll (the timeout handed to
-/// librdkafka is truncated to whole milliseconds, so the final wait is 0):
-/// about 1 % of a core per producer, idle or not. A producer per actor
-/// made that 8 threads in a 3-node cluster. One per process keeps one.
+/// Each producer has a polling thread (see [`AckedProducer`], which also
+/// keeps that thread from spinning). A producer per actor made that 8
+/// threads in a 3-node cluster; one per process keeps one.
 /// Sharing changes no guarantee: writes are acknowledged per record, and
 /// a producer that hit a fatal error (the idempotent producer's sequence
 /// broke) is replaced for the next actor that opens its output, as a
 /// per-actor producer was when the failed actor was redeployed.
-pub fn shared_producer(bootstrap: &str) -> Result<FutureProducer> {
+pub fn shared_producer(bootstrap: &str) -> Result<AckedProducer> {
     use rdkafka::producer::Producer;
-    static SHARED: std::sync::Mutex<Vec<(String, FutureProducer)>> =
+    static SHARED: std::sync::Mutex<Vec<(String, AckedProducer)>> =
         std::sync::Mutex::new(Vec::new());
     let mut shared = SHARED
         .lock()
@@ -92,10 +91,13 @@ pub fn shared_producer(bootstrap: &str) -> Result<FutureProducer> {
     // Room for several actors' closing windows at once (librdkafka's
     // default is 100,000 records per producer); the byte bound (1 GiB)
     // still applies.
-    let p: FutureProducer = idempotent_config(bootstrap)
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .context("creating the shared Kafka producer")?;
+    let p = AckedProducer::new(
+        idempotent_config(bootstrap)
+            .set("queue.buffering.max.messages", "1000000")
+            .create_with_context(AckContext)
+            .context("creating the shared Kafka producer")?,
+    )
+    .context("starting the shared producer's polling thread")?;
     shared.retain(|(b, _)| b != bootstrap);
     shared.push((bootstrap.to_owned(), p.clone()));
     Ok(p)

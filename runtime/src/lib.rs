@@ -2,8 +2,9 @@
 //! `config` loads and validates, `telemetry` sets up tracing, `ops` serves
 //! `/metrics`, `/healthz` and `/readyz`, `kafka` builds clients and topics,
 //! `shutdown` carries Ctrl-C to every task, `admin_auth` guards the admin
-//! API with a bearer token.
+//! API with a bearer token, `acked_producer` acknowledges output per batch.
 
+pub mod acked_producer;
 pub mod admin_auth;
 pub mod config;
 pub mod grpc;

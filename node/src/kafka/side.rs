@@ -2,9 +2,10 @@
 //! written unchanged; the reason (and for late events the watermark) go in
 //! Kafka headers, so nothing about the record is lost.
 
+use adclick_runtime::acked_producer::{AckedProducer, Deliveries};
 use anyhow::{Context, Result};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::BaseRecord;
 use std::time::Duration;
 
 /// Largest payload written to a side topic, well below the 1 MB that
@@ -27,13 +28,13 @@ pub fn bounded(payload: &[u8]) -> (&[u8], Option<String>) {
 /// A producer for one side topic.
 #[derive(Clone)]
 pub struct SideOutput {
-    producer: FutureProducer,
+    producer: AckedProducer,
     topic: String,
 }
 
 impl SideOutput {
     /// A side output to `topic`.
-    pub fn new(producer: FutureProducer, topic: String) -> Self {
+    pub fn new(producer: AckedProducer, topic: String) -> Self {
         Self { producer, topic }
     }
 
@@ -64,23 +65,30 @@ impl SideOutput {
                 value: Some(v.as_bytes()),
             });
         }
-        let mut rec = FutureRecord::to(&self.topic).payload(payload).headers(h);
-        if let Some(k) = key {
-            rec = rec.key(k);
-        }
         let sent = match injected_failure() {
             Some(e) => Err(e),
-            None => self
-                .producer
-                .send(rec, Duration::from_secs(30))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| anyhow::Error::new(e)),
+            None => self.write(key, payload, h).await,
         };
         if sent.is_err() {
             count_failure(&self.topic);
         }
         sent.with_context(|| format!("writing to {}", self.topic))
+    }
+
+    /// Queues one record and waits for its delivery report.
+    async fn write(&self, key: Option<&[u8]>, payload: &[u8], headers: OwnedHeaders) -> Result<()> {
+        let delivery = Deliveries::new();
+        let mut rec = BaseRecord::with_opaque_to(&self.topic, delivery.clone())
+            .payload(payload)
+            .headers(headers);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        self.producer.send(rec, Duration::from_secs(30)).await?;
+        match delivery.settled().await.into_iter().next() {
+            Some((_, e)) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 }
 

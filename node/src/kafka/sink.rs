@@ -9,15 +9,14 @@
 
 use adclick_core::config::KafkaConfig;
 use adclick_core::output::{OutputRecord, SideTopic};
+use adclick_runtime::acked_producer::{AckedProducer, Deliveries};
 use anyhow::{Context, Result};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use rdkafka::producer::BaseRecord;
+use std::time::Duration;
 
-/// How long a write waits for room in a full producer queue it has no
-/// delivery of its own to wait for (another writer shares the producer).
+/// How long a write waits for room in a full producer queue that does not
+/// shrink (the broker is not taking records).
 const QUEUE_FULL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The topics an actor's output can go to.
@@ -123,90 +122,70 @@ impl<'t> Encoder<'t> {
 /// Writes output records to their topics.
 #[derive(Clone)]
 pub struct OutputSink {
-    producer: FutureProducer,
+    producer: AckedProducer,
     topics: Topics,
 }
 
 impl OutputSink {
     /// A sink to `topics`.
-    pub fn new(producer: FutureProducer, topics: Topics) -> Self {
+    pub fn new(producer: AckedProducer, topics: Topics) -> Self {
         Self { producer, topics }
     }
 
     /// Writes a batch and waits until the broker acknowledged all of it.
     ///
-    /// Records are queued in the producer one after another and their
-    /// deliveries awaited afterwards, oldest first. A closing window
-    /// writes a record per cell, and a future per record joined over the
-    /// whole batch cost more CPU than producing the records. When the
-    /// producer's queue is full, the oldest delivery is awaited to make
-    /// room.
+    /// Every record is queued in the producer first, and the batch's
+    /// delivery reports are counted together ([`Deliveries`]) rather than
+    /// awaited one future per record: a closing window writes a record per
+    /// cell. A full producer queue (other actors share the producer) is
+    /// waited out while it drains.
     pub async fn write(&self, records: &[OutputRecord]) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
-        let mut deliveries: VecDeque<(DeliveryFuture, &str)> = VecDeque::new();
+        let batch = Deliveries::new();
         let mut encoder = Encoder::new(&self.topics);
+        let mut queued = Ok(());
         for r in records {
-            let e = encoder.encode(r)?;
+            let e = match encoder.encode(r) {
+                Ok(e) => e,
+                Err(err) => {
+                    queued = Err(err);
+                    break;
+                }
+            };
             if e.topic != self.topics.output {
                 if let Some(err) = super::side::injected_failure() {
                     self.count_failure(e.topic);
-                    return Err(err);
+                    queued = Err(err);
+                    break;
                 }
             }
-            let mut rec = FutureRecord::to(e.topic).key(e.key).payload(e.payload);
+            let mut rec = BaseRecord::with_opaque_to(e.topic, batch.clone())
+                .key(e.key)
+                .payload(e.payload);
             if let Some(h) = e.headers {
                 rec = rec.headers(h);
             }
-            let mut full_since: Option<Instant> = None;
-            loop {
-                match self.producer.send_result(rec) {
-                    Ok(delivery) => {
-                        deliveries.push_back((delivery, e.topic));
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        rec = back;
-                        if let Some((delivery, topic)) = deliveries.pop_front() {
-                            self.settle(delivery, topic).await?;
-                        } else if full_since.get_or_insert_with(Instant::now).elapsed()
-                            > QUEUE_FULL_TIMEOUT
-                        {
-                            self.count_failure(e.topic);
-                            anyhow::bail!(
-                                "the producer queue stayed full for {QUEUE_FULL_TIMEOUT:?}"
-                            );
-                        } else {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                    }
-                    Err((err, _)) => {
-                        self.count_failure(e.topic);
-                        return Err(anyhow::Error::new(err))
-                            .with_context(|| format!("writing {} output records", records.len()));
-                    }
-                }
+            if let Err(err) = self.producer.send(rec, QUEUE_FULL_TIMEOUT).await {
+                self.count_failure(e.topic);
+                queued = Err(anyhow::Error::new(err));
+                break;
             }
         }
-        for (delivery, topic) in deliveries {
-            self.settle(delivery, topic)
-                .await
-                .with_context(|| format!("writing {} output records", records.len()))?;
+        // Records already queued are settled before returning, even when
+        // a later one failed: nothing of this batch is left in flight.
+        let failures = batch.settled().await;
+        for (topic, _) in &failures {
+            self.count_failure(topic);
+        }
+        queued.with_context(|| format!("writing {} output records", records.len()))?;
+        if let Some((topic, err)) = failures.into_iter().next() {
+            return Err(anyhow::Error::new(err))
+                .with_context(|| format!("writing {} output records ({topic})", records.len()));
         }
         metrics::counter!("output_records_total").increment(records.len() as u64);
         Ok(())
-    }
-
-    /// Waits for one record's delivery report.
-    async fn settle(&self, delivery: DeliveryFuture, topic: &str) -> Result<()> {
-        let failed = match delivery.await {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err((e, _))) => anyhow::Error::new(e),
-            Err(_) => anyhow::anyhow!("the producer dropped a delivery report"),
-        };
-        self.count_failure(topic);
-        Err(failed)
     }
 
     /// Counts a record that could not be written, by topic.
