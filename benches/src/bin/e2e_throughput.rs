@@ -34,10 +34,7 @@
 //!    the Map actors use, next to `BaseConsumer::poll`: the cost of taking
 //!    records one at a time through the async API.
 //!
-//! Flags: `--broker tansu|nisshi` (tansu), `--events N` (1,000,000), `--ads N` (200,000), `--minutes N` (10),
-//! `--nodes N` (3), `--batch-max-events N` (16,384), `--bin PATH`
-//! (target/release/adclick), `--modes LIST` (`eo`; e.g. `eo,alo,eo,alo`),
-//! `--checkpoint-interval-ms N` (10,000, the default of the config).
+//! Flags and their defaults: `e2e_throughput --help`.
 
 use adclick_benches::e2e::*;
 use adclick_testkit::{temp_dir, Broker, BrokerKind};
@@ -47,31 +44,61 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// End-to-end throughput of the cluster next to the broker-only rate, in
+/// one run; see the module documentation for what each step measures.
+#[derive(clap::Parser)]
+#[command(name = "e2e_throughput")]
 struct Args {
+    /// Input events to generate.
+    #[arg(long, default_value_t = 1_000_000)]
     events: u64,
+    /// Distinct ads in the input.
+    #[arg(long, default_value_t = 200_000)]
     ads: u64,
+    /// Minutes of event time the input spans.
+    #[arg(long, default_value_t = 10)]
     minutes: u64,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 3)]
     nodes: u32,
+    /// `map.batch_max_events` of the job.
+    #[arg(long, default_value_t = 16_384)]
     batch_max_events: usize,
+    /// The adclick binary.
+    #[arg(long, default_value_os_t = workspace_root().join("target/release/adclick"))]
     bin: PathBuf,
+    /// Pipeline runs, in order, each a fresh job on the same input.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "eo")]
     modes: Vec<Mode>,
+    /// `checkpoint.interval_ms` of the job.
+    #[arg(long, default_value_t = 10_000)]
     checkpoint_interval_ms: u64,
+    /// The broker to run on.
+    #[arg(long, value_parser = parse_broker, default_value = "tansu")]
     broker: BrokerKind,
-    /// `[kafka.source_consumer]` of every run, also set on the broker-only
-    /// consumer.
+    /// `NAME=VALUE` of `[kafka.source_consumer]` for every run, also set on
+    /// the broker-only consumer (repeatable).
+    #[arg(long = "source-property", value_parser = parse_property)]
     source_properties: Vec<(String, String)>,
     /// Also time the broker-only read through `StreamConsumer::recv`.
+    #[arg(long)]
     consumer_api: bool,
 }
 
 /// Delivery mode of one pipeline run.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
 enum Mode {
+    /// Exactly once, the sink chosen by `auto`.
+    #[value(name = "eo")]
     ExactlyOnce,
     /// Exactly once with the transactional sink forced.
+    #[value(name = "eo-txn")]
     Transactional,
     /// Exactly once with the replay sink forced.
+    #[value(name = "eo-replay")]
     Replay,
+    /// At least once: no checkpoints, output written at once.
+    #[value(name = "alo")]
     AtLeastOnce,
 }
 
@@ -95,63 +122,18 @@ impl Mode {
     }
 }
 
-fn parse_args() -> Result<Args> {
-    let root = workspace_root();
-    let mut a = Args {
-        events: 1_000_000,
-        ads: 200_000,
-        minutes: 10,
-        nodes: 3,
-        batch_max_events: 16_384,
-        bin: root.join("target/release/adclick"),
-        modes: vec![Mode::ExactlyOnce],
-        checkpoint_interval_ms: 10_000,
-        broker: BrokerKind::Tansu,
-        source_properties: Vec::new(),
-        consumer_api: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--events" => a.events = val()?.parse()?,
-            "--ads" => a.ads = val()?.parse()?,
-            "--minutes" => a.minutes = val()?.parse()?,
-            "--nodes" => a.nodes = val()?.parse()?,
-            "--batch-max-events" => a.batch_max_events = val()?.parse()?,
-            "--bin" => a.bin = PathBuf::from(val()?),
-            "--checkpoint-interval-ms" => a.checkpoint_interval_ms = val()?.parse()?,
-            "--source-property" => {
-                let v = val()?;
-                let (name, value) = v
-                    .split_once('=')
-                    .with_context(|| format!("--source-property {v}: use NAME=VALUE"))?;
-                a.source_properties.push((name.into(), value.into()));
-            }
-            "--consumer-api" => a.consumer_api = true,
-            "--broker" => {
-                a.broker = match val()?.as_str() {
-                    "tansu" => BrokerKind::Tansu,
-                    "nisshi" => BrokerKind::Nisshi,
-                    other => bail!("unknown broker {other}: use tansu or nisshi"),
-                }
-            }
-            "--modes" => {
-                a.modes = val()?
-                    .split(',')
-                    .map(|m| match m {
-                        "eo" => Ok(Mode::ExactlyOnce),
-                        "eo-txn" => Ok(Mode::Transactional),
-                        "eo-replay" => Ok(Mode::Replay),
-                        "alo" => Ok(Mode::AtLeastOnce),
-                        other => bail!("unknown mode {other}: use eo, eo-txn, eo-replay or alo"),
-                    })
-                    .collect::<Result<_>>()?
-            }
-            other => bail!("unknown flag {other}; see the doc comment of e2e_throughput.rs"),
-        }
+fn parse_broker(name: &str) -> Result<BrokerKind, String> {
+    match name {
+        "tansu" => Ok(BrokerKind::Tansu),
+        "nisshi" => Ok(BrokerKind::Nisshi),
+        other => Err(format!("unknown broker {other}: use tansu or nisshi")),
     }
-    Ok(a)
+}
+
+fn parse_property(v: &str) -> Result<(String, String), String> {
+    v.split_once('=')
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{v}: use NAME=VALUE"))
 }
 
 /// Records in the input topic (sum of high - low watermarks).
@@ -418,7 +400,7 @@ fn run_pipeline(
 }
 
 fn main() -> Result<()> {
-    let a = parse_args()?;
+    let a = <Args as clap::Parser>::parse();
     require_bin(&a.bin)?;
     let dir = temp_dir("e2e-throughput");
     let broker = Broker::start_on(a.broker, &dir)?;

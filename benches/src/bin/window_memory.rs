@@ -17,6 +17,10 @@
 //! does: the dictionary is then shared by K windows' cells, where one
 //! window of new ads (the default) is the worst case for it.
 //!
+//! With `--keys-per-ad K` (default 1) each (ad, window) gets K clicks with
+//! distinct event ids: two runs that differ only in K give the heap bytes
+//! of one more dedup key, which grow with the event rate, not the ads.
+//!
 //! `cargo run --release -p adclick-benches --bin window_memory -- --ads 10000000`
 //! `cargo run --release -p adclick-benches --bin window_memory -- --ads 100000 --windows 60`
 
@@ -41,6 +45,7 @@ fn main() {
     let ads = arg("--ads", 10_000_000);
     let cap = arg("--cap", 1_000_000);
     let windows = arg("--windows", 1).max(1);
+    let keys_per_ad = arg("--keys-per-ad", 1).max(1);
     let batch = 4_096;
     let mut state = AggregateState::new(AggregateSettings {
         window_ms: 60_000,
@@ -61,7 +66,12 @@ fn main() {
                     ad_id: format!("ad{n:09}"),
                     window_start: window as i64 * 60_000,
                     slices: slices.clone(),
-                    click_keys: vec![(n * windows + window) as u64 ^ 0x9e37_79b9_7f4a_7c15],
+                    click_keys: (0..keys_per_ad)
+                        .map(|k| {
+                            ((n * windows + window) * keys_per_ad + k) as u64
+                                ^ 0x9e37_79b9_7f4a_7c15
+                        })
+                        .collect(),
                     ..Default::default()
                 })
                 .collect();
@@ -78,7 +88,7 @@ fn main() {
     let heap = state.heap_bytes();
     let closed = state.advance(windows as i64 * 60_000);
     println!(
-        "ads {ads} · windows {windows} · cap {cap} · cells held {} · refused partials {refused} ({refused_events} events) · \
+        "ads {ads} · windows {windows} · keys per ad {keys_per_ad} · cap {cap} · cells held {} · refused partials {refused} ({refused_events} events) · \
          count records emitted {} · peak RSS with the state {:.0} MiB, after emitting its \
          count records {:.0} MiB · {:.1} s\n\
          state heap {:.1} MiB = {:.1} bytes per (ad, window, slice) cell ({slice_cells} cells, \
