@@ -226,6 +226,7 @@ fn snapshot_seeds() -> Vec<Vec<u8>> {
     let agg = snapshot_codec::aggregate_to_pb(
         adclick_core::aggregate::AggregateSnapshot {
             watermark: Some(120_000),
+            dedup_horizon: None,
             last_boundary: Some(60_000),
             cells: (0..6)
                 .map(|i| adclick_core::aggregate::CellSnapshot {

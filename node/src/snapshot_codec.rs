@@ -112,6 +112,7 @@ pub fn aggregate_to_pb(
     pb::AggregateSnapshot {
         version: VERSION,
         watermark: s.watermark,
+        dedup_horizon: s.dedup_horizon,
         last_boundary: s.last_boundary,
         key_groups: groups
             .into_iter()
@@ -132,6 +133,7 @@ pub fn aggregate_to_pb(
 /// the object of every window held.
 pub fn aggregate_manifest(
     watermark: Option<i64>,
+    dedup_horizon: Option<i64>,
     last_boundary: Option<i64>,
     pending: Vec<pb::PendingEpoch>,
     segments: Vec<pb::WindowSegment>,
@@ -140,6 +142,7 @@ pub fn aggregate_manifest(
     pb::AggregateSnapshot {
         version: VERSION,
         watermark,
+        dedup_horizon,
         last_boundary,
         key_groups: Vec::new(),
         pending,
@@ -188,6 +191,7 @@ pub fn aggregate_from_parts(
     }
     Ok(AggregateSnapshot {
         watermark: p.watermark,
+        dedup_horizon: p.dedup_horizon,
         last_boundary: p.last_boundary,
         cells,
         columns,

@@ -6,6 +6,7 @@ use super::*;
 fn aggregate_round_trip_filters_key_groups() {
     let snap = AggregateSnapshot {
         watermark: Some(5),
+        dedup_horizon: Some(6),
         last_boundary: Some(4),
         cells: vec![
             CellSnapshot {
@@ -41,7 +42,10 @@ fn aggregate_round_trip_filters_key_groups() {
     assert_eq!(pending_from_parts(&parts, "test").unwrap(), pending);
     let all = aggregate_from_parts(&parts, |_| true, "test").unwrap();
     assert_eq!(all.cells.len(), 2);
-    assert_eq!((all.watermark, all.last_boundary), (Some(5), Some(4)));
+    assert_eq!(
+        (all.watermark, all.dedup_horizon, all.last_boundary),
+        (Some(5), Some(6), Some(4))
+    );
     let kg_a = key_group_of("a", 16).0;
     let only_a = aggregate_from_parts(&parts, |kg| kg == kg_a, "test").unwrap();
     assert!(only_a
@@ -62,6 +66,7 @@ fn key_group_zero_is_found_though_protobuf_omits_it() {
         .unwrap();
     let snap = AggregateSnapshot {
         watermark: None,
+        dedup_horizon: None,
         last_boundary: None,
         cells: vec![CellSnapshot {
             ad_id: ad.clone(),
@@ -106,6 +111,7 @@ fn a_restored_reference_covers_exactly_the_key_groups_kept() {
         .collect();
     let snap = AggregateSnapshot {
         watermark: None,
+        dedup_horizon: None,
         last_boundary: None,
         cells,
         columns: Vec::new(),
@@ -254,6 +260,7 @@ fn a_damaged_column_object_is_an_error_that_names_it() {
 fn a_truncated_snapshot_is_an_error_that_names_it() {
     let snap = AggregateSnapshot {
         watermark: Some(1),
+        dedup_horizon: None,
         last_boundary: None,
         cells: vec![],
         columns: Vec::new(),
@@ -262,4 +269,23 @@ fn a_truncated_snapshot_is_an_error_that_names_it() {
     bytes.truncate(bytes.len() - 1);
     let err = aggregate_parts(bytes.into(), "1/aggregate-0").unwrap_err();
     assert!(format!("{err:#}").contains("1/aggregate-0"), "{err:#}");
+}
+
+#[test]
+fn an_incremental_manifest_keeps_the_watermark_and_the_dedup_horizon() {
+    let bytes = aggregate_manifest(
+        Some(5),
+        Some(9),
+        Some(4),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    )
+    .encode_to_vec();
+    let parts = aggregate_parts(bytes.into(), "test").unwrap();
+    let snap = aggregate_from_parts(&parts, |_| true, "test").unwrap();
+    assert_eq!(
+        (snap.watermark, snap.dedup_horizon, snap.last_boundary),
+        (Some(5), Some(9), Some(4))
+    );
 }

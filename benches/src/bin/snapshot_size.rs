@@ -76,6 +76,7 @@ fn written_bytes(frozen: &FrozenAggregate) -> usize {
         .collect();
     let manifest = aggregate_manifest(
         frozen.watermark(),
+        frozen.dedup_horizon(),
         frozen.last_boundary(),
         Vec::new(),
         segments,

@@ -21,6 +21,12 @@
 //! distinct event ids: two runs that differ only in K give the heap bytes
 //! of one more dedup key, which grow with the event rate, not the ads.
 //!
+//! With `--live 1` the watermark follows the windows as in a running job:
+//! each window's predecessor closes once it is fed, every window is held
+//! for top-N (M = K), and the dedup keys of a window are freed once the
+//! watermark passes its end plus the allowed lateness (one window). The
+//! heap is measured with the last two windows still holding their keys.
+//!
 //! `cargo run --release -p adclick-benches --bin window_memory -- --ads 10000000`
 //! `cargo run --release -p adclick-benches --bin window_memory -- --ads 100000 --windows 60`
 
@@ -46,12 +52,17 @@ fn main() {
     let cap = arg("--cap", 1_000_000);
     let windows = arg("--windows", 1).max(1);
     let keys_per_ad = arg("--keys-per-ad", 1).max(1);
+    let live = arg("--live", 0) != 0;
     let batch = 4_096;
     let mut state = AggregateState::new(AggregateSettings {
         window_ms: 60_000,
         allowed_lateness_ms: 60_000,
         top_n: 10,
-        top_windows: vec![1, 5],
+        top_windows: if live {
+            vec![1, windows as u32]
+        } else {
+            vec![1, 5]
+        },
         producer: "aggregate-0".into(),
         max_ads_per_window: cap,
     });
@@ -80,6 +91,9 @@ fn main() {
             refused_events += out.overflow_events;
             i += batch;
         }
+        if live {
+            state.advance(window as i64 * 60_000);
+        }
     }
     let fed = t.elapsed();
     let state_rss = peak_rss_mib();
@@ -88,7 +102,7 @@ fn main() {
     let heap = state.heap_bytes();
     let closed = state.advance(windows as i64 * 60_000);
     println!(
-        "ads {ads} · windows {windows} · keys per ad {keys_per_ad} · cap {cap} · cells held {} · refused partials {refused} ({refused_events} events) · \
+        "ads {ads} · windows {windows} · keys per ad {keys_per_ad} · live {live} · cap {cap} · cells held {} · refused partials {refused} ({refused_events} events) · \
          count records emitted {} · peak RSS with the state {:.0} MiB, after emitting its \
          count records {:.0} MiB · {:.1} s\n\
          state heap {:.1} MiB = {:.1} bytes per (ad, window, slice) cell ({slice_cells} cells, \

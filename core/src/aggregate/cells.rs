@@ -170,6 +170,20 @@ impl WindowCells {
             .map(|e| (e[0], u64::from(e[1]) | (u64::from(e[2]) << 32)))
     }
 
+    /// Whether any dedup key is held.
+    pub(super) fn has_seen(&self) -> bool {
+        !self.seen.is_empty() || self.unindexed.as_ref().is_some_and(|u| !u.seen.is_empty())
+    }
+
+    /// Frees every dedup key: the window is past its dedup horizon and
+    /// takes no event any more.
+    pub(super) fn forget_seen(&mut self) {
+        self.seen = HashSet::default();
+        if let Some(u) = &mut self.unindexed {
+            u.seen = Vec::new();
+        }
+    }
+
     /// Whether [`WindowCells::restore_bulk`] may add to this window: it holds
     /// nothing but what earlier bulk restores added.
     pub(super) fn takes_bulk(&self) -> bool {

@@ -26,6 +26,10 @@ fn settings() -> AggregateSettings {
 enum Op {
     Apply(Vec<PartialCount>),
     Advance(i64),
+    /// Advances one actor only (by index, modulo the number of actors):
+    /// watermarks differ at the next rescale, whose restore takes the
+    /// lowest and must keep what the highest sealed.
+    AdvanceOne(usize, i64),
     /// New number of actors and a salt that reshuffles which owns an ad.
     Rescale(usize, u64),
     /// An incremental checkpoint of every actor (restores then read the
@@ -69,6 +73,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => proptest::collection::vec(partial(), 1..8).prop_map(Op::Apply),
         3 => (0i64..12 * W).prop_map(Op::Advance),
+        1 => (0usize..4, 0i64..12 * W).prop_map(|(i, wm)| Op::AdvanceOne(i, wm)),
         1 => (1usize..4, any::<u64>()).prop_map(|(n, salt)| Op::Rescale(n, salt)),
         1 => Just(Op::Checkpoint),
     ]
@@ -90,6 +95,7 @@ fn incremental(
             .collect();
         let snap = AggregateSnapshot {
             watermark: None,
+            dedup_horizon: None,
             last_boundary: None,
             cells: Vec::new(),
             columns,
@@ -99,6 +105,7 @@ fn incremental(
     store.retain(|w, _| f.held().contains(w));
     let mut parts = vec![AggregateSnapshot {
         watermark: f.watermark(),
+        dedup_horizon: f.dedup_horizon(),
         last_boundary: f.last_boundary(),
         cells: Vec::new(),
         columns: Vec::new(),
@@ -167,6 +174,12 @@ proptest! {
                         let b = normalized(old[i].advance(wm));
                         prop_assert_eq!(a, b, "step {} advance to {} on actor {}", step, wm, i);
                     }
+                }
+                Op::AdvanceOne(i, wm) => {
+                    let i = i % n;
+                    let a = normalized(new[i].advance(wm));
+                    let b = normalized(old[i].advance(wm));
+                    prop_assert_eq!(a, b, "step {} advance to {} on actor {} alone", step, wm, i);
                 }
                 Op::Rescale(to, new_salt) => {
                     let new_parts: Vec<AggregateSnapshot> = new.iter().map(AggregateState::snapshot).collect();

@@ -63,6 +63,15 @@ impl AggregateSettings {
         self.allowed_lateness_ms + self.max_m() * self.window_ms
     }
 
+    /// Whether the window starting at `start` is past its dedup horizon at
+    /// `wm` (its end plus the allowed lateness): it takes no event any more.
+    fn sealed(&self, start: i64, wm: i64) -> bool {
+        start
+            .saturating_add(self.window_ms)
+            .saturating_add(self.allowed_lateness_ms)
+            <= wm
+    }
+
     /// Whether the window starting at `start` is past retention at `wm`.
     fn expired(&self, start: i64, wm: i64) -> bool {
         start
@@ -171,6 +180,13 @@ pub struct AggregateState {
     settings: AggregateSettings,
     windows: BTreeMap<i64, Window>,
     watermark: Option<i64>,
+    /// The highest watermark this state, or any state it was restored
+    /// from, reached. A window past its dedup horizon at it takes no event
+    /// (it goes to the late topic), and its dedup keys are freed. A restore
+    /// after a rescale takes the lowest watermark of its parts, so without
+    /// this a window another actor had already sealed would count again a
+    /// duplicate whose key was freed.
+    dedup_horizon: Option<i64>,
     last_boundary: Option<i64>,
     ads: AdDict,
     slices: SliceDict,
@@ -185,6 +201,7 @@ impl AggregateState {
             settings,
             windows: BTreeMap::new(),
             watermark: None,
+            dedup_horizon: None,
             last_boundary: None,
             ads: AdDict::default(),
             slices: SliceDict::default(),
@@ -242,9 +259,9 @@ impl AggregateState {
         let mut slice_ids: Vec<u32> = Vec::new();
         for p in partials {
             let end = p.window_start.saturating_add(w);
-            if let Some(wm) = self.watermark {
-                if end.saturating_add(self.settings.allowed_lateness_ms) <= wm {
-                    out.late.push(late_event(&p, end, wm));
+            if let Some(h) = self.dedup_horizon {
+                if self.settings.sealed(p.window_start, h) {
+                    out.late.push(late_event(&p, end, h));
                     continue;
                 }
             }
@@ -350,6 +367,7 @@ impl AggregateState {
             return out;
         }
         self.watermark = Some(wm);
+        self.dedup_horizon = self.dedup_horizon.max(Some(wm));
         let w = self.settings.window_ms;
         let to_close: Vec<i64> = self
             .windows
@@ -386,7 +404,23 @@ impl AggregateState {
                 }
             }
         }
+        self.forget_sealed_keys();
         out
+    }
+
+    /// Frees the dedup keys of every window past its dedup horizon. A
+    /// window a checkpoint still shares keeps them until a later call.
+    fn forget_sealed_keys(&mut self) {
+        let Some(h) = self.dedup_horizon else {
+            return;
+        };
+        for (start, win) in &mut self.windows {
+            if !self.settings.sealed(*start, h) {
+                // Windows are in start order: the rest are later still.
+                break;
+            }
+            win.forget_seen();
+        }
     }
 
     /// After a rescale, Reduce holds lists split by the old key groups;
@@ -537,6 +571,8 @@ fn by_slice(sums: &FastMap<u64, u64>, slices: usize) -> Vec<Vec<(u32, u64)>> {
 /// SipHash on short keys) for the per-boundary scratch maps of `local_top`.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+#[cfg(test)]
+mod dedup_horizon_tests;
 #[cfg(test)]
 mod equivalence_tests;
 #[cfg(test)]

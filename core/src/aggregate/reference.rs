@@ -41,6 +41,10 @@ pub(super) struct ReferenceState {
     settings: AggregateSettings,
     minutes: BTreeMap<i64, MinuteState>,
     watermark: Option<i64>,
+    /// Highest watermark reached here or in a restored part: minutes whose
+    /// end plus the allowed lateness it passed take no event and keep no
+    /// dedup keys.
+    dedup_horizon: Option<i64>,
     last_boundary: Option<i64>,
 }
 
@@ -51,6 +55,7 @@ impl ReferenceState {
             settings,
             minutes: BTreeMap::new(),
             watermark: None,
+            dedup_horizon: None,
             last_boundary: None,
         }
     }
@@ -77,9 +82,9 @@ impl ReferenceState {
         let mut touched_closed = BTreeSet::new();
         for mut p in partials {
             let end = p.window_start.saturating_add(w);
-            if let Some(wm) = self.watermark {
-                if end.saturating_add(self.settings.allowed_lateness_ms) <= wm {
-                    out.late.push(late_event(&p.as_partial_ref(), end, wm));
+            if let Some(h) = self.dedup_horizon {
+                if end.saturating_add(self.settings.allowed_lateness_ms) <= h {
+                    out.late.push(late_event(&p.as_partial_ref(), end, h));
                     continue;
                 }
             }
@@ -168,6 +173,7 @@ impl ReferenceState {
             return out;
         }
         self.watermark = Some(wm);
+        self.dedup_horizon = self.dedup_horizon.max(Some(wm));
         let w = self.settings.window_ms;
         let to_close: Vec<i64> = self
             .minutes
@@ -193,6 +199,7 @@ impl ReferenceState {
         let settings = &self.settings;
         self.minutes
             .retain(|start, m| !(m.closed && settings.expired(*start, wm)));
+        self.forget_sealed_keys();
         out
     }
 
@@ -340,6 +347,7 @@ impl ReferenceState {
         }
         AggregateSnapshot {
             watermark: self.watermark,
+            dedup_horizon: self.dedup_horizon,
             last_boundary: self.last_boundary,
             cells,
             columns: Vec::new(),
@@ -355,6 +363,13 @@ impl ReferenceState {
     ) -> Self {
         let mut s = Self::new(settings);
         s.watermark = parts.iter().filter_map(|p| p.watermark).min();
+        s.dedup_horizon = parts
+            .iter()
+            .filter_map(|p| match (p.dedup_horizon, p.watermark) {
+                (Some(h), Some(wm)) => Some(h.max(wm)),
+                (h, wm) => h.or(wm),
+            })
+            .max();
         s.last_boundary = parts.iter().filter_map(|p| p.last_boundary).min();
         let w = s.settings.window_ms;
         for p in parts {
@@ -380,6 +395,22 @@ impl ReferenceState {
                 }
             }
         }
+        s.forget_sealed_keys();
         s
+    }
+
+    /// Empties the dedup sets of the minutes past their dedup horizon.
+    fn forget_sealed_keys(&mut self) {
+        let Some(h) = self.dedup_horizon else {
+            return;
+        };
+        let reach = self.settings.window_ms + self.settings.allowed_lateness_ms;
+        for (start, m) in &mut self.minutes {
+            if start.saturating_add(reach) <= h {
+                for a in m.ads.values_mut() {
+                    a.seen.clear();
+                }
+            }
+        }
     }
 }

@@ -24,6 +24,11 @@ pub struct CellSnapshot {
 pub struct AggregateSnapshot {
     /// Watermark at the barrier.
     pub watermark: Option<i64>,
+    /// Highest watermark the state had reached, here or in the states it
+    /// was restored from: windows past their dedup horizon at it hold no
+    /// dedup keys and take no event. Absent in snapshots written before
+    /// dedup keys were freed (the watermark stands in).
+    pub dedup_horizon: Option<i64>,
     /// Last window end whose top-N was emitted.
     pub last_boundary: Option<i64>,
     /// Every (ad, window) held, one message per cell (format 4 and
@@ -47,6 +52,7 @@ pub struct AggregateSnapshot {
 #[derive(Clone, Debug)]
 pub struct FrozenAggregate {
     watermark: Option<i64>,
+    dedup_horizon: Option<i64>,
     last_boundary: Option<i64>,
     /// Every window held at the barrier, copied or not.
     held: Vec<i64>,
@@ -72,6 +78,12 @@ impl FrozenAggregate {
         self.watermark
     }
 
+    /// Highest watermark reached, at the barrier (see
+    /// [`AggregateSnapshot::dedup_horizon`]).
+    pub fn dedup_horizon(&self) -> Option<i64> {
+        self.dedup_horizon
+    }
+
     /// Last window end whose top-N was emitted, at the barrier.
     pub fn last_boundary(&self) -> Option<i64> {
         self.last_boundary
@@ -92,6 +104,7 @@ impl FrozenAggregate {
         }
         AggregateSnapshot {
             watermark: self.watermark,
+            dedup_horizon: self.dedup_horizon,
             last_boundary: self.last_boundary,
             cells,
             columns: Vec::new(),
@@ -106,6 +119,7 @@ impl FrozenAggregate {
             self.window_cells(*start, win, &mut cells);
             let snap = AggregateSnapshot {
                 watermark: None,
+                dedup_horizon: None,
                 last_boundary: None,
                 cells,
                 columns: Vec::new(),
@@ -153,6 +167,7 @@ impl AggregateState {
     pub fn freeze(&self) -> FrozenAggregate {
         FrozenAggregate {
             watermark: self.watermark,
+            dedup_horizon: self.dedup_horizon,
             last_boundary: self.last_boundary,
             held: self.windows.keys().copied().collect(),
             windows: self
@@ -180,6 +195,7 @@ impl AggregateState {
         }
         FrozenAggregate {
             watermark: self.watermark,
+            dedup_horizon: self.dedup_horizon,
             last_boundary: self.last_boundary,
             held: self.windows.keys().copied().collect(),
             windows,
@@ -219,6 +235,13 @@ impl AggregateState {
     ) -> Self {
         let mut s = Self::new(settings);
         s.watermark = parts.iter().filter_map(|p| p.watermark).min();
+        // The lowest watermark closes windows (none is left unemitted); the
+        // highest one seals them: a part that freed a window's dedup keys
+        // must not find it taking events again here.
+        s.dedup_horizon = parts
+            .iter()
+            .filter_map(|p| p.dedup_horizon.max(p.watermark))
+            .max();
         s.last_boundary = parts.iter().filter_map(|p| p.last_boundary).min();
         let w = s.settings.window_ms;
         let wm = s.watermark;
@@ -250,6 +273,7 @@ impl AggregateState {
                 }
             }
         }
+        s.forget_sealed_keys();
         s
     }
 }

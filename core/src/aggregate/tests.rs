@@ -277,6 +277,7 @@ fn incremental_freezes_copy_only_changed_windows_and_restore_exactly() {
     // state as a full snapshot, and the same future.
     let mut parts = vec![AggregateSnapshot {
         watermark: third.watermark(),
+        dedup_horizon: third.dedup_horizon(),
         last_boundary: third.last_boundary(),
         cells: Vec::new(),
         columns: Vec::new(),

@@ -107,6 +107,28 @@ impl Window {
         self.cells_mut().see(ad, dedup_key)
     }
 
+    /// Frees the dedup keys once the window is past its dedup horizon
+    /// (window end + allowed lateness: no event is taken for it any more);
+    /// they were most of the state of the windows kept only for top-N.
+    ///
+    /// Returns false, changing nothing, while a frozen checkpoint still
+    /// shares the cells: dropping the keys then would copy the whole
+    /// window. The caller tries again at the next watermark. The window is
+    /// not marked changed: a checkpoint that still holds its keys restores
+    /// the same counts, and the restore drops the keys again.
+    pub(super) fn forget_seen(&mut self) -> bool {
+        if !self.cells.has_seen() {
+            return true;
+        }
+        match Arc::get_mut(&mut self.cells) {
+            Some(cells) => {
+                cells.forget_seen();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Every (ad, dedup key) seen.
     pub(super) fn seen(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
         self.cells.seen()

@@ -114,6 +114,7 @@ pub(super) fn encode(
     }
     let manifest = aggregate_manifest(
         frozen.watermark(),
+        frozen.dedup_horizon(),
         frozen.last_boundary(),
         inline,
         next.windows.values().flatten().cloned().collect(),
