@@ -10,12 +10,8 @@ const W: i64 = 60_000;
 /// dedup keys were freed.
 fn settings() -> AggregateSettings {
     AggregateSettings {
-        window_ms: W,
-        allowed_lateness_ms: W,
-        top_n: 2,
         top_windows: vec![1, 5],
-        producer: "aggregate-0".into(),
-        max_ads_per_window: 1000,
+        ..super::tests::settings()
     }
 }
 

@@ -4,7 +4,7 @@ use super::*;
 
 const W: i64 = 60_000;
 
-fn settings() -> AggregateSettings {
+pub(super) fn settings() -> AggregateSettings {
     AggregateSettings {
         window_ms: W,
         allowed_lateness_ms: W,

@@ -111,21 +111,17 @@ impl Window {
     /// (window end + allowed lateness: no event is taken for it any more);
     /// they were most of the state of the windows kept only for top-N.
     ///
-    /// Returns false, changing nothing, while a frozen checkpoint still
-    /// shares the cells: dropping the keys then would copy the whole
-    /// window. The caller tries again at the next watermark. The window is
-    /// not marked changed: a checkpoint that still holds its keys restores
-    /// the same counts, and the restore drops the keys again.
-    pub(super) fn forget_seen(&mut self) -> bool {
+    /// Changes nothing while a frozen checkpoint still shares the cells:
+    /// dropping the keys then would copy the whole window. The caller tries
+    /// again at the next watermark. The window is not marked changed: a
+    /// checkpoint that still holds its keys restores the same counts, and
+    /// the restore drops the keys again.
+    pub(super) fn forget_seen(&mut self) {
         if !self.cells.has_seen() {
-            return true;
+            return;
         }
-        match Arc::get_mut(&mut self.cells) {
-            Some(cells) => {
-                cells.forget_seen();
-                true
-            }
-            None => false,
+        if let Some(cells) = Arc::get_mut(&mut self.cells) {
+            cells.forget_seen();
         }
     }
 
