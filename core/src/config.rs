@@ -82,6 +82,9 @@ pub struct KafkaConfig {
     /// `[kafka.source_consumer]`: extra librdkafka properties of the Map
     /// actors' input consumer (fetch and queue tuning).
     pub source_consumer: std::collections::BTreeMap<String, String>,
+    /// Most count records packed into one message of the output topic (see
+    /// `output_wire`); 1 writes one record per message.
+    pub counts_per_message: u32,
 }
 
 impl Default for KafkaConfig {
@@ -98,6 +101,7 @@ impl Default for KafkaConfig {
             transaction_max_timeout_ms: 900_000,
             security: KafkaSecurity::default(),
             source_consumer: Default::default(),
+            counts_per_message: crate::output_wire::DEFAULT_COUNTS_PER_MESSAGE,
         }
     }
 }
@@ -530,6 +534,12 @@ impl Config {
             return Err(err(
                 "kafka.input_partitions",
                 "partition counts must be positive",
+            ));
+        }
+        if !(1..=10_000).contains(&self.kafka.counts_per_message) {
+            return Err(err(
+                "kafka.counts_per_message",
+                "must be between 1 and 10000",
             ));
         }
         if self.kafka.bootstrap.trim().is_empty() {

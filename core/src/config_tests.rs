@@ -27,6 +27,11 @@ fn violations_name_the_key() {
     });
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("slices.filters") && e.contains("\"bad\""), "{e}");
+    for bad in [0, 10_001] {
+        let mut c = Config::default();
+        c.kafka.counts_per_message = bad;
+        assert_eq!(c.validate().unwrap_err().key, "kafka.counts_per_message");
+    }
 }
 
 #[test]

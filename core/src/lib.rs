@@ -16,6 +16,7 @@ pub mod keygroup;
 pub mod map_batch;
 pub mod offsets;
 pub mod output;
+pub mod output_wire;
 pub mod partials;
 pub mod plan;
 pub mod rawlog;

@@ -118,8 +118,8 @@ pub enum OutputRecord {
 }
 
 impl OutputRecord {
-    /// Kafka message key: the identity that later revisions replace. Equal
-    /// keys land on one partition, so revisions stay ordered.
+    /// Kafka message key of the record sent alone: the identity that later
+    /// revisions replace (a packed run has its own key, see `output_wire`).
     pub fn key(&self) -> String {
         let mut key = String::new();
         self.write_key(&mut key);

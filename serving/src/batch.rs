@@ -5,6 +5,7 @@
 
 use crate::db::{Batch, CountRow, ReplayMark, TopNRow};
 use adclick_core::output::OutputRecord;
+use adclick_core::output_wire;
 use std::collections::HashMap;
 
 /// Why a record was skipped. It is counted and its offset still advances, so
@@ -65,32 +66,55 @@ impl BatchBuilder {
         self.superseded
     }
 
-    /// Adds the message at `offset` of `partition`. The offset advances even
-    /// when the payload is bad.
+    /// Adds the message at `offset` of `partition`: one record, or a run of
+    /// count records packed together (`adclick_core::output_wire`). The
+    /// offset advances even when the payload is bad.
     pub fn push(
         &mut self,
         partition: i32,
         offset: i64,
         payload: Option<&[u8]>,
     ) -> Result<(), BadRecord> {
-        self.records += 1;
         let next = offset.saturating_add(1);
         let e = self.offsets.entry(partition).or_insert(next);
         *e = (*e).max(next);
-        let bytes = payload.ok_or_else(|| BadRecord::Parse("empty payload".into()))?;
-        let rec: OutputRecord =
-            serde_json::from_slice(bytes).map_err(|e| BadRecord::Parse(e.to_string()))?;
-        if let OutputRecord::ReplayDone(r) = &rec {
-            self.replay_marks.push(ReplayMark {
-                partition,
-                epoch: int(r.epoch, "epoch")?,
-                replay_id: r.replay_id.clone(),
-                from: r.from,
-                to: r.to,
-                partitions: i64::from(r.partitions),
+        let records = payload
+            .ok_or_else(|| BadRecord::Parse("empty payload".into()))
+            .and_then(|bytes| {
+                output_wire::decode(bytes).map_err(|e| BadRecord::Parse(e.to_string()))
             });
+        let records = match records {
+            Ok(records) => records,
+            Err(bad) => {
+                self.records += 1;
+                return Err(bad);
+            }
+        };
+        self.records += records.len();
+        let mut first_bad = Ok(());
+        for rec in records {
+            if let OutputRecord::ReplayDone(r) = &rec {
+                match int(r.epoch, "epoch") {
+                    Ok(epoch) => self.replay_marks.push(ReplayMark {
+                        partition,
+                        epoch,
+                        replay_id: r.replay_id.clone(),
+                        from: r.from,
+                        to: r.to,
+                        partitions: i64::from(r.partitions),
+                    }),
+                    Err(bad) => {
+                        first_bad = first_bad.and(Err(bad));
+                        continue;
+                    }
+                }
+            }
+            // One bad row of a packed message does not cost its neighbours.
+            if let Err(bad) = self.add(rec) {
+                first_bad = first_bad.and(Err(bad));
+            }
         }
-        self.add(rec)
+        first_bad
     }
 
     /// Adds an already parsed record.
@@ -221,6 +245,58 @@ mod tests {
         let batch = b.finish();
         assert!(batch.counts.is_empty());
         assert_eq!(batch.offsets, vec![(2, 10)]);
+    }
+
+    /// One message packing the counts of `ads` (name, clicks), as a sink
+    /// writes a closing window's run.
+    fn packed(ads: &[(&str, u64)], epoch: u64) -> Vec<u8> {
+        let records: Vec<OutputRecord> = ads
+            .iter()
+            .map(|(ad, clicks)| {
+                let one = count(ad, *clicks, epoch, 0);
+                serde_json::from_slice(&one).unwrap()
+            })
+            .collect();
+        let (mut key, mut payload) = (String::new(), Vec::new());
+        output_wire::encode(&records, &mut key, &mut payload).unwrap();
+        assert!(key.starts_with("counts/"), "{key}");
+        payload
+    }
+
+    #[test]
+    fn a_packed_message_gives_every_row_and_one_offset() {
+        let mut b = BatchBuilder::new("t");
+        b.push(0, 4, Some(&packed(&[("a", 1), ("b", 2), ("c", 3)], 2)))
+            .unwrap();
+        // A newer version of "b" in a later message of another partition.
+        b.push(1, 0, Some(&packed(&[("b", 5), ("d", 1)], 3)))
+            .unwrap();
+        // A row out of the database's range costs only itself.
+        assert_eq!(
+            b.push(1, 1, Some(&packed(&[("e", u64::MAX), ("f", 4)], 3))),
+            Err(BadRecord::Range("clicks"))
+        );
+        assert_eq!(b.len(), 7);
+        let batch = b.finish();
+        let mut rows: Vec<(String, i64, i64)> = batch
+            .counts
+            .iter()
+            .map(|c| (c.ad_id.clone(), c.clicks, c.epoch))
+            .collect();
+        rows.sort();
+        let want = [
+            ("a", 1, 2),
+            ("b", 5, 3),
+            ("c", 3, 2),
+            ("d", 1, 3),
+            ("f", 4, 3),
+        ];
+        let want: Vec<(String, i64, i64)> = want
+            .iter()
+            .map(|(a, c, e)| (a.to_string(), *c, *e))
+            .collect();
+        assert_eq!(rows, want);
+        assert_eq!(batch.offsets, vec![(0, 5), (1, 2)]);
     }
 
     #[test]

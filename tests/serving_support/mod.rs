@@ -8,6 +8,7 @@
 pub mod truth;
 
 use adclick_core::output::{CountRecord, OutputRecord, TopNRecord};
+use adclick_core::output_wire;
 use adclick_core::topn::{top_n, AdClicks};
 use adclick_testkit::wait_for_port;
 use anyhow::{bail, Context, Result};
@@ -256,12 +257,20 @@ pub fn topic_size(bootstrap: &str, topic: &str) -> Result<i64> {
     Ok(total)
 }
 
+/// Most count records per message: small, so a scenario has runs cut at
+/// the cap as well as runs cut by a change of window, slice or epoch.
+const PACKED_COUNTS: usize = 5;
+
 /// Enqueues every record, then waits for all deliveries.
 async fn send_all(producer: &FutureProducer, topic: &str, records: &[OutputRecord]) -> Result<()> {
     let mut pending = Vec::with_capacity(records.len());
-    for r in records {
-        let payload = serde_json::to_vec(r)?;
-        let key = r.key();
+    let mut rest = records;
+    while !rest.is_empty() {
+        // Runs of counts share a message, as the nodes' sinks write them.
+        let n = output_wire::next_message_len(rest, PACKED_COUNTS);
+        let (mut key, mut payload) = (String::new(), Vec::new());
+        output_wire::encode(&rest[..n], &mut key, &mut payload)?;
+        rest = &rest[n..];
         let fut = producer
             .send_result(FutureRecord::to(topic).key(&key).payload(&payload))
             .map_err(|(e, _)| anyhow::anyhow!("enqueue: {e}"))?;

@@ -44,8 +44,10 @@ impl Counts {
 
     pub fn poll(&mut self) -> Result<()> {
         for p in self.reader.drain(Duration::from_millis(300)) {
-            if let OutputRecord::Count(c) = serde_json::from_slice(&p)? {
-                self.all.push(c);
+            for rec in adclick_core::output_wire::decode(&p)? {
+                if let OutputRecord::Count(c) = rec {
+                    self.all.push(c);
+                }
             }
         }
         Ok(())

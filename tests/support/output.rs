@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use adclick_core::output::OutputRecord;
+use adclick_core::output_wire;
 use adclick_core::truth::Truth;
 use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -309,9 +310,11 @@ pub fn wait_for_truth(reader: &TopicReader, truth: &Truth, timeout: Duration) ->
     let mut asked_fresh = Instant::now();
     loop {
         for payload in reader.drain(Duration::from_millis(500)) {
-            let rec: OutputRecord =
-                serde_json::from_slice(&payload).context("aggregates record is not valid JSON")?;
-            folded.add(rec);
+            for rec in output_wire::decode(&payload)
+                .context("aggregates message is not a record of the topic")?
+            {
+                folded.add(rec);
+            }
         }
         let diff = folded.diff(truth, 10);
         if diff.is_empty() {
@@ -362,7 +365,9 @@ fn fresh_fold_if_equal(reader: &TopicReader, truth: &Truth) -> Option<Folded> {
         let fresh = reader.reopen().ok()?;
         let mut folded = Folded::default();
         for payload in fresh.drain(Duration::from_secs(5)) {
-            folded.add(serde_json::from_slice::<OutputRecord>(&payload).ok()?);
+            for rec in output_wire::decode(&payload).ok()? {
+                folded.add(rec);
+            }
         }
         folded.diff(truth, 1).is_empty().then_some(folded)
     };
@@ -380,7 +385,7 @@ fn second_opinion(reader: &TopicReader, truth: &Truth) -> String {
     };
     let mut folded = Folded::default();
     for payload in fresh.drain(Duration::from_secs(10)) {
-        if let Ok(rec) = serde_json::from_slice::<OutputRecord>(&payload) {
+        for rec in output_wire::decode(&payload).unwrap_or_default() {
             folded.add(rec);
         }
     }

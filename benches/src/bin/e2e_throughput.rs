@@ -83,6 +83,10 @@ struct Args {
     /// Also time the broker-only read through `StreamConsumer::recv`.
     #[arg(long)]
     consumer_api: bool,
+    /// `kafka.counts_per_message` values: every mode runs once with each,
+    /// so packed and one-record-per-message output compare in one run.
+    #[arg(long, value_delimiter = ',', default_value = "256")]
+    counts_per_message: Vec<u32>,
 }
 
 /// Delivery mode of one pipeline run.
@@ -352,7 +356,7 @@ fn run_pipeline(
     bootstrap: &str,
     records: u64,
     round: usize,
-    mode: Mode,
+    (mode, per_message): (Mode, u32),
 ) -> Result<(PipelineRun, String)> {
     let cfg_path = dir.join(format!("adclick-{round}.toml"));
     let mut text = config(a.batch_max_events);
@@ -376,6 +380,7 @@ fn run_pipeline(
         "ADCLICK_CHECKPOINT__KAFKA_TRANSACTIONS",
         mode.transactions().to_string(),
     ));
+    env.push(("ADCLICK_KAFKA__COUNTS_PER_MESSAGE", per_message.to_string()));
     env.push((
         "ADCLICK_CHECKPOINT__INTERVAL_MS",
         a.checkpoint_interval_ms.to_string(),
@@ -455,9 +460,28 @@ fn main() -> Result<()> {
             n as f64 / secs / broker_rate
         );
     }
-    for (round, mode) in a.modes.iter().copied().enumerate() {
-        let (run, log) = run_pipeline(&a, &dir, &broker.bootstrap, records, round, mode)?;
-        report(&a, round, mode, &run, &log, records, broker_rate);
+    let runs = a
+        .modes
+        .iter()
+        .flat_map(|m| a.counts_per_message.iter().map(move |c| (*m, *c)));
+    for (round, (mode, per_message)) in runs.enumerate() {
+        let (run, log) = run_pipeline(
+            &a,
+            &dir,
+            &broker.bootstrap,
+            records,
+            round,
+            (mode, per_message),
+        )?;
+        report(
+            &a,
+            round,
+            (mode, per_message),
+            &run,
+            &log,
+            records,
+            broker_rate,
+        );
     }
     Ok(())
 }
@@ -465,7 +489,7 @@ fn main() -> Result<()> {
 fn report(
     a: &Args,
     round: usize,
-    mode: Mode,
+    (mode, per_message): (Mode, u32),
     run: &PipelineRun,
     log: &str,
     records: u64,
@@ -476,7 +500,10 @@ fn report(
         .lines()
         .filter(|l| l.contains("generation deployed"))
         .count();
-    println!("--- run {round}: {} ---", mode.name());
+    println!(
+        "--- run {round}: {}, {per_message} count records per message ---",
+        mode.name()
+    );
     println!("pipeline ({} nodes)      {rate:>10.0} msgs/s  ({:.2} s; first record read {:.2} s after start)", a.nodes, run.secs, run.startup);
     println!(
         "ratio pipeline/broker   {:.2}  (target >= 0.70)",

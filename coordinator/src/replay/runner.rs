@@ -228,8 +228,8 @@ fn report(r: &Replayer, progress: &Progress) {
     });
 }
 
-/// The replay's writes to the aggregates topic, keyed like the live sink's
-/// so a key's versions stay on one partition.
+/// The replay's writes to the aggregates topic, one record per message
+/// (readers keep the newest version of a key, wherever it landed).
 struct Output<'a> {
     producer: &'a FutureProducer,
     topic: &'a str,

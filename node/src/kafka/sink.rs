@@ -1,14 +1,17 @@
 //! The output sink: counts and top-N lists go to `ad-click-aggregates`,
 //! side records to the late and dead-letter topics.
 //!
-//! Records are keyed by their identity, so revisions of one key stay on one
-//! partition and in order, and a side record written twice (after a crash
-//! between write and commit) is recognisable by its key. Delivery here is
+//! A run of count records of one window and slice shares a message (see
+//! `adclick_core::output_wire`); readers keep the newest version of each
+//! key, wherever it landed. A side record is keyed by its identity, so one
+//! written twice (after a crash between write and commit) is recognisable
+//! by its key. Delivery here is
 //! at-least-once: a batch is acknowledged by the broker before the actor goes
 //! on; exactly-once comes from the commit sink around it.
 
 use adclick_core::config::KafkaConfig;
 use adclick_core::output::{OutputRecord, SideTopic};
+use adclick_core::output_wire;
 use adclick_runtime::acked_producer::{AckedProducer, Deliveries};
 use anyhow::{Context, Result};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -28,6 +31,8 @@ pub struct Topics {
     pub late: String,
     /// Input the job could not count.
     pub dlq: String,
+    /// Most count records in one message of `output`.
+    pub counts_per_message: usize,
 }
 
 impl Topics {
@@ -37,6 +42,7 @@ impl Topics {
             output: k.output_topic.clone(),
             late: k.late_topic.clone(),
             dlq: k.dlq_topic.clone(),
+            counts_per_message: k.counts_per_message as usize,
         }
     }
 }
@@ -53,10 +59,12 @@ pub struct Encoded<'a, 't> {
     pub headers: Option<OwnedHeaders>,
 }
 
-/// Turns records into Kafka messages: JSON on the aggregates topic, the
-/// original bytes plus reason headers on a side topic. It keeps one key
-/// and one payload buffer, so a closing window's records (one per cell)
-/// cost no allocation each; the producer copies both on send.
+/// Turns records into Kafka messages: JSON on the aggregates topic, where a
+/// run of count records of one window and slice shares a message
+/// (`adclick_core::output_wire`), and the original bytes plus reason headers
+/// on a side topic. It keeps one key and one payload buffer, so a closing
+/// window's messages cost no allocation each; the producer copies both on
+/// send.
 pub struct Encoder<'t> {
     topics: &'t Topics,
     key: String,
@@ -69,25 +77,33 @@ impl<'t> Encoder<'t> {
         Self {
             topics,
             key: String::with_capacity(64),
-            payload: Vec::with_capacity(256),
+            payload: Vec::with_capacity(4096),
         }
     }
 
-    /// Encodes `r`, replacing the previous record's bytes.
-    pub fn encode<'a>(&'a mut self, r: &'a OutputRecord) -> Result<Encoded<'a, 't>> {
+    /// Encodes the next message from the head of `records` (which must not
+    /// be empty), replacing the previous message's bytes; returns it and
+    /// how many records it holds.
+    pub fn encode_next<'a>(
+        &'a mut self,
+        records: &'a [OutputRecord],
+    ) -> Result<(Encoded<'a, 't>, usize)> {
         self.key.clear();
-        r.write_key(&mut self.key);
         self.payload.clear();
         let topics: &'t Topics = self.topics;
-        let OutputRecord::Side(s) = r else {
-            serde_json::to_writer(&mut self.payload, r).context("encoding output record")?;
-            return Ok(Encoded {
+        let Some(OutputRecord::Side(s)) = records.first() else {
+            let n = output_wire::next_message_len(records, topics.counts_per_message);
+            output_wire::encode(&records[..n], &mut self.key, &mut self.payload)
+                .context("encoding output records")?;
+            let e = Encoded {
                 topic: &topics.output,
                 key: self.key.as_bytes(),
                 payload: &self.payload,
                 headers: None,
-            });
+            };
+            return Ok((e, n));
         };
+        records[0].write_key(&mut self.key);
         let topic = match s.topic {
             SideTopic::Late => &topics.late,
             SideTopic::Dlq => &topics.dlq,
@@ -110,12 +126,13 @@ impl<'t> Encoder<'t> {
                 value: Some(v.as_bytes()),
             });
         }
-        Ok(Encoded {
+        let e = Encoded {
             topic,
             key: self.key.as_bytes(),
             payload: &s.payload,
             headers: Some(h),
-        })
+        };
+        Ok((e, 1))
     }
 }
 
@@ -146,8 +163,9 @@ impl OutputSink {
         let batch = Deliveries::new();
         let mut encoder = Encoder::new(&self.topics);
         let mut queued = Ok(());
-        for r in records {
-            let e = match encoder.encode(r) {
+        let (mut rest, mut messages) = (records, 0u64);
+        while !rest.is_empty() {
+            let (e, n) = match encoder.encode_next(rest) {
                 Ok(e) => e,
                 Err(err) => {
                     queued = Err(err);
@@ -172,6 +190,8 @@ impl OutputSink {
                 queued = Err(anyhow::Error::new(err));
                 break;
             }
+            rest = &rest[n..];
+            messages += 1;
         }
         // Records already queued are settled before returning, even when
         // a later one failed: nothing of this batch is left in flight.
@@ -185,6 +205,7 @@ impl OutputSink {
                 .with_context(|| format!("writing {} output records ({topic})", records.len()));
         }
         metrics::counter!("output_records_total").increment(records.len() as u64);
+        metrics::counter!("output_messages_total").increment(messages);
         Ok(())
     }
 
@@ -218,12 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reused_encoder_gives_each_record_its_own_bytes() {
-        let topics = Topics {
-            output: "out".into(),
-            late: "late".into(),
-            dlq: "dlq".into(),
-        };
+    fn a_reused_encoder_gives_each_message_its_own_bytes() {
         let side = OutputRecord::Side(SideRecord {
             topic: SideTopic::Dlq,
             payload: b"not json".to_vec(),
@@ -232,30 +248,45 @@ mod tests {
             epoch: 3,
             seq: 7,
         });
-        // A long record first, so a shorter one after it would show any
+        // A long message first, so a shorter one after it would show any
         // bytes left over in the buffers.
         let records = [
             count("a-rather-long-ad-identifier", 123_456),
+            count("another-rather-long-ad-identifier", 654_321),
             side,
             count("b", 1),
         ];
-        let mut encoder = Encoder::new(&topics);
-        for r in &records {
-            let e = encoder.encode(r).unwrap();
-            assert_eq!(e.key, r.key().as_bytes());
-            match r {
-                OutputRecord::Side(s) => {
-                    assert_eq!(e.topic, "dlq");
-                    assert_eq!(e.payload, s.payload.as_slice());
-                    assert!(e.headers.is_some());
+        for (per_message, sizes) in [(256, vec![2, 1, 1]), (1, vec![1, 1, 1, 1])] {
+            let topics = Topics {
+                output: "out".into(),
+                late: "late".into(),
+                dlq: "dlq".into(),
+                counts_per_message: per_message,
+            };
+            let mut encoder = Encoder::new(&topics);
+            let (mut rest, mut got) = (&records[..], Vec::new());
+            while !rest.is_empty() {
+                let (e, n) = encoder.encode_next(rest).unwrap();
+                got.push(n);
+                match &rest[0] {
+                    OutputRecord::Side(s) => {
+                        assert_eq!(e.key, rest[0].key().as_bytes());
+                        assert_eq!(e.topic, "dlq");
+                        assert_eq!(e.payload, s.payload.as_slice());
+                        assert!(e.headers.is_some());
+                    }
+                    _ => {
+                        assert_eq!(e.topic, "out");
+                        if n == 1 {
+                            assert_eq!(e.key, rest[0].key().as_bytes());
+                        }
+                        let back = adclick_core::output_wire::decode(e.payload).unwrap();
+                        assert_eq!(back, &rest[..n]);
+                    }
                 }
-                _ => {
-                    assert_eq!(e.topic, "out");
-                    assert_eq!(e.payload, serde_json::to_vec(r).unwrap().as_slice());
-                    let back: OutputRecord = serde_json::from_slice(e.payload).unwrap();
-                    assert_eq!(&back, r);
-                }
+                rest = &rest[n..];
             }
+            assert_eq!(got, sizes, "{per_message} counts per message");
         }
     }
 }

@@ -145,8 +145,10 @@ fn run_transaction(
     p.begin_transaction().context("begin_transaction")?;
     let topic = topics.output.as_str();
     let mut encoder = Encoder::new(topics);
-    for r in records {
-        let e = encoder.encode(r)?;
+    let mut rest = records;
+    while !rest.is_empty() {
+        let (e, n) = encoder.encode_next(rest)?;
+        rest = &rest[n..];
         let mut rec = BaseRecord::to(e.topic).key(e.key).payload(e.payload);
         if let Some(h) = e.headers {
             rec = rec.headers(h);
