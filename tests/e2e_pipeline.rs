@@ -63,5 +63,12 @@ fn run_seeded_stream(name: &str, checkpoint: &str) -> anyhow::Result<()> {
         truth.duplicates,
         "duplicates dropped"
     );
+    // A closing window's counts travel packed, several to a message.
+    let records = cluster.node_counter(3, "output_records_total");
+    let messages = cluster.node_counter(3, "output_messages_total");
+    assert!(
+        messages > 0.0 && messages * 2.0 < records,
+        "{records} output records in {messages} messages"
+    );
     Ok(())
 }

@@ -452,8 +452,17 @@ impl AggregateState {
         if !only_dirty {
             out.reserve(win.cell_count());
         }
+        // Cells are held in creation order, which alternates slices (an
+        // event makes its ad's `*` cell and its country's together). The
+        // records leave grouped by slice, so the sink packs each slice's
+        // run into few messages (`output_wire`).
+        let mut by_slice: Vec<Vec<CountRecord>> = Vec::new();
         win.emit(only_dirty, |c| {
-            out.push(CountRecord {
+            let i = c.slice as usize;
+            if by_slice.len() <= i {
+                by_slice.resize_with(i + 1, Vec::new);
+            }
+            by_slice[i].push(CountRecord {
                 ad_id: ads.shared_name(c.ad),
                 window_start: start,
                 window_end: start + w,
@@ -465,6 +474,9 @@ impl AggregateState {
                 producer: producer.clone(),
             });
         });
+        for mut records in by_slice {
+            out.append(&mut records);
+        }
     }
 
     /// Local top-N for every M and slice of the window ending at `t`, at

@@ -59,6 +59,38 @@ fn closes_windows_at_the_watermark() {
 }
 
 #[test]
+fn a_closing_window_emits_its_counts_grouped_by_slice() {
+    let mut s = AggregateState::new(settings());
+    let ads: Vec<PartialCount> = (0..20)
+        .map(|i| part(&format!("ad{i}"), 0, 1, &[]))
+        .collect();
+    s.apply(ads);
+    let out = s.advance(W);
+    assert_eq!(out.counts.len(), 40);
+    // Each slice is one run, so the sink packs it into one message.
+    let runs = 1 + out
+        .counts
+        .windows(2)
+        .filter(|p| p[0].slice != p[1].slice)
+        .count();
+    assert_eq!(
+        runs,
+        2,
+        "{:?}",
+        out.counts.iter().map(|c| &*c.slice).collect::<Vec<_>>()
+    );
+    // Late revisions of several cells leave grouped too.
+    let late: Vec<PartialCount> = (0..5).map(|i| part(&format!("ad{i}"), 0, 1, &[])).collect();
+    let out = s.apply(late);
+    let runs = 1 + out
+        .counts
+        .windows(2)
+        .filter(|p| p[0].slice != p[1].slice)
+        .count();
+    assert_eq!((out.counts.len(), runs), (10, 2));
+}
+
+#[test]
 fn late_within_lateness_reemits_with_next_revision() {
     let mut s = AggregateState::new(settings());
     s.apply(vec![part("a", 0, 2, &[])]);
