@@ -1,7 +1,8 @@
 //! A seeded mutation fuzzer for everything adclick reads from outside: the
 //! event parser (JSON and the chapter's log line), the log shipper's line
-//! converter, the config loader and the snapshot decoders (frame, Map,
-//! Aggregate, Reduce and saved output). Each target starts from its corpus
+//! converter, the writer's reader of the aggregates topic, the config
+//! loader and the snapshot decoders (frame, Map, Aggregate, Reduce and
+//! saved output). Each target starts from its corpus
 //! under `fuzz/corpus/<target>/` (plus valid snapshots built here) and runs
 //! mutated inputs: bit flips, byte edits, insertions, deletions, splices of
 //! two inputs, repeated chunks and random bytes. Every input must return
@@ -209,6 +210,16 @@ fn log_line_shipper() {
         if let Some(event) = shipped.as_event() {
             let _ = parse_event(event.as_bytes(), &limits, i64::MAX / 2);
         }
+    });
+}
+
+#[test]
+fn aggregates_reader() {
+    // What the writer does with each message of `ad-click-aggregates`.
+    fuzz("aggregates", corpus("aggregates"), |b| {
+        let mut batch = adclick_serving::batch::BatchBuilder::new("fuzz");
+        let _ = batch.push(0, 0, Some(b));
+        let _ = batch.finish();
     });
 }
 
