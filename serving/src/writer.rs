@@ -202,12 +202,14 @@ impl Reader {
                             metrics::counter!("writer_offset_gaps_total").increment(1);
                         }
                     }
+                    // The first message starts the wait, however many
+                    // records it holds (a packed run holds many).
+                    if batch.is_empty() {
+                        deadline = Some(tokio::time::Instant::now() + max_wait);
+                    }
                     if let Err(e) = batch.push(partition, offset, m.payload()) {
                         metrics::counter!("writer_bad_records_total").increment(1);
                         tracing::warn!(partition, offset, "skipping record: {e}");
-                    }
-                    if batch.len() == 1 {
-                        deadline = Some(tokio::time::Instant::now() + max_wait);
                     }
                 }
                 Err(e) => {
