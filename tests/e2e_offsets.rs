@@ -35,10 +35,15 @@ fn a_recreated_topic_is_refused_then_reset_on_request() -> Result<()> {
     // this test's few thousand records well beyond it.
     let job = "window_secs = 2\nmax_out_of_orderness_ms = 3000\nidle_timeout_ms = 3000\n\
                allowed_lateness_ms = 60000\nsource_rewind_records = 100";
-    let (dir, broker, config) = setup_with(
-        "offsets-recreated",
-        &config_with_job(job, "\n[writer]\nresume_rewind_records = 100\n"),
-    )?;
+    // One count record per message, so the writer's stored offsets, too,
+    // run well beyond the allowed rewind (packed, a partition of this
+    // stream holds fewer messages than that).
+    let toml = config_with_job(job, "\n[writer]\nresume_rewind_records = 100\n").replace(
+        "output_partitions = 4\n",
+        "output_partitions = 4\ncounts_per_message = 1\n",
+    );
+    assert!(toml.contains("counts_per_message = 1"));
+    let (dir, broker, config) = setup_with("offsets-recreated", &toml)?;
     {
         let cluster = Cluster::start(&dir, &broker.bootstrap, &config, 2, true)?;
         generate(&dir, &broker.bootstrap, &config, STREAM)?;
