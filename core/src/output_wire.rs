@@ -28,6 +28,24 @@ use std::sync::Arc;
 /// cost is spread thin.
 pub const DEFAULT_COUNTS_PER_MESSAGE: u32 = 256;
 
+/// Most bytes a packed message may take, whatever `kafka.counts_per_message`
+/// and `job.max_field_len` allow: a quarter of the 1 MB message limit of
+/// Kafka's and librdkafka's defaults, so a run is never refused for its
+/// size.
+pub const MAX_PACKED_BYTES: usize = 256 * 1024;
+
+/// An upper bound on the bytes `s` takes in JSON: every byte escaped as
+/// `\u00XX`, plus quotes and a separator.
+fn json_str_bound(s: &str) -> usize {
+    s.len() * 6 + 3
+}
+
+/// An upper bound on a row's bytes: its ad id, three numbers (20 digits at
+/// most each) and the punctuation.
+fn row_bound(c: &CountRecord) -> usize {
+    json_str_bound(&c.ad_id) + 3 * 21 + 2
+}
+
 /// Whether two count records may share a message: the fields a `counts`
 /// message carries once must be equal.
 fn same_run(a: &CountRecord, b: &CountRecord) -> bool {
@@ -40,16 +58,26 @@ fn same_run(a: &CountRecord, b: &CountRecord) -> bool {
 
 /// How many records at the head of `records` make up the next message: a
 /// run of count records that share window, slice, epoch and producer, at
-/// most `max` of them; one for any other record; zero for no records.
+/// most `max` of them and [`MAX_PACKED_BYTES`] together; one for any other
+/// record (or a count record too large to share); zero for no records.
 pub fn next_message_len(records: &[OutputRecord], max: usize) -> usize {
     let Some(OutputRecord::Count(first)) = records.first() else {
         return records.len().min(1);
     };
-    records
+    // The fields a packed message carries once, their names and numbers.
+    let mut bytes = json_str_bound(&first.slice) + json_str_bound(&first.producer) + 160;
+    let run = records
         .iter()
         .take(max.max(1))
-        .take_while(|r| matches!(r, OutputRecord::Count(c) if same_run(first, c)))
-        .count()
+        .take_while(|r| match r {
+            OutputRecord::Count(c) if same_run(first, c) => {
+                bytes += row_bound(c);
+                bytes <= MAX_PACKED_BYTES
+            }
+            _ => false,
+        })
+        .count();
+    run.max(1)
 }
 
 /// Writes the message for `run` (the head of a slice, as long as

@@ -100,6 +100,31 @@ fn a_run_ends_where_any_shared_field_changes_or_at_the_cap() {
 }
 
 #[test]
+fn long_ad_ids_cut_a_run_before_the_message_grows_too_large() {
+    // Control characters are escaped six bytes each: the worst case.
+    let long = |i: usize| format!("{i:04}{}", "\u{1}".repeat(996));
+    let records: Vec<_> = (0..300)
+        .map(|i| count(&long(i), 0, "*", 4, "aggregate-0"))
+        .collect();
+    let (messages, back) = round_trip(&records, 10_000);
+    assert_eq!(back, records);
+    assert!(messages.len() > 1, "300 rows of 6 kB in one message");
+    for (_, payload) in &messages {
+        assert!(payload.len() <= MAX_PACKED_BYTES, "{} bytes", payload.len());
+    }
+    // A record too large to share a message still gets one of its own.
+    let huge = [count(
+        &"x".repeat(MAX_PACKED_BYTES),
+        0,
+        "*",
+        4,
+        "aggregate-0",
+    )];
+    assert_eq!(next_message_len(&huge, 256), 1);
+    assert_eq!(round_trip(&huge, 256).1, huge);
+}
+
+#[test]
 fn encode_refuses_records_that_cannot_share_a_message() {
     let (mut key, mut payload) = (String::new(), Vec::new());
     let mixed = [count("a", 0, "*", 4, "aggregate-0"), top(4)];
