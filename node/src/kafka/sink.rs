@@ -5,9 +5,9 @@
 //! `adclick_core::output_wire`); readers keep the newest version of each
 //! key, wherever it landed. A side record is keyed by its identity, so one
 //! written twice (after a crash between write and commit) is recognisable
-//! by its key. Delivery here is
-//! at-least-once: a batch is acknowledged by the broker before the actor goes
-//! on; exactly-once comes from the commit sink around it.
+//! by its key. Delivery here is at-least-once: a batch is acknowledged by
+//! the broker before the actor goes on; exactly-once comes from the commit
+//! sink around it.
 
 use adclick_core::config::KafkaConfig;
 use adclick_core::output::{OutputRecord, SideTopic};
