@@ -25,7 +25,7 @@
 //! owns a third of the key groups takes to decode its part and rebuild its
 //! state, as a node's restore does.
 //!
-//! `cargo run --release -p adclick-benches --features snapshot --bin snapshot_size`
+//! `cargo run --release -p adclick-benches --features snapshot --bin snapshot_size [-- --key-groups 4096]`
 
 use adclick_benches::{arg, SplitMix};
 use adclick_core::aggregate::{AggregateSettings, AggregateState, FrozenAggregate};
@@ -39,7 +39,12 @@ use prost::Message as _;
 use std::time::{Duration, Instant};
 
 const W: i64 = 60_000;
-const KEY_GROUPS: u32 = 128;
+/// Key groups of the job: `--key-groups`, default 128 (nodes use the
+/// job's `job.key_groups`, 4096 by default, so their groups are smaller).
+fn key_groups() -> u32 {
+    static CHOSEN: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| arg("--key-groups", 128).max(1) as u32)
+}
 
 fn settings(windows: usize) -> AggregateSettings {
     AggregateSettings {
@@ -66,7 +71,7 @@ fn event(ad: u64, window: usize, key: u64) -> PartialCount {
 /// the manifest (no saved output, which is the same in both kinds).
 fn written_bytes(frozen: &FrozenAggregate) -> usize {
     let windows: usize = frozen
-        .window_columns(KEY_GROUPS)
+        .window_columns(key_groups())
         .map(|(_, groups)| window_to_pb(groups).encoded_len())
         .sum();
     let segments = frozen
@@ -98,13 +103,13 @@ fn segment_ref(start: i64) -> WindowSegment {
 fn encode(frozen: &FrozenAggregate, columns: bool) -> Vec<Vec<u8>> {
     if columns {
         frozen
-            .window_columns(KEY_GROUPS)
+            .window_columns(key_groups())
             .map(|(_, groups)| window_to_pb(groups).encode_to_vec())
             .collect()
     } else {
         frozen
             .window_snapshots()
-            .map(|(_, snap)| aggregate_to_pb(snap, KEY_GROUPS, Vec::new()).encode_to_vec())
+            .map(|(_, snap)| aggregate_to_pb(snap, key_groups(), Vec::new()).encode_to_vec())
             .collect()
     }
 }
@@ -122,7 +127,7 @@ fn restore_third(windows: usize, objects: &[Vec<u8>]) -> usize {
         })
         .collect();
     AggregateState::restore(settings(windows), parts, |ad| {
-        owned(key_group_of(ad, KEY_GROUPS).0)
+        owned(key_group_of(ad, key_groups()).0)
     })
     .cells()
 }

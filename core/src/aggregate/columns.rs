@@ -9,7 +9,7 @@
 //! inline, and every table is sized once.
 
 use super::cells::CellValue;
-use super::{FastMap, FrozenAggregate, Window};
+use super::{FrozenAggregate, Window};
 use crate::keygroup::key_group_of;
 use std::collections::HashSet;
 
@@ -224,36 +224,80 @@ impl FrozenAggregate {
         &self,
         key_groups: u32,
     ) -> impl Iterator<Item = (i64, Vec<ColumnParts>)> + '_ {
+        // Shared by every window: ad ids are dense, so a vector indexed by
+        // id finds an ad's place without hashing.
+        let mut at = AdPlaces::default();
         self.windows
             .iter()
-            .map(move |(start, win)| (*start, self.columns_of(*start, win, key_groups)))
+            .map(move |(start, win)| (*start, self.columns_of(*start, win, key_groups, &mut at)))
     }
 
-    fn columns_of(&self, start: i64, win: &Window, key_groups: u32) -> Vec<ColumnParts> {
+    /// One window's columns. Every vector is sized before it is filled: a
+    /// checkpoint converts millions of cells, and growing thousands of
+    /// small vectors cost more in copies and page faults than the
+    /// conversion itself.
+    fn columns_of(
+        &self,
+        start: i64,
+        win: &Window,
+        key_groups: u32,
+        at: &mut AdPlaces,
+    ) -> Vec<ColumnParts> {
+        // The window's ads by key group (stable: within a group they keep
+        // the window's order).
+        let mut ads: Vec<(u32, u32)> = win
+            .ads()
+            .map(|ad| {
+                let name = self.ad_names.get(ad).as_str();
+                (key_group_of(name, key_groups).0, ad)
+            })
+            .collect();
+        ads.sort_by_key(|(kg, _)| *kg);
+        at.grow(self.ad_names.len());
         let mut groups: Vec<ColumnParts> = Vec::new();
-        let mut group_at: FastMap<u32, u32> = FastMap::default();
-        // Interned ad → (position in `groups`, index within its group).
-        let mut at: FastMap<u32, (u32, u32)> =
-            FastMap::with_capacity_and_hasher(win.ad_count(), Default::default());
-        for ad in win.ads() {
-            let name = self.ad_names.get(ad).as_str();
-            let kg = key_group_of(name, key_groups).0;
-            let g = *group_at.entry(kg).or_insert_with(|| {
-                groups.push(ColumnParts {
-                    key_group: kg,
-                    window_start: start,
-                    slices: self.slice_names.clone(),
-                    ..ColumnParts::default()
-                });
-                (groups.len() - 1) as u32
-            });
-            let group = &mut groups[g as usize];
-            at.insert(ad, (g, group.ad_id_lens.len() as u32));
-            group.ad_ids.extend_from_slice(name.as_bytes());
-            group.ad_id_lens.push(name.len() as u32);
+        for run in ads.chunk_by(|a, b| a.0 == b.0) {
+            let g = groups.len() as u32;
+            let names = run.iter().map(|(_, ad)| self.ad_names.get(*ad).len());
+            let mut group = ColumnParts {
+                key_group: run[0].0,
+                window_start: start,
+                ad_ids: Vec::with_capacity(names.sum()),
+                ad_id_lens: Vec::with_capacity(run.len()),
+                slices: self.slice_names.clone(),
+                ..ColumnParts::default()
+            };
+            for (i, (_, ad)) in run.iter().enumerate() {
+                at.set(*ad, g, i as u32);
+                let name = self.ad_names.get(*ad).as_str();
+                group.ad_ids.extend_from_slice(name.as_bytes());
+                group.ad_id_lens.push(name.len() as u32);
+            }
+            groups.push(group);
+        }
+        let mut cells = vec![0usize; groups.len()];
+        let mut seen = vec![0usize; groups.len()];
+        for c in win.cells() {
+            if let Some((g, _)) = at.get(c.ad) {
+                cells[g as usize] += 1;
+            }
+        }
+        for (ad, _) in win.seen() {
+            if let Some((g, _)) = at.get(ad) {
+                seen[g as usize] += 1;
+            }
+        }
+        for (group, (n, k)) in groups.iter_mut().zip(cells.into_iter().zip(seen)) {
+            group.cell_ads.reserve_exact(n);
+            group.cell_slices.reserve_exact(n);
+            group.clicks.reserve_exact(n);
+            group.impressions.reserve_exact(n);
+            group.revisions.reserve_exact(n);
+            group.dirty.reserve_exact(n);
+            group.seen_ads.reserve_exact(k);
+            group.seen_keys.reserve_exact(k);
         }
         for c in win.cells() {
-            if let Some(&(g, i)) = at.get(&c.ad) {
+            if let Some((g, i)) = at.get(c.ad) {
                 let group = &mut groups[g as usize];
                 group.cell_ads.push(i);
                 group.cell_slices.push(c.slice);
@@ -264,14 +308,48 @@ impl FrozenAggregate {
             }
         }
         for (ad, key) in win.seen() {
-            if let Some(&(g, i)) = at.get(&ad) {
+            if let Some((g, i)) = at.get(ad) {
                 let group = &mut groups[g as usize];
                 group.seen_ads.push(i);
                 group.seen_keys.push(key);
             }
         }
-        groups.sort_unstable_by_key(|g| g.key_group);
+        // Unset again, so the next window cannot read this one's places.
+        for (_, ad) in &ads {
+            at.clear(*ad);
+        }
         groups
+    }
+}
+
+/// Each ad's place in the columns of the window being converted: (its key
+/// group's position, its index within the group), by dense ad id.
+#[derive(Default)]
+struct AdPlaces(Vec<(u32, u32)>);
+
+impl AdPlaces {
+    const UNSET: (u32, u32) = (u32::MAX, u32::MAX);
+
+    fn grow(&mut self, ads: usize) {
+        if self.0.len() < ads {
+            self.0.resize(ads, Self::UNSET);
+        }
+    }
+
+    fn set(&mut self, ad: u32, group: u32, index: u32) {
+        self.0[ad as usize] = (group, index);
+    }
+
+    fn clear(&mut self, ad: u32) {
+        self.0[ad as usize] = Self::UNSET;
+    }
+
+    /// The place of `ad`, if the window being converted holds it.
+    fn get(&self, ad: u32) -> Option<(u32, u32)> {
+        self.0
+            .get(ad as usize)
+            .copied()
+            .filter(|p| *p != Self::UNSET)
     }
 }
 
@@ -355,5 +433,52 @@ mod tests {
             let err = WindowColumns::try_from(p).unwrap_err();
             assert!(err.contains(want) && err.contains("key group 3"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_window_converts_to_one_group_per_key_group_in_order_with_every_cell() {
+        use crate::aggregate::tests::settings;
+        use crate::aggregate::AggregateState;
+        use crate::map_batch::PartialCount;
+        const KEY_GROUPS: u32 = 7;
+        let mut s = AggregateState::new(settings());
+        let ads: Vec<String> = (0..60).map(|i| format!("ad-{i}")).collect();
+        // Two windows with different ads, so places set for the first
+        // window must not leak into the second.
+        let parts = ads.iter().enumerate().map(|(i, ad)| PartialCount {
+            ad_id: ad.clone(),
+            window_start: if i % 3 == 0 { 60_000 } else { 0 },
+            slices: vec!["*".into(), "country=US".into()],
+            clicks: i as u64 + 1,
+            click_keys: vec![i as u64],
+            ..Default::default()
+        });
+        s.apply(parts.collect());
+        let frozen = s.freeze();
+        let mut seen_ads = 0;
+        for (start, groups) in frozen.window_columns(KEY_GROUPS) {
+            let kgs: Vec<u32> = groups.iter().map(|g| g.key_group).collect();
+            assert!(kgs.windows(2).all(|w| w[0] < w[1]), "{kgs:?}");
+            for g in groups {
+                let cols = WindowColumns::try_from(g).expect("valid columns");
+                let p = cols.parts();
+                let names: Vec<&str> = cols.ad_names().collect();
+                assert_eq!(p.cell_ads.len(), 2 * names.len(), "two slices per ad");
+                assert_eq!(p.seen_keys.len(), names.len(), "one key per ad");
+                for (c, ad) in p.cell_ads.iter().enumerate() {
+                    let name = names[*ad as usize];
+                    let i: u64 = name[3..].parse().expect("ad-N");
+                    assert_eq!(key_group_of(name, KEY_GROUPS).0, p.key_group);
+                    assert_eq!(start == 60_000, i % 3 == 0, "{name} in window {start}");
+                    // The unkeyed clicks and the keyed one.
+                    assert_eq!(p.clicks[c], i + 2, "{name}");
+                }
+                for (ad, key) in p.seen_ads.iter().zip(&p.seen_keys) {
+                    assert_eq!(format!("ad-{key}"), names[*ad as usize]);
+                }
+                seen_ads += names.len();
+            }
+        }
+        assert_eq!(seen_ads, ads.len());
     }
 }
