@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 /// 4: a window reference may name the key groups it covers (a restored
 /// Aggregate references the objects it restored from).
 /// 5: window objects hold their key groups as columns (`PackedCells`).
-pub const VERSION: u32 = 5;
+/// 6: saved output holds runs of count records of one window and slice as
+/// columns (`PendingCountRun`).
+pub const VERSION: u32 = 6;
 
 /// Refuses a snapshot written by a newer release: reading it with this
 /// one could silently skip fields it does not know (such as saved output).

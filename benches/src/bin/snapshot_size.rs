@@ -25,16 +25,24 @@
 //! owns a third of the key groups takes to decode its part and rebuild its
 //! state, as a node's restore does.
 //!
+//! Last, the saved output of the closed windows (every count record they
+//! emitted, which a checkpoint holds until it is committed) in format 5 (a
+//! message per record) and format 6 (runs of one window and slice as
+//! columns, what nodes write now): bytes and the time to build and encode.
+//!
 //! `cargo run --release -p adclick-benches --features snapshot --bin snapshot_size [-- --key-groups 4096]`
 
 use adclick_benches::{arg, SplitMix};
 use adclick_core::aggregate::{AggregateSettings, AggregateState, FrozenAggregate};
 use adclick_core::keygroup::key_group_of;
 use adclick_core::map_batch::PartialCount;
+use adclick_core::output::{CountRecord, OutputRecord};
+use adclick_node::pending_codec::pending_to_pb;
 use adclick_node::snapshot_codec::{
     aggregate_from_parts, aggregate_manifest, aggregate_parts, aggregate_to_pb, window_to_pb,
     WindowSegment,
 };
+use adclick_proto::snapshot as pb;
 use prost::Message as _;
 use std::time::{Duration, Instant};
 
@@ -144,13 +152,67 @@ fn compare_formats(windows: usize, state: &AggregateState) {
         println!(
             "| {} | {:.1} MB | {:.0} ms | {:.0} ms | {cells} |",
             if columns {
-                "format 5: columns per key group"
+                "format 5 and 6: columns per key group"
             } else {
                 "format 4: a message per cell"
             },
             bytes as f64 / 1e6,
             encode_time.as_secs_f64() * 1e3,
             restore_time.as_secs_f64() * 1e3,
+        );
+    }
+}
+
+/// Saved output of `counts` (the records of the closed windows) as a
+/// message per record (format 5) against runs of columns (format 6).
+fn compare_saved_output(counts: &[CountRecord]) {
+    let records: Vec<OutputRecord> = counts.iter().cloned().map(OutputRecord::Count).collect();
+    let per_record = || pb::PendingEpoch {
+        epoch: 1,
+        producer: "aggregate-0".into(),
+        typed: counts
+            .iter()
+            .map(|c| pb::PendingRecord {
+                kind: Some(pb::pending_record::Kind::Count(pb::PendingCount {
+                    ad_id: c.ad_id.to_string(),
+                    window_start: c.window_start,
+                    window_end: c.window_end,
+                    slice: c.slice.to_string(),
+                    clicks: c.clicks,
+                    impressions: c.impressions,
+                    revision: c.revision,
+                })),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    println!(
+        "\n| saved output of {} count records | bytes | build + encode (best of 3) |",
+        records.len()
+    );
+    println!("|---|---|---|");
+    for runs in [false, true] {
+        let best = (0..3)
+            .map(|_| {
+                timed(|| {
+                    if runs {
+                        pending_to_pb(1, "aggregate-0", &records).encode_to_vec()
+                    } else {
+                        per_record().encode_to_vec()
+                    }
+                })
+            })
+            .min_by_key(|(_, t)| *t)
+            .expect("three runs");
+        println!(
+            "| {} | {:.1} MB | {:.0} ms |",
+            if runs {
+                "format 6: runs of one window and slice as columns"
+            } else {
+                "format 5: a message per record"
+            },
+            best.0.len() as f64 / 1e6,
+            best.1.as_secs_f64() * 1e3
         );
     }
 }
@@ -193,8 +255,9 @@ fn main() {
             }
             held.push(ids);
         }
-        // Every window but the newest closed.
-        state.advance((windows as i64 - 1) * W);
+        // Every window but the newest closed: its count records are the
+        // output a checkpoint saves until it is committed.
+        let emitted = state.advance((windows as i64 - 1) * W);
         // The first incremental checkpoint writes everything.
         let _ = state.freeze_changed(|_| false);
         // Applied in batches, as a node applies what a Map sends.
@@ -230,6 +293,7 @@ fn main() {
         );
         if spread {
             compare_formats(windows, &state);
+            compare_saved_output(&emitted.counts);
         }
     }
 }

@@ -447,7 +447,7 @@ mod tests {
         // window must not leak into the second.
         let parts = ads.iter().enumerate().map(|(i, ad)| PartialCount {
             ad_id: ad.clone(),
-            window_start: if i % 3 == 0 { 60_000 } else { 0 },
+            window_start: if i.is_multiple_of(3) { 60_000 } else { 0 },
             slices: vec!["*".into(), "country=US".into()],
             clicks: i as u64 + 1,
             click_keys: vec![i as u64],
@@ -469,7 +469,11 @@ mod tests {
                     let name = names[*ad as usize];
                     let i: u64 = name[3..].parse().expect("ad-N");
                     assert_eq!(key_group_of(name, KEY_GROUPS).0, p.key_group);
-                    assert_eq!(start == 60_000, i % 3 == 0, "{name} in window {start}");
+                    assert_eq!(
+                        start == 60_000,
+                        i.is_multiple_of(3),
+                        "{name} in window {start}"
+                    );
                     // The unkeyed clicks and the keyed one.
                     assert_eq!(p.clicks[c], i + 2, "{name}");
                 }
