@@ -45,33 +45,77 @@ impl Ord for Ranked<'_> {
 /// The `n` best ads among `items`, best first. Ads with zero clicks are
 /// never ranked. Runs in O(len · log n).
 pub fn top_n<'a>(items: impl IntoIterator<Item = (&'a str, u64)>, n: usize) -> Vec<AdClicks> {
-    if n == 0 {
-        return Vec::new();
-    }
-    let mut heap: BinaryHeap<Ranked<'a>> = BinaryHeap::with_capacity(n + 1);
+    let mut best = TopN::new(n);
     for (ad, clicks) in items {
-        if clicks == 0 {
-            continue;
-        }
-        let cand = Ranked(ad, clicks);
-        if heap.len() < n {
-            heap.push(cand);
-        } else if let Some(worst) = heap.peek() {
-            if cand < *worst {
-                heap.pop();
-                heap.push(cand);
-            }
+        best.offer(clicks, || ad);
+    }
+    best.finish()
+}
+
+/// The `n` best of candidates offered one at a time. A candidate's name is
+/// asked for only when its clicks could place it: an Aggregate ranks every
+/// ad it holds at each boundary, and most of them fall short of the worst
+/// kept on clicks alone, so their names (a cache miss each) are never read.
+pub struct TopN<'a> {
+    n: usize,
+    heap: BinaryHeap<Ranked<'a>>,
+    offered: bool,
+}
+
+impl<'a> TopN<'a> {
+    /// An empty ranking that keeps `n` ads.
+    pub fn new(n: usize) -> Self {
+        TopN {
+            n,
+            heap: BinaryHeap::with_capacity(n.min(1024) + 1),
+            offered: false,
         }
     }
-    let mut out: Vec<AdClicks> = heap
-        .into_iter()
-        .map(|r| AdClicks {
-            ad_id: r.0.to_owned(),
-            clicks: r.1,
-        })
-        .collect();
-    out.sort_by(rank);
-    out
+
+    /// Offers an ad with `clicks`; `name` is called at most once, only if
+    /// the ad could rank. Zero clicks never rank.
+    #[inline]
+    pub fn offer(&mut self, clicks: u64, name: impl FnOnce() -> &'a str) {
+        if clicks == 0 {
+            return;
+        }
+        self.offered = true;
+        if self.heap.len() < self.n {
+            self.heap.push(Ranked(name(), clicks));
+            return;
+        }
+        let Some(worst) = self.heap.peek() else {
+            return;
+        };
+        if clicks < worst.1 {
+            return;
+        }
+        let cand = Ranked(name(), clicks);
+        if cand < *worst {
+            self.heap.pop();
+            self.heap.push(cand);
+        }
+    }
+
+    /// Whether any ad with clicks was offered (it may not have ranked when
+    /// `n` is 0).
+    pub fn offered(&self) -> bool {
+        self.offered
+    }
+
+    /// The kept ads, best first.
+    pub fn finish(self) -> Vec<AdClicks> {
+        let mut out: Vec<AdClicks> = self
+            .heap
+            .into_iter()
+            .map(|r| AdClicks {
+                ad_id: r.0.to_owned(),
+                clicks: r.1,
+            })
+            .collect();
+        out.sort_by(rank);
+        out
+    }
 }
 
 /// Merges local top-N lists of disjoint ad sets into the global top-N.
@@ -103,6 +147,27 @@ mod tests {
         let got = top_n([("b", 5), ("a", 5), ("c", 9), ("z", 0)], 3);
         assert_eq!(got, vec![ac("c", 9), ac("a", 5), ac("b", 5)]);
         assert_eq!(top_n([("a", 1)], 0), vec![]);
+    }
+
+    #[test]
+    fn a_name_is_read_only_for_an_ad_that_could_rank() {
+        let names = ["a", "b", "c", "d", "e"];
+        let asked = std::cell::Cell::new(0);
+        let mut best = TopN::new(2);
+        for (i, clicks) in [(0, 9), (1, 7), (2, 3), (3, 0), (4, 7)] {
+            best.offer(clicks, || {
+                asked.set(asked.get() + 1);
+                names[i]
+            });
+        }
+        // "c" falls short on clicks and "d" has none: neither name is read;
+        // "e" ties the worst kept, so its name decides.
+        assert_eq!(asked.get(), 3);
+        assert!(best.offered());
+        assert_eq!(best.finish(), vec![ac("a", 9), ac("b", 7)]);
+        let mut none = TopN::new(3);
+        none.offer(0, || "x");
+        assert!(!none.offered());
     }
 
     /// The trap from the chapter: an ad that is never first (nor in the

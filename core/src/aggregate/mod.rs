@@ -12,7 +12,7 @@
 use crate::map_batch::PartialCount;
 use crate::output::CountRecord;
 use crate::partials::{CheckedPartials, PartialRef, SliceNames};
-use crate::topn::{top_n, AdClicks};
+use crate::topn::{AdClicks, TopN};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -487,16 +487,19 @@ impl AggregateState {
             return self.local_top_recomputed(t, out);
         }
         let w = self.settings.window_ms;
+        let (n, slices) = (self.settings.top_n, self.slices.len());
         for (idx, &m) in self.settings.top_windows.iter().enumerate() {
             let span = i64::from(m) * w;
-            let per_slice = match single_window(&self.windows, t - span, t) {
-                Some(window) => by_slice_one(window, self.slices.len()),
-                None => by_slice(
+            let tops = match single_window(&self.windows, t - span, t) {
+                Some(window) => rank_one(window, &self.ads, slices, n),
+                None => rank_sums(
                     self.running.at(idx, span, t, &self.windows),
-                    self.slices.len(),
+                    &self.ads,
+                    slices,
+                    n,
                 ),
             };
-            self.push_lists(t, m, per_slice, false, out);
+            push_lists(&self.slices, t, m, tops, false, out);
         }
     }
 
@@ -506,43 +509,48 @@ impl AggregateState {
     /// old ones.
     fn local_top_recomputed(&self, t: i64, out: &mut Vec<LocalTopN>) {
         let w = self.settings.window_ms;
+        let (n, slices) = (self.settings.top_n, self.slices.len());
         for &m in &self.settings.top_windows {
             let span = i64::from(m) * w;
-            let per_slice = match single_window(&self.windows, t - span, t) {
-                Some(window) => by_slice_one(window, self.slices.len()),
-                None => by_slice(&sum_windows(&self.windows, t - span, t), self.slices.len()),
+            let tops = match single_window(&self.windows, t - span, t) {
+                Some(window) => rank_one(window, &self.ads, slices, n),
+                None => rank_sums(
+                    &sum_windows(&self.windows, t - span, t),
+                    &self.ads,
+                    slices,
+                    n,
+                ),
             };
-            self.push_lists(t, m, per_slice, true, out);
+            push_lists(&self.slices, t, m, tops, true, out);
         }
     }
+}
 
-    /// Ranks each slice's ads and pushes one list per slice, in slice-name
-    /// order.
-    fn push_lists(
-        &self,
-        t: i64,
-        m: u32,
-        per_slice: Vec<Vec<(u32, u64)>>,
-        recompute: bool,
-        out: &mut Vec<LocalTopN>,
-    ) {
-        let mut order: Vec<usize> = (0..per_slice.len())
-            .filter(|&i| !per_slice[i].is_empty())
-            .collect();
-        order.sort_by(|a, b| self.slices.name(*a as u32).cmp(self.slices.name(*b as u32)));
-        for i in order {
-            let items = per_slice[i]
-                .iter()
-                .map(|&(ad, clicks)| (self.ads.name(ad), clicks));
-            let ads = top_n(items, self.settings.top_n);
-            if !ads.is_empty() || recompute {
-                out.push(LocalTopN {
-                    window_end: t,
-                    window_minutes: m,
-                    slice: self.slices.name(i as u32).to_owned(),
-                    ads,
-                });
-            }
+/// Pushes one list per slice that had an ad with clicks, in slice-name
+/// order (empty ones too on a recompute, so Reduce replaces old lists).
+fn push_lists(
+    slices: &SliceDict,
+    t: i64,
+    m: u32,
+    tops: Vec<TopN<'_>>,
+    recompute: bool,
+    out: &mut Vec<LocalTopN>,
+) {
+    let mut order: Vec<(usize, TopN<'_>)> = tops
+        .into_iter()
+        .enumerate()
+        .filter(|(_, top)| top.offered())
+        .collect();
+    order.sort_by(|a, b| slices.name(a.0 as u32).cmp(slices.name(b.0 as u32)));
+    for (i, top) in order {
+        let ads = top.finish();
+        if !ads.is_empty() || recompute {
+            out.push(LocalTopN {
+                window_end: t,
+                window_minutes: m,
+                slice: slices.name(i as u32).to_owned(),
+                ads,
+            });
         }
     }
 }
@@ -557,26 +565,29 @@ fn single_window(windows: &BTreeMap<i64, Window>, from: i64, to: i64) -> Option<
     }
 }
 
-/// Per slice id, every ad with clicks in one window.
-fn by_slice_one(window: &Window, slices: usize) -> Vec<Vec<(u32, u64)>> {
-    let mut per_slice = vec![Vec::new(); slices];
+/// Per slice id, the best `n` ads of one window, ranked in one pass over
+/// its cells.
+fn rank_one<'a>(window: &Window, ads: &'a AdDict, slices: usize, n: usize) -> Vec<TopN<'a>> {
+    let mut tops: Vec<TopN<'a>> = (0..slices).map(|_| TopN::new(n)).collect();
     for c in window.cells() {
-        if c.clicks > 0 {
-            per_slice[c.slice as usize].push((c.ad, c.clicks));
-        }
+        tops[c.slice as usize].offer(c.clicks, || ads.name(c.ad));
     }
-    per_slice
+    tops
 }
 
-/// Per slice id, every ad with its summed clicks.
-fn by_slice(sums: &FastMap<u64, u64>, slices: usize) -> Vec<Vec<(u32, u64)>> {
-    let mut per_slice = vec![Vec::new(); slices];
+/// Per slice id, the best `n` ads of the summed clicks, ranked in one pass
+/// over the sums.
+fn rank_sums<'a>(
+    sums: &FastMap<u64, u64>,
+    ads: &'a AdDict,
+    slices: usize,
+    n: usize,
+) -> Vec<TopN<'a>> {
+    let mut tops: Vec<TopN<'a>> = (0..slices).map(|_| TopN::new(n)).collect();
     for (&k, &clicks) in sums {
-        if clicks > 0 {
-            per_slice[(k >> 32) as usize].push((k as u32, clicks));
-        }
+        tops[(k >> 32) as usize].offer(clicks, || ads.name(k as u32));
     }
-    per_slice
+    tops
 }
 
 /// A hash map with foldhash (randomly seeded per map, much faster than
