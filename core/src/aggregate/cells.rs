@@ -309,6 +309,11 @@ impl WindowCells {
         self.cells.len()
     }
 
+    /// Number of dedup keys held.
+    pub(super) fn seen_count(&self) -> usize {
+        self.seen.len() + self.unindexed.as_ref().map_or(0, |u| u.seen.len())
+    }
+
     /// All cells, in the order they were created.
     pub(super) fn cells(&self) -> impl Iterator<Item = CellValue> + '_ {
         self.cells.iter().map(|c| read(c, &self.wide))

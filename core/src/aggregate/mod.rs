@@ -24,6 +24,7 @@ mod names;
 mod running;
 mod side;
 mod snapshot;
+mod sum_table;
 mod window;
 use cells::CellValue;
 pub use columns::{ColumnParts, WindowColumns};
@@ -32,6 +33,7 @@ use running::{sum_windows, RunningSums};
 use side::{late_event, overflow_event};
 pub use side::{PartialSummary, SideEvent};
 pub use snapshot::{AggregateSnapshot, CellSnapshot, FrozenAggregate};
+use sum_table::SumTable;
 use window::Window;
 
 /// Static settings of an Aggregate actor.
@@ -266,10 +268,20 @@ impl AggregateState {
                 }
             }
             let wm = self.watermark;
+            let closed = wm.is_some_and(|wm| end <= wm);
+            let sized = match self.windows.last_key_value() {
+                Some((&newest, last)) if !closed && newest < p.window_start => {
+                    Some(Window::sized_like(last))
+                }
+                _ => None,
+            };
+            if let Some(sized) = sized {
+                self.windows.insert(p.window_start, sized);
+            }
             let window = self
                 .windows
                 .entry(p.window_start)
-                .or_insert_with(|| Window::new(wm.is_some_and(|wm| end <= wm)));
+                .or_insert_with(|| Window::new(closed));
             let known = self.ads.get(p.ad_id).filter(|&id| window.has_ad(id));
             let cap = self.settings.max_ads_per_window;
             // A window's ad set only grows while it is held, so a refused
@@ -577,14 +589,9 @@ fn rank_one<'a>(window: &Window, ads: &'a AdDict, slices: usize, n: usize) -> Ve
 
 /// Per slice id, the best `n` ads of the summed clicks, ranked in one pass
 /// over the sums.
-fn rank_sums<'a>(
-    sums: &FastMap<u64, u64>,
-    ads: &'a AdDict,
-    slices: usize,
-    n: usize,
-) -> Vec<TopN<'a>> {
+fn rank_sums<'a>(sums: &SumTable, ads: &'a AdDict, slices: usize, n: usize) -> Vec<TopN<'a>> {
     let mut tops: Vec<TopN<'a>> = (0..slices).map(|_| TopN::new(n)).collect();
-    for (&k, &clicks) in sums {
+    for (k, clicks) in sums.iter() {
         tops[(k >> 32) as usize].offer(clicks, || ads.name(k as u32));
     }
     tops

@@ -9,8 +9,8 @@
 //! and windows expiring while still inside it update the sums directly, so
 //! they stay equal to a recomputation (the property test checks this).
 
+use super::sum_table::SumTable;
 use super::window::Window;
-use super::FastMap;
 use std::collections::BTreeMap;
 
 /// Key of a sum: the slice in the high half, the ad in the low half.
@@ -19,40 +19,21 @@ pub(super) fn sum_key(slice: u32, ad: u32) -> u64 {
 }
 
 /// Sums over the windows starting in `from..to`, from scratch.
-pub(super) fn sum_windows(
-    windows: &BTreeMap<i64, Window>,
-    from: i64,
-    to: i64,
-) -> FastMap<u64, u64> {
+pub(super) fn sum_windows(windows: &BTreeMap<i64, Window>, from: i64, to: i64) -> SumTable {
     let cap: usize = windows.range(from..to).map(|(_, s)| s.cell_count()).sum();
-    let mut sums = FastMap::with_capacity_and_hasher(cap, Default::default());
+    let mut sums = SumTable::with_capacity(cap);
     for (_, window) in windows.range(from..to) {
         add_window(&mut sums, window);
     }
     sums
 }
 
-fn add_window(sums: &mut FastMap<u64, u64>, window: &Window) {
-    for c in window.cells() {
-        if c.clicks > 0 {
-            *sums.entry(sum_key(c.slice, c.ad)).or_default() += c.clicks;
-        }
-    }
+fn add_window(sums: &mut SumTable, window: &Window) {
+    sums.add_all(window.cells().map(|c| (sum_key(c.slice, c.ad), c.clicks)));
 }
 
-fn subtract_window(sums: &mut FastMap<u64, u64>, window: &Window) {
-    for c in window.cells() {
-        if c.clicks == 0 {
-            continue;
-        }
-        let k = sum_key(c.slice, c.ad);
-        if let Some(v) = sums.get_mut(&k) {
-            *v = v.saturating_sub(c.clicks);
-            if *v == 0 {
-                sums.remove(&k);
-            }
-        }
-    }
+fn subtract_window(sums: &mut SumTable, window: &Window) {
+    sums.sub_all(window.cells().map(|c| (sum_key(c.slice, c.ad), c.clicks)));
 }
 
 /// The sums of one M as of the boundary `end`: windows `[end - M·w, end)`.
@@ -60,7 +41,7 @@ fn subtract_window(sums: &mut FastMap<u64, u64>, window: &Window) {
 struct Running {
     end: i64,
     span: i64,
-    sums: FastMap<u64, u64>,
+    sums: SumTable,
 }
 
 impl Running {
@@ -85,7 +66,7 @@ impl RunningSums {
         span: i64,
         t: i64,
         windows: &BTreeMap<i64, Window>,
-    ) -> &FastMap<u64, u64> {
+    ) -> &SumTable {
         if self.per_m.len() <= idx {
             self.per_m.resize(idx + 1, None);
         }
@@ -114,7 +95,7 @@ impl RunningSums {
     pub(super) fn add(&mut self, start: i64, slice: u32, ad: u32, clicks: u64) {
         for r in self.per_m.iter_mut().flatten() {
             if r.covers(start) {
-                *r.sums.entry(sum_key(slice, ad)).or_default() += clicks;
+                r.sums.add(sum_key(slice, ad), clicks);
             }
         }
     }
@@ -143,8 +124,8 @@ mod tests {
         w
     }
 
-    fn sorted(m: &FastMap<u64, u64>) -> Vec<(u64, u64)> {
-        let mut v: Vec<_> = m.iter().map(|(k, v)| (*k, *v)).collect();
+    fn sorted(m: &SumTable) -> Vec<(u64, u64)> {
+        let mut v: Vec<_> = m.iter().collect();
         v.sort_unstable();
         v
     }

@@ -324,3 +324,20 @@ fn incremental_freezes_copy_only_changed_windows_and_restore_exactly() {
     // Closing a window changes it (its cells are no longer dirty).
     assert_eq!(s.changed_windows(), 1);
 }
+
+#[test]
+fn a_new_window_starts_sized_like_the_newest_one() {
+    let mut s = AggregateState::new(settings());
+    let ads: Vec<PartialCount> = (0..500)
+        .map(|i| part(&format!("ad{i}"), 0, 1, &[i]))
+        .collect();
+    s.apply(ads);
+    s.apply(vec![part("late-comer", W, 1, &[1])]);
+    assert_eq!(s.windows[&W].cell_count(), 2);
+    let (first, second) = (s.windows[&0].heap_bytes(), s.windows[&W].heap_bytes());
+    // Room for the first window's 1,000 cells and 500 keys from the start.
+    assert!(second >= first / 2, "{second} vs {first}");
+    // A window opened before the newest (a late one) is not sized.
+    s.apply(vec![part("early", -W, 1, &[2])]);
+    assert!(s.windows[&-W].heap_bytes() < first / 10);
+}

@@ -167,6 +167,21 @@ impl Window {
         self.cells.cell_count()
     }
 
+    /// Number of dedup keys held.
+    pub(super) fn seen_count(&self) -> usize {
+        self.cells.seen_count()
+    }
+
+    /// A new open window sized like `like`, the newest one before it:
+    /// minute after minute the traffic is about the same, and tables that
+    /// grow by doubling from empty rehash and copy every entry about twice
+    /// on the way to a million cells.
+    pub(super) fn sized_like(like: &Window) -> Self {
+        let mut w = Self::new(false);
+        w.reserve(like.cell_count(), like.seen_count());
+        w
+    }
+
     /// All cells, in the order they were created.
     pub(super) fn cells(&self) -> impl Iterator<Item = CellValue> + '_ {
         self.cells.cells()
