@@ -315,6 +315,12 @@ impl Source for Map {
         self.batch_window
     }
 
+    /// Waiting for data, a Map ticks as often as it repeats its idle
+    /// declaration: a partition is noticed idle at most that much later.
+    fn idle_window(&self) -> Duration {
+        self.batch_window.max(IDLE_REPEAT)
+    }
+
     fn batch_full(&self) -> bool {
         self.batcher.len() >= self.batch_max_events
     }

@@ -105,8 +105,16 @@ pub trait Actor: Send {
 /// An actor that reads from outside the cluster (Map reads Kafka) instead
 /// of from a mailbox; its barriers come from the coordinator.
 pub trait Source: Actor {
-    /// The longest a batch gathers before [`Actor::on_tick`].
+    /// The longest a batch gathers before [`Actor::on_tick`], counted
+    /// from its first record.
     fn batch_window(&self) -> Duration;
+
+    /// How long a tick waits for a first record before ticking anyway (to
+    /// send watermarks and notice idle inputs). An idle source then wakes
+    /// a few times a second instead of once per batch window.
+    fn idle_window(&self) -> Duration {
+        self.batch_window()
+    }
 
     /// Whether the batch is full, so [`Actor::on_tick`] is due now.
     fn batch_full(&self) -> bool;
@@ -208,7 +216,8 @@ pub async fn run_source<A: Source>(
         written: A::Written::default(),
     };
     loop {
-        let deadline = Instant::now() + actor.batch_window();
+        let mut deadline = Instant::now() + actor.idle_window();
+        let mut gathering = false;
         let mut barrier = None;
         while barrier.is_none() && !actor.batch_full() {
             let next = tokio::select! {
@@ -220,6 +229,12 @@ pub async fn run_source<A: Source>(
                 Next::Control(Some(Control::Barrier(cmd))) => barrier = Some(cmd),
                 Next::Control(Some(Control::Complete(cmd))) => commit(&mut actor, &cmd).await?,
                 Next::Control(None) => return Ok(()),
+                Next::Got(true) if !gathering => {
+                    // The batch starts now: no record waits longer than
+                    // the batch window for its tick.
+                    gathering = true;
+                    deadline = deadline.min(Instant::now() + actor.batch_window());
+                }
                 Next::Got(true) => {}
                 Next::Got(false) => break,
             }

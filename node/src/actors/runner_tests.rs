@@ -130,6 +130,7 @@ impl Actor for Recorder {
     }
 
     async fn on_tick(&mut self) -> Result<()> {
+        self.log(format!("tick {:?}", self.read));
         self.ticked.append(&mut self.read);
         Ok(())
     }
@@ -138,6 +139,10 @@ impl Actor for Recorder {
 impl Source for Recorder {
     fn batch_window(&self) -> Duration {
         Duration::from_millis(20)
+    }
+
+    fn idle_window(&self) -> Duration {
+        Duration::from_millis(200)
     }
 
     fn batch_full(&self) -> bool {
@@ -319,4 +324,39 @@ async fn a_source_sends_what_it_read_before_its_snapshot() {
     assert_eq!(snapshot_of(&store.store, 7, "map-0").await, "0|[1, 2, 3]");
     cancel.cancel();
     runner.await.unwrap().unwrap();
+}
+
+/// Waiting for data, a source ticks once per idle window, not once per
+/// batch window; a record that comes is ticked within the batch window
+/// all the same. Tokio's clock is paused, so the test waits no real time.
+#[tokio::test(start_paused = true)]
+async fn an_idle_source_ticks_per_idle_window_and_a_record_within_its_batch_window() {
+    let store = TempStore::new("idle");
+    let (mut actor, seen) = Recorder::new(ctx(ActorKind::Map, store.store.clone()));
+    let cancel = actor.ctx.cancel.clone();
+    let (records, rx) = mpsc::channel(16);
+    actor.source = Some(rx);
+    let (_control_tx, control) = mpsc::channel(4);
+    let runner = tokio::spawn(run_source(actor, control));
+    let ticks = |seen: &Arc<Mutex<Vec<String>>>| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.starts_with("tick"))
+            .count()
+    };
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Ticks at 200, 400, 600 and 800 ms; a 20-ms window would tick 44 times.
+    assert_eq!(ticks(&seen), 4, "{:?}", seen.lock().unwrap());
+    records.send(1).await.unwrap();
+    // The record came at 900 ms, inside an idle window that ends at
+    // 1,000 ms: it is ticked at the end of its batch window, 920 ms.
+    tokio::time::sleep(Duration::from_millis(25)).await;
+    assert!(seen.lock().unwrap().contains(&"tick [1]".to_string()));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let after = ticks(&seen);
+    cancel.cancel();
+    runner.await.unwrap().unwrap();
+    // After the record's tick comes a fresh idle window (to 1,120 ms).
+    assert_eq!(after, 5, "{:?}", seen.lock().unwrap());
 }
