@@ -301,17 +301,21 @@ impl AggregateState {
                     id
                 }
             };
+            // One copy-on-write check (an atomic compare-and-swap) for the
+            // whole partial, not one per key and slice.
+            let closed = window.closed;
+            let cells = window.cells_mut();
             let mut clicks = p.clicks;
             let mut impressions = p.impressions;
             for k in p.click_keys {
-                if window.see(ad, *k) {
+                if cells.see(ad, *k) {
                     clicks += 1;
                 } else {
                     out.duplicates += 1;
                 }
             }
             for k in p.impression_keys {
-                if window.see(ad, *k) {
+                if cells.see(ad, *k) {
                     impressions += 1;
                 } else {
                     out.duplicates += 1;
@@ -348,12 +352,12 @@ impl AggregateState {
                 }
             }
             for &slice in &slice_ids {
-                window.add(ad, slice, clicks, impressions);
-                if window.closed && clicks > 0 {
+                cells.add(ad, slice, clicks, impressions);
+                if closed && clicks > 0 {
                     self.running.add(p.window_start, slice, ad, clicks);
                 }
             }
-            if window.closed {
+            if closed {
                 touched_closed.insert(p.window_start);
             }
         }

@@ -60,8 +60,9 @@ impl Window {
     }
 
     /// The cells, to change: copied first if a frozen checkpoint still
-    /// reads them.
-    fn cells_mut(&mut self) -> &mut WindowCells {
+    /// reads them. The check is an atomic compare-and-swap, so a batch
+    /// takes this once per record, not once per key and slice.
+    pub(super) fn cells_mut(&mut self) -> &mut WindowCells {
         self.changed = true;
         Arc::make_mut(&mut self.cells)
     }
@@ -148,6 +149,7 @@ impl Window {
 
     /// Adds counts to the cell of (ad, slice), creating it if missing,
     /// and marks it for emission.
+    #[cfg(test)]
     pub(super) fn add(&mut self, ad: u32, slice: u32, clicks: u64, impressions: u64) {
         self.cells_mut().add(ad, slice, clicks, impressions)
     }
