@@ -25,7 +25,8 @@ pub struct CountRecord {
     pub clicks: u64,
     /// Absolute impression count.
     pub impressions: u64,
-    /// 0 for the first emission, +1 for every late update.
+    /// 0 for the first emission, +1 for every late update (counts a
+    /// rescale restore emits late start at 1: `emit_restored`).
     pub revision: u32,
     /// Checkpoint epoch the record was produced in.
     pub epoch: u64,

@@ -361,17 +361,42 @@ impl AggregateState {
                 touched_closed.insert(p.window_start);
             }
         }
-        // Late but allowed: re-emit the touched cells with revision + 1 and
-        // recompute every already-emitted top-N window that contains them.
-        for start in &touched_closed {
+        self.emit_revisions(&touched_closed, &mut out);
+        out
+    }
+
+    /// Late but allowed: re-emits the changed cells of closed windows with
+    /// revision + 1 and recomputes every already-emitted top-N window that
+    /// contains them.
+    fn emit_revisions(&mut self, touched_closed: &BTreeSet<i64>, out: &mut AggregateOutput) {
+        for start in touched_closed {
             self.emit_window(*start, true, &mut out.counts);
         }
         let revised = self
             .settings
-            .revised_boundaries(&touched_closed, self.last_boundary);
+            .revised_boundaries(touched_closed, self.last_boundary);
         for t in revised {
             self.local_top(t, &mut out.top, true);
         }
+    }
+
+    /// Emits what a restore brought into windows that are closed here but
+    /// whose counts were never emitted, as late revisions. A rescale can
+    /// merge the part of an actor that had no watermark yet (its cells
+    /// still unemitted) into a state whose watermark, taken from the other
+    /// parts, closed their window: without this those counts would wait
+    /// for a late event to the same window, which may never come. A state
+    /// restored from its own checkpoint holds none: a closed window's
+    /// changes are emitted as they happen. Call once, after `restore`.
+    pub fn emit_restored(&mut self) -> AggregateOutput {
+        let mut out = AggregateOutput::default();
+        let unemitted: BTreeSet<i64> = self
+            .windows
+            .iter()
+            .filter(|(_, win)| win.closed && win.cells().any(|c| c.dirty))
+            .map(|(start, _)| *start)
+            .collect();
+        self.emit_revisions(&unemitted, &mut out);
         out
     }
 

@@ -151,17 +151,35 @@ impl ReferenceState {
                 touched_closed.insert(p.window_start);
             }
         }
-        // Late but allowed: re-emit the touched cells with revision + 1 and
-        // recompute every already-emitted top-N window that contains them.
-        for start in &touched_closed {
+        self.emit_revisions(&touched_closed, &mut out);
+        out
+    }
+
+    /// Late but allowed: re-emits the touched cells with revision + 1 and
+    /// recomputes every already-emitted top-N window that contains them.
+    fn emit_revisions(&mut self, touched_closed: &BTreeSet<i64>, out: &mut AggregateOutput) {
+        for start in touched_closed {
             self.emit_minute(*start, true, &mut out.counts);
         }
         let revised = self
             .settings
-            .revised_boundaries(&touched_closed, self.last_boundary);
+            .revised_boundaries(touched_closed, self.last_boundary);
         for t in revised {
             self.local_top(t, &mut out.top, true);
         }
+    }
+
+    /// Emits the never-emitted counts a restore brought into closed
+    /// minutes, as late revisions (see `AggregateState::emit_restored`).
+    pub fn emit_restored(&mut self) -> AggregateOutput {
+        let mut out = AggregateOutput::default();
+        let unemitted: BTreeSet<i64> = self
+            .minutes
+            .iter()
+            .filter(|(_, m)| m.closed && m.ads.values().any(|a| a.slices.iter().any(|e| e.dirty)))
+            .map(|(start, _)| *start)
+            .collect();
+        self.emit_revisions(&unemitted, &mut out);
         out
     }
 

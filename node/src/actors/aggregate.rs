@@ -90,7 +90,7 @@ impl Aggregate {
         }
         ctx.report("running", state.watermark());
         tracing::info!(actor = %actor, restored = ctx.restore_epoch, "aggregate started");
-        let agg = Self {
+        let mut agg = Self {
             inputs: InputWatermarks::new(ctx.num_maps as usize),
             ctx,
             actor,
@@ -98,6 +98,19 @@ impl Aggregate {
             reduce: [reduce],
             output,
         };
+        // Counts a rescale merged into windows already closed here, never
+        // emitted by the actor that held them: out now, as revisions.
+        let restored_output = agg.state.emit_restored();
+        if !restored_output.counts.is_empty() {
+            metrics::counter!("restored_unemitted_counts_total")
+                .increment(restored_output.counts.len() as u64);
+            tracing::warn!(
+                actor = %agg.actor,
+                counts = restored_output.counts.len(),
+                "restore brought unemitted counts of closed windows: emitting them as revisions"
+            );
+        }
+        agg.ship(restored_output).await?;
         Ok((agg, written))
     }
 
