@@ -6,8 +6,8 @@
 //! one step instead of millions of strings, vectors and sets.
 
 use super::adset::AdSet;
-use hashbrown::{HashMap, HashTable};
-use std::collections::HashSet;
+use super::lines::{SeenEntry, SeenTable, TagTable};
+use hashbrown::HashMap;
 use std::hash::BuildHasher;
 
 type Hasher = foldhash::fast::RandomState;
@@ -78,14 +78,14 @@ impl Cell {
 pub(super) struct WindowCells {
     cells: Vec<Cell>,
     /// Positions in `cells`, hashed by (ad, slice).
-    index: HashTable<u32>,
+    index: TagTable,
     /// Distinct ads, for the per-window ad limit and for releasing their
     /// dictionary entries when the window expires.
     ads: AdSet,
     /// Dedup keys seen, per ad: exact (ad, key) pairs, so no real click is
     /// ever taken for another ad's duplicate; packed into three `u32`s
     /// (12 bytes, where a `(u32, u64)` tuple takes 16).
-    seen: HashSet<[u32; 3], Hasher>,
+    seen: SeenTable,
     /// Full counts of the cells flagged wide, by (ad, slice).
     wide: HashMap<u64, (u64, u64), Hasher>,
     /// What a restore added without indexing it (see [`WindowCells::restore_bulk`]).
@@ -110,7 +110,7 @@ struct Unindexed {
     seen: Vec<[u32; 3]>,
 }
 
-fn seen_entry(ad: u32, dedup_key: u64) -> [u32; 3] {
+fn seen_entry(ad: u32, dedup_key: u64) -> SeenEntry {
     [ad, dedup_key as u32, (dedup_key >> 32) as u32]
 }
 
@@ -126,7 +126,7 @@ impl WindowCells {
     pub(super) fn frozen_copy(&self) -> Self {
         Self {
             cells: self.cells.clone(),
-            index: HashTable::new(),
+            index: TagTable::default(),
             ads: self.ads.clone(),
             seen: self.seen.clone(),
             wide: self.wide.clone(),
@@ -155,10 +155,25 @@ impl WindowCells {
         self.ads.iter()
     }
 
+    /// Starts loading the lines a coming event of `ad` will look up: its
+    /// cells of `slices` and its first dedup key's (see [`super::lines`]).
+    #[inline]
+    pub(super) fn prefetch(&self, ad: u32, slices: &[u32], first_key: Option<u64>) {
+        for &slice in slices {
+            self.index.prefetch(self.hasher.hash_one(key(ad, slice)));
+        }
+        if let Some(k) = first_key {
+            self.seen.prefetch(self.hasher.hash_one(seen_entry(ad, k)));
+        }
+    }
+
     /// Records a dedup key of `ad`; true if it is new (the event counts).
     pub(super) fn see(&mut self, ad: u32, dedup_key: u64) -> bool {
         self.index_now();
-        self.seen.insert(seen_entry(ad, dedup_key))
+        let e = seen_entry(ad, dedup_key);
+        let hasher = &self.hasher;
+        self.seen
+            .insert(hasher.hash_one(e), e, |e| hasher.hash_one(e))
     }
 
     /// Every (ad, dedup key) seen.
@@ -178,7 +193,7 @@ impl WindowCells {
     /// Frees every dedup key: the window is past its dedup horizon and
     /// takes no event any more.
     pub(super) fn forget_seen(&mut self) {
-        self.seen = HashSet::default();
+        self.seen = SeenTable::default();
         if let Some(u) = &mut self.unindexed {
             u.seen = Vec::new();
         }
@@ -220,7 +235,12 @@ impl WindowCells {
         let Some(u) = self.unindexed.take() else {
             return;
         };
-        self.seen.extend(u.seen);
+        let hasher = &self.hasher;
+        self.seen.reserve(u.seen.len(), |e| hasher.hash_one(e));
+        for e in u.seen {
+            self.seen
+                .insert(hasher.hash_one(e), e, |e| hasher.hash_one(e));
+        }
         let restored = std::mem::take(&mut self.cells);
         self.cells.reserve(restored.len());
         for c in restored {
@@ -266,19 +286,15 @@ impl WindowCells {
         let k = key(ad, slice);
         let hash = self.hasher.hash_one(k);
         let cells = &self.cells;
-        let found = self
-            .index
-            .find(hash, |&i| cells[i as usize].key() == k)
-            .copied();
+        let found = self.index.find(hash, |i| cells[i as usize].key() == k);
         match found {
             Some(i) => i as usize,
             None => {
                 self.cells.push(Cell::empty(ad, slice));
                 let i = self.cells.len() - 1;
                 let (cells, hasher) = (&self.cells, &self.hasher);
-                self.index.insert_unique(hash, i as u32, |&j| {
-                    hasher.hash_one(cells[j as usize].key())
-                });
+                self.index
+                    .insert(hash, i as u32, |j| hasher.hash_one(cells[j as usize].key()));
                 i
             }
         }
@@ -297,11 +313,12 @@ impl WindowCells {
             self.cells.reserve(cells);
             return;
         }
-        self.seen.reserve(seen);
+        let hasher = &self.hasher;
+        self.seen.reserve(seen, |e| hasher.hash_one(e));
         self.cells.reserve(cells);
-        let (all, hasher) = (&self.cells, &self.hasher);
+        let all = &self.cells;
         self.index
-            .reserve(cells, |&j| hasher.hash_one(all[j as usize].key()));
+            .reserve(cells, |j| hasher.hash_one(all[j as usize].key()));
     }
 
     /// Number of cells.
@@ -343,9 +360,9 @@ impl WindowCells {
     pub(super) fn heap_bytes(&self) -> usize {
         self.cells.capacity() * std::mem::size_of::<Cell>()
             + self.wide.capacity() * (24 + 1)
-            + self.index.capacity() * (4 + 1)
+            + self.index.heap_bytes()
             + self.ads.heap_bytes()
-            + self.seen.capacity() * (12 + 1)
+            + self.seen.heap_bytes()
             + self
                 .unindexed
                 .as_ref()

@@ -9,17 +9,19 @@
 //! The state machine is pure. The actor feeds it batches and watermarks and
 //! ships whatever it returns.
 
+#[cfg(test)]
 use crate::map_batch::PartialCount;
 use crate::output::CountRecord;
-use crate::partials::{CheckedPartials, PartialRef, SliceNames};
 use crate::topn::{AdClicks, TopN};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 mod adset;
+mod apply;
 mod cells;
 mod columns;
 mod dict;
+mod lines;
 mod names;
 mod running;
 mod side;
@@ -30,7 +32,7 @@ use cells::CellValue;
 pub use columns::{ColumnParts, WindowColumns};
 use dict::{AdDict, SliceDict};
 use running::{sum_windows, RunningSums};
-use side::{late_event, overflow_event};
+
 pub use side::{PartialSummary, SideEvent};
 pub use snapshot::{AggregateSnapshot, CellSnapshot, FrozenAggregate};
 use sum_table::SumTable;
@@ -236,133 +238,6 @@ impl AggregateState {
     /// so memory per held cell can be measured rather than guessed.
     pub fn heap_bytes(&self) -> usize {
         self.windows.values().map(Window::heap_bytes).sum::<usize>() + self.ads.heap_bytes()
-    }
-
-    /// Applies one batch of partial counts.
-    pub fn apply(&mut self, partials: Vec<PartialCount>) -> AggregateOutput {
-        self.apply_refs(partials.iter().map(PartialCount::as_partial_ref))
-    }
-
-    /// Applies one packed batch, reading its records in place.
-    pub fn apply_packed(&mut self, batch: &CheckedPartials) -> AggregateOutput {
-        self.apply_refs(batch.iter())
-    }
-
-    fn apply_refs<'a>(
-        &mut self,
-        partials: impl Iterator<Item = PartialRef<'a>>,
-    ) -> AggregateOutput {
-        let mut out = AggregateOutput::default();
-        let w = self.settings.window_ms;
-        let mut touched_closed = BTreeSet::new();
-        // A packed batch's slice names are interned once per batch, not
-        // once per record: state slice id by the batch's slice index.
-        let (mut memo, mut memo_names): (Vec<Option<u32>>, &[String]) = (Vec::new(), &[]);
-        let mut slice_ids: Vec<u32> = Vec::new();
-        for p in partials {
-            let end = p.window_start.saturating_add(w);
-            if let Some(h) = self.dedup_horizon {
-                if self.settings.sealed(p.window_start, h) {
-                    out.late.push(late_event(&p, end, h));
-                    continue;
-                }
-            }
-            let wm = self.watermark;
-            let closed = wm.is_some_and(|wm| end <= wm);
-            let sized = match self.windows.last_key_value() {
-                Some((&newest, last)) if !closed && newest < p.window_start => {
-                    Some(Window::sized_like(last))
-                }
-                _ => None,
-            };
-            if let Some(sized) = sized {
-                self.windows.insert(p.window_start, sized);
-            }
-            let window = self
-                .windows
-                .entry(p.window_start)
-                .or_insert_with(|| Window::new(closed));
-            let known = self.ads.get(p.ad_id).filter(|&id| window.has_ad(id));
-            let cap = self.settings.max_ads_per_window;
-            // A window's ad set only grows while it is held, so a refused
-            // (ad, window) stays refused: its count is never half-reported.
-            let ad = match known {
-                Some(id) => id,
-                None if window.ad_count() >= cap => {
-                    out.overflow_events += p.events();
-                    out.overflow.push(overflow_event(&p, end, cap, wm));
-                    continue;
-                }
-                None => {
-                    let id = self.ads.intern_str(p.ad_id);
-                    if window.add_ad(id) {
-                        self.ads.acquire(id);
-                    }
-                    id
-                }
-            };
-            // One copy-on-write check (an atomic compare-and-swap) for the
-            // whole partial, not one per key and slice.
-            let closed = window.closed;
-            let cells = window.cells_mut();
-            let mut clicks = p.clicks;
-            let mut impressions = p.impressions;
-            for k in p.click_keys {
-                if cells.see(ad, *k) {
-                    clicks += 1;
-                } else {
-                    out.duplicates += 1;
-                }
-            }
-            for k in p.impression_keys {
-                if cells.see(ad, *k) {
-                    impressions += 1;
-                } else {
-                    out.duplicates += 1;
-                }
-            }
-            if clicks == 0 && impressions == 0 {
-                continue;
-            }
-            slice_ids.clear();
-            match p.slices {
-                SliceNames::Indexed { ids, names } => {
-                    if !std::ptr::eq(memo_names, names) {
-                        memo_names = names;
-                        memo.clear();
-                        memo.resize(names.len(), None);
-                    }
-                    for &i in ids {
-                        let i = i as usize;
-                        let id = match memo.get(i).copied().flatten() {
-                            Some(id) => id,
-                            None => {
-                                let id = self.slices.intern(names.get(i).map_or("", |n| n));
-                                if let Some(slot) = memo.get_mut(i) {
-                                    *slot = Some(id);
-                                }
-                                id
-                            }
-                        };
-                        slice_ids.push(id);
-                    }
-                }
-                SliceNames::Owned(names) => {
-                    slice_ids.extend(names.iter().map(|n| self.slices.intern(n)));
-                }
-            }
-            for &slice in &slice_ids {
-                cells.add(ad, slice, clicks, impressions);
-                if closed && clicks > 0 {
-                    self.running.add(p.window_start, slice, ad, clicks);
-                }
-            }
-            if closed {
-                touched_closed.insert(p.window_start);
-            }
-        }
-        self.emit_revisions(&touched_closed, &mut out);
-        out
     }
 
     /// Late but allowed: re-emits the changed cells of closed windows with

@@ -10,6 +10,8 @@
 //! need no keyed hasher), and a window's cells are applied in small batches
 //! whose slots are prefetched together, so their misses overlap.
 
+use super::lines::prefetch;
+
 /// A slot's key when it is free. The one real key equal to it (slice and
 /// ad both `u32::MAX`) is kept beside the table.
 const EMPTY: u64 = u64::MAX;
@@ -225,20 +227,6 @@ impl SumTable {
         }
         *self = bigger;
     }
-}
-
-/// Asks the CPU to start loading `slot`'s cache line.
-#[inline(always)]
-fn prefetch(slot: &Slot) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: a prefetch is a hint that never faults, and the pointer
-        // comes from a live reference.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(slot).cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = slot;
 }
 
 #[cfg(test)]

@@ -67,6 +67,12 @@ impl Window {
         Arc::make_mut(&mut self.cells)
     }
 
+    /// Starts loading what a coming event of `ad` will look up here.
+    #[inline]
+    pub(super) fn prefetch(&self, ad: u32, slices: &[u32], first_key: Option<u64>) {
+        self.cells.prefetch(ad, slices, first_key);
+    }
+
     /// Marks the window closed (its counts are being emitted).
     pub(super) fn close(&mut self) {
         self.closed = true;

@@ -1,0 +1,344 @@
+//! Hash tables whose buckets are single cache lines, for the lookups every
+//! counted event makes: its cells' positions and its dedup key.
+//!
+//! With `hashbrown` each lookup loaded a control byte group, then a bucket
+//! stored elsewhere, then (for positions) the cell itself to compare keys:
+//! two or three dependent cache misses, which were about a third of the
+//! core path's time at 100k ads. Here an entry and its tag share one 64-byte
+//! line, so a lookup costs one miss, and that line can be prefetched for
+//! the next events of a batch while the current one is applied, so their
+//! misses overlap. Lines are probed in turn (linear probing by line); a
+//! line with a free slot ends a probe. Entries are never moved, so within a
+//! line the used slots come first.
+//!
+//! Hashes come from the caller (seeded `foldhash` over the key), and the
+//! line is picked by multiplying with the line count, so any number of
+//! lines works and a table is sized to its contents, not to a power of two.
+
+/// Slots of a [`TagTable`] line.
+const TAG_SLOTS: usize = 8;
+/// Slots of a [`SeenTable`] line.
+const SEEN_SLOTS: usize = 5;
+/// A [`TagTable`] value marking a free slot.
+const FREE_VAL: u32 = u32::MAX;
+/// A [`SeenTable`] ad marking a free slot (dictionary ids never reach it:
+/// that would take four billion ads held at once).
+const FREE_AD: u32 = u32::MAX;
+
+/// Asks the CPU to start loading the cache line of `r`.
+#[inline(always)]
+pub(super) fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch is a hint that never faults, and the pointer
+        // comes from a live reference.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(r).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}
+
+/// The line of `hash` among `lines` (> 0): the hash's high bits, scaled.
+fn line_of(hash: u64, lines: usize) -> usize {
+    ((u128::from(hash) * lines as u128) >> 64) as usize
+}
+
+/// Lines for `n` entries of `slots` each, at most seven eighths full.
+fn lines_for(n: usize, slots: usize) -> usize {
+    (n.saturating_mul(8) / 7).div_ceil(slots).max(1)
+}
+
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+struct TagSlot {
+    /// Low half of the key's hash: a mismatch rules the entry out without
+    /// looking at the key, which lives elsewhere.
+    tag: u32,
+    val: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct TagLine([TagSlot; TAG_SLOTS]);
+
+const FREE_TAG_LINE: TagLine = TagLine(
+    [TagSlot {
+        tag: 0,
+        val: FREE_VAL,
+    }; TAG_SLOTS],
+);
+
+/// A set of `u32` values (positions, ids) found by the hash of a key the
+/// caller keeps: 8 bytes an entry, like `hashbrown::HashTable<u32>` with
+/// its control byte, at the same load.
+#[derive(Clone, Debug, Default)]
+pub(super) struct TagTable {
+    lines: Vec<TagLine>,
+    len: usize,
+}
+
+impl TagTable {
+    /// Entries held.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is held.
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Heap bytes, for the bytes-per-cell figure.
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.lines.capacity() * std::mem::size_of::<TagLine>()
+    }
+
+    /// Starts loading the line a lookup of `hash` reads first.
+    #[inline]
+    pub(super) fn prefetch(&self, hash: u64) {
+        if !self.lines.is_empty() {
+            prefetch(&self.lines[line_of(hash, self.lines.len())]);
+        }
+    }
+
+    /// The value stored for the key of `hash`, checked by `eq`.
+    #[inline]
+    pub(super) fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        let n = self.lines.len();
+        if n == 0 {
+            return None;
+        }
+        let tag = hash as u32;
+        let mut l = line_of(hash, n);
+        loop {
+            for s in &self.lines[l].0 {
+                if s.val == FREE_VAL {
+                    return None;
+                }
+                if s.tag == tag && eq(s.val) {
+                    return Some(s.val);
+                }
+            }
+            l = if l + 1 == n { 0 } else { l + 1 };
+        }
+    }
+
+    /// Stores `val` (below `u32::MAX`) for a key of `hash` the table does
+    /// not hold; `rehash` gives the hash of a stored value when it grows.
+    pub(super) fn insert(&mut self, hash: u64, val: u32, rehash: impl Fn(u32) -> u64) {
+        debug_assert!(val != FREE_VAL);
+        self.reserve(1, rehash);
+        self.put(hash, val);
+    }
+
+    /// Makes room for `more` entries without growing again.
+    pub(super) fn reserve(&mut self, more: usize, rehash: impl Fn(u32) -> u64) {
+        let want = self.len.saturating_add(more);
+        if want * 8 <= self.lines.len() * TAG_SLOTS * 7 {
+            return;
+        }
+        let lines = lines_for(want, TAG_SLOTS).max(self.lines.len() * 2);
+        let old = std::mem::replace(&mut self.lines, vec![FREE_TAG_LINE; lines]);
+        self.len = 0;
+        for s in old.iter().flat_map(|l| l.0.iter()) {
+            if s.val != FREE_VAL {
+                self.put(rehash(s.val), s.val);
+            }
+        }
+    }
+
+    fn put(&mut self, hash: u64, val: u32) {
+        let n = self.lines.len();
+        let mut l = line_of(hash, n);
+        loop {
+            if let Some(s) = self.lines[l].0.iter_mut().find(|s| s.val == FREE_VAL) {
+                *s = TagSlot {
+                    tag: hash as u32,
+                    val,
+                };
+                self.len += 1;
+                return;
+            }
+            l = if l + 1 == n { 0 } else { l + 1 };
+        }
+    }
+}
+
+/// A dedup key of one ad, packed into three `u32`s.
+pub(super) type SeenEntry = [u32; 3];
+
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct SeenLine([SeenEntry; SEEN_SLOTS]);
+
+const FREE_SEEN_LINE: SeenLine = SeenLine([[FREE_AD, 0, 0]; SEEN_SLOTS]);
+
+/// An exact set of (ad, dedup key) pairs: 12.8 bytes an entry, as
+/// `hashbrown::HashSet<[u32; 3]>` takes 13, at the same load.
+#[derive(Clone, Debug, Default)]
+pub(super) struct SeenTable {
+    lines: Vec<SeenLine>,
+    len: usize,
+}
+
+impl SeenTable {
+    /// Entries held.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is held.
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Heap bytes, for the bytes-per-cell figure.
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.lines.capacity() * std::mem::size_of::<SeenLine>()
+    }
+
+    /// Starts loading the line a lookup of `hash` reads first.
+    #[inline]
+    pub(super) fn prefetch(&self, hash: u64) {
+        if !self.lines.is_empty() {
+            prefetch(&self.lines[line_of(hash, self.lines.len())]);
+        }
+    }
+
+    /// Adds `e` (whose hash is `hash`); true if it was not held.
+    /// `rehash` gives an entry's hash when the table grows.
+    #[inline]
+    pub(super) fn insert(
+        &mut self,
+        hash: u64,
+        e: SeenEntry,
+        rehash: impl Fn(&SeenEntry) -> u64,
+    ) -> bool {
+        debug_assert!(e[0] != FREE_AD);
+        self.reserve(1, rehash);
+        self.put(hash, e)
+    }
+
+    fn put(&mut self, hash: u64, e: SeenEntry) -> bool {
+        let n = self.lines.len();
+        let mut l = line_of(hash, n);
+        loop {
+            for s in &mut self.lines[l].0 {
+                if s[0] == FREE_AD {
+                    *s = e;
+                    self.len += 1;
+                    return true;
+                }
+                if *s == e {
+                    return false;
+                }
+            }
+            l = if l + 1 == n { 0 } else { l + 1 };
+        }
+    }
+
+    /// Makes room for `more` entries without growing again.
+    pub(super) fn reserve(&mut self, more: usize, rehash: impl Fn(&SeenEntry) -> u64) {
+        let want = self.len.saturating_add(more);
+        if want * 8 <= self.lines.len() * SEEN_SLOTS * 7 {
+            return;
+        }
+        let lines = lines_for(want, SEEN_SLOTS).max(self.lines.len() * 2);
+        let old = std::mem::replace(&mut self.lines, vec![FREE_SEEN_LINE; lines]);
+        self.len = 0;
+        for e in old.iter().flat_map(|l| l.0.iter()) {
+            if e[0] != FREE_AD {
+                self.put(rehash(e), *e);
+            }
+        }
+    }
+
+    /// Every entry, in no particular order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &SeenEntry> + '_ {
+        self.lines
+            .iter()
+            .flat_map(|l| l.0.iter())
+            .filter(|e| e[0] != FREE_AD)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{HashMap, HashSet};
+
+    /// A deliberately poor hash (few distinct lines) so probes run long
+    /// and wrap around the end.
+    fn weak(k: u64) -> u64 {
+        (k % 7).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k % 3)
+    }
+
+    proptest! {
+        #[test]
+        fn a_tag_table_finds_what_a_map_holds(
+            keys in proptest::collection::vec(0u64..400, 0..300),
+            poor in any::<bool>(),
+        ) {
+            let hash = |k: u64| if poor { weak(k) } else { k.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ (k >> 7) };
+            // Values are positions in `stored`, keys live outside the table.
+            let mut stored: Vec<u64> = Vec::new();
+            let mut t = TagTable::default();
+            let mut model: HashMap<u64, u32> = HashMap::new();
+            for k in keys {
+                let found = t.find(hash(k), |v| stored[v as usize] == k);
+                prop_assert_eq!(found, model.get(&k).copied());
+                if found.is_none() {
+                    let v = stored.len() as u32;
+                    stored.push(k);
+                    let s = &stored;
+                    t.insert(hash(k), v, |v| hash(s[v as usize]));
+                    model.insert(k, v);
+                }
+                prop_assert_eq!(t.len(), model.len());
+            }
+            for (k, v) in &model {
+                prop_assert_eq!(t.find(hash(*k), |x| stored[x as usize] == *k), Some(*v));
+            }
+        }
+
+        #[test]
+        fn a_seen_table_is_an_exact_set(
+            entries in proptest::collection::vec((0u32..50, 0u64..40), 0..300),
+            poor in any::<bool>(),
+        ) {
+            let hash = |e: &SeenEntry| {
+                let k = u64::from(e[0]) << 40 ^ u64::from(e[1]) ^ u64::from(e[2]) << 20;
+                if poor { weak(k) } else { k.wrapping_mul(0x2545_F491_4F6C_DD1D) }
+            };
+            let mut t = SeenTable::default();
+            let mut model: HashSet<SeenEntry> = HashSet::new();
+            for (ad, key) in entries {
+                let e = [ad, key as u32, (key >> 32) as u32 | (key as u32 & 1) << 31];
+                prop_assert_eq!(t.insert(hash(&e), e, hash), model.insert(e));
+                prop_assert_eq!(t.len(), model.len());
+            }
+            let held: HashSet<SeenEntry> = t.iter().copied().collect();
+            prop_assert_eq!(held, model);
+        }
+    }
+
+    #[test]
+    fn tables_are_sized_to_their_contents() {
+        let mut t = TagTable::default();
+        t.reserve(1000, |_| 0);
+        assert_eq!(t.heap_bytes(), lines_for(1000, TAG_SLOTS) * 64);
+        assert!(
+            t.heap_bytes() < 1000 * 8 * 8 / 7 + 64,
+            "about 8 bytes an entry"
+        );
+        let mut s = SeenTable::default();
+        s.reserve(1000, |_| 0);
+        assert!(
+            s.heap_bytes() < 1000 * 64 / 5 * 8 / 7 + 64,
+            "about 13 bytes an entry"
+        );
+    }
+}
