@@ -2,9 +2,10 @@
 //!
 //! Every counted event makes three random lookups (its ad's id, its dedup
 //! key, its cells), each a likely cache miss at 100k ads and more. A
-//! batch's partials are known up front, so while one is applied the lines
-//! the partial [`LOOKAHEAD`] places later will read are already being
-//! loaded, and the misses of several partials overlap.
+//! batch's partials are known up front, so while one is applied, the
+//! dictionary line of the partial 2 × [`LOOKAHEAD`] places later and the
+//! name, cell and dedup lines of the one [`LOOKAHEAD`] places later are
+//! already being loaded: the misses of several partials overlap.
 
 use super::side::{late_event, overflow_event};
 use super::window::Window;
@@ -42,6 +43,9 @@ impl AggregateState {
         let mut slice_ids: Vec<u32> = Vec::new();
         let partials: Vec<PartialRef<'a>> = partials.collect();
         for (i, &p) in partials.iter().enumerate() {
+            if let Some(far) = partials.get(i + 2 * LOOKAHEAD) {
+                self.ads.prefetch(far.ad_id);
+            }
             if let Some(ahead) = partials.get(i + LOOKAHEAD) {
                 self.prefetch_for(ahead, &memo, memo_names);
             }
@@ -150,16 +154,17 @@ impl AggregateState {
         out
     }
 
-    /// Starts loading the table lines a coming partial will look up (its
-    /// cells' positions and its first dedup key), so that their cache
+    /// Starts loading what a coming partial will look up (its ad's name,
+    /// its cells' positions and its first dedup key), so that their cache
     /// misses overlap with the work on the partials before it. Only what is
-    /// already known is prefetched: an ad the dictionary holds, in a window
-    /// that exists, with slices this batch has already interned.
+    /// already known is prefetched: an ad the dictionary probably holds
+    /// (its index line was prefetched [`LOOKAHEAD`] partials earlier), in a
+    /// window that exists, with slices this batch has already interned.
     fn prefetch_for(&self, p: &PartialRef<'_>, memo: &[Option<u32>], memo_names: &[String]) {
         let Some(window) = self.windows.get(&p.window_start) else {
             return;
         };
-        let Some(ad) = self.ads.get(p.ad_id) else {
+        let Some(ad) = self.ads.candidate(p.ad_id) else {
             return;
         };
         let mut slices = [0u32; 4];

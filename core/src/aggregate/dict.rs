@@ -7,8 +7,8 @@
 //! last window holding it expires, so the dictionary follows the held state
 //! instead of growing with every ad ever seen.
 
+use super::lines::{prefetch, TagTable};
 use super::names::SharedNames;
-use hashbrown::HashTable;
 use smol_str::SmolStr;
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -29,7 +29,8 @@ pub(super) struct AdDict {
     /// Windows holding each ad; 0 means the slot is free.
     refs: Vec<u32>,
     free: Vec<u32>,
-    index: HashTable<u32>,
+    /// Ids by the hash of their name (see [`super::lines`]).
+    index: TagTable,
     hasher: Hasher,
     /// Shared by free slots, so releasing an ad allocates nothing.
     empty: SmolStr,
@@ -39,9 +40,25 @@ impl AdDict {
     /// The id of `name`, if some held window has it.
     pub(super) fn get(&self, name: &str) -> Option<u32> {
         let hash = self.hasher.hash_one(name);
-        self.index
-            .find(hash, |&i| &**self.names.get(i) == name)
-            .copied()
+        self.index.find(hash, |i| &**self.names.get(i) == name)
+    }
+
+    /// Starts loading the index line a lookup of `name` reads.
+    #[inline]
+    pub(super) fn prefetch(&self, name: &str) {
+        self.index.prefetch(self.hasher.hash_one(name));
+    }
+
+    /// The probable id of `name`, its name's slot prefetched: good enough
+    /// to prefetch what the id leads to, never to count (see
+    /// [`TagTable::candidate`]).
+    #[inline]
+    pub(super) fn candidate(&self, name: &str) -> Option<u32> {
+        let id = self.index.candidate(self.hasher.hash_one(name))?;
+        if (id as usize) < self.names.len() {
+            prefetch(self.names.get(id));
+        }
+        Some(id)
     }
 
     /// The id of `name`, adding it (without a reference) if it is new.
@@ -55,7 +72,7 @@ impl AdDict {
     pub(super) fn intern_str(&mut self, name: &str) -> u32 {
         let hash = self.hasher.hash_one(name);
         let names = &self.names;
-        let found = self.index.find(hash, |&i| &**names.get(i) == name).copied();
+        let found = self.index.find(hash, |i| &**names.get(i) == name);
         if let Some(id) = found {
             return id;
         }
@@ -72,7 +89,7 @@ impl AdDict {
         };
         let (names, hasher) = (&self.names, &self.hasher);
         self.index
-            .insert_unique(hash, id, |&i| hasher.hash_one(&**names.get(i)));
+            .insert(hash, id, |i| hasher.hash_one(&**names.get(i)));
         id
     }
 
@@ -93,9 +110,7 @@ impl AdDict {
         }
         let name = self.names.replace(id, self.empty.clone());
         let hash = self.hasher.hash_one(&*name);
-        if let Ok(entry) = self.index.find_entry(hash, |&i| i == id) {
-            entry.remove();
-        }
+        self.index.remove(hash, id);
         self.free.push(id);
     }
 
@@ -134,7 +149,7 @@ impl AdDict {
             + self.names.slot_bytes()
             + self.refs.capacity() * 4
             + self.free.capacity() * 4
-            + self.index.capacity() * 5
+            + self.index.heap_bytes()
     }
 }
 

@@ -21,6 +21,10 @@ const TAG_SLOTS: usize = 8;
 const SEEN_SLOTS: usize = 5;
 /// A [`TagTable`] value marking a free slot.
 const FREE_VAL: u32 = u32::MAX;
+/// A [`TagTable`] value marking a removed entry's slot: still part of
+/// probes (it may sit before entries that probed past it) until the table
+/// is rebuilt, but taken by the next insert that passes it.
+const GONE_VAL: u32 = u32::MAX - 1;
 /// A [`SeenTable`] ad marking a free slot (dictionary ids never reach it:
 /// that would take four billion ads held at once).
 const FREE_AD: u32 = u32::MAX;
@@ -76,6 +80,8 @@ const FREE_TAG_LINE: TagLine = TagLine(
 pub(super) struct TagTable {
     lines: Vec<TagLine>,
     len: usize,
+    /// Slots of removed entries.
+    gone: usize,
 }
 
 impl TagTable {
@@ -117,8 +123,49 @@ impl TagTable {
                 if s.val == FREE_VAL {
                     return None;
                 }
-                if s.tag == tag && eq(s.val) {
+                if s.tag == tag && s.val != GONE_VAL && eq(s.val) {
                     return Some(s.val);
+                }
+            }
+            l = if l + 1 == n { 0 } else { l + 1 };
+        }
+    }
+
+    /// The first value whose tag matches `hash`, unchecked: almost always
+    /// the key's (a wrong one is one chance in four billion), which is
+    /// enough to decide what to prefetch, never what to count.
+    #[inline]
+    pub(super) fn candidate(&self, hash: u64) -> Option<u32> {
+        let n = self.lines.len();
+        if n == 0 {
+            return None;
+        }
+        let tag = hash as u32;
+        self.lines[line_of(hash, n)]
+            .0
+            .iter()
+            .find(|s| s.val == FREE_VAL || (s.tag == tag && s.val != GONE_VAL))
+            .map(|s| s.val)
+            .filter(|v| *v != FREE_VAL)
+    }
+
+    /// Removes `val`, stored for a key of `hash`.
+    pub(super) fn remove(&mut self, hash: u64, val: u32) {
+        let n = self.lines.len();
+        if n == 0 {
+            return;
+        }
+        let mut l = line_of(hash, n);
+        loop {
+            for s in &mut self.lines[l].0 {
+                if s.val == FREE_VAL {
+                    return;
+                }
+                if s.val == val {
+                    s.val = GONE_VAL;
+                    self.len -= 1;
+                    self.gone += 1;
+                    return;
                 }
             }
             l = if l + 1 == n { 0 } else { l + 1 };
@@ -128,7 +175,7 @@ impl TagTable {
     /// Stores `val` (below `u32::MAX`) for a key of `hash` the table does
     /// not hold; `rehash` gives the hash of a stored value when it grows.
     pub(super) fn insert(&mut self, hash: u64, val: u32, rehash: impl Fn(u32) -> u64) {
-        debug_assert!(val != FREE_VAL);
+        debug_assert!(val < GONE_VAL);
         self.reserve(1, rehash);
         self.put(hash, val);
     }
@@ -136,14 +183,17 @@ impl TagTable {
     /// Makes room for `more` entries without growing again.
     pub(super) fn reserve(&mut self, more: usize, rehash: impl Fn(u32) -> u64) {
         let want = self.len.saturating_add(more);
-        if want * 8 <= self.lines.len() * TAG_SLOTS * 7 {
+        if (want + self.gone) * 8 <= self.lines.len() * TAG_SLOTS * 7 {
             return;
         }
-        let lines = lines_for(want, TAG_SLOTS).max(self.lines.len() * 2);
+        // Mostly removed entries: rebuild at the same size.
+        let grown = if self.gone > self.len { 1 } else { 2 };
+        let lines = lines_for(want, TAG_SLOTS).max(self.lines.len() * grown);
         let old = std::mem::replace(&mut self.lines, vec![FREE_TAG_LINE; lines]);
         self.len = 0;
+        self.gone = 0;
         for s in old.iter().flat_map(|l| l.0.iter()) {
-            if s.val != FREE_VAL {
+            if s.val < GONE_VAL {
                 self.put(rehash(s.val), s.val);
             }
         }
@@ -153,7 +203,9 @@ impl TagTable {
         let n = self.lines.len();
         let mut l = line_of(hash, n);
         loop {
-            if let Some(s) = self.lines[l].0.iter_mut().find(|s| s.val == FREE_VAL) {
+            let line = &mut self.lines[l].0;
+            if let Some(s) = line.iter_mut().find(|s| s.val >= GONE_VAL) {
+                self.gone -= usize::from(s.val == GONE_VAL);
                 *s = TagSlot {
                     tag: hash as u32,
                     val,
@@ -278,8 +330,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn a_tag_table_finds_what_a_map_holds(
-            keys in proptest::collection::vec(0u64..400, 0..300),
+        fn a_tag_table_finds_what_a_map_holds_through_inserts_and_removals(
+            keys in proptest::collection::vec((0u64..400, any::<bool>()), 0..300),
             poor in any::<bool>(),
         ) {
             let hash = |k: u64| if poor { weak(k) } else { k.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ (k >> 7) };
@@ -287,10 +339,13 @@ mod tests {
             let mut stored: Vec<u64> = Vec::new();
             let mut t = TagTable::default();
             let mut model: HashMap<u64, u32> = HashMap::new();
-            for k in keys {
+            for (k, remove) in keys {
                 let found = t.find(hash(k), |v| stored[v as usize] == k);
                 prop_assert_eq!(found, model.get(&k).copied());
-                if found.is_none() {
+                if let (Some(v), true) = (found, remove) {
+                    t.remove(hash(k), v);
+                    model.remove(&k);
+                } else if found.is_none() {
                     let v = stored.len() as u32;
                     stored.push(k);
                     let s = &stored;
@@ -323,6 +378,19 @@ mod tests {
             let held: HashSet<SeenEntry> = t.iter().copied().collect();
             prop_assert_eq!(held, model);
         }
+    }
+
+    #[test]
+    fn a_candidate_is_the_tag_match_of_the_home_line_and_goes_with_its_entry() {
+        let mut t = TagTable::default();
+        assert_eq!(t.candidate(42), None);
+        t.insert(42, 7, |_| 42);
+        assert_eq!(t.candidate(42), Some(7));
+        assert_eq!(t.candidate(42 ^ (1 << 20)), None, "another tag");
+        t.remove(42, 7);
+        assert_eq!((t.candidate(42), t.find(42, |_| true)), (None, None));
+        t.insert(42, 8, |_| 42);
+        assert_eq!(t.candidate(42), Some(8), "the removed slot is taken again");
     }
 
     #[test]
