@@ -16,7 +16,7 @@
 //! lines works and a table is sized to its contents, not to a power of two.
 
 /// Slots of a [`TagTable`] line.
-const TAG_SLOTS: usize = 8;
+const TAG_SLOTS: usize = 10;
 /// Slots of a [`SeenTable`] line.
 const SEEN_SLOTS: usize = 5;
 /// A [`TagTable`] value marking a free slot.
@@ -53,29 +53,24 @@ fn lines_for(n: usize, slots: usize) -> usize {
     (n.saturating_mul(8) / 7).div_ceil(slots).max(1)
 }
 
-#[derive(Clone, Copy, Debug)]
-#[repr(C)]
-struct TagSlot {
-    /// Low half of the key's hash: a mismatch rules the entry out without
-    /// looking at the key, which lives elsewhere.
-    tag: u32,
-    val: u32,
-}
-
+/// Ten entries: 6.4 bytes each.
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
-struct TagLine([TagSlot; TAG_SLOTS]);
+struct TagLine {
+    /// Low 16 bits of each key's hash: a mismatch rules the entry out
+    /// without looking at the key, which lives elsewhere.
+    tags: [u16; TAG_SLOTS],
+    vals: [u32; TAG_SLOTS],
+}
 
-const FREE_TAG_LINE: TagLine = TagLine(
-    [TagSlot {
-        tag: 0,
-        val: FREE_VAL,
-    }; TAG_SLOTS],
-);
+const FREE_TAG_LINE: TagLine = TagLine {
+    tags: [0; TAG_SLOTS],
+    vals: [FREE_VAL; TAG_SLOTS],
+};
 
 /// A set of `u32` values (positions, ids) found by the hash of a key the
-/// caller keeps: 8 bytes an entry, like `hashbrown::HashTable<u32>` with
-/// its control byte, at the same load.
+/// caller keeps: 6.4 bytes an entry, where `hashbrown::HashTable<u32>`
+/// takes 5 but rounds its size up to a power of two.
 #[derive(Clone, Debug, Default)]
 pub(super) struct TagTable {
     lines: Vec<TagLine>,
@@ -116,15 +111,16 @@ impl TagTable {
         if n == 0 {
             return None;
         }
-        let tag = hash as u32;
+        let tag = hash as u16;
         let mut l = line_of(hash, n);
         loop {
-            for s in &self.lines[l].0 {
-                if s.val == FREE_VAL {
+            let line = &self.lines[l];
+            for (&t, &v) in line.tags.iter().zip(&line.vals) {
+                if v == FREE_VAL {
                     return None;
                 }
-                if s.tag == tag && s.val != GONE_VAL && eq(s.val) {
-                    return Some(s.val);
+                if t == tag && v != GONE_VAL && eq(v) {
+                    return Some(v);
                 }
             }
             l = if l + 1 == n { 0 } else { l + 1 };
@@ -132,7 +128,7 @@ impl TagTable {
     }
 
     /// The first value whose tag matches `hash`, unchecked: almost always
-    /// the key's (a wrong one is one chance in four billion), which is
+    /// the key's (a wrong one is one chance in 65,536), which is
     /// enough to decide what to prefetch, never what to count.
     #[inline]
     pub(super) fn candidate(&self, hash: u64) -> Option<u32> {
@@ -140,12 +136,13 @@ impl TagTable {
         if n == 0 {
             return None;
         }
-        let tag = hash as u32;
-        self.lines[line_of(hash, n)]
-            .0
+        let tag = hash as u16;
+        let line = &self.lines[line_of(hash, n)];
+        line.tags
             .iter()
-            .find(|s| s.val == FREE_VAL || (s.tag == tag && s.val != GONE_VAL))
-            .map(|s| s.val)
+            .zip(&line.vals)
+            .find(|(t, v)| **v == FREE_VAL || (**t == tag && **v != GONE_VAL))
+            .map(|(_, v)| *v)
             .filter(|v| *v != FREE_VAL)
     }
 
@@ -157,12 +154,12 @@ impl TagTable {
         }
         let mut l = line_of(hash, n);
         loop {
-            for s in &mut self.lines[l].0 {
-                if s.val == FREE_VAL {
+            for v in &mut self.lines[l].vals {
+                if *v == FREE_VAL {
                     return;
                 }
-                if s.val == val {
-                    s.val = GONE_VAL;
+                if *v == val {
+                    *v = GONE_VAL;
                     self.len -= 1;
                     self.gone += 1;
                     return;
@@ -192,9 +189,9 @@ impl TagTable {
         let old = std::mem::replace(&mut self.lines, vec![FREE_TAG_LINE; lines]);
         self.len = 0;
         self.gone = 0;
-        for s in old.iter().flat_map(|l| l.0.iter()) {
-            if s.val < GONE_VAL {
-                self.put(rehash(s.val), s.val);
+        for &v in old.iter().flat_map(|l| l.vals.iter()) {
+            if v < GONE_VAL {
+                self.put(rehash(v), v);
             }
         }
     }
@@ -203,13 +200,11 @@ impl TagTable {
         let n = self.lines.len();
         let mut l = line_of(hash, n);
         loop {
-            let line = &mut self.lines[l].0;
-            if let Some(s) = line.iter_mut().find(|s| s.val >= GONE_VAL) {
-                self.gone -= usize::from(s.val == GONE_VAL);
-                *s = TagSlot {
-                    tag: hash as u32,
-                    val,
-                };
+            let line = &mut self.lines[l];
+            if let Some(i) = line.vals.iter().position(|v| *v >= GONE_VAL) {
+                self.gone -= usize::from(line.vals[i] == GONE_VAL);
+                line.tags[i] = hash as u16;
+                line.vals[i] = val;
                 self.len += 1;
                 return;
             }
@@ -386,7 +381,7 @@ mod tests {
         assert_eq!(t.candidate(42), None);
         t.insert(42, 7, |_| 42);
         assert_eq!(t.candidate(42), Some(7));
-        assert_eq!(t.candidate(42 ^ (1 << 20)), None, "another tag");
+        assert_eq!(t.candidate(42 ^ (1 << 10)), None, "another tag");
         t.remove(42, 7);
         assert_eq!((t.candidate(42), t.find(42, |_| true)), (None, None));
         t.insert(42, 8, |_| 42);
@@ -399,8 +394,8 @@ mod tests {
         t.reserve(1000, |_| 0);
         assert_eq!(t.heap_bytes(), lines_for(1000, TAG_SLOTS) * 64);
         assert!(
-            t.heap_bytes() < 1000 * 8 * 8 / 7 + 64,
-            "about 8 bytes an entry"
+            t.heap_bytes() < 1000 * 64 / 10 * 8 / 7 + 64,
+            "about 6.4 bytes an entry"
         );
         let mut s = SeenTable::default();
         s.reserve(1000, |_| 0);
