@@ -56,7 +56,7 @@ fn lines_for(n: usize, slots: usize) -> usize {
 /// Ten entries: 6.4 bytes each.
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
-struct TagLine {
+pub(super) struct TagLine {
     /// Low 16 bits of each key's hash: a mismatch rules the entry out
     /// without looking at the key, which lives elsewhere.
     tags: [u16; TAG_SLOTS],
@@ -68,20 +68,27 @@ const FREE_TAG_LINE: TagLine = TagLine {
     vals: [FREE_VAL; TAG_SLOTS],
 };
 
-/// A set of `u32` values (positions, ids) found by the hash of a key the
-/// caller keeps: 6.4 bytes an entry, where `hashbrown::HashTable<u32>`
-/// takes 5 but rounds its size up to a power of two.
-#[derive(Clone, Debug, Default)]
-pub(super) struct TagTable {
-    lines: Vec<TagLine>,
+/// Lines of entries and their counts: what both tables share.
+#[derive(Clone, Debug)]
+pub(super) struct LineTable<L> {
+    lines: Vec<L>,
     len: usize,
-    /// Slots of removed entries.
+    /// Slots of removed entries (only a [`TagTable`] removes).
     gone: usize,
 }
 
-impl TagTable {
+impl<L> Default for LineTable<L> {
+    fn default() -> Self {
+        Self {
+            lines: Vec::new(),
+            len: 0,
+            gone: 0,
+        }
+    }
+}
+
+impl<L> LineTable<L> {
     /// Entries held.
-    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.len
     }
@@ -93,7 +100,7 @@ impl TagTable {
 
     /// Heap bytes, for the bytes-per-cell figure.
     pub(super) fn heap_bytes(&self) -> usize {
-        self.lines.capacity() * std::mem::size_of::<TagLine>()
+        std::mem::size_of_val(self.lines.as_slice())
     }
 
     /// Starts loading the line a lookup of `hash` reads first.
@@ -103,7 +110,14 @@ impl TagTable {
             prefetch(&self.lines[line_of(hash, self.lines.len())]);
         }
     }
+}
 
+/// A set of `u32` values (positions, ids) found by the hash of a key the
+/// caller keeps: 6.4 bytes an entry, where `hashbrown::HashTable<u32>`
+/// takes 5 but rounds its size up to a power of two.
+pub(super) type TagTable = LineTable<TagLine>;
+
+impl TagTable {
     /// The value stored for the key of `hash`, checked by `eq`.
     #[inline]
     pub(super) fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
@@ -218,42 +232,15 @@ pub(super) type SeenEntry = [u32; 3];
 
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
-struct SeenLine([SeenEntry; SEEN_SLOTS]);
+pub(super) struct SeenLine([SeenEntry; SEEN_SLOTS]);
 
 const FREE_SEEN_LINE: SeenLine = SeenLine([[FREE_AD, 0, 0]; SEEN_SLOTS]);
 
 /// An exact set of (ad, dedup key) pairs: 12.8 bytes an entry, as
 /// `hashbrown::HashSet<[u32; 3]>` takes 13, at the same load.
-#[derive(Clone, Debug, Default)]
-pub(super) struct SeenTable {
-    lines: Vec<SeenLine>,
-    len: usize,
-}
+pub(super) type SeenTable = LineTable<SeenLine>;
 
 impl SeenTable {
-    /// Entries held.
-    pub(super) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing is held.
-    pub(super) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Heap bytes, for the bytes-per-cell figure.
-    pub(super) fn heap_bytes(&self) -> usize {
-        self.lines.capacity() * std::mem::size_of::<SeenLine>()
-    }
-
-    /// Starts loading the line a lookup of `hash` reads first.
-    #[inline]
-    pub(super) fn prefetch(&self, hash: u64) {
-        if !self.lines.is_empty() {
-            prefetch(&self.lines[line_of(hash, self.lines.len())]);
-        }
-    }
-
     /// Adds `e` (whose hash is `hash`); true if it was not held.
     /// `rehash` gives an entry's hash when the table grows.
     #[inline]
