@@ -8,6 +8,7 @@ pub mod acked_producer;
 pub mod admin_auth;
 pub mod config;
 pub mod grpc;
+pub mod input_batches;
 pub mod kafka;
 pub mod ops;
 pub mod shutdown;

@@ -17,6 +17,7 @@ use adclick_core::watermark::SourceWatermarks;
 use adclick_proto::dataflow::stream_message::Body;
 use adclick_proto::dataflow::Watermark;
 use adclick_proto::snapshot::{MapSnapshot, PartitionOffset};
+use adclick_runtime::input_batches::InputConsumer;
 use adclick_runtime::now_ms;
 use anyhow::{Context, Result};
 use prost::Message as _;
@@ -36,7 +37,7 @@ struct Map {
     actor: String,
     /// One edge per Aggregate, by index.
     outputs: Vec<Edge>,
-    consumer: StreamConsumer,
+    input: InputConsumer,
     watermarks: SourceWatermarks,
     /// Next offset to read per partition: what a snapshot saves.
     offsets: BTreeMap<i32, i64>,
@@ -162,7 +163,7 @@ impl Map {
             resume_at: offsets.clone(),
             offsets,
             outputs,
-            consumer,
+            input: InputConsumer::new(consumer, READ_AHEAD)?,
             watermarks,
             batcher,
             limits: job.limits(),
@@ -326,60 +327,138 @@ impl Source for Map {
     }
 
     /// Cancel safe: the only awaits are rdkafka's `recv` (which hands over
-    /// a message only when it returns it) and a yield after the record
-    /// was taken in.
+    /// a message only when it returns it) and a yield after the records
+    /// were taken in. Once `recv` has a record, the ones already fetched
+    /// behind it are taken too, without awaiting, up to the batch's room.
     async fn read_until(&mut self, deadline: Instant) -> Result<bool> {
-        let msg = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+        let now = now_ms();
+        let mut intake = Intake {
+            resume_at: &self.resume_at,
+            offsets: &mut self.offsets,
+            watermarks: &mut self.watermarks,
+            batcher: &mut self.batcher,
+            limits: &self.limits,
+            rejected: &mut self.rejected,
+            taken: 0,
+            dead_lettered: 0,
+            now,
+        };
+        match tokio::time::timeout_at(deadline, self.input.consumer().recv()).await {
             Err(_) => return Ok(false),
             Ok(Err(e)) => {
                 tracing::warn!(actor = %self.actor, "kafka fetch error: {e}");
                 return Ok(false);
             }
-            Ok(Ok(m)) => m,
-        };
-        if self
-            .resume_at
-            .get(&msg.partition())
-            .is_some_and(|o| msg.offset() < *o)
-        {
-            return Ok(true);
+            Ok(Ok(msg)) => intake.take(Record {
+                partition: msg.partition(),
+                offset: msg.offset(),
+                payload: msg.payload().unwrap_or_default(),
+                key: msg.key(),
+                timestamp_ms: msg.timestamp().to_millis(),
+            }),
         }
-        let now = now_ms();
-        let payload = msg.payload().unwrap_or_default();
-        self.events_in.increment(1);
-        self.ctx.telemetry.records_in(1);
-        self.offsets.insert(msg.partition(), msg.offset() + 1);
-        let reference = future_reference(msg.timestamp().to_millis(), now);
-        match parse_event_borrowed(payload, &self.limits, reference) {
-            Ok(ev) => {
-                let behind = self.watermarks.last().is_some_and(|w| ev.ts_ms < w);
-                self.watermarks
-                    .observe(msg.partition(), Some(ev.ts_ms), now);
-                self.batcher.add(ev, payload, behind);
-            }
-            Err(reason) => {
-                self.watermarks.observe(msg.partition(), None, now);
-                self.dlq_count.increment(1);
-                self.ctx.telemetry.dead_lettered(1);
-                self.rejected.push(Rejected {
-                    key: msg.key().map(<[u8]>::to_vec),
-                    payload: payload.to_vec(),
-                    reason: reason.to_string(),
-                    partition: msg.partition(),
-                    offset: msg.offset(),
-                });
-            }
+        let room = self
+            .batch_max_events
+            .saturating_sub(intake.batcher.len())
+            .min(READ_AHEAD);
+        if room > 0 {
+            let actor = &self.actor;
+            self.input.take_ready(
+                room,
+                |r| {
+                    intake.take(Record {
+                        partition: r.partition(),
+                        offset: r.offset(),
+                        payload: r.payload(),
+                        key: r.key(),
+                        timestamp_ms: r.timestamp_ms(),
+                    })
+                },
+                |e| tracing::warn!(actor = %actor, "kafka fetch error: {e}"),
+            );
         }
-        drop(msg);
+        let (taken, dead_lettered) = (intake.taken, intake.dead_lettered);
+        self.events_in.increment(taken);
+        self.ctx.telemetry.records_in(taken);
+        if dead_lettered > 0 {
+            self.dlq_count.increment(dead_lettered);
+            self.ctx.telemetry.dead_lettered(dead_lettered);
+        }
         // rdkafka's recv() is often ready at once and does not count toward
         // tokio's budget: yield now and then so heartbeats and other actors
         // on this worker thread are not starved.
-        self.read_since_yield += 1;
+        self.read_since_yield += taken as u32;
         if self.read_since_yield >= 1024 {
             self.read_since_yield = 0;
             tokio::task::yield_now().await;
         }
         Ok(true)
+    }
+}
+
+/// Most records taken behind the one `recv` returned, per read.
+const READ_AHEAD: usize = 256;
+
+/// One input record, from `recv` or from a batch.
+struct Record<'a> {
+    partition: i32,
+    offset: i64,
+    payload: &'a [u8],
+    key: Option<&'a [u8]>,
+    timestamp_ms: Option<i64>,
+}
+
+/// The Map's state a read changes, borrowed for one read, so the records
+/// of a batch are taken in while the consumer is borrowed too.
+struct Intake<'a> {
+    resume_at: &'a BTreeMap<i32, i64>,
+    offsets: &'a mut BTreeMap<i32, i64>,
+    watermarks: &'a mut SourceWatermarks,
+    batcher: &'a mut MapBatcher,
+    limits: &'a adclick_core::event::Limits,
+    rejected: &'a mut Vec<Rejected>,
+    /// Records read (skipped ones included), and those dead-lettered.
+    taken: u64,
+    dead_lettered: u64,
+    /// Wall clock for the whole read: records taken together arrived
+    /// together.
+    now: i64,
+}
+
+impl Intake<'_> {
+    /// Parses one record into the batch or the dead letters, and moves its
+    /// partition's offset past it. A record below the restored offset was
+    /// processed before the checkpoint and is skipped.
+    fn take(&mut self, r: Record<'_>) {
+        if self
+            .resume_at
+            .get(&r.partition)
+            .is_some_and(|o| r.offset < *o)
+        {
+            return;
+        }
+        self.taken += 1;
+        self.offsets.insert(r.partition, r.offset + 1);
+        let reference = future_reference(r.timestamp_ms, self.now);
+        match parse_event_borrowed(r.payload, self.limits, reference) {
+            Ok(ev) => {
+                let behind = self.watermarks.last().is_some_and(|w| ev.ts_ms < w);
+                self.watermarks
+                    .observe(r.partition, Some(ev.ts_ms), self.now);
+                self.batcher.add(ev, r.payload, behind);
+            }
+            Err(reason) => {
+                self.watermarks.observe(r.partition, None, self.now);
+                self.dead_lettered += 1;
+                self.rejected.push(Rejected {
+                    key: r.key.map(<[u8]>::to_vec),
+                    payload: r.payload.to_vec(),
+                    reason: reason.to_string(),
+                    partition: r.partition,
+                    offset: r.offset,
+                });
+            }
+        }
     }
 }
 
