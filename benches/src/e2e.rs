@@ -88,7 +88,6 @@ pub fn events_in(base: u16, nodes: u32) -> u64 {
 
 /// Total CPU seconds (user + system) of the processes whose pid files are in `pids`.
 pub fn cpu_secs(pids: &Path) -> Vec<(String, f64)> {
-    let tick = 100.0; // USER_HZ on Linux
     let mut out = Vec::new();
     for entry in std::fs::read_dir(pids).into_iter().flatten().flatten() {
         let name = entry
@@ -99,24 +98,25 @@ pub fn cpu_secs(pids: &Path) -> Vec<(String, f64)> {
         let Ok(pid) = std::fs::read_to_string(entry.path()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) else {
-            continue;
-        };
-        // Fields after the command name: state is field 3, utime 14, stime 15.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let (u, s) = (
-            f.get(11).and_then(|v| v.parse::<f64>().ok()),
-            f.get(12).and_then(|v| v.parse::<f64>().ok()),
-        );
-        if let (Some(u), Some(s)) = (u, s) {
-            out.push((name, (u + s) / tick));
+        if let Some(secs) = process_cpu_secs(pid.trim()) {
+            out.push((name, secs));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// CPU seconds (user + system, all threads) process `pid` has used so far
+/// (`"self"` for this one); `None` once it has gone.
+pub fn process_cpu_secs(pid: &str) -> Option<f64> {
+    let tick = 100.0; // USER_HZ on Linux
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let u = f.get(11).and_then(|v| v.parse::<f64>().ok())?;
+    let s = f.get(12).and_then(|v| v.parse::<f64>().ok())?;
+    Some((u + s) / tick)
 }
 
 /// Runs `cluster.sh cmd` with `env`.

@@ -180,6 +180,11 @@ impl Broker {
         Self::launch(kind, log_dir, "127.0.0.1", free_port(), false)
     }
 
+    /// The broker's process id, so a benchmark can read the CPU it used.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Which broker this is.
     pub fn kind(&self) -> BrokerKind {
         self.kind

@@ -155,12 +155,38 @@ fn topic_records(bootstrap: &str) -> Result<u64> {
     Ok(total)
 }
 
-/// Reads every record with a plain consumer; returns (records, seconds from
-/// the first record to the last).
-fn broker_only(a: &Args, bootstrap: &str, expected: u64) -> Result<(u64, f64, f64)> {
+/// What the broker-only read measured.
+struct BrokerOnlyRun {
+    /// Records read.
+    records: u64,
+    /// Seconds from the first record read to the last.
+    secs: f64,
+    /// Records per second between 10 % and 90 % of the input.
+    steady: f64,
+    /// CPU seconds over the same interval: the broker's, and this
+    /// process's (the consumer and librdkafka's threads).
+    broker_cpu: f64,
+    reader_cpu: f64,
+}
+
+/// CPU seconds of `pid` now, 0 when it cannot be read (the figure is then
+/// visibly wrong rather than the run lost).
+fn cpu_now(pid: &str) -> f64 {
+    process_cpu_secs(pid).unwrap_or(0.0)
+}
+
+/// Reads every record with a plain consumer, timing it from the first
+/// record to the last and reading the CPU the broker and the reader used.
+fn broker_only(
+    a: &Args,
+    bootstrap: &str,
+    broker_pid: &str,
+    expected: u64,
+) -> Result<BrokerOnlyRun> {
     let c: BaseConsumer = plain_consumer(a, bootstrap, "e2e-throughput-plain")?;
     let (mut n, mut bytes, mut first) = (0u64, 0u64, None);
     let mut samples = Vec::new();
+    let (mut broker_cpu, mut reader_cpu) = (0.0, 0.0);
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut last = Instant::now();
     let mut end = Instant::now();
@@ -172,7 +198,11 @@ fn broker_only(a: &Args, bootstrap: &str, expected: u64) -> Result<(u64, f64, f6
         }
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                first.get_or_insert_with(Instant::now);
+                if first.is_none() {
+                    first = Some(Instant::now());
+                    broker_cpu = -cpu_now(broker_pid);
+                    reader_cpu = -cpu_now("self");
+                }
                 if n % 10_000 == 0 {
                     samples.push((Instant::now(), n));
                 }
@@ -185,9 +215,17 @@ fn broker_only(a: &Args, bootstrap: &str, expected: u64) -> Result<(u64, f64, f6
             None => {}
         }
     }
+    broker_cpu += cpu_now(broker_pid);
+    reader_cpu += cpu_now("self");
     let secs = first.map_or(0.0, |f| end.duration_since(f).as_secs_f64());
     eprintln!("broker-only: {n} records, {:.1} MB", bytes as f64 / 1e6);
-    Ok((n, secs, steady_rate(&samples, expected)))
+    Ok(BrokerOnlyRun {
+        records: n,
+        secs,
+        steady: steady_rate(&samples, expected),
+        broker_cpu,
+        reader_cpu,
+    })
 }
 
 /// A consumer with the Map actors' fetch settings
@@ -251,6 +289,8 @@ struct PipelineRun {
     secs: f64,
     /// CPU seconds per cluster process over the same interval.
     cpu: Vec<(String, f64)>,
+    /// The broker's CPU seconds over the same interval.
+    broker_cpu: f64,
     /// CPU seconds per cluster process from the first record read to the
     /// last output record (the closing windows' output and the idle wait
     /// for the last window to close included), sampled at the first poll
@@ -289,13 +329,14 @@ fn steady_rate(samples: &[(Instant, u64)], total: u64) -> f64 {
 fn wait_for_pipeline(
     base: u16,
     nodes: u32,
-    records: u64,
+    (records, broker_pid): (u64, &str),
     run_dir: &Path,
     started: Instant,
     settle: Duration,
 ) -> Result<PipelineRun> {
     let mut first: Option<Instant> = None;
     let mut cpu_at_first = Vec::new();
+    let mut broker_cpu_at_first = 0.0;
     let mut samples = Vec::new();
     let mut peak_cells = 0.0f64;
     let deadline = Instant::now() + Duration::from_secs(900);
@@ -305,6 +346,7 @@ fn wait_for_pipeline(
         if seen > 0 && first.is_none() {
             first = Some(Instant::now());
             cpu_at_first = cpu_secs(&run_dir.join("pids"));
+            broker_cpu_at_first = cpu_now(broker_pid);
         }
         // Scraping costs the nodes CPU: the cell count once a second only.
         if samples.len() % 20 == 0 {
@@ -326,6 +368,7 @@ fn wait_for_pipeline(
                     .collect()
             };
             let cpu = since_first(cpu_secs(&run_dir.join("pids")));
+            let broker_cpu = cpu_now(broker_pid) - broker_cpu_at_first;
             let out = wait_for_output(base, nodes, settle, &run_dir.join("pids"));
             let cpu_to_last_output = since_first(out.cpu_at_last);
             return Ok(PipelineRun {
@@ -333,6 +376,7 @@ fn wait_for_pipeline(
                 secs,
                 steady: steady_rate(&samples, records),
                 cpu,
+                broker_cpu,
                 cpu_to_last_output,
                 idle_cpu_rate: out.idle_cpu_rate,
                 to_last_output: out.last.duration_since(f).as_secs_f64(),
@@ -353,7 +397,7 @@ fn wait_for_pipeline(
 fn run_pipeline(
     a: &Args,
     dir: &Path,
-    bootstrap: &str,
+    (bootstrap, broker_pid): (&str, &str),
     records: u64,
     round: usize,
     (mode, per_message): (Mode, u32),
@@ -391,7 +435,14 @@ fn run_pipeline(
     // Output stops growing once the last window closed (idle sources move
     // time on after 3 s) and, in exactly-once mode, after one more checkpoint.
     let settle = Duration::from_millis(a.checkpoint_interval_ms + 8_000);
-    let result = wait_for_pipeline(base, a.nodes, records, &run_dir, started, settle);
+    let result = wait_for_pipeline(
+        base,
+        a.nodes,
+        (records, broker_pid),
+        &run_dir,
+        started,
+        settle,
+    );
     let stop = cluster(&script, "stop", &env);
     let run = result?;
     stop?;
@@ -441,7 +492,10 @@ fn main() -> Result<()> {
         "gen: {produced} records produced, high watermarks say {in_topic}, {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let (records, broker_secs, broker_steady) = broker_only(&a, &broker.bootstrap, produced)?;
+    let broker_pid = broker.pid().to_string();
+    let reference = broker_only(&a, &broker.bootstrap, &broker_pid, produced)?;
+    let (records, broker_secs, broker_steady) =
+        (reference.records, reference.secs, reference.steady);
     if records != produced {
         eprintln!("WARNING: the broker served {records} of the {produced} records gen reported as delivered");
     }
@@ -449,6 +503,14 @@ fn main() -> Result<()> {
     println!("records                 {records}");
     println!("broker                  {}", a.broker.program());
     println!("broker-only (1 consumer, {PARTITIONS} partitions)  {broker_rate:>10.0} msgs/s  ({broker_secs:.2} s; 10-90 % {broker_steady:.0} msgs/s)");
+    println!(
+        "broker-only CPU while reading: broker {:.2} s, reader {:.2} s; {:.2} us per record in all, {:.2} of the {} cores busy",
+        reference.broker_cpu,
+        reference.reader_cpu,
+        (reference.broker_cpu + reference.reader_cpu) / records as f64 * 1e6,
+        (reference.broker_cpu + reference.reader_cpu) / broker_secs,
+        cores()
+    );
     if !a.source_properties.is_empty() {
         println!("source consumer properties  {:?}", a.source_properties);
     }
@@ -468,7 +530,7 @@ fn main() -> Result<()> {
         let (run, log) = run_pipeline(
             &a,
             &dir,
-            &broker.bootstrap,
+            (&broker.bootstrap, &broker_pid),
             records,
             round,
             (mode, per_message),
@@ -480,7 +542,7 @@ fn main() -> Result<()> {
             &run,
             &log,
             records,
-            broker_rate,
+            &reference,
         );
     }
     Ok(())
@@ -493,8 +555,9 @@ fn report(
     run: &PipelineRun,
     log: &str,
     records: u64,
-    broker_rate: f64,
+    reference: &BrokerOnlyRun,
 ) {
+    let broker_rate = reference.records as f64 / reference.secs;
     let rate = records as f64 / run.secs;
     let deployments = log
         .lines()
@@ -521,6 +584,7 @@ fn report(
         .map(|(n, s)| format!("{n} {s:.1}s"))
         .collect();
     println!("cpu: {}", cpu_list.join(", "));
+    cpu_budget(run, records, reference);
     let total: f64 = run.cpu_to_last_output.iter().map(|(_, s)| s).sum();
     let cpu_list: Vec<String> = run
         .cpu_to_last_output
@@ -574,4 +638,31 @@ fn report(
             cmax / 1e3
         );
     }
+}
+
+/// Cores this machine has (what a CPU-bound read can use at most).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Where the read rate's ceiling is when every process shares the cores:
+/// the CPU each read record costs in all (broker included) in the pipeline
+/// next to the broker-only read. When both keep the cores busy, the rates'
+/// ratio is about the inverse of these costs' ratio.
+fn cpu_budget(run: &PipelineRun, records: u64, reference: &BrokerOnlyRun) {
+    let nodes: f64 = run.cpu.iter().map(|(_, s)| s).sum();
+    let per = |cpu: f64, n: u64| cpu / n as f64 * 1e6;
+    let pipeline_us = per(nodes + run.broker_cpu, records);
+    let reference_us = per(
+        reference.broker_cpu + reference.reader_cpu,
+        reference.records,
+    );
+    println!(
+        "CPU per record read: pipeline {pipeline_us:.2} us (broker {:.2}, cluster {:.2}; {:.2} of the {} cores busy) vs broker-only {reference_us:.2} us; ratio of costs {:.2}",
+        per(run.broker_cpu, records),
+        per(nodes, records),
+        (nodes + run.broker_cpu) / run.secs,
+        cores(),
+        reference_us / pipeline_us
+    );
 }
