@@ -331,7 +331,14 @@ impl Source for Map {
     /// were taken in. Once `recv` has a record, the ones already fetched
     /// behind it are taken too, without awaiting, up to the batch's room.
     async fn read_until(&mut self, deadline: Instant) -> Result<bool> {
-        let now = now_ms();
+        let msg = match tokio::time::timeout_at(deadline, self.input.consumer().recv()).await {
+            Err(_) => return Ok(false),
+            Ok(Err(e)) => {
+                tracing::warn!(actor = %self.actor, "kafka fetch error: {e}");
+                return Ok(false);
+            }
+            Ok(Ok(m)) => m,
+        };
         let mut intake = Intake {
             resume_at: &self.resume_at,
             offsets: &mut self.offsets,
@@ -341,29 +348,24 @@ impl Source for Map {
             rejected: &mut self.rejected,
             taken: 0,
             dead_lettered: 0,
-            now,
+            now: now_ms(),
         };
-        match tokio::time::timeout_at(deadline, self.input.consumer().recv()).await {
-            Err(_) => return Ok(false),
-            Ok(Err(e)) => {
-                tracing::warn!(actor = %self.actor, "kafka fetch error: {e}");
-                return Ok(false);
-            }
-            Ok(Ok(msg)) => intake.take(Record {
-                partition: msg.partition(),
-                offset: msg.offset(),
-                payload: msg.payload().unwrap_or_default(),
-                key: msg.key(),
-                timestamp_ms: msg.timestamp().to_millis(),
-            }),
-        }
+        intake.take(Record {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            payload: msg.payload().unwrap_or_default(),
+            key: msg.key(),
+            timestamp_ms: msg.timestamp().to_millis(),
+        });
+        drop(msg);
         let room = self
             .batch_max_events
             .saturating_sub(intake.batcher.len())
             .min(READ_AHEAD);
+        let mut read = 1;
         if room > 0 {
             let actor = &self.actor;
-            self.input.take_ready(
+            read += self.input.take_ready(
                 room,
                 |r| {
                     intake.take(Record {
@@ -387,7 +389,7 @@ impl Source for Map {
         // rdkafka's recv() is often ready at once and does not count toward
         // tokio's budget: yield now and then so heartbeats and other actors
         // on this worker thread are not starved.
-        self.read_since_yield += taken as u32;
+        self.read_since_yield += read as u32;
         if self.read_since_yield >= 1024 {
             self.read_since_yield = 0;
             tokio::task::yield_now().await;
