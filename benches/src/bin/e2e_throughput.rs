@@ -88,8 +88,8 @@ struct Args {
     source_properties: Vec<(String, String)>,
     /// `NAME=VALUE` for the broker-only consumer alone, after the
     /// `--source-property` ones (repeatable): each side at the settings it
-    /// reads fastest with (on tansu, the reference at
-    /// `fetch.wait.max.ms=10`, the pipeline at its default of 100).
+    /// reads fastest with (on tansu 0.6, the reference at
+    /// `fetch.wait.max.ms=1`, the pipeline at its default of 100).
     #[arg(long = "reference-property", value_parser = parse_property)]
     reference_properties: Vec<(String, String)>,
     /// Also time the broker-only read through `StreamConsumer::recv`.
