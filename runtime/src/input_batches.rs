@@ -42,13 +42,15 @@ impl InputRecord<'_> {
     }
 
     /// Its Kafka timestamp in milliseconds, if the producer or the broker
-    /// set one.
+    /// set one: `None` exactly when rdkafka's `Timestamp::to_millis` says
+    /// so (no type, or -1), so a record is judged alike whichever path
+    /// took it.
     pub fn timestamp_ms(&self) -> Option<i64> {
         let mut kind = rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
         // SAFETY: `msg` is a live message librdkafka handed over; the call
         // only reads it.
         let ts = unsafe { rdsys::rd_kafka_message_timestamp(self.msg, &mut kind) };
-        (kind != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE && ts >= 0)
+        (kind != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE && ts != -1)
             .then_some(ts)
     }
 }

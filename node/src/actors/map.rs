@@ -419,7 +419,8 @@ struct Intake<'a> {
     batcher: &'a mut MapBatcher,
     limits: &'a adclick_core::event::Limits,
     rejected: &'a mut Vec<Rejected>,
-    /// Records read (skipped ones included), and those dead-lettered.
+    /// Records taken in (not those skipped below a restored offset), and
+    /// those of them dead-lettered.
     taken: u64,
     dead_lettered: u64,
     /// Wall clock for the whole read: records taken together arrived
